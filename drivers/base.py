@@ -1,0 +1,61 @@
+"""What the control code may know about a device: small role interfaces and timestamped,
+quality-tagged readings. Control never imports a vendor or protocol module."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+class Quality(enum.Enum):
+    GOOD = "good"
+    STALE = "stale"  # last good value is too old to act on
+    INVALID = "invalid"  # never read, or the device answered nonsense
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One poll of one device. `values` are in kW, kWh, % (sign conventions of DOMAIN.md)."""
+
+    device_id: str
+    values: dict[str, float]
+    monotonic: float = field(default_factory=time.monotonic)  # wall clock, for staleness
+
+    def age_s(self, now: float | None = None) -> float:
+        return (time.monotonic() if now is None else now) - self.monotonic
+
+
+class DeviceError(Exception):
+    """A device did not answer, answered with an exception, or broke its contract."""
+
+
+@runtime_checkable
+class Device(Protocol):
+    id: str
+
+    async def connect(self) -> None: ...
+
+    async def poll(self) -> Reading: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Meter(Device, Protocol):
+    """values: power_kw (+import for a grid meter), import_kwh, export_kwh."""
+
+
+@runtime_checkable
+class Battery(Device, Protocol):
+    """values: power_kw (+discharge/-charge), soc_pct."""
+
+    async def write_power(self, kw: float, revert_s: int) -> None: ...
+
+
+@runtime_checkable
+class PvInverter(Device, Protocol):
+    """values: power_kw (>= 0), limit_kw (active output limit, rated when none)."""
+
+    async def write_limit(self, kw: float, revert_s: int) -> None: ...

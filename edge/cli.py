@@ -1,0 +1,174 @@
+"""`pedf-edge` command line: check, run, hil, demo.
+
+Exit codes: 0 ok, 1 runtime failure, 2 invalid configuration or usage, 3 the compiled
+kernel is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from edge import config as config_mod
+from edge.config import BatteryDevice, Config, MeterDevice, PvDevice
+
+EXIT_RUNTIME, EXIT_CONFIG, EXIT_KERNEL = 1, 2, 3
+
+
+def _load(path: str) -> Config:
+    try:
+        return config_mod.load(path)
+    except config_mod.ConfigError as exc:
+        print(f"{exc.source}: invalid configuration ({len(exc.problems)} problem(s)):", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def _summary(cfg: Config) -> str:
+    c = cfg.control
+    lines = [
+        f"site {cfg.site.id} ({cfg.site.name or 'unnamed'}), {cfg.site.timezone}",
+        f"devices ({len(cfg.devices)}):",
+    ]
+    for d in cfg.devices:
+        if isinstance(d, PvDevice):
+            detail = f"{d.rated_kw:g} kW rated"
+        elif isinstance(d, BatteryDevice):
+            detail = (f"{d.capacity_kwh:g} kWh, -{d.max_charge_kw:g}/+{d.max_discharge_kw:g} kW, "
+                      f"SoC {d.soc_min_pct:g}-{d.soc_max_pct:g} %")
+        else:
+            assert isinstance(d, MeterDevice)
+            detail = f"measures {d.measures}"
+        lines.append(f"  {d.id:<10} {d.role:<8} {d.protocol} {d.host}:{d.port} unit {d.unit_id}  {detail}")
+    imp = "none" if c.import_limit_kw is None else f"{c.import_limit_kw:g} kW"
+    exp = "none" if c.export_limit_kw is None else f"{c.export_limit_kw:g} kW"
+    lines += [
+        f"control: every {c.cycle_s:g} s; {', '.join(c.functions)}; import limit {imp}; export limit {exp}",
+        f"tariff: {len(cfg.tariff.periods)} periods, {cfg.tariff.currency}, export {cfg.tariff.export_price:g}/kWh",
+        f"mqtt: {cfg.mqtt.host}:{cfg.mqtt.port} {cfg.mqtt.topic_prefix}/{cfg.site.id}/... every {cfg.mqtt.telemetry_s:g} s",
+        f"state: {cfg.storage.dir}",
+    ]
+    return "\n".join(lines)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    for noisy in ("pymodbus", "apscheduler", "amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    print(_summary(cfg))
+    print("configuration OK")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge.clock import Clock
+    from edge.dispatch import KernelUnavailable
+    from edge.runtime import Daemon
+
+    cfg = _load(args.config)
+    _logging(args.log_level)
+    clock = Clock(cfg.hil.start, args.speed) if args.speed else Clock()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        await Daemon(cfg, clock).run(stop)
+
+    try:
+        asyncio.run(main())
+    except KernelUnavailable as exc:
+        print(f"pedf-edge: {exc}", file=sys.stderr)
+        return EXIT_KERNEL
+    return 0
+
+
+def cmd_hil(args: argparse.Namespace) -> int:
+    from hil.site import run_hil
+
+    cfg = _load(args.config)
+    _logging(args.log_level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        await run_hil(cfg, args.speed, stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edge.demo import run_demo
+    from edge.dispatch import KernelUnavailable
+
+    cfg = _load(args.config)
+    _logging(args.log_level)
+    try:
+        return asyncio.run(run_demo(cfg, wall_s=args.wall_seconds, speed=args.speed, hours=args.hours))
+    except KernelUnavailable as exc:
+        print(f"pedf-edge: {exc}", file=sys.stderr)
+        return EXIT_KERNEL
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pedf-edge", description="PEDF building / VPP edge controller")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(sp: argparse.ArgumentParser, default_config: str | None = None) -> None:
+        sp.add_argument("-c", "--config", required=default_config is None, default=default_config,
+                        help="site YAML" + (f" (default {default_config})" if default_config else ""))
+        sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    sp = sub.add_parser("check", help="validate a site config and summarise it")
+    common(sp)
+    sp.set_defaults(fn=cmd_check)
+
+    sp = sub.add_parser("run", help="run the controller daemon")
+    common(sp)
+    sp.add_argument("--speed", type=float, default=None,
+                    help="simulated clock from hil.start at N x real time (HIL runs only)")
+    sp.set_defaults(fn=cmd_run)
+
+    sp = sub.add_parser("hil", help="serve the configured devices as simulators on loopback")
+    common(sp)
+    sp.add_argument("--speed", type=float, default=None, help="simulated time speed-up (default hil.speed)")
+    sp.set_defaults(fn=cmd_hil)
+
+    sp = sub.add_parser("demo", help="HIL + controller for one simulated day, then a KPI table")
+    common(sp, "configs/demo.yaml")
+    sp.add_argument("--wall-seconds", type=float, default=110.0,
+                    help="wall time for the simulated span (default 110 s)")
+    sp.add_argument("--speed", type=float, default=None, help="override the speed-up directly")
+    sp.add_argument("--hours", type=float, default=24.0, help="simulated hours (default 24)")
+    sp.set_defaults(fn=cmd_demo, log_level="warning")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if not Path(args.config).exists():
+        print(f"pedf-edge: config file {args.config} not found (pass -c FILE)", file=sys.stderr)
+        return EXIT_CONFIG
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

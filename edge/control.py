@@ -1,0 +1,72 @@
+"""Control functions: pure `(image, bounds) -> bounds`, highest duty first (DOMAIN.md §3).
+
+A function narrows the site bounds left by the ones before it (limits only tighten; a
+target is set by the first function that wants one) and never writes a device. The
+kernel turns the final bounds into setpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from edge.config import ControlConfig
+from edge.image import ProcessImage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteBounds:
+    import_limit_kw: float = math.inf
+    export_limit_kw: float = math.inf
+    grid_target_kw: float = math.nan  # NaN: no preference inside the limits
+
+
+ControlFunction = Callable[[ProcessImage, SiteBounds, ControlConfig], SiteBounds]
+
+
+def export_limit(image: ProcessImage, b: SiteBounds, cfg: ControlConfig) -> SiteBounds:
+    if cfg.export_limit_kw is None:
+        return b
+    return replace(b, export_limit_kw=min(b.export_limit_kw, cfg.export_limit_kw))
+
+
+def peak_shaving(image: ProcessImage, b: SiteBounds, cfg: ControlConfig) -> SiteBounds:
+    if cfg.import_limit_kw is None:
+        return b
+    return replace(b, import_limit_kw=min(b.import_limit_kw, cfg.import_limit_kw))
+
+
+def self_consumption(image: ProcessImage, b: SiteBounds, cfg: ControlConfig) -> SiteBounds:
+    if not math.isnan(b.grid_target_kw):
+        return b
+    return replace(b, grid_target_kw=0.0)
+
+
+# Priority order: a function listed earlier bounds the ones after it.
+PRIORITY: dict[str, ControlFunction] = {
+    "export_limit": export_limit,
+    "peak_shaving": peak_shaving,
+    "self_consumption": self_consumption,
+}
+
+
+def run_functions(
+    names: list[str], image: ProcessImage, cfg: ControlConfig
+) -> tuple[SiteBounds, list[str]]:
+    """Apply the active functions in priority order; one that raises is logged and skipped
+    for this cycle, the rest still run. Returns the bounds and the names that failed."""
+    bounds = SiteBounds()
+    failed: list[str] = []
+    for name, fn in PRIORITY.items():
+        if name not in names:
+            continue
+        try:
+            bounds = fn(image, bounds, cfg)
+        except Exception:
+            log.exception("control function %s failed; skipped this cycle", name)
+            failed.append(name)
+    return bounds, failed
