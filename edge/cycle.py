@@ -27,8 +27,6 @@ from edge.image import DeviceState, ProcessImage
 
 log = logging.getLogger(__name__)
 
-STATUS_IMPORT_UNMET, STATUS_EXPORT_UNMET, STATUS_TARGET_UNMET = 1, 2, 4
-
 
 @dataclass(frozen=True, slots=True)
 class Decision:

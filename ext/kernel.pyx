@@ -1,0 +1,228 @@
+# distutils: extra_compile_args = -ffp-contract=off
+"""Compiled dispatch kernel: the site's final grid bounds -> battery setpoints and PV limits.
+
+Runs every control cycle, so the inner loops hold no Python objects and release the GIL.
+tests/kernel_twin.py is the readable spec; this file follows it operation for operation,
+and -ffp-contract=off keeps the C compiler from fusing multiply-adds (default on ARM) so the
+two stay bit-identical.
+"""
+
+from libc.math cimport INFINITY, fabs, fmax, fmin, isinf, isnan
+
+cdef enum:
+    C_B_P = 0
+    C_B_PREV = 1
+    C_B_SOC = 2
+    C_B_SOC_MIN = 3
+    C_B_SOC_MAX = 4
+    C_B_MAX_CH = 5
+    C_B_MAX_DIS = 6
+    C_B_RAMP = 7
+    C_B_OK = 8
+    C_NB = 9
+    C_V_P = 0
+    C_V_RATED = 1
+    C_V_PREV = 2
+    C_V_RAMP = 3
+    C_V_OK = 4
+    C_NV = 5
+    C_IMPORT_UNMET = 1
+    C_EXPORT_UNMET = 2
+    C_TARGET_UNMET = 4
+
+B_P = C_B_P
+B_PREV = C_B_PREV
+B_SOC = C_B_SOC
+B_SOC_MIN = C_B_SOC_MIN
+B_SOC_MAX = C_B_SOC_MAX
+B_MAX_CH = C_B_MAX_CH
+B_MAX_DIS = C_B_MAX_DIS
+B_RAMP = C_B_RAMP
+B_OK = C_B_OK
+NB = C_NB
+V_P = C_V_P
+V_RATED = C_V_RATED
+V_PREV = C_V_PREV
+V_RAMP = C_V_RAMP
+V_OK = C_V_OK
+NV = C_NV
+STATUS_IMPORT_UNMET = C_IMPORT_UNMET
+STATUS_EXPORT_UNMET = C_EXPORT_UNMET
+STATUS_TARGET_UNMET = C_TARGET_UNMET
+
+cdef double LIMIT_TOL_KW = 1e-6
+cdef double TARGET_TOL_KW = 0.01
+
+
+cdef inline double clamp(double x, double lo, double hi) noexcept nogil:
+    return fmin(fmax(x, lo), hi)
+
+
+cdef inline bint is_ok(double flag) noexcept nogil:
+    # A NaN flag compares false: not controllable.
+    return flag > 0.5
+
+
+cdef inline void battery_band(const double* row, double dt, double* lo, double* hi) noexcept nogil:
+    # The window (SoC, power) is safety and always contains 0; the ramp band only narrows it.
+    cdef double hi_w = row[C_B_MAX_DIS] if row[C_B_SOC] > row[C_B_SOC_MIN] else 0.0
+    cdef double lo_w = -row[C_B_MAX_CH] if row[C_B_SOC] < row[C_B_SOC_MAX] else 0.0
+    cdef double step = row[C_B_RAMP] * dt
+    cdef double lo_r = row[C_B_PREV] - step
+    cdef double hi_r = row[C_B_PREV] + step
+    if hi_r < lo_w:
+        lo[0] = lo_w
+        hi[0] = lo_w
+    elif lo_r > hi_w:
+        lo[0] = hi_w
+        hi[0] = hi_w
+    else:
+        lo[0] = fmax(lo_w, lo_r)
+        hi[0] = fmin(hi_w, hi_r)
+
+
+cdef inline double pv_base(const double* row) noexcept nogil:
+    # Where a release starts: the higher of output and last limit, never above rated.
+    return fmin(fmax(fmax(row[C_V_P], 0.0), row[C_V_PREV]), row[C_V_RATED])
+
+
+cdef int dispatch_c(double grid_kw, double import_limit_kw, double export_limit_kw,
+                    double grid_target_kw, double dt_s,
+                    const double* bess, Py_ssize_t nb, const double* pv, Py_ssize_t nv,
+                    double* bess_out, double* pv_out, double* site_out) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef const double* row
+    cdef double natural = grid_kw
+    cdef double lo, hi, b, out, target, required, total
+    cdef double sum_lo = 0.0, sum_hi = 0.0, sum_b = 0.0, up = 0.0, down = 0.0
+    cdef double sum_out = 0.0, grid, pv_total = 0.0, excess, margin, curtailed_rated = 0.0
+    cdef double p, rated, base, limit, step, expected
+    cdef int status = 0
+
+    for i in range(nb):
+        row = bess + i * C_NB
+        if is_ok(row[C_B_OK]):
+            natural += row[C_B_P]
+    target = clamp(natural if isnan(grid_target_kw) else grid_target_kw,
+                   -export_limit_kw, import_limit_kw)
+    required = natural - target
+
+    for i in range(nb):
+        row = bess + i * C_NB
+        if is_ok(row[C_B_OK]):
+            battery_band(row, dt_s, &lo, &hi)
+            b = clamp(0.0, lo, hi)
+            sum_lo += lo
+            sum_hi += hi
+            sum_b += b
+            up += hi - b
+            down += b - lo
+    total = clamp(required, sum_lo, sum_hi)
+
+    for i in range(nb):
+        row = bess + i * C_NB
+        if not is_ok(row[C_B_OK]):
+            bess_out[i] = row[C_B_P]
+            continue
+        battery_band(row, dt_s, &lo, &hi)
+        b = clamp(0.0, lo, hi)
+        out = b
+        if total >= sum_b:
+            if up > 0.0:
+                out = b + (total - sum_b) * (hi - b) / up
+        elif down > 0.0:
+            out = b - (sum_b - total) * (b - lo) / down
+        out = clamp(out, lo, hi)
+        bess_out[i] = out
+        sum_out += out
+
+    grid = natural - sum_out
+
+    for i in range(nv):
+        row = pv + i * C_NV
+        if is_ok(row[C_V_OK]):
+            pv_total += fmax(row[C_V_P], 0.0)
+    if grid < -export_limit_kw:
+        excess = -export_limit_kw - grid
+        for i in range(nv):
+            row = pv + i * C_NV
+            if not is_ok(row[C_V_OK]):
+                pv_out[i] = row[C_V_PREV]
+                continue
+            p = fmax(row[C_V_P], 0.0)
+            if pv_total > 0.0:
+                limit = p - excess * p / pv_total
+            else:
+                limit = row[C_V_PREV]
+            pv_out[i] = clamp(limit, 0.0, row[C_V_RATED])
+    else:
+        margin = grid + export_limit_kw
+        for i in range(nv):
+            row = pv + i * C_NV
+            if is_ok(row[C_V_OK]) and pv_base(row) < row[C_V_RATED]:
+                curtailed_rated += row[C_V_RATED]
+        for i in range(nv):
+            row = pv + i * C_NV
+            if not is_ok(row[C_V_OK]):
+                pv_out[i] = row[C_V_PREV]
+                continue
+            rated = row[C_V_RATED]
+            base = pv_base(row)
+            limit = rated
+            if base < rated:
+                step = fmin(row[C_V_RAMP] * dt_s, margin * rated / curtailed_rated)
+                limit = fmin(rated, base + step)
+            pv_out[i] = clamp(limit, 0.0, rated)
+
+    expected = grid
+    for i in range(nv):
+        row = pv + i * C_NV
+        if is_ok(row[C_V_OK]):
+            expected += fmax(0.0, fmax(row[C_V_P], 0.0) - pv_out[i])
+    site_out[0] = expected
+    site_out[1] = required
+    site_out[2] = target
+
+    if expected > import_limit_kw + LIMIT_TOL_KW:
+        status |= C_IMPORT_UNMET
+    if expected < -export_limit_kw - LIMIT_TOL_KW:
+        status |= C_EXPORT_UNMET
+    if fabs(expected - target) > TARGET_TOL_KW:
+        status |= C_TARGET_UNMET
+    return status
+
+
+def dispatch(double grid_kw, double import_limit_kw, double export_limit_kw,
+             double grid_target_kw, double dt_s,
+             const double[:, ::1] bess, const double[:, ::1] pv,
+             double[::1] bess_out, double[::1] pv_out, double[::1] site_out) -> int:
+    """Write battery setpoints, PV limits and [expected grid, required battery, target] kW.
+
+    Returns a bitmask: 1 import limit unmet, 2 export limit unmet, 4 target unmet by >0.01 kW.
+    Shapes and scalar ranges are checked here, once, because the loops below trust them.
+    """
+    cdef Py_ssize_t nb = bess.shape[0], nv = pv.shape[0]
+    cdef int status
+    if bess.shape[1] != C_NB or pv.shape[1] != C_NV:
+        raise ValueError(
+            f"bess must have {C_NB} columns and pv {C_NV}; got {bess.shape[1]} and {pv.shape[1]}")
+    if bess_out.shape[0] != nb or pv_out.shape[0] != nv or site_out.shape[0] != 3:
+        raise ValueError(
+            f"outputs must have lengths {nb} (bess), {nv} (pv), 3 (site); got "
+            f"{bess_out.shape[0]}, {pv_out.shape[0]}, {site_out.shape[0]}")
+    if isnan(grid_kw) or isinf(grid_kw):
+        raise ValueError(f"grid_kw must be a finite measurement, got {grid_kw}")
+    if not (import_limit_kw >= 0.0 and export_limit_kw >= 0.0):
+        raise ValueError(
+            f"import/export limits must be >= 0 kW (inf = none), got "
+            f"{import_limit_kw} / {export_limit_kw}")
+    if not (0.0 <= dt_s < INFINITY):
+        raise ValueError(f"dt_s must be finite and >= 0 s, got {dt_s}")
+    with nogil:
+        status = dispatch_c(grid_kw, import_limit_kw, export_limit_kw, grid_target_kw, dt_s,
+                            &bess[0, 0] if nb > 0 else NULL, nb,
+                            &pv[0, 0] if nv > 0 else NULL, nv,
+                            &bess_out[0] if nb > 0 else NULL,
+                            &pv_out[0] if nv > 0 else NULL,
+                            &site_out[0])
+    return status

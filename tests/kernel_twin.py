@@ -1,0 +1,170 @@
+"""Pure-Python twin of the compiled dispatch kernel (ext/kernel.pyx). This file is the spec.
+
+Same signature and the same arithmetic in the same order as the kernel, so on x86-64 and on
+ARM (the kernel is built with -ffp-contract=off) both give bit-identical results; the property
+tests compare them on random inputs. Sums are explicit loops because `sum()` of floats is
+compensated from Python 3.12 on and would round differently from the C loop.
+
+Sign conventions: grid +import/-export, battery +discharge/-charge, PV >= 0; kW, s, %.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+B_P, B_PREV, B_SOC, B_SOC_MIN, B_SOC_MAX, B_MAX_CH, B_MAX_DIS, B_RAMP, B_OK = range(9)
+NB = 9
+V_P, V_RATED, V_PREV, V_RAMP, V_OK = range(5)
+NV = 5
+STATUS_IMPORT_UNMET = 1
+STATUS_EXPORT_UNMET = 2
+STATUS_TARGET_UNMET = 4
+LIMIT_TOL_KW = 1e-6
+TARGET_TOL_KW = 0.01
+
+
+def clamp(x: float, lo: float, hi: float) -> float:
+    return min(max(x, lo), hi)
+
+
+def is_ok(flag: float) -> bool:
+    """Controllable only if the flag is clearly set; a NaN flag counts as not controllable."""
+    return flag > 0.5
+
+
+def battery_band(row: list[float], dt: float) -> tuple[float, float]:
+    """Allowed setpoint range [lo, hi] of one battery for this cycle.
+
+    The SoC/power window always contains 0. The ramp band around the last setpoint narrows
+    it; when the band misses the window entirely the window wins, because it is the safety
+    limit and the ramp limit is only comfort for the inverter.
+    """
+    hi_w = row[B_MAX_DIS] if row[B_SOC] > row[B_SOC_MIN] else 0.0
+    lo_w = -row[B_MAX_CH] if row[B_SOC] < row[B_SOC_MAX] else 0.0
+    step = row[B_RAMP] * dt
+    lo_r = row[B_PREV] - step
+    hi_r = row[B_PREV] + step
+    if hi_r < lo_w:
+        return lo_w, lo_w
+    if lo_r > hi_w:
+        return hi_w, hi_w
+    return max(lo_w, lo_r), min(hi_w, hi_r)
+
+
+def dispatch(
+    grid_kw: float,
+    import_limit_kw: float,
+    export_limit_kw: float,
+    grid_target_kw: float,
+    dt_s: float,
+    bess: np.ndarray,
+    pv: np.ndarray,
+    bess_out: np.ndarray,
+    pv_out: np.ndarray,
+    site_out: np.ndarray,
+) -> int:
+    """Turn the site's grid bounds into battery setpoints and PV limits; return a status mask."""
+    batteries = bess.tolist()
+    inverters = pv.tolist()
+
+    # 1-3: grid without the controllable batteries, the grid we aim for, what batteries must do.
+    natural = grid_kw
+    for row in batteries:
+        if is_ok(row[B_OK]):
+            natural += row[B_P]
+    aim = natural if math.isnan(grid_target_kw) else grid_target_kw
+    target = clamp(aim, -export_limit_kw, import_limit_kw)
+    required = natural - target
+
+    # 4-5: share the feasible total from the baseline (0 clamped into each band) towards
+    # the upper or lower bands, in proportion to each battery's remaining headroom.
+    sum_lo = sum_hi = sum_b = up = down = 0.0
+    for row in batteries:
+        if is_ok(row[B_OK]):
+            lo, hi = battery_band(row, dt_s)
+            b = clamp(0.0, lo, hi)
+            sum_lo += lo
+            sum_hi += hi
+            sum_b += b
+            up += hi - b
+            down += b - lo
+    total = clamp(required, sum_lo, sum_hi)
+
+    sum_out = 0.0
+    for i, row in enumerate(batteries):
+        if not is_ok(row[B_OK]):
+            bess_out[i] = row[B_P]
+            continue
+        lo, hi = battery_band(row, dt_s)
+        b = clamp(0.0, lo, hi)
+        out = b
+        if total >= sum_b:
+            if up > 0.0:
+                out = b + (total - sum_b) * (hi - b) / up
+        elif down > 0.0:
+            out = b - (sum_b - total) * (b - lo) / down
+        out = clamp(out, lo, hi)
+        bess_out[i] = out
+        sum_out += out
+
+    # 6: grid after the batteries, before any PV change.
+    grid = natural - sum_out
+
+    # 7: PV limits. Curtail in proportion to output when export would exceed the limit
+    # (never ramp-limited: export is a safety limit); otherwise release curtailment, each
+    # step capped by the inverter's ramp and by its rated-power share of the export margin.
+    limits = [row[V_PREV] for row in inverters]
+    pv_total = 0.0
+    for row in inverters:
+        if is_ok(row[V_OK]):
+            pv_total += max(row[V_P], 0.0)
+    if grid < -export_limit_kw:
+        excess = -export_limit_kw - grid
+        for j, row in enumerate(inverters):
+            if not is_ok(row[V_OK]):
+                continue
+            p = max(row[V_P], 0.0)
+            if pv_total > 0.0:
+                limit = p - excess * p / pv_total
+            else:
+                limit = row[V_PREV]
+            limits[j] = clamp(limit, 0.0, row[V_RATED])
+    else:
+        margin = grid + export_limit_kw
+        curtailed_rated = 0.0
+        for row in inverters:
+            if is_ok(row[V_OK]):
+                base = min(max(max(row[V_P], 0.0), row[V_PREV]), row[V_RATED])
+                if base < row[V_RATED]:
+                    curtailed_rated += row[V_RATED]
+        for j, row in enumerate(inverters):
+            if not is_ok(row[V_OK]):
+                continue
+            rated = row[V_RATED]
+            base = min(max(max(row[V_P], 0.0), row[V_PREV]), rated)
+            limit = rated
+            if base < rated:
+                step = min(row[V_RAMP] * dt_s, margin * rated / curtailed_rated)
+                limit = min(rated, base + step)
+            limits[j] = clamp(limit, 0.0, rated)
+
+    # 8: what the grid will read once the limits bite, and what could not be met.
+    expected = grid
+    for j, row in enumerate(inverters):
+        pv_out[j] = limits[j]
+        if is_ok(row[V_OK]):
+            expected += max(0.0, max(row[V_P], 0.0) - limits[j])
+    site_out[0] = expected
+    site_out[1] = required
+    site_out[2] = target
+
+    status = 0
+    if expected > import_limit_kw + LIMIT_TOL_KW:
+        status |= STATUS_IMPORT_UNMET
+    if expected < -export_limit_kw - LIMIT_TOL_KW:
+        status |= STATUS_EXPORT_UNMET
+    if abs(expected - target) > TARGET_TOL_KW:
+        status |= STATUS_TARGET_UNMET
+    return status
