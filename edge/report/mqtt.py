@@ -1,0 +1,287 @@
+"""MQTT link to the park platform: drains the outbox over QoS 1, strictly in msg_id order.
+
+Topics are `<topic_prefix>/<site_id>/<suffix>`. `<...>/status` is retained: "online" after
+every (re)connect, "offline" on a clean stop and, as the last will, when the connection
+dies without a DISCONNECT.
+
+Retransmission has one owner: the outbox (this link), never paho.
+    paho 2.x keeps every unacknowledged QoS 1 message in `Client._out_messages` across a
+    reconnect of the same Client object (`_messages_reconnect_reset_out` marks them DUP and
+    `_handle_connack` sends them again), whatever `clean_session` says. If the link also
+    re-sent from the outbox, each message in flight at a disconnect would reach the
+    platform twice; if the link relied on paho alone, a process restart would still need
+    the outbox path. So on every CONNACK, inside `on_connect` and before paho's own
+    resend loop runs, the link calls `drop_out_messages()` and then re-sends every row
+    still in the outbox, oldest first. The same path serves a broker outage and a
+    process restart, paho's queue never holds more than `window` messages, and order is
+    kept because nothing older can be sent after something newer.
+    Cost: re-sent messages do not carry the DUP flag; the platform de-duplicates by the
+    payload's msg_id, which is the real idempotency key. A message whose PUBACK was lost
+    in the instant the connection broke is sent twice (QoS 1 is at-least-once); with at
+    most `window` messages in flight that is rare and bounded.
+
+Threads: paho runs its network loop in its own thread (`loop_start`). Its callbacks only
+hand events to the event loop (`call_soon_threadsafe`), except `on_connect`, which also
+drops paho's queue under `self._lock`. The drain loop publishes under the same lock and
+only while the connection generation it has seen is paho's current one, so no publish
+can slip onto a new connection before the link has reset its bookkeeping for it. All
+outbox (SQLite) access stays on the event-loop thread.
+
+Reconnects use paho's backoff (`reconnect_delay_set`); nothing raises into the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from edge.config import MqttConfig
+from edge.report.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+class _SiteLog(logging.LoggerAdapter):
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"[site {self.extra['site']}] {msg}", kwargs
+
+
+class MqttLink:
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        site_id: str,
+        outbox: Outbox,
+        *,
+        window: int = 10,
+        reconnect_min_s: float = 1.0,
+        reconnect_max_s: float = 30.0,
+    ) -> None:
+        if not 1 <= window <= 20:  # paho queues (instead of sending) beyond 20 in flight
+            raise ValueError("window must be between 1 and 20 messages in flight")
+        self.cfg = cfg
+        self.site_id = site_id
+        self.outbox = outbox
+        self.window = window
+        self.sent = 0  # PUBLISH packets handed to paho, re-sends included
+        self.acked = 0  # PUBACKs that removed an outbox row
+
+        self._log = _SiteLog(log, {"site": site_id})
+        self._lock = threading.Lock()
+        self._paho_gen = 0  # bumped by on_connect (paho thread), read under _lock
+        self._gen: int | None = None  # generation the drain loop works in; None = offline
+        self._inflight: dict[int, int] = {}  # paho mid -> msg_id, current generation only
+        self._cursor = 0  # highest msg_id handed to paho in the current generation
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+        self.client_id = cfg.client_id or f"pedf-edge-{site_id}"
+        self._down_reported = False  # paho thread: log the first failed connect only
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=True,
+            protocol=paho.MQTTv311,
+        )
+        self._client.max_inflight_messages_set(20)
+        self._client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
+        self._client.will_set(self.topic("status"), "offline", qos=1, retain=True)
+        if cfg.username:
+            self._client.username_pw_set(cfg.username, cfg.password)
+        if cfg.tls:
+            self._client.tls_set(ca_certs=str(cfg.ca_file) if cfg.ca_file else None)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_connect_fail = self._on_connect_fail
+        self._client.on_publish = self._on_publish
+
+    def topic(self, suffix: str) -> str:
+        return f"{self.cfg.topic_prefix}/{self.site_id}/{suffix}"
+
+    @property
+    def connected(self) -> bool:
+        return self._gen is not None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect in the background and start draining; returns at once, never raises
+        for an unreachable broker (paho keeps retrying with backoff)."""
+        if self._task is not None:
+            raise RuntimeError("MqttLink already started")
+        self._loop = asyncio.get_running_loop()
+        self.outbox.add_listener(self._on_enqueue)
+        self._log.info(
+            "connecting to mqtt://%s:%d as %s (%d messages waiting in the outbox)",
+            self.cfg.host, self.cfg.port, self.client_id, len(self.outbox),
+        )
+        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        self._client.loop_start()
+        self._task = asyncio.create_task(self._drain(), name=f"mqtt-drain-{self.site_id}")
+
+    async def stop(self, timeout: float = 2.0) -> None:
+        """Stop draining, let messages in flight be acknowledged, publish retained
+        "offline", disconnect cleanly and stop paho's thread. Unacknowledged messages stay
+        in the outbox for the next start."""
+        if self._task is None:
+            return
+        self.outbox.remove_listener(self._on_enqueue)
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
+        deadline = time.monotonic() + timeout
+        info = None
+        if self.connected:
+            info = self._client.publish(self.topic("status"), "offline", qos=1, retain=True)
+        while time.monotonic() < deadline and self.connected and (
+            self._inflight or (info is not None and not info.is_published())
+        ):
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), 0.05)
+            except TimeoutError:
+                pass
+        if info is not None and not info.is_published():
+            self._log.warning("no PUBACK for the offline status within %.1f s", timeout)
+        self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+        self._client.drop_out_messages()
+        self._gen = None
+        self._inflight.clear()
+        self._log.info("stopped; %d messages left in the outbox", len(self.outbox))
+
+    async def flush(self, timeout: float) -> None:
+        """Wait until the outbox is empty; raise TimeoutError saying how many remain."""
+        deadline = time.monotonic() + timeout
+        while (left := len(self.outbox)) > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                state = "connected" if self.connected else "not connected"
+                raise TimeoutError(
+                    f"outbox still holds {left} messages after {timeout} s ({state} to "
+                    f"{self.cfg.host}:{self.cfg.port})"
+                )
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
+            except TimeoutError:
+                pass
+
+    # -- drain loop (event-loop thread) --------------------------------------------------
+
+    async def _drain(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._fill_window()
+
+    def _fill_window(self) -> None:
+        while self._gen is not None and len(self._inflight) < self.window:
+            rows = self.outbox.pending(self.window - len(self._inflight), after=self._cursor)
+            if not rows:
+                return
+            for row in rows:
+                with self._lock:
+                    if self._gen != self._paho_gen:
+                        return  # a reconnect is being reported; _on_connected resets us
+                    info = self._client.publish(row.topic, row.payload, qos=1)
+                if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+                    # the socket just went away: paho keeps this copy until the next
+                    # CONNACK drops it, and the row is re-sent from the outbox then
+                    return
+                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self._log.error(
+                        "paho refused msg_id %d (%s); will retry after the next reconnect",
+                        row.msg_id, paho.error_string(info.rc),
+                    )
+                    return
+                self._inflight[info.mid] = row.msg_id
+                self._cursor = row.msg_id
+                self.sent += 1
+
+    def _on_connected(self, gen: int) -> None:
+        self._gen = gen
+        self._inflight.clear()
+        self._cursor = 0  # re-send everything still in the outbox, oldest first
+        self._wake.set()
+        self._changed.set()
+
+    def _on_disconnected(self) -> None:
+        self._gen = None
+        self._changed.set()
+
+    def _on_acked(self, gen: int, mid: int) -> None:
+        if gen != self._gen:
+            return
+        msg_id = self._inflight.pop(mid, None)
+        if msg_id is None:
+            return  # the status message
+        self.outbox.remove(msg_id)
+        self.acked += 1
+        self._wake.set()
+        self._changed.set()
+
+    def _on_enqueue(self, msg_id: int) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake.set)
+
+    # -- paho callbacks (paho's thread) --------------------------------------------------
+
+    def _post(self, fn: Any, *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:  # loop closed between the check and the call
+                pass
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        if reason.is_failure:
+            self._log.warning("broker refused the connection: %s", reason)
+            return
+        with self._lock:
+            self._paho_gen += 1
+            gen = self._paho_gen
+            dropped = client.drop_out_messages()
+        if dropped:
+            self._log.info("dropped %d unacknowledged messages from paho's queue; "
+                           "the outbox re-sends them", len(dropped))
+        client.publish(self.topic("status"), "online", qos=1, retain=True)
+        self._down_reported = False
+        self._log.info("connected to %s:%d", self.cfg.host, self.cfg.port)
+        self._post(self._on_connected, gen)
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+        # may run while paho holds its message mutex: no locks here
+        if reason.is_failure:
+            self._log.warning("connection to %s:%d lost (%s); reconnecting with backoff",
+                              self.cfg.host, self.cfg.port, reason)
+            self._down_reported = True
+        else:
+            self._log.info("disconnected from %s:%d", self.cfg.host, self.cfg.port)
+        self._post(self._on_disconnected)
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        if not self._down_reported:
+            self._log.warning("cannot reach the broker at %s:%d; retrying with backoff "
+                              "(reports wait in the outbox)", self.cfg.host, self.cfg.port)
+            self._down_reported = True
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any,
+                    properties: Any) -> None:
+        # called under paho's message mutex: no locks here
+        self._post(self._on_acked, self._paho_gen, mid)

@@ -1,0 +1,153 @@
+"""Shared test fixtures and helpers.
+
+Helpers (import with `from conftest import ...`):
+- `free_port()`: a loopback TCP port nothing listens on right now.
+- `wait_for(predicate, timeout, what)`: poll until true; fail naming `what` otherwise.
+
+Fixtures:
+- `mosquitto`: a private MQTT broker on a free loopback port, with `.host`, `.port`,
+  `.stop()` (SIGTERM and wait), `.start()` (same port again). It keeps sessions and retained
+  messages across a stop/start (`persistent` is True), like a real broker restart. Falls back
+  to an amqtt subprocess (`persistent` False) if the mosquitto binary is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+MOSQUITTO = shutil.which("mosquitto") or (
+    "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
+)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_for(predicate: Callable[[], object], timeout: float, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class _BrokerProcess:
+    """A broker subprocess bound to one loopback port for the whole test."""
+
+    host = "127.0.0.1"
+    persistent = False
+
+    def __init__(self, workdir: Path, port: int) -> None:
+        self.workdir = workdir
+        self.port = port
+        self.log = workdir / "broker.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self._proc is not None:
+            raise RuntimeError("broker already running")
+        with self.log.open("ab") as out:
+            self._proc = subprocess.Popen(self._command(), stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not _accepts(self.host, self.port):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"broker did not listen on {self.host}:{self.port}; see {self.log}:\n"
+                    + self.log.read_text(errors="replace")[-2000:]
+                )
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+
+class MosquittoBroker(_BrokerProcess):
+    persistent = True  # sessions, queued QoS 1 messages and retained ones survive stop/start
+
+    def __init__(self, workdir: Path, port: int) -> None:
+        super().__init__(workdir, port)
+        (workdir / "data").mkdir(exist_ok=True)
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            f"user {getpass.getuser()}\n"  # only matters when run as root
+            "persistence true\n"
+            f"persistence_location {workdir / 'data'}/\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+        )
+
+    def _command(self) -> list[str]:
+        return [MOSQUITTO, "-c", str(self.conf)]
+
+
+class AmqttBroker(_BrokerProcess):
+    """Fallback without mosquitto: amqtt in a subprocess; keeps nothing across a restart."""
+
+    _SCRIPT = """
+import asyncio, logging, sys
+from amqtt.broker import Broker
+logging.basicConfig(level=logging.WARNING)
+async def main():
+    cfg = {"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{sys.argv[1]}"}},
+           "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}}
+    broker = Broker(cfg)
+    await broker.start()
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+    def _command(self) -> list[str]:
+        return [sys.executable, "-c", self._SCRIPT, str(self.port)]
+
+
+@pytest.fixture
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_BrokerProcess]:
+    workdir = tmp_path_factory.mktemp("broker")
+    cls = MosquittoBroker if MOSQUITTO else AmqttBroker
+    broker = cls(workdir, free_port())
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
