@@ -1,0 +1,444 @@
+"""Simulated SunSpec devices: physics state on one side, a SunSpec register image on the other.
+
+One class per device role, registered in `DEVICE_TYPES` by role, so a DC/DC converter, an EV
+charger or a flexible-load group is one more subclass with its models, its `step` and its
+`values`; the site and the Modbus plumbing do not change. Each device:
+
+- `step(env, dt_s) -> kW` advances its physics and returns what it supplies to the site's
+  AC bus (+ supplies: PV, discharging battery; − consumes: loads, charging battery);
+  a *balancing* device (the PCC meter) instead gets `measure(kW, dt_s)` with the residual;
+- `values()` gives engineering values per model (scale factors included), encoded with the
+  same codec the driver decodes with (drivers/sunspec.py), so both sides share one truth;
+- RW points accept writes, validated by `validate` and acted on in `on_write`; every
+  accepted RW value is remembered and read back. RO points reject writes with
+  ILLEGAL_ADDRESS (pymodbus enforces it from the per-register `readonly` flag).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import ClassVar
+
+from pymodbus.constants import ExcCodes
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from drivers.sunspec import SunSpecError, chain_registers, decode, encode_point, layout, model
+from edge.config import BatteryDevice, MeterDevice, PvDevice
+from hil.physics import Battery, clear_sky_kw, load_kw, ramp_toward
+
+BASE = 40000
+Value = float | int | str | None
+
+
+def power_sf(max_w: float) -> int:
+    """Scale factor that keeps ±max_w inside int16 with margin (30 000 counts)."""
+    return max(0, math.ceil(math.log10(max(max_w, 1.0) / 30000)))
+
+
+@dataclass(frozen=True, slots=True)
+class Env:
+    """The world a device sees during one physics sub-step."""
+
+    t_s: float  # simulated seconds since the site started (revert timers, heartbeats)
+    t_utc: datetime
+    t_local: datetime
+    latitude: float
+    longitude: float
+
+
+class SimulatedDevice:
+    """Base: register image, write handling and the pymodbus `SimDevice` for one unit id."""
+
+    role: ClassVar[str]
+    models: ClassVar[tuple[int, ...]]
+    model_name: str = "HIL"  # model 1 Md
+    balancing: bool = False  # True: gets the site residual via measure() instead of step()
+
+    def __init__(self, cfg: PvDevice | BatteryDevice | MeterDevice, site_max_kw: float) -> None:
+        self.cfg = cfg
+        self.id = cfg.id
+        self.t_s = 0.0
+        self.power_kw = 0.0
+        self.online = True  # False: fault injection, the unit does not answer
+        self.starts = layout(list(self.models), BASE)
+        self.rw: dict[int, dict[str, Value]] = {m: {} for m in self.models}
+        self._image = chain_registers(list(self.models))
+        self._access = self._access_map()
+
+    # -- behaviour (subclasses) ---------------------------------------------------------
+    def step(self, env: Env, dt_s: float) -> float:
+        """Advance physics by dt_s; return kW supplied to the site (+ supply / − consume)."""
+        raise NotImplementedError
+
+    def measure(self, kw: float, dt_s: float) -> None:
+        """Balancing devices only: the site residual (+ import) over the last dt_s."""
+        raise NotImplementedError
+
+    def values(self) -> dict[int, dict[str, Value]]:
+        """Measured/static values per model, in engineering units, scale factors included."""
+        raise NotImplementedError
+
+    def validate(self, model_id: int, changes: dict[str, Value]) -> ExcCodes | None:
+        """Reject a write before anything changes (None = accept)."""
+        return None
+
+    def on_write(self, model_id: int, changes: dict[str, Value], before: dict[str, Value]) -> None:
+        """React to an accepted write (timers, modes); `self.rw` already holds the new values,
+        `before` the model's RW values as they were."""
+
+    def state(self) -> dict[str, float | int | None]:
+        return {"power_kw": self.power_kw}
+
+    # -- register image -----------------------------------------------------------------
+    def _access_map(self) -> list[bool]:
+        """Per register of the image: True if writable (an RW point of a model)."""
+        rw = [False] * len(self._image)
+        for mid, start in self.starts.items():
+            for p in model(mid).points.values():
+                if p.access == "RW":
+                    for a in range(p.size):
+                        rw[start - BASE + p.offset + a] = True
+        return rw
+
+    def simdata(self) -> list[SimData]:
+        """Contiguous runs of equal access as SimData blocks, so pymodbus enforces RO."""
+        self.refresh(self._image, BASE)
+        blocks, run_start = [], 0
+        for i in range(1, len(self._image) + 1):
+            if i == len(self._image) or self._access[i] != self._access[run_start]:
+                blocks.append(SimData(
+                    address=BASE + run_start,
+                    values=self._image[run_start:i],
+                    datatype=DataType.REGISTERS,
+                    readonly=not self._access[run_start],
+                ))
+                run_start = i
+        return blocks
+
+    def sim_device(self) -> SimDevice:
+        return SimDevice(id=self.cfg.unit_id, simdata=self.simdata(), action=self.action)
+
+    def refresh(self, registers: list[int], start_address: int) -> None:
+        """Encode the current values into `registers` (which begins at `start_address`)."""
+        for mid, vals in self.values().items():
+            vals = {**vals, **self.rw[mid]}
+            mdef, mstart = model(mid), self.starts[mid] - start_address
+            for name, value in vals.items():
+                p = mdef.point(name)
+                sf = vals.get(p.sf) if isinstance(p.sf, str) else p.sf
+                at = mstart + p.offset
+                registers[at : at + p.size] = encode_point(p, value, int(sf or 0))
+
+    def read(self, model_id: int) -> dict[str, Value]:
+        """Decoded view of one model, as a client would see it (for tests and logs)."""
+        regs = list(self._image)
+        self.refresh(regs, BASE)
+        at = self.starts[model_id] - BASE
+        return decode(model(model_id), regs[at : at + 2 + model(model_id).length])
+
+    def write_registers(self, address: int, values: list[int], registers: list[int],
+                        start_address: int) -> ExcCodes | None:
+        """Decode a register write into point changes per model, validate all, then apply."""
+        end = address + len(values)
+        pending: list[tuple[int, dict[str, Value]]] = []
+        for mid, mstart in self.starts.items():
+            mdef = model(mid)
+            mend = mstart + 2 + mdef.length
+            if end <= mstart or address >= mend:
+                continue
+            old = registers[mstart - start_address : mend - start_address]
+            regs = list(old)
+            for i, v in enumerate(values):
+                if mstart <= address + i < mend:
+                    regs[address + i - mstart] = v
+            dec = decode(mdef, regs)
+            touched: dict[str, Value] = {}
+            for p in mdef.points.values():
+                if p.access != "RW" or not _overlaps(mstart + p.offset, p.size, address, end):
+                    continue
+                span = slice(p.offset, p.offset + p.size)
+                if dec[p.name] is None:
+                    if regs[span] == old[span]:
+                        continue  # "not implemented" written back unchanged: a block write
+                    return ExcCodes.ILLEGAL_VALUE
+                touched[p.name] = dec[p.name]
+            if rc := self.validate(mid, touched):
+                return rc
+            pending.append((mid, touched))
+        for mid, touched in pending:
+            before = dict(self.rw[mid])
+            self.rw[mid].update(touched)
+            self.on_write(mid, touched, before)
+        return None
+
+    async def action(self, function_code: int, start_address: int, address: int, count: int,
+                     current_registers: list[int], set_values: list[int] | list[bool] | None
+                     ) -> ExcCodes | None:
+        """pymodbus hook, called before every read and write of this unit."""
+        if not self.online:
+            return ExcCodes.GATEWAY_NO_RESPONSE
+        if function_code in (1, 2, 5, 15):
+            return ExcCodes.ILLEGAL_FUNCTION  # SunSpec is registers only; no coils over the image
+        if set_values is None:
+            self.refresh(current_registers, start_address)
+            return None
+        return self.write_registers(address, [int(v) for v in set_values],
+                                    current_registers, start_address)
+
+    def common(self) -> dict[str, Value]:
+        return {"Mn": "PEDF-HIL", "Md": self.model_name, "SN": self.id, "Vr": "0.1",
+                "DA": self.cfg.unit_id}
+
+
+def _overlaps(start: int, size: int, lo: int, hi: int) -> bool:
+    return start < hi and lo < start + size
+
+
+def _expired(t_write: float | None, revert_s: int, now_s: float) -> bool:
+    """A revert timer ran out: set, armed (> 0 s) and not refreshed for revert_s seconds."""
+    return t_write is not None and revert_s > 0 and now_s - t_write >= revert_s
+
+
+DEVICE_TYPES: dict[str, type[SimulatedDevice]] = {}
+
+
+def register(cls: type[SimulatedDevice]) -> type[SimulatedDevice]:
+    DEVICE_TYPES[cls.role] = cls
+    return cls
+
+
+def build(cfg: PvDevice | BatteryDevice | MeterDevice, site_max_kw: float) -> SimulatedDevice:
+    try:
+        cls = DEVICE_TYPES[cfg.role]
+    except KeyError:
+        raise SunSpecError(
+            f"device {cfg.id}: the HIL has no simulator for role {cfg.role!r}"
+        ) from None
+    return cls(cfg, site_max_kw)
+
+
+_AC = {"Hz": 50.0, "Hz_SF": -2, "PhVphA": 230.0, "PhVphB": 230.0, "PhVphC": 230.0, "V_SF": -1}
+
+
+@register
+class PvInverter(SimulatedDevice):
+    """PV inverter (models 1, 103, 120, 123): clear-sky output × cloud factor, capped by
+    rating and, when enabled, by WMaxLimPct, which the device drops by itself (Ena → 0) when
+    WMaxLimPct has not been re-written for WMaxLimPct_RvrtTms seconds (0 = never). Enabling
+    (Ena 0 → 1) also starts the timer, so write order Ena-then-limit cannot trip it."""
+
+    role = "pv"
+    models = (1, 103, 120, 123)
+    model_name = "HIL-PV"
+    cfg: PvDevice
+
+    def __init__(self, cfg: PvDevice, site_max_kw: float) -> None:
+        super().__init__(cfg, site_max_kw)
+        self.rated_kw = cfg.rated_kw
+        self.peak_kw = cfg.sim.peak_kw or cfg.rated_kw
+        self.w_sf = power_sf(self.rated_kw * 1000)
+        self.available_kw = 0.0
+        self.wh = 0.0
+        self._t_limit: float | None = None  # sim time of the last WMaxLimPct write
+        self.rw[1] = {"DA": cfg.unit_id}
+        self.rw[123] = {
+            "WMaxLimPct": 100.0, "WMaxLimPct_WinTms": 0, "WMaxLimPct_RvrtTms": cfg.revert_s,
+            "WMaxLimPct_RmpTms": 0, "WMaxLim_Ena": 0, "Conn": 1,
+        }
+
+    @property
+    def limit_kw(self) -> float | None:
+        c = self.rw[123]
+        return float(c["WMaxLimPct"]) / 100 * self.rated_kw if c["WMaxLim_Ena"] == 1 else None
+
+    def validate(self, model_id: int, changes: dict[str, Value]) -> ExcCodes | None:
+        if model_id == 123:
+            if not 0 <= float(changes.get("WMaxLimPct", 0)) <= 100:
+                return ExcCodes.ILLEGAL_VALUE
+            if changes.get("WMaxLim_Ena", 0) not in (0, 1):
+                return ExcCodes.ILLEGAL_VALUE
+        return None
+
+    def on_write(self, model_id: int, changes: dict[str, Value], before: dict[str, Value]) -> None:
+        enabling = changes.get("WMaxLim_Ena") == 1 and before["WMaxLim_Ena"] != 1
+        if model_id == 123 and ("WMaxLimPct" in changes or enabling):
+            self._t_limit = self.t_s
+
+    def step(self, env: Env, dt_s: float) -> float:
+        self.t_s = env.t_s
+        c = self.rw[123]
+        if c["WMaxLim_Ena"] == 1 and _expired(self._t_limit, int(c["WMaxLimPct_RvrtTms"] or 0),
+                                              env.t_s):
+            c["WMaxLim_Ena"] = 0
+        sun = clear_sky_kw(env.t_utc, env.latitude, env.longitude, self.peak_kw)
+        self.available_kw = min(self.rated_kw, sun * self.cfg.sim.cloud_factor)
+        limit = self.limit_kw
+        target = self.available_kw if limit is None else min(self.available_kw, limit)
+        self.power_kw = ramp_toward(self.power_kw, target, self.cfg.ramp_kw_per_s, dt_s)
+        self.wh += self.power_kw * 1000 * dt_s / 3600
+        return self.power_kw
+
+    def values(self) -> dict[int, dict[str, Value]]:
+        throttled = self.limit_kw is not None and self.limit_kw < self.available_kw - 1e-6
+        st = 2 if self.available_kw <= 0 else 5 if throttled else 4  # SLEEPING / THROTTLED / MPPT
+        return {
+            1: self.common(),
+            103: {**_AC, "W": self.power_kw * 1000, "W_SF": self.w_sf, "WH": int(self.wh),
+                  "WH_SF": 0, "St": st},
+            120: {"DERTyp": 4, "WRtg": self.rated_kw * 1000, "WRtg_SF": self.w_sf},
+            123: {"WMaxLimPct_SF": -1},
+        }
+
+    def state(self) -> dict[str, float | int | None]:
+        return {"power_kw": self.power_kw, "available_kw": self.available_kw,
+                "limit_kw": self.limit_kw}
+
+
+@register
+class BatteryPcs(SimulatedDevice):
+    """Battery PCS + BMS (models 1, 103, 124, 802). Command (kW, + discharge) =
+    ((OutWRte if StorCtl_Mod bit1) − (InWRte if bit0)) × WChaMax / 100; StorCtl_Mod drops to 0
+    when neither rate was re-written for InOutWRte_RvrtTms seconds (0 = never; a mode change
+    from 0 also starts the timer). The BMS protects itself at SoC 2 % / 100 % whatever the
+    command; MinRsvPct is stored for the controller, not enforced."""
+
+    role = "battery"
+    models = (1, 103, 124, 802)
+    model_name = "HIL-BESS"
+    cfg: BatteryDevice
+
+    def __init__(self, cfg: BatteryDevice, site_max_kw: float) -> None:
+        super().__init__(cfg, site_max_kw)
+        self.battery = Battery(
+            capacity_kwh=cfg.capacity_kwh, max_charge_kw=cfg.max_charge_kw,
+            max_discharge_kw=cfg.max_discharge_kw, soc_pct=cfg.sim.initial_soc_pct,
+            charge_efficiency=cfg.charge_efficiency, discharge_efficiency=cfg.discharge_efficiency,
+            ramp_kw_per_s=cfg.ramp_kw_per_s,
+        )
+        self.w_sf = power_sf(max(cfg.max_charge_kw, cfg.max_discharge_kw) * 1000)
+        self.wh_sf = power_sf(cfg.capacity_kwh * 1000)
+        self._t_rate: float | None = None  # sim time of the last write touching a rate
+        self.rw[1] = {"DA": cfg.unit_id}
+        self.rw[124] = {
+            "WChaMax": cfg.max_charge_kw * 1000, "StorCtl_Mod": 0, "MinRsvPct": cfg.soc_min_pct,
+            "OutWRte": 0.0, "InWRte": 0.0, "InOutWRte_WinTms": 0,
+            "InOutWRte_RvrtTms": cfg.revert_s, "InOutWRte_RmpTms": 0, "ChaGriSet": 1,
+        }
+        self.rw[802] = {"CtrlHb": 0}
+
+    @property
+    def command_kw(self) -> float:
+        c = self.rw[124]
+        mode = int(c["StorCtl_Mod"] or 0)
+        pct = (float(c["OutWRte"]) if mode & 2 else 0.0) - (float(c["InWRte"]) if mode & 1 else 0.0)
+        return pct * float(c["WChaMax"]) / 100 / 1000
+
+    def validate(self, model_id: int, changes: dict[str, Value]) -> ExcCodes | None:
+        if model_id != 124:
+            return None
+        if any(not -100 <= float(changes[k]) <= 100 for k in ("OutWRte", "InWRte") if k in changes):
+            return ExcCodes.ILLEGAL_VALUE
+        if int(changes.get("StorCtl_Mod", 0)) & ~3:
+            return ExcCodes.ILLEGAL_VALUE
+        if not 0 <= float(changes.get("MinRsvPct", 0)) <= 100:
+            return ExcCodes.ILLEGAL_VALUE
+        return None
+
+    def on_write(self, model_id: int, changes: dict[str, Value], before: dict[str, Value]) -> None:
+        arming = bool(changes.get("StorCtl_Mod")) and not before["StorCtl_Mod"]
+        if model_id == 124 and ({"OutWRte", "InWRte"} & changes.keys() or arming):
+            self._t_rate = self.t_s
+
+    def step(self, env: Env, dt_s: float) -> float:
+        self.t_s = env.t_s
+        c = self.rw[124]
+        if c["StorCtl_Mod"] and _expired(self._t_rate, int(c["InOutWRte_RvrtTms"] or 0), env.t_s):
+            c["StorCtl_Mod"] = 0
+        self.power_kw = self.battery.step(self.command_kw, dt_s)
+        return self.power_kw
+
+    def cha_st(self) -> int:
+        b = self.battery
+        if self.power_kw > 1e-6:
+            return 3
+        if self.power_kw < -1e-6:
+            return 4
+        if b.soc_pct <= b.soc_min_pct + 1e-6:
+            return 2
+        return 5 if b.soc_pct >= b.soc_max_pct - 1e-6 else 6
+
+    def values(self) -> dict[int, dict[str, Value]]:
+        b, cfg = self.battery, self.cfg
+        soc = b.soc_pct
+        return {
+            1: self.common(),
+            103: {**_AC, "W": self.power_kw * 1000, "W_SF": self.w_sf,
+                  "St": 4 if abs(self.power_kw) > 1e-6 else 8},  # on / STANDBY
+            124: {
+                "WChaMax_SF": self.w_sf, "InOutWRte_SF": -2, "MinRsvPct_SF": -1,
+                "ChaState": soc, "ChaState_SF": -1, "ChaSt": self.cha_st(),
+            },
+            802: {
+                "WHRtg": cfg.capacity_kwh * 1000, "WHRtg_SF": self.wh_sf,
+                "WChaRteMax": cfg.max_charge_kw * 1000,
+                "WDisChaRteMax": cfg.max_discharge_kw * 1000,
+                "WChaDisChaMax_SF": self.w_sf, "SoC": soc, "SoCMin": b.soc_min_pct,
+                "SoCMax": b.soc_max_pct, "SoC_SF": -1, "SoH": 100, "SoH_SF": 0,
+                "ChaSt": self.cha_st(),
+                "LocRemCtl": 0, "Typ": 4, "State": 3, "Hb": int(self.t_s) & 0xFFFF,
+            },
+        }
+
+    def state(self) -> dict[str, float | int | None]:
+        return {"power_kw": self.power_kw, "soc_pct": self.battery.soc_pct,
+                "command_kw": self.command_kw}
+
+
+@register
+class Meter(SimulatedDevice):
+    """Three-phase meter (models 1, 203). `measures: grid` is the PCC meter, which balances
+    the site (W = + import); `measures: load` meters the building load and *is* the load:
+    its sim profile drives consumption. Import/export counters in Wh (acc32)."""
+
+    role = "meter"
+    models = (1, 203)
+    cfg: MeterDevice
+
+    def __init__(self, cfg: MeterDevice, site_max_kw: float) -> None:
+        super().__init__(cfg, site_max_kw)
+        self.balancing = cfg.measures == "grid"
+        self.model_name = f"HIL-METER-{cfg.measures.upper()}"
+        self.w_sf = power_sf(site_max_kw * 1000)
+        self.wh_imp = self.wh_exp = 0.0
+        self.rw[1] = {"DA": cfg.unit_id}
+
+    def step(self, env: Env, dt_s: float) -> float:
+        """A load meter consumes its profile; the grid meter waits for `measure`."""
+        if self.balancing:
+            return 0.0
+        s = self.cfg.sim
+        self.measure(load_kw(s.profile, env.t_local, s.base_kw, s.day_kw), dt_s)
+        return -self.power_kw
+
+    def measure(self, kw: float, dt_s: float) -> None:
+        """Set the metered power for the last dt_s and integrate the counters."""
+        self.power_kw = kw
+        self.wh_imp += max(kw, 0.0) * 1000 * dt_s / 3600
+        self.wh_exp += max(-kw, 0.0) * 1000 * dt_s / 3600
+
+    def values(self) -> dict[int, dict[str, Value]]:
+        w = self.power_kw * 1000
+        return {
+            1: self.common(),
+            203: {
+                **_AC, "PhV": 230.0, "W": w, "WphA": w / 3, "WphB": w / 3, "WphC": w / 3,
+                "W_SF": self.w_sf,
+                "TotWhImp": int(self.wh_imp), "TotWhExp": int(self.wh_exp), "TotWh_SF": 0,
+            },
+        }
+
+    def state(self) -> dict[str, float | int | None]:
+        return {"power_kw": self.power_kw, "import_kwh": self.wh_imp / 1000,
+                "export_kwh": self.wh_exp / 1000}
