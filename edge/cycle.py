@@ -83,8 +83,14 @@ class ControlCycle:
     @property
     def period_wall_s(self) -> float:
         """Wall seconds between cycles: the configured (simulated) period, sped up, but never
-        faster than 20 Hz so an accelerated HIL run cannot starve the devices."""
-        return max(self.config.control.cycle_s / self.clock.speed, 0.05)
+        faster than 50 Hz so an accelerated HIL run cannot starve the devices."""
+        return max(self.config.control.cycle_s / self.clock.speed, 0.02)
+
+    def check_revert_timers(self) -> list[str]:
+        """Devices whose revert timer would expire before the cycle can re-write them."""
+        sim_period = self.period_wall_s * self.clock.speed
+        margin = self.config.control.rewrite_margin
+        return [d.id for d in (*self.batteries, *self.pvs) if d.revert_s * margin < sim_period]
 
     # -- 1. poll -------------------------------------------------------------------------
     async def _poll_one(self, dev_id: str, timeout: float) -> None:
@@ -144,6 +150,10 @@ class ControlCycle:
             w = self._written[b.id].value
             if image.good(b.id):
                 p = image.value(b.id, "power_kw")
+                if image.devices[b.id].failed_polls and w is not None:
+                    # The reading predates our last write: trust the setpoint, not the old
+                    # power, or we would undo the last step and spike the grid.
+                    p = w
                 row[:] = (p, p if w is None else w, image.value(b.id, "soc_pct"), b.soc_min_pct,
                           b.soc_max_pct, b.max_charge_kw, b.max_discharge_kw, b.ramp_kw_per_s, 1.0)
             else:

@@ -51,6 +51,7 @@ class Daemon:
         self.cycle = ControlCycle(config, self.devices, self.kernel, self.clock)
         self.scheduler: AsyncIOScheduler | None = None
         self.ready = asyncio.Event()
+        self.undelivered = 0  # outbox rows left at shutdown; they go out on the next start
 
     async def _connect_devices(self) -> None:
         async def one(dev_id: str) -> None:
@@ -78,6 +79,10 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         site = self.config.site.id
         log.info("site %s: starting with %d devices", site, len(self.devices))
+        short = self.cycle.check_revert_timers()
+        if short:
+            log.warning("revert_s of %s is shorter than the cycle can re-write at this speed; "
+                        "those devices will revert between cycles", ", ".join(short))
         await self.link.start()
         cycle_task: asyncio.Task | None = None
         try:
@@ -107,6 +112,7 @@ class Daemon:
                 await asyncio.gather(cycle_task, return_exceptions=True)
             await self.cycle.apply_safe_state()
             await self.link.stop()
+            self.undelivered = len(self.outbox)
             for dev in self.devices.values():
                 await dev.close()
             self.outbox.close()
