@@ -137,13 +137,16 @@ class SimSite:
     def _meter_range_kw(config: Config) -> float:
         """Upper bound of any meter reading, to choose the meters' W_SF."""
         total = 0.0
+        loads = [d for d in config.devices if d.role == "meter" and d.measures == "load"]
         for d in config.devices:
             if d.role == "pv":
                 total += d.rated_kw
             elif d.role == "battery":
                 total += max(d.max_charge_kw, d.max_discharge_kw)
-            elif d.role == "meter":
-                total += max(d.sim.base_kw * 1.2, d.sim.day_kw) * 1.05  # ripple headroom
+        # Only the profiles that really draw power count: the load meters', or the PCC
+        # meter's when it stands in for the building load.
+        for d in loads or [config.grid_meter]:
+            total += max(d.sim.base_kw * 1.2, d.sim.day_kw) * 1.05  # ripple headroom
         return total
 
     # -- physics ------------------------------------------------------------------------

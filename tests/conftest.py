@@ -3,6 +3,7 @@
 Helpers (import with `from conftest import ...`):
 - `free_port()`: a loopback TCP port nothing listens on right now.
 - `wait_for(predicate, timeout, what)`: poll until true; fail naming `what` otherwise.
+- `Subscriber(host, port, topic, persistent=...)`: a platform stand-in recording messages.
 
 Fixtures:
 - `mosquitto`: a private MQTT broker on a free loopback port, with `.host`, `.port`,
@@ -25,6 +26,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import json
+import threading
+import uuid
+
+import paho.mqtt.client as paho
 import pytest
 
 MOSQUITTO = shutil.which("mosquitto") or (
@@ -151,3 +157,55 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_BrokerProce
         yield broker
     finally:
         broker.stop()
+
+
+class Subscriber:
+    """A platform stand-in: records every message on a topic filter, across reconnects.
+
+    With `persistent=True` it keeps a broker session (clean_session False, QoS 1), so
+    messages the broker accepts while this subscriber is away are queued for it, including
+    across a restart of a persistent broker.
+    """
+
+    def __init__(self, host: str, port: int, topic: str, *, persistent: bool = False) -> None:
+        self.topic = topic
+        self.messages: list[paho.MQTTMessage] = []
+        self.redelivered = 0  # broker->subscriber retries (DUP set) of a message already seen
+        self._seen: set[tuple[str, bytes]] = set()
+        self._lock = threading.Lock()
+        self.subscribed = threading.Event()
+        self.client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2,
+            client_id=f"test-sub-{uuid.uuid4().hex[:8]}",
+            clean_session=not persistent,
+        )
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect_async(host, port, keepalive=10)
+        self.client.loop_start()
+
+    def _on_connect(self, client, userdata, flags, reason, properties):
+        client.subscribe(self.topic, qos=1)
+
+    def _on_message(self, client, userdata, msg):
+        key = (msg.topic, msg.payload)
+        with self._lock:
+            if msg.dup and key in self._seen:
+                self.redelivered += 1
+                return
+            self._seen.add(key)
+            self.messages.append(msg)
+
+    def payloads(self) -> list[bytes]:
+        with self._lock:
+            return [m.payload for m in self.messages]
+
+    def msg_ids(self) -> list[int]:
+        with self._lock:
+            return [json.loads(m.payload)["msg_id"] for m in self.messages]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -6,13 +6,11 @@ import asyncio
 import json
 import os
 import sys
-import threading
-import uuid
 from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-from conftest import free_port, wait_for
+from conftest import Subscriber, free_port, wait_for
 
 from edge.config import MqttConfig
 from edge.report.broker import ensure_broker
@@ -21,58 +19,6 @@ from edge.report.outbox import Outbox
 
 SITE = "site-1"
 REPO = Path(__file__).resolve().parents[2]
-
-
-class Subscriber:
-    """A platform stand-in: records every message on a topic filter, across reconnects.
-
-    With `persistent=True` it keeps a broker session (clean_session False, QoS 1), so
-    messages the broker accepts while this subscriber is away are queued for it, including
-    across a restart of a persistent broker.
-    """
-
-    def __init__(self, host: str, port: int, topic: str, *, persistent: bool = False) -> None:
-        self.topic = topic
-        self.messages: list[paho.MQTTMessage] = []
-        self.redelivered = 0  # broker->subscriber retries (DUP set) of a message already seen
-        self._seen: set[tuple[str, bytes]] = set()
-        self._lock = threading.Lock()
-        self.subscribed = threading.Event()
-        self.client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2,
-            client_id=f"test-sub-{uuid.uuid4().hex[:8]}",
-            clean_session=not persistent,
-        )
-        self.client.reconnect_delay_set(0.1, 0.5)
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *a: self.subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect_async(host, port, keepalive=10)
-        self.client.loop_start()
-
-    def _on_connect(self, client, userdata, flags, reason, properties):
-        client.subscribe(self.topic, qos=1)
-
-    def _on_message(self, client, userdata, msg):
-        key = (msg.topic, msg.payload)
-        with self._lock:
-            if msg.dup and key in self._seen:
-                self.redelivered += 1
-                return
-            self._seen.add(key)
-            self.messages.append(msg)
-
-    def payloads(self) -> list[bytes]:
-        with self._lock:
-            return [m.payload for m in self.messages]
-
-    def msg_ids(self) -> list[int]:
-        with self._lock:
-            return [json.loads(m.payload)["msg_id"] for m in self.messages]
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 async def retained_status(host: str, port: int, timeout: float = 5.0) -> str | None:
