@@ -1,0 +1,281 @@
+"""Overhead of one full control cycle (poll + image + decide + write) against 20 simulated
+devices: 8 PV inverters, 8 batteries, 1 grid (PCC) meter and 3 load meters.
+
+The HIL serves the devices from its own process (`python -m edge.cli hil`), so this process
+is the controller alone. It builds the ControlCycle the daemon builds, connects every device,
+warms up, then times N `await cycle.step()` calls, paced like the daemon's loop (`--period`,
+0 = back to back). `decide(image)` (control functions + compiled kernel, the CPU part) is
+timed separately inside the same steps.
+
+Port layout (`--layout`): `per-device` (default) gives each device its own loopback port and
+so its own TCP connection; `gateway` puts each role behind one port (PV unit ids 1-8,
+batteries 1-8, meters 1-4), as a Modbus gateway would, so the units of a role share one
+connection and their requests queue on it.
+
+Run: python tests/bench/bench_cycle.py [--cycles 300] [--period 0.2] [--layout gateway]
+Only 127.0.0.1 is used; the HIL subprocess is stopped (SIGTERM) on every exit path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from drivers.registry import build_devices  # noqa: E402
+from edge.clock import Clock  # noqa: E402
+from edge.config import Config, parse  # noqa: E402
+from edge.cycle import ControlCycle  # noqa: E402
+from edge.dispatch import load_kernel  # noqa: E402
+
+import benchlib  # noqa: E402
+from benchlib import HOST, free_port, stop_process  # noqa: E402
+
+N_PV, N_BESS, N_LOAD = 8, 8, 3
+
+
+def site_config(layout: str, period_s: float) -> dict:
+    """20 devices at noon (PV producing), with import and zero-export limits so every
+    control function has work to do."""
+    ports: dict[str, int] = {}
+    units: dict[str, int] = {}
+
+    def endpoint(group: str) -> dict:
+        key = group if layout == "gateway" else f"dev{len(units)}-{group}"
+        if key not in ports:
+            ports[key] = free_port()
+        units[key] = units.get(key, 0) + 1
+        return {"host": HOST, "port": ports[key], "unit_id": units[key]}
+
+    devices: list[dict] = []
+    for i in range(1, N_PV + 1):
+        devices.append({"id": f"pv{i}", "role": "pv", **endpoint("pv"), "rated_kw": 50,
+                        "ramp_kw_per_s": 20, "revert_s": 60, "sim": {"peak_kw": 50}})
+    for i in range(1, N_BESS + 1):
+        devices.append({"id": f"bess{i}", "role": "battery", **endpoint("bess"),
+                        "capacity_kwh": 100, "max_charge_kw": 50, "max_discharge_kw": 50,
+                        "ramp_kw_per_s": 10, "revert_s": 60,
+                        "sim": {"initial_soc_pct": 30 + 5 * i}})
+    devices.append({"id": "pcc", "role": "meter", "measures": "grid", **endpoint("meter")})
+    for i in range(1, N_LOAD + 1):
+        devices.append({"id": f"load{i}", "role": "meter", "measures": "load", **endpoint("meter"),
+                        "sim": {"profile": "office", "base_kw": 20, "day_kw": 60 + 10 * i}})
+    return {
+        "site": {"id": "bench-cycle", "timezone": "Asia/Shanghai"},
+        "devices": devices,
+        "control": {"cycle_s": max(period_s, 0.05),
+                    "functions": ["self_consumption", "peak_shaving", "export_limit"],
+                    "import_limit_kw": 150, "export_limit_kw": 0, "deadband_kw": 0.5},
+        "tariff": {"periods": [{"name": "flat", "start": "00:00", "end": "00:00", "price": 0.7}]},
+        "hil": {"start": "2026-06-22T12:00:00+08:00", "speed": 1},
+    }
+
+
+def wait_listening(proc: subprocess.Popen, ports: set[int], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = set(ports)
+    while pending:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"HIL did not listen on {sorted(pending)} (exit {proc.poll()}); "
+                               f"its log:\n{log.read_text(errors='replace')[-3000:]}")
+        for port in list(pending):
+            try:
+                with socket.create_connection((HOST, port), timeout=0.2):
+                    pending.discard(port)
+            except OSError:
+                pass
+        time.sleep(0.05)
+
+
+class Timings:
+    """Wraps the stages of one ControlCycle instance so a step records each stage."""
+
+    def __init__(self, cycle: ControlCycle) -> None:
+        self.poll_ms: list[float] = []
+        self.image_us: list[float] = []
+        self.decide_us: list[float] = []
+        self.write_ms: list[float] = []
+        self.writes: list[int] = []  # setpoint writes issued per step
+        self._pending_writes = 0
+        self.recording = False
+        poll, build_image, decide = cycle.poll, cycle.build_image, cycle.decide
+        write, write_one = cycle.write, cycle._write_one
+
+        async def timed_poll() -> None:
+            t0 = time.perf_counter()
+            await poll()
+            self._add(self.poll_ms, (time.perf_counter() - t0) * 1e3)
+
+        def timed_image():
+            t0 = time.perf_counter()
+            image = build_image()
+            self._add(self.image_us, (time.perf_counter() - t0) * 1e6)
+            return image
+
+        def timed_decide(image):
+            t0 = time.perf_counter()
+            decision = decide(image)
+            self._add(self.decide_us, (time.perf_counter() - t0) * 1e6)
+            return decision
+
+        async def timed_write(decision, force: bool = False) -> None:
+            self._pending_writes = 0
+            t0 = time.perf_counter()
+            await write(decision, force)
+            self._add(self.write_ms, (time.perf_counter() - t0) * 1e3)
+            self._add(self.writes, self._pending_writes)
+
+        def counted_write_one(*args) -> Awaitable[None]:
+            self._pending_writes += 1
+            return write_one(*args)
+
+        # Instance attributes shadow the methods step() calls through `self.`.
+        cycle.poll, cycle.build_image, cycle.decide = timed_poll, timed_image, timed_decide
+        cycle.write, cycle._write_one = timed_write, counted_write_one
+
+    def _add(self, series: list, value: float) -> None:
+        if self.recording:
+            series.append(value)
+
+
+async def connect_all(cycle: ControlCycle) -> None:
+    async def one(dev_id: str) -> None:
+        await asyncio.wait_for(cycle.devices[dev_id].connect(), 10.0)
+    results = await asyncio.gather(*(one(d) for d in cycle.devices), return_exceptions=True)
+    failed = {d: r for d, r in zip(cycle.devices, results) if isinstance(r, BaseException)}
+    if failed:
+        raise RuntimeError("devices did not connect: "
+                           + "; ".join(f"{d}: {r!r}" for d, r in failed.items()))
+
+
+async def measure(config: Config, cycles: int, warmup: int,
+                  period_s: float) -> tuple[list[float], Timings, ControlCycle]:
+    cycle = ControlCycle(config, build_devices(config), load_kernel(), Clock())
+    timings = Timings(cycle)
+    await connect_all(cycle)
+    try:
+        totals: list[float] = []
+        next_at = time.monotonic()
+        for i in range(warmup + cycles):
+            timings.recording = i >= warmup
+            t0 = time.perf_counter()
+            await cycle.step()
+            if timings.recording:
+                totals.append((time.perf_counter() - t0) * 1e3)
+            if period_s > 0:  # the daemon's pacing: fixed period, no burst after an overrun
+                next_at += period_s
+                delay = next_at - time.monotonic()
+                if delay < 0:
+                    next_at, delay = time.monotonic(), 0.0
+                await asyncio.sleep(delay)
+    finally:
+        for dev in cycle.devices.values():
+            await dev.close()
+    return totals, timings, cycle
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+def environment() -> list[str]:
+    import pymodbus
+
+    return [*benchlib.environment(), f"numpy {np.__version__}, pymodbus {pymodbus.__version__}"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cycles", type=int, default=300, help="timed cycles (default 300)")
+    ap.add_argument("--warmup", type=int, default=20, help="untimed cycles first (default 20)")
+    ap.add_argument("--period", type=float, default=0.2,
+                    help="wall seconds between cycle starts, as the daemon paces them; "
+                         "0 = back to back (default 0.2)")
+    ap.add_argument("--layout", choices=["per-device", "gateway"], default="per-device",
+                    help="one port per device (default) or one gateway port per role")
+    args = ap.parse_args()
+    if args.cycles < 1 or args.warmup < 0 or args.period < 0:
+        ap.error("--cycles must be >= 1, --warmup >= 0 and --period >= 0")
+    expected_s = (args.cycles + args.warmup) * args.period
+    if expected_s > 150:
+        ap.error(f"{args.cycles + args.warmup} cycles at {args.period} s take {expected_s:.0f} s; "
+                 "keep the run under 150 s (fewer --cycles or a shorter --period)")
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    data = site_config(args.layout, args.period)
+    config = parse(data, "bench_cycle")
+    ports = {d.port for d in config.devices}
+    env_lines = environment()
+
+    with tempfile.TemporaryDirectory(prefix="bench-cycle-") as tmp:
+        cfg_path, hil_log = Path(tmp) / "site.yaml", Path(tmp) / "hil.log"
+        cfg_path.write_text(yaml.safe_dump(data, sort_keys=False))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+        with hil_log.open("wb") as out:
+            hil = subprocess.Popen(
+                [sys.executable, "-m", "edge.cli", "hil", "-c", str(cfg_path), "--speed", "1",
+                 "--log-level", "warning"],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_listening(hil, ports, hil_log, timeout=30)
+            totals, t, cycle = asyncio.run(measure(config, args.cycles, args.warmup, args.period))
+            if hil.poll() is not None:
+                raise RuntimeError(f"HIL exited during the run:\n{hil_log.read_text()[-3000:]}")
+        finally:
+            code, _ = stop_process(hil)
+        if code not in (0, -signal.SIGTERM):
+            print(f"warning: HIL exited {code}; log:\n{hil_log.read_text()[-2000:]}",
+                  file=sys.stderr)
+
+    errors = {d: h.errors for d, h in cycle.health.items() if h.errors}
+    crashes = cycle.stats.crashes
+    n_dev = len(config.devices)
+    pacing = f"paced every {args.period:g} s" if args.period else "back to back"
+    print()
+    for line in env_lines:
+        print(line)
+    print(f"{n_dev} devices ({N_PV} PV, {N_BESS} battery, 1 grid + {N_LOAD} load meters) on "
+          f"{len(ports)} loopback port(s) [{args.layout}]; HIL in a separate process at speed 1")
+    print(f"{args.cycles} timed cycles after {args.warmup} warm-up, {pacing}; "
+          f"setpoint writes: {sum(t.writes)} in {sum(1 for w in t.writes if w)} of "
+          f"{len(t.writes)} cycles; device errors: {errors or 'none'}; cycle crashes: {crashes}; "
+          f"last mode: {cycle.decision.mode if cycle.decision else '-'}")
+    print()
+    print(f"| control cycle, {n_dev} HIL devices ({args.layout}) | p50 | p99 | max |")
+    print("|---|---:|---:|---:|")
+    wrote = [w for w, n in zip(t.write_ms, t.writes) if n]
+    rows = [
+        ("full cycle: poll + image + decide + write (ms)", totals, 1),
+        ("poll, all devices in parallel (ms)", t.poll_ms, 1),
+        (f"write, the {len(wrote)} cycles that wrote (ms)", wrote, 1),
+        ("build_image (µs)", t.image_us, 1),
+        ("decide(image): functions + kernel (µs)", t.decide_us, 1),
+    ]
+    for name, series, nd in rows:
+        if series:
+            print(f"| {name} | {pct(series, 50):.{nd}f} | {pct(series, 99):.{nd}f} | "
+                  f"{max(series):.{nd}f} |")
+        else:
+            print(f"| {name} | - | - | - |")
+    print(f"\n_{env_lines[0]}; {env_lines[1].split(';')[0]}; N={args.cycles}, {pacing}._")
+    return 1 if crashes or errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
