@@ -70,6 +70,11 @@ cdef inline void battery_band(const double* row, double dt, double* lo, double* 
     cdef double step = row[C_B_RAMP] * dt
     cdef double lo_r = row[C_B_PREV] - step
     cdef double hi_r = row[C_B_PREV] + step
+    # Reducing |P| is never ramp-limited: a battery can always stop when a limit needs it.
+    if row[C_B_PREV] > 0.0:
+        lo_r = fmin(lo_r, 0.0)
+    elif row[C_B_PREV] < 0.0:
+        hi_r = fmax(hi_r, 0.0)
     if hi_r < lo_w:
         lo[0] = lo_w
         hi[0] = lo_w
@@ -96,7 +101,7 @@ cdef int dispatch_c(double grid_kw, double import_limit_kw, double export_limit_
     cdef double lo, hi, b, out, target, required, total
     cdef double sum_lo = 0.0, sum_hi = 0.0, sum_b = 0.0, up = 0.0, down = 0.0
     cdef double sum_out = 0.0, grid, pv_total = 0.0, excess, margin, curtailed_rated = 0.0
-    cdef double p, rated, base, limit, step, expected
+    cdef double p, rated, base, limit, step, expected, charge_room = 0.0
     cdef int status = 0
 
     for i in range(nb):
@@ -135,6 +140,7 @@ cdef int dispatch_c(double grid_kw, double import_limit_kw, double export_limit_
         out = clamp(out, lo, hi)
         bess_out[i] = out
         sum_out += out
+        charge_room += out - lo
 
     grid = natural - sum_out
 
@@ -156,7 +162,9 @@ cdef int dispatch_c(double grid_kw, double import_limit_kw, double export_limit_
                 limit = row[C_V_PREV]
             pv_out[i] = clamp(limit, 0.0, row[C_V_RATED])
     else:
-        margin = grid + export_limit_kw
+        # Released PV may also go into the batteries: without their charge room in the
+        # margin, a curtailed site with grid at 0 would never release and never charge.
+        margin = grid + export_limit_kw + charge_room
         for i in range(nv):
             row = pv + i * C_NV
             if is_ok(row[C_V_OK]) and pv_base(row) < row[C_V_RATED]:

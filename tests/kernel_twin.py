@@ -38,14 +38,19 @@ def battery_band(row: list[float], dt: float) -> tuple[float, float]:
     """Allowed setpoint range [lo, hi] of one battery for this cycle.
 
     The SoC/power window always contains 0. The ramp band around the last setpoint narrows
-    it; when the band misses the window entirely the window wins, because it is the safety
-    limit and the ramp limit is only comfort for the inverter.
+    it, except towards 0: reducing |P| is never ramp-limited, so a battery can always stop
+    when a limit needs it. When the band misses the window entirely the window wins, because
+    it is the safety limit and the ramp limit is only comfort for the inverter.
     """
     hi_w = row[B_MAX_DIS] if row[B_SOC] > row[B_SOC_MIN] else 0.0
     lo_w = -row[B_MAX_CH] if row[B_SOC] < row[B_SOC_MAX] else 0.0
     step = row[B_RAMP] * dt
     lo_r = row[B_PREV] - step
     hi_r = row[B_PREV] + step
+    if row[B_PREV] > 0.0:
+        lo_r = min(lo_r, 0.0)
+    elif row[B_PREV] < 0.0:
+        hi_r = max(hi_r, 0.0)
     if hi_r < lo_w:
         return lo_w, lo_w
     if lo_r > hi_w:
@@ -93,6 +98,7 @@ def dispatch(
     total = clamp(required, sum_lo, sum_hi)
 
     sum_out = 0.0
+    charge_room = 0.0  # how much more the batteries could charge within their bands
     for i, row in enumerate(batteries):
         if not is_ok(row[B_OK]):
             bess_out[i] = row[B_P]
@@ -108,6 +114,7 @@ def dispatch(
         out = clamp(out, lo, hi)
         bess_out[i] = out
         sum_out += out
+        charge_room += out - lo
 
     # 6: grid after the batteries, before any PV change.
     grid = natural - sum_out
@@ -132,7 +139,9 @@ def dispatch(
                 limit = row[V_PREV]
             limits[j] = clamp(limit, 0.0, row[V_RATED])
     else:
-        margin = grid + export_limit_kw
+        # Released PV may also go into the batteries: without their charge room in the
+        # margin, a curtailed site with grid at 0 would never release and never charge.
+        margin = grid + export_limit_kw + charge_room
         curtailed_rated = 0.0
         for row in inverters:
             if is_ok(row[V_OK]):

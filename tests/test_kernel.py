@@ -166,9 +166,16 @@ def test_batteries_stay_in_window_and_ramp_band(kernel, case):
         lo_w, hi_w = window(row)
         assert lo_w <= out.bess_out[i] <= hi_w
         step = row[twin.B_RAMP] * case.dt_s
-        lo_r, hi_r = row[twin.B_PREV] - step, row[twin.B_PREV] + step
+        prev = row[twin.B_PREV]
+        lo_r, hi_r = prev - step, prev + step
         if hi_r >= lo_w and lo_r <= hi_w:
-            assert lo_r - 1e-9 <= out.bess_out[i] <= hi_r + 1e-9
+            # Moving away from 0 is ramp-limited; moving towards 0 (stopping) never is.
+            if out.bess_out[i] > prev:
+                assert out.bess_out[i] <= max(hi_r, 0.0) + 1e-9
+            else:
+                assert out.bess_out[i] >= min(lo_r, 0.0) - 1e-9
+            assert not (prev >= 0.0 and out.bess_out[i] < min(lo_r, 0.0) - 1e-9)
+            assert not (prev <= 0.0 and out.bess_out[i] > max(hi_r, 0.0) + 1e-9)
 
 
 @PROPERTY
@@ -258,6 +265,23 @@ def test_ramp_limits_battery_step(kernel):
     assert r.bess_kw.tolist() == [2.0]
     assert r.expected_grid_kw == pytest.approx(8.0)
     assert r.target_unmet and not r.import_unmet
+
+
+def test_battery_may_stop_at_once_when_a_limit_needs_it(kernel):
+    # Discharging 30 kW at zero export when the load vanished: ramp 1 kW/s must not force
+    # 29 kW of export; stopping is never ramp-limited.
+    r = call(kernel, grid_kw=-30.0, exp=0.0, bess=[bess_row(p=30.0, prev=30.0, max_dis=40.0, ramp=1.0)])
+    assert r.bess_kw.tolist() == [0.0]
+    assert r.expected_grid_kw == pytest.approx(0.0, abs=1e-12)
+    assert not r.export_unmet
+
+
+def test_curtailed_pv_is_released_into_battery_charge_room(kernel):
+    # PV held at 50 of 100 kW, grid at 0, battery idle with room to charge: the release must
+    # not wait for an export margin that never comes (the battery only sees surplus it gets).
+    r = call(kernel, grid_kw=0.0, target=0.0, exp=0.0, dt=1.0,
+             bess=[bess_row()], pv=[pv_row(p=50.0, rated=100.0, prev=50.0, ramp=5.0)])
+    assert r.pv_limit_kw.tolist() == [55.0]
 
 
 def test_depleted_battery_is_held_at_its_window_despite_ramp(kernel):
