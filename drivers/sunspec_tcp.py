@@ -162,6 +162,8 @@ class SunSpecUnit:
 
     async def write(self, model_id: int, values: dict[str, float | int]) -> None:
         """Write the given points of one model in a single contiguous request."""
+        if model_id not in self.models:
+            raise DeviceError(f"unit {self.unit}: model {model_id} unknown; not (re)discovered yet")
         mdef = sunspec.model(model_id)
         points = sorted((mdef.point(n) for n in values), key=lambda p: p.offset)
         regs: list[int] = []
@@ -258,6 +260,10 @@ class SunSpecBattery(_SunSpecDevice):
     required = (103, 124)
     _wchamax_kw: float = 0.0
 
+    async def connect(self) -> None:
+        await super().connect()
+        self._wchamax_kw = _kw((await self.sunspec.read(124))["WChaMax"])
+
     async def _values(self) -> dict[str, float]:
         inv = await self.sunspec.read(103)
         stor = await self.sunspec.read(124)
@@ -271,14 +277,18 @@ class SunSpecBattery(_SunSpecDevice):
         return {"power_kw": _kw(inv["W"]), "soc_pct": float(soc), "max_charge_kw": self._wchamax_kw}
 
     async def write_power(self, kw: float, revert_s: int) -> None:
+        """Both 124 limits stay active (StorCtl_Mod=3): the rates then pin the power, and
+        0 kW means "hold at zero" rather than mode 0, which releases the PCS to its own logic.
+        Rates are % of the device's own WChaMax, so the device nameplate also caps the kW."""
         if self._wchamax_kw <= 0:
             self._wchamax_kw = _kw((await self.sunspec.read(124))["WChaMax"])
-        pct = 100.0 * abs(kw) / self._wchamax_kw
-        out_pct, in_pct = (pct, 0.0) if kw > 0 else (0.0, pct)
+        if self._wchamax_kw <= 0:
+            raise DeviceError(f"{self.id}: WChaMax is 0; cannot express a power setpoint")
+        pct = min(100.0, 100.0 * abs(kw) / self._wchamax_kw)
         await self.sunspec.write(124, {
-            "OutWRte": out_pct,
-            "InWRte": in_pct,
+            "OutWRte": pct if kw > 0 else 0.0,
+            "InWRte": pct if kw < 0 else 0.0,
             "InOutWRte_WinTms": 0,
             "InOutWRte_RvrtTms": revert_s,
         })
-        await self.sunspec.write(124, {"StorCtl_Mod": (2 if kw > 0 else 1) if kw else 0})
+        await self.sunspec.write(124, {"StorCtl_Mod": 3})

@@ -73,7 +73,10 @@ class PvDevice(_DeviceBase):
     rated_kw: PositiveKw
     ramp_kw_per_s: PositiveKw = 1000.0
     revert_s: int = Field(60, ge=5, le=3600, description="device reverts limits after this")
-    safe_limit_pct: Pct = 100.0
+    safe_limit_pct: Pct | None = Field(
+        None, description="PV level when the PCC meter is lost; default 0 on an export-limited "
+        "site (DOMAIN §3: drop PV to a safe level), else 100",
+    )
 
 
 class BatteryDevice(_DeviceBase):
@@ -221,6 +224,12 @@ class Config(_Model):
                 f"exactly one meter with measures: grid (the PCC meter) is required, found {len(grid)}"
             )
         return self
+
+    def pv_safe_kw(self, pv: PvDevice) -> float:
+        pct = pv.safe_limit_pct
+        if pct is None:
+            pct = 0.0 if self.control.export_limit_kw is not None else 100.0
+        return pv.rated_kw * pct / 100.0
 
     def of_role(self, role: str) -> list[PvDevice | BatteryDevice | MeterDevice]:
         return [d for d in self.devices if d.role == role]

@@ -67,6 +67,17 @@ def run_functions(
         try:
             bounds = fn(image, bounds, cfg)
         except Exception:
-            log.exception("control function %s failed; skipped this cycle", name)
+            log.exception("control function %s failed; its static bound applies this cycle", name)
             failed.append(name)
+            bounds = _static_bound(name, bounds, cfg)
     return bounds, failed
+
+
+def _static_bound(name: str, b: SiteBounds, cfg: ControlConfig) -> SiteBounds:
+    """What a failed limit function still guarantees: its configured limit. A failing
+    function must never lift a limit (a crashed export limit must not release PV)."""
+    if name == "export_limit" and cfg.export_limit_kw is not None:
+        return replace(b, export_limit_kw=min(b.export_limit_kw, cfg.export_limit_kw))
+    if name == "peak_shaving" and cfg.import_limit_kw is not None:
+        return replace(b, import_limit_kw=min(b.import_limit_kw, cfg.import_limit_kw))
+    return b

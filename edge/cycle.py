@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import numpy as np
@@ -98,10 +98,14 @@ class ControlCycle:
         try:
             h.reading = await asyncio.wait_for(self.devices[dev_id].poll(), timeout)
             h.failed_polls = 0
-        except (DeviceError, asyncio.TimeoutError, OSError) as exc:
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any device fault is that device's, not the cycle's
             h.failed_polls += 1
             h.errors += 1
             msg = str(exc) or type(exc).__name__
+            if not isinstance(exc, (DeviceError, asyncio.TimeoutError, OSError)):
+                msg = f"{type(exc).__name__}: {msg}"
             if h.failed_polls == 1 or msg != h.last_error:
                 log.warning("device %s: poll failed: %s", dev_id, msg)
             h.last_error = msg
@@ -127,13 +131,22 @@ class ControlCycle:
         return ProcessImage(self.clock.now(), dt or self.config.control.cycle_s, states)
 
     # -- 2. decide -----------------------------------------------------------------------
+    def _safe_power(self, image: ProcessImage, b: BatteryDevice) -> float:
+        """The configured safe power, but never discharging an empty or charging a full one."""
+        p = b.safe_power_kw
+        if p and image.good(b.id):
+            soc = image.value(b.id, "soc_pct")
+            if (p > 0 and soc <= b.soc_min_pct) or (p < 0 and soc >= b.soc_max_pct):
+                return 0.0
+        return p
+
     def _safe_decision(self, image: ProcessImage, mode: str, failed=()) -> Decision:
         return Decision(
             ts=image.ts,
             mode=mode,
             bounds=SiteBounds(),
-            bess_kw={b.id: b.safe_power_kw for b in self.batteries},
-            pv_limit_kw={p.id: p.rated_kw * p.safe_limit_pct / 100.0 for p in self.pvs},
+            bess_kw={b.id: self._safe_power(image, b) for b in self.batteries},
+            pv_limit_kw={p.id: self.config.pv_safe_kw(p) for p in self.pvs},
             expected_grid_kw=math.nan,
             status=0,
             failed_functions=tuple(failed),
@@ -144,6 +157,14 @@ class ControlCycle:
         grid_id = self.config.grid_meter.id
         if not image.good(grid_id):
             return self._safe_decision(image, "safe")
+        for dev_id, state in image.devices.items():
+            if state.quality is not Quality.GOOD and dev_id in self._written:
+                # Its revert timer may have moved it since: ramp from what it reports next.
+                self._written[dev_id].value = None
+        if image.devices[grid_id].failed_polls and self.decision is not None:
+            # The PCC value predates our last writes; deciding on it would count the last
+            # battery step twice. Hold the setpoints until a fresh reading arrives.
+            return replace(self.decision, ts=image.ts, mode="hold")
         bounds, failed = run_functions(cfg.functions, image, cfg)
         for i, b in enumerate(self.batteries):
             row = self._bess[i]
@@ -166,8 +187,7 @@ class ControlCycle:
                 row[:] = (image.value(p.id, "power_kw"), p.rated_kw,
                           image.value(p.id, "limit_kw") if w is None else w, p.ramp_kw_per_s, 1.0)
             else:
-                safe = p.rated_kw * p.safe_limit_pct / 100.0
-                row[:] = (0.0, p.rated_kw, safe, p.ramp_kw_per_s, 0.0)
+                row[:] = (0.0, p.rated_kw, self.config.pv_safe_kw(p), p.ramp_kw_per_s, 0.0)
         result = dispatch.dispatch(
             self.kernel,
             grid_kw=image.value(grid_id, "power_kw"),
@@ -181,11 +201,11 @@ class ControlCycle:
         bess_kw = {}
         for i, b in enumerate(self.batteries):
             # Defence in depth: the kernel already clamps; this catches a broken build.
-            v = float(result.bess_kw[i]) if image.good(b.id) else b.safe_power_kw
+            v = float(result.bess_kw[i]) if image.good(b.id) else self._safe_power(image, b)
             bess_kw[b.id] = min(max(v, -b.max_charge_kw), b.max_discharge_kw)
         pv_kw = {}
         for i, p in enumerate(self.pvs):
-            v = float(result.pv_limit_kw[i]) if image.good(p.id) else p.rated_kw * p.safe_limit_pct / 100.0
+            v = float(result.pv_limit_kw[i]) if image.good(p.id) else self.config.pv_safe_kw(p)
             pv_kw[p.id] = min(max(v, 0.0), p.rated_kw)
         mode = "+".join(n for n in cfg.functions if n not in failed) or "idle"
         return Decision(image.ts, mode, bounds, bess_kw, pv_kw, result.expected_grid_kw,
@@ -200,18 +220,23 @@ class ControlCycle:
             return True
         return now_s - w.at_s >= revert_s * self.config.control.rewrite_margin
 
-    async def _write_one(self, dev_id: str, value: float, revert_s: int, now_s: float) -> None:
+    async def _write_one(self, dev_id: str, value: float, revert_s: int, now_s: float,
+                         timeout: float) -> None:
         dev = self.devices[dev_id]
         w = self._written[dev_id]
         try:
             if dev_id in self._pv_ids:
-                await dev.write_limit(value, revert_s)  # type: ignore[attr-defined]
+                write = dev.write_limit(value, revert_s)  # type: ignore[attr-defined]
             else:
-                await dev.write_power(value, revert_s)  # type: ignore[attr-defined]
-        except (DeviceError, asyncio.TimeoutError, OSError) as exc:
+                write = dev.write_power(value, revert_s)  # type: ignore[attr-defined]
+            await asyncio.wait_for(write, timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one device's fault must not stop the others
             if not w.failed:
                 log.warning("device %s: write %.2f kW failed: %s", dev_id, value, exc)
-            w.failed = True
+            # Unknown what the device holds now: re-write next cycle, ramp from its reading.
+            w.failed, w.value = True, None
             self.health[dev_id].errors += 1
             return
         w.value, w.at_s, w.failed = value, now_s, False
@@ -223,13 +248,12 @@ class ControlCycle:
         for b in self.batteries:
             v = decision.bess_kw[b.id]
             if force or self._due(b.id, v, b.revert_s, now_s):
-                jobs.append(self._write_one(b.id, v, b.revert_s, now_s))
+                jobs.append(self._write_one(b.id, v, b.revert_s, now_s, timeout))
         for p in self.pvs:
             v = decision.pv_limit_kw[p.id]
             if force or self._due(p.id, v, p.revert_s, now_s):
-                jobs.append(self._write_one(p.id, v, p.revert_s, now_s))
-        if jobs:
-            await asyncio.wait_for(asyncio.gather(*jobs), timeout * 2)
+                jobs.append(self._write_one(p.id, v, p.revert_s, now_s, timeout))
+        await asyncio.gather(*jobs)
 
     # -- the loop ------------------------------------------------------------------------
     async def step(self) -> Decision:
@@ -243,10 +267,7 @@ class ControlCycle:
             log.exception("control cycle crashed; applying safe state")
             decision = self._safe_decision(self.image, "safe")
         self.decision = decision
-        try:
-            await self.write(decision)
-        except asyncio.TimeoutError:
-            log.warning("setpoint writes did not finish within the cycle")
+        await self.write(decision)
         self.stats.cycles += 1
         self.stats.durations_ms.append((time.perf_counter() - t0) * 1000.0)
         return decision
@@ -264,7 +285,8 @@ class ControlCycle:
                 raise
             except Exception:
                 self.stats.crashes += 1
-                log.exception("control cycle failed outside decide; continuing")
+                log.exception("control cycle failed outside decide; applying safe state")
+                await self.apply_safe_state()
             next_at += period
             delay = next_at - time.monotonic()
             if delay < 0:
@@ -276,8 +298,9 @@ class ControlCycle:
                 pass
 
     async def apply_safe_state(self) -> None:
-        image = self.image or self.build_image()
+        """Write every device's safe state now; never raises (it runs on the way down)."""
         try:
+            image = self.image or self.build_image()
             await self.write(self._safe_decision(image, "safe"), force=True)
-        except asyncio.TimeoutError:
-            log.warning("safe-state writes timed out")
+        except Exception:  # noqa: BLE001
+            log.exception("applying the safe state failed; device revert timers remain")

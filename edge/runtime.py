@@ -103,17 +103,38 @@ class Daemon:
             log.info("site %s: ready, cycle every %.3f s (wall)", site, self.cycle.period_wall_s)
             await stop.wait()
         finally:
-            self.notifier.stopping()
-            log.info("site %s: stopping", site)
-            if self.scheduler is not None:
-                self.scheduler.shutdown(wait=False)
-            if cycle_task is not None:
-                cycle_task.cancel()
-                await asyncio.gather(cycle_task, return_exceptions=True)
-            await self.cycle.apply_safe_state()
-            await self.link.stop()
-            self.undelivered = len(self.outbox)
-            for dev in self.devices.values():
-                await dev.close()
-            self.outbox.close()
-            self.notifier.close()
+            await self._shutdown(cycle_task)
+
+    async def _shutdown(self, cycle_task: asyncio.Task | None) -> None:
+        """Reverse order of start; each step runs even if an earlier one failed."""
+        self.notifier.stopping()
+        log.info("site %s: stopping", self.config.site.id)
+        steps = [
+            ("scheduler", self._stop_scheduler),
+            ("control cycle", lambda: self._cancel(cycle_task)),
+            ("safe state", self.cycle.apply_safe_state),
+            ("mqtt", self.link.stop),
+            ("devices", self._close_devices),
+        ]
+        for name, step in steps:
+            try:
+                await step()
+            except Exception:  # noqa: BLE001 - keep shutting down
+                log.exception("shutdown step %s failed", name)
+        self.undelivered = len(self.outbox)
+        self.outbox.close()
+        self.notifier.close()
+
+    async def _stop_scheduler(self) -> None:
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+
+    @staticmethod
+    async def _cancel(task: asyncio.Task | None) -> None:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _close_devices(self) -> None:
+        for dev in self.devices.values():
+            await dev.close()

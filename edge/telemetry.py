@@ -1,6 +1,6 @@
 """The telemetry message (MQTT contract `pedf/v1/<site>/telemetry`) from one process image
-and the decision taken on it. Sums use only GOOD values; a stale device is named, not
-silently counted as zero."""
+and the decision taken on it. A stale device is named in `stale`, never silently
+counted as zero: a sum that would need it is null."""
 
 from __future__ import annotations
 
@@ -16,20 +16,28 @@ def _r(x: float | None, nd: int = 3) -> float | None:
     return None if x is None or not math.isfinite(x) else round(x, nd)
 
 
+def _sum(image: ProcessImage, devices: list, key: str, weight=lambda d: 1.0) -> float | None:
+    """Sum over all devices of a role, or None if any is not GOOD: a partial sum would look
+    like a real figure to the platform."""
+    if not all(image.good(d.id) for d in devices):
+        return None
+    return sum(image.value(d.id, key) * weight(d) for d in devices)
+
+
 def build(config: Config, image: ProcessImage, decision: Decision | None) -> dict:
-    pv_kw = sum(image.value(d.id, "power_kw") for d in config.devices
-                if isinstance(d, PvDevice) and image.good(d.id))
-    bats = [d for d in config.devices if isinstance(d, BatteryDevice) and image.good(d.id)]
-    bess_kw = sum(image.value(b.id, "power_kw") for b in bats)
+    pvs = [d for d in config.devices if isinstance(d, PvDevice)]
+    bats = [d for d in config.devices if isinstance(d, BatteryDevice)]
+    loads = [d for d in config.devices if isinstance(d, MeterDevice) and d.measures == "load"]
+    pv_kw = _sum(image, pvs, "power_kw")
+    bess_kw = _sum(image, bats, "power_kw")
     cap = sum(b.capacity_kwh for b in bats)
-    soc = sum(image.value(b.id, "soc_pct") * b.capacity_kwh for b in bats) / cap if cap else None
+    soc_x_cap = _sum(image, bats, "soc_pct", lambda b: b.capacity_kwh)
+    soc = soc_x_cap / cap if cap and soc_x_cap is not None else None
     grid = config.grid_meter.id
     grid_kw = image.value(grid, "power_kw") if image.good(grid) else None
-    load_meters = [d for d in config.devices
-                   if isinstance(d, MeterDevice) and d.measures == "load"]
-    if load_meters and all(image.good(m.id) for m in load_meters):
-        load_kw = sum(image.value(m.id, "power_kw") for m in load_meters)
-    elif grid_kw is not None:
+    if loads:
+        load_kw = _sum(image, loads, "power_kw")
+    elif None not in (grid_kw, pv_kw, bess_kw):
         load_kw = grid_kw + pv_kw + bess_kw  # site balance (DOMAIN.md §2)
     else:
         load_kw = None

@@ -258,7 +258,7 @@ async def test_grid_meter_never_read_starts_in_safe_mode():
     assert d.mode == "safe"
 
 
-async def test_raising_control_function_is_skipped_and_others_still_run(monkeypatch, caplog):
+async def test_raising_control_function_keeps_its_static_limit_and_others_still_run(monkeypatch, caplog):
     def broken(image, bounds, cfg):
         raise ZeroDivisionError("bug in export_limit")
 
@@ -267,7 +267,7 @@ async def test_raising_control_function_is_skipped_and_others_still_run(monkeypa
     d = await rig.step()
     assert d.failed_functions == ("export_limit",)
     assert d.mode == "self_consumption+peak_shaving"
-    assert d.bounds.export_limit_kw == math.inf
+    assert d.bounds.export_limit_kw == 0.0  # a failed limit function never lifts its limit
     assert d.bounds.import_limit_kw == 80.0  # peak_shaving still ran
     assert d.bounds.grid_target_kw == 0.0  # self_consumption still ran
     assert d.bess_kw["bess1"] == pytest.approx(60.0)
@@ -308,3 +308,41 @@ async def test_setpoints_respect_ramp_rate_between_cycles():
     rig.site.load_kw = 0.0  # nothing to cover any more: stopping is never ramp-limited,
     d = await rig.step(0.5)  # or the battery would push its discharge into export
     assert d.bess_kw["bess1"] == 0.0
+
+
+async def test_missed_pcc_poll_holds_setpoints_instead_of_counting_the_last_step_twice():
+    rig = make(load_kw=30.0)
+    await rig.step()  # battery 0 -> 30 kW; the PCC reading of this cycle predates that write
+    assert rig.site.bess_kw == pytest.approx(30.0)
+    rig.dev["pcc"].offline = True  # next poll fails: its last reading still says +30 kW import
+    d = await rig.step()
+    assert d.mode == "hold"
+    assert d.bess_kw["bess1"] == pytest.approx(30.0)  # not 60 kW: no export spike
+    rig.dev["pcc"].offline = False
+    d = await rig.step()
+    assert d.mode != "hold" and d.bess_kw["bess1"] == pytest.approx(30.0)
+
+
+async def test_recovered_battery_ramps_from_its_reading_not_a_forgotten_setpoint():
+    rig = make(load_kw=30.0, bess={"ramp_kw_per_s": 10})
+    for _ in range(3):
+        await rig.step(1.0)
+    assert rig.site.bess_kw == pytest.approx(30.0)
+    rig.dev["bess1"].offline = True
+    for _ in range(3):
+        await rig.step(1.0)  # stale: safe state; meanwhile its revert timer took it to 0 kW
+    rig.site.bess_kw = 0.0
+    rig.site.load_kw = 0.0  # and nothing to cover any more
+    rig.dev["bess1"].offline = False
+    d = await rig.step(1.0)
+    assert d.bess_kw["bess1"] == pytest.approx(0.0)  # not forced to 20 kW into export
+
+
+def test_pv_safe_level_defaults_to_zero_on_an_export_limited_site():
+    data = copy.deepcopy(BASE)
+    del data["devices"][0]["safe_limit_pct"]
+    cfg = parse(data)
+    assert cfg.pv_safe_kw(cfg.devices[0]) == 0.0
+    data["control"]["export_limit_kw"] = None
+    cfg = parse(data)
+    assert cfg.pv_safe_kw(cfg.devices[0]) == 120.0
