@@ -57,8 +57,10 @@ def site_config(layout: str, period_s: float) -> dict:
 
     def endpoint(group: str) -> dict:
         key = group if layout == "gateway" else f"dev{len(units)}-{group}"
-        if key not in ports:
-            ports[key] = free_port()
+        while key not in ports:
+            port = free_port()  # the OS may hand back a port it gave before: never reuse
+            if port not in ports.values():
+                ports[key] = port
         units[key] = units.get(key, 0) + 1
         return {"host": HOST, "port": ports[key], "unit_id": units[key]}
 
