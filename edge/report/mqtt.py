@@ -77,6 +77,7 @@ class MqttLink:
         self._paho_gen = 0  # bumped by on_connect (paho thread), read under _lock
         self._gen: int | None = None  # generation the drain loop works in; None = offline
         self._inflight: dict[int, int] = {}  # paho mid -> msg_id, current generation only
+        self._acked_ids: list[int] = []  # acknowledged, awaiting removal from the outbox
         self._cursor = 0  # highest msg_id handed to paho in the current generation
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
@@ -159,6 +160,7 @@ class MqttLink:
         self._client.drop_out_messages()
         self._gen = None
         self._inflight.clear()
+        self._remove_acked()
         self._log.info("stopped; %d messages left in the outbox", len(self.outbox))
 
     async def flush(self, timeout: float) -> None:
@@ -184,7 +186,16 @@ class MqttLink:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            self._remove_acked()
             self._fill_window()
+
+    def _remove_acked(self) -> None:
+        """PUBACKs that arrived since the last pass leave the outbox in one transaction."""
+        if self._acked_ids:
+            ids, self._acked_ids = self._acked_ids, []
+            self.outbox.remove_many(ids)
+            self.acked += len(ids)
+            self._changed.set()
 
     def _fill_window(self) -> None:
         while self._gen is not None and len(self._inflight) < self.window:
@@ -227,8 +238,7 @@ class MqttLink:
         msg_id = self._inflight.pop(mid, None)
         if msg_id is None:
             return  # the status message
-        self.outbox.remove(msg_id)
-        self.acked += 1
+        self._acked_ids.append(msg_id)
         self._wake.set()
         self._changed.set()
 

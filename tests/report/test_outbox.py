@@ -68,3 +68,15 @@ def test_listeners_hear_each_committed_enqueue(tmp_path):
         box.remove_listener(heard.append)
         box.enqueue("t", {})
     assert heard == [1, 2]
+
+
+def test_acknowledged_batch_leaves_in_one_transaction_and_others_stay(tmp_path):
+    box = Outbox(tmp_path / "outbox.sqlite")
+    ids = [box.enqueue("t", {"n": n}) for n in range(5)]
+    box.remove_many(ids[:3])
+    assert [r.msg_id for r in box.pending(10)] == ids[3:]
+    box.remove_many([])  # nothing acknowledged: nothing happens
+    assert len(box) == 2
+    box.close()
+    reader = sqlite3.connect(tmp_path / "outbox.sqlite")
+    assert [r[0] for r in reader.execute("SELECT msg_id FROM outbox ORDER BY msg_id")] == ids[3:]
