@@ -80,7 +80,7 @@ class Endpoint:
                     regs += rr.registers
                     address += n
                     count -= n
-            except (ModbusException, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, ModbusException, OSError) as exc:
                 self._drop()
                 raise DeviceError(f"{self.name} unit {unit}: read {address}: {exc}") from exc
             except asyncio.CancelledError:
@@ -93,7 +93,7 @@ class Endpoint:
             client = await self._ensure()
             try:
                 rr = await client.write_registers(address, values, device_id=unit)
-            except (ModbusException, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, ModbusException, OSError) as exc:
                 self._drop()
                 raise DeviceError(f"{self.name} unit {unit}: write {address}: {exc}") from exc
             except asyncio.CancelledError:

@@ -104,7 +104,7 @@ class ControlCycle:
             h.failed_polls += 1
             h.errors += 1
             msg = str(exc) or type(exc).__name__
-            if not isinstance(exc, (DeviceError, asyncio.TimeoutError, OSError)):
+            if not isinstance(exc, (DeviceError, TimeoutError, OSError)):
                 msg = f"{type(exc).__name__}: {msg}"
             if h.failed_polls == 1 or msg != h.last_error:
                 log.warning("device %s: poll failed: %s", dev_id, msg)
@@ -294,7 +294,7 @@ class ControlCycle:
                 delay = 0
             try:
                 await asyncio.wait_for(stop.wait(), delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def apply_safe_state(self) -> None:

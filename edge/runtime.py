@@ -57,7 +57,7 @@ class Daemon:
         async def one(dev_id: str) -> None:
             try:
                 await asyncio.wait_for(self.devices[dev_id].connect(), 5.0)
-            except (DeviceError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, DeviceError, OSError) as exc:
                 log.warning("device %s not reachable at start (%s); will keep trying", dev_id, exc)
         await asyncio.gather(*(one(d) for d in self.devices))
 

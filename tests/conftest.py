@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import json
-import threading
-import uuid
 
 import paho.mqtt.client as paho
 import pytest

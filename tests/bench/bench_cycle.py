@@ -37,14 +37,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+import benchlib  # noqa: E402
+from benchlib import HOST, free_port, stop_process  # noqa: E402
+
 from drivers.registry import build_devices  # noqa: E402
 from edge.clock import Clock  # noqa: E402
 from edge.config import Config, parse  # noqa: E402
 from edge.cycle import ControlCycle  # noqa: E402
 from edge.dispatch import load_kernel  # noqa: E402
-
-import benchlib  # noqa: E402
-from benchlib import HOST, free_port, stop_process  # noqa: E402
 
 N_PV, N_BESS, N_LOAD = 8, 8, 3
 

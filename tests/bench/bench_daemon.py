@@ -30,11 +30,10 @@ import time
 import uuid
 from pathlib import Path
 
+import benchlib
 import paho.mqtt.client as paho
 import psutil
 import yaml
-
-import benchlib
 from benchlib import HOST, free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,6 @@ import os
 import sys
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
 from conftest import Subscriber, free_port, wait_for
 
@@ -184,7 +183,7 @@ async def wait_for_status(host: str, port: int, expected: str, timeout: float = 
     try:
         await asyncio.wait_for(poll(), timeout)
     except TimeoutError:
-        raise AssertionError(f"retained status never became {expected!r}; saw {seen[-3:]}")
+        raise AssertionError(f"retained status never became {expected!r}; saw {seen[-3:]}") from None
 
 
 async def test_embedded_broker_used_when_none_answers(outbox):
