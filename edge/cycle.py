@@ -27,6 +27,8 @@ from edge.image import DeviceState, ProcessImage
 
 log = logging.getLogger(__name__)
 
+_LIMIT_SLACK_KW = 0.05  # below this a limit excursion is measurement noise, not a violation
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -212,11 +214,12 @@ class ControlCycle:
                         result.status, tuple(failed))
 
     # -- 3. write ------------------------------------------------------------------------
-    def _due(self, dev_id: str, value: float, revert_s: int, now_s: float) -> bool:
+    def _due(self, dev_id: str, value: float, revert_s: int, now_s: float,
+              deadband: float) -> bool:
         w = self._written[dev_id]
         if w.failed or w.value is None:
             return True
-        if abs(value - w.value) > self.config.control.deadband_kw:
+        if abs(value - w.value) > deadband:
             return True
         return now_s - w.at_s >= revert_s * self.config.control.rewrite_margin
 
@@ -241,17 +244,29 @@ class ControlCycle:
             return
         w.value, w.at_s, w.failed = value, now_s, False
 
+    def _limit_violated(self, decision: Decision) -> bool:
+        """The PCC reading of this cycle is beyond an import or export bound."""
+        image, b = self.image, decision.bounds
+        grid = self.config.grid_meter.id
+        if image is None or not image.good(grid) or image.devices[grid].failed_polls:
+            return False
+        kw = image.value(grid, "power_kw")
+        return kw > b.import_limit_kw + _LIMIT_SLACK_KW or kw < -b.export_limit_kw - _LIMIT_SLACK_KW
+
     async def write(self, decision: Decision, force: bool = False) -> None:
         now_s = self.clock.elapsed_s()
         timeout = max(0.8 * self.period_wall_s, 0.2)
+        # The deadband saves writes, but a limit being broken right now outranks that: then
+        # any correction larger than measurement noise is written (DOMAIN §3, duty 4).
+        deadband = _LIMIT_SLACK_KW if self._limit_violated(decision) else self.config.control.deadband_kw
         jobs = []
         for b in self.batteries:
             v = decision.bess_kw[b.id]
-            if force or self._due(b.id, v, b.revert_s, now_s):
+            if force or self._due(b.id, v, b.revert_s, now_s, deadband):
                 jobs.append(self._write_one(b.id, v, b.revert_s, now_s, timeout))
         for p in self.pvs:
             v = decision.pv_limit_kw[p.id]
-            if force or self._due(p.id, v, p.revert_s, now_s):
+            if force or self._due(p.id, v, p.revert_s, now_s, deadband):
                 jobs.append(self._write_one(p.id, v, p.revert_s, now_s, timeout))
         await asyncio.gather(*jobs)
 

@@ -346,3 +346,17 @@ def test_pv_safe_level_defaults_to_zero_on_an_export_limited_site():
     data["control"]["export_limit_kw"] = None
     cfg = parse(data)
     assert cfg.pv_safe_kw(cfg.devices[0]) == 120.0
+
+
+async def test_deadband_is_bypassed_while_a_limit_is_broken():
+    rig = make(load_kw=30.0)  # zero-export site, deadband 0.5 kW
+    await rig.step()
+    rig.clear_writes()
+    rig.site.load_kw = 29.7  # battery now pushes 0.3 kW into the grid: export above the limit
+    d = await rig.step()
+    assert d.bess_kw["bess1"] == pytest.approx(29.7)
+    assert rig.dev["bess1"].writes == [(pytest.approx(29.7), 60)]
+    rig.clear_writes()
+    rig.site.load_kw = 30.0  # 0.3 kW import: inside the limits, within the deadband
+    await rig.step()
+    assert rig.dev["bess1"].writes == []
