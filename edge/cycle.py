@@ -98,7 +98,10 @@ class ControlCycle:
     async def _poll_one(self, dev_id: str, timeout: float) -> None:
         h = self.health[dev_id]
         try:
-            h.reading = await asyncio.wait_for(self.devices[dev_id].poll(), timeout)
+            reading = await asyncio.wait_for(self.devices[dev_id].poll(), timeout)
+            if h.reading is None:
+                self._check_nameplate(dev_id, reading)
+            h.reading = reading
             h.failed_polls = 0
         except asyncio.CancelledError:
             raise
@@ -111,6 +114,21 @@ class ControlCycle:
             if h.failed_polls == 1 or msg != h.last_error:
                 log.warning("device %s: poll failed: %s", dev_id, msg)
             h.last_error = msg
+
+    def _check_nameplate(self, dev_id: str, reading: Reading) -> None:
+        """Say once when the config asks more than the device's own nameplate: the device
+        caps the setpoint, and the site would plan on power it does not have."""
+        cfg = next(d for d in self.config.devices if d.id == dev_id)
+        checks = []
+        if isinstance(cfg, BatteryDevice):
+            checks = [("max_charge_kw", cfg.max_charge_kw, "max_charge_kw")]
+        elif isinstance(cfg, PvDevice):
+            checks = [("rated_kw", cfg.rated_kw, "rated_kw")]
+        for name, configured, key in checks:
+            device = reading.values.get(key)
+            if device is not None and configured > device + 1e-6:
+                log.warning("device %s: config %s %.1f kW exceeds the device's %.1f kW; "
+                            "the device caps it - fix the config", dev_id, name, configured, device)
 
     async def poll(self) -> None:
         timeout = max(0.8 * self.period_wall_s, 0.2)

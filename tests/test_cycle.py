@@ -360,3 +360,12 @@ async def test_deadband_is_bypassed_while_a_limit_is_broken():
     rig.site.load_kw = 30.0  # 0.3 kW import: inside the limits, within the deadband
     await rig.step()
     assert rig.dev["bess1"].writes == []
+
+
+async def test_config_beyond_device_nameplate_is_reported_once(caplog):
+    rig = make(load_kw=30.0)
+    rig.dev["bess1"].read = lambda: {"power_kw": 0.0, "soc_pct": 50.0, "max_charge_kw": 40.0}
+    await rig.step()
+    await rig.step()
+    warnings = [r for r in caplog.records if "exceeds the device's 40.0 kW" in r.getMessage()]
+    assert len(warnings) == 1 and "bess1" in warnings[0].getMessage()
