@@ -41,6 +41,10 @@ class Device(Protocol):
 
     async def close(self) -> None: ...
 
+    def describe(self) -> dict:
+        """What the device told us about itself: protocol, manufacturer, models ..."""
+        ...
+
 
 @runtime_checkable
 class Meter(Device, Protocol):

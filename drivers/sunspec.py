@@ -48,6 +48,12 @@ class Point:
     size: int
     sf: str | int | None
     access: str
+    units: str | None = None  # as the model JSON spells them ("W", "Wh", "%WHRtg"): for people
+    label: str | None = None
+    symbols: tuple[tuple[int, str], ...] = ()  # enum values -> names, for people
+
+    def symbol(self, value: object) -> str | None:
+        return next((name for v, name in self.symbols if v == value), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +61,8 @@ class ModelDef:
     id: int
     length: int  # the L register: registers after ID and L
     points: dict[str, Point]
+    name: str = ""  # the JSON group name, e.g. "inverter_three_phase"
+    label: str = ""  # e.g. "Inverter (Three Phase)"
 
     def point(self, name: str) -> Point:
         try:
@@ -75,9 +83,12 @@ def model(model_id: int) -> ModelDef:
     offset = 0
     for p in group["points"]:
         size = int(p.get("size", 1))
-        points[p["name"]] = Point(p["name"], offset, p["type"], size, p.get("sf"), p.get("access", "R"))
+        units = (p.get("units") or "").strip() or None
+        symbols = tuple((int(s["value"]), s["name"]) for s in p.get("symbols", ()))
+        points[p["name"]] = Point(p["name"], offset, p["type"], size, p.get("sf"),
+                                  p.get("access", "R"), units, p.get("label"), symbols)
         offset += size
-    return ModelDef(model_id, offset - 2, points)
+    return ModelDef(model_id, offset - 2, points, group.get("name", ""), group.get("label", ""))
 
 
 def _raw_from_regs(point: Point, regs: list[int]) -> int | float | str | None:

@@ -25,6 +25,20 @@ log = logging.getLogger(__name__)
 _MAX_READ = 120  # registers per request (Modbus allows 125)
 
 
+class ModbusExceptionReply(DeviceError):
+    """The device answered, with a Modbus exception. `code` tells callers such as the scanner
+    an unknown register (2) from a gateway whose slave is silent (10, 11)."""
+
+    def __init__(self, message: str, code: int | None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ConnectFailed(DeviceError):
+    """No TCP connection to the endpoint (refused, timed out, or still backing off): nothing
+    behind host:port was reached, as opposed to a unit that is reachable but silent."""
+
+
 class Endpoint:
     """One Modbus TCP connection shared by every unit id behind host:port."""
 
@@ -48,7 +62,7 @@ class Endpoint:
             return self._client
         now = time.monotonic()
         if now < self._retry_at:
-            raise DeviceError(f"{self.name}: reconnect backoff ({self._retry_at - now:.1f} s left)")
+            raise ConnectFailed(f"{self.name}: reconnect backoff ({self._retry_at - now:.1f} s left)")
         self._drop()
         client = AsyncModbusTcpClient(
             self.host, port=self.port, timeout=self.timeout_s, retries=0, reconnect_delay=0
@@ -57,7 +71,7 @@ class Endpoint:
             client.close()
             self._backoff = min(max(self._backoff * 2, 0.5), 10.0)
             self._retry_at = time.monotonic() + self._backoff
-            raise DeviceError(f"{self.name}: connection refused or timed out")
+            raise ConnectFailed(f"{self.name}: connection refused or timed out")
         self._backoff = 0.0
         self._client = client
         return client
@@ -76,7 +90,8 @@ class Endpoint:
                     n = min(count, _MAX_READ)
                     rr = await client.read_holding_registers(address, count=n, device_id=unit)
                     if rr.isError():
-                        raise DeviceError(f"{self.name} unit {unit}: read {address}+{n}: {rr}")
+                        raise ModbusExceptionReply(f"{self.name} unit {unit}: read {address}+{n}: {rr}",
+                                                   getattr(rr, "exception_code", None))
                     regs += rr.registers
                     address += n
                     count -= n
@@ -206,6 +221,17 @@ class _SunSpecDevice:
 
     async def close(self) -> None:
         await self.sunspec.endpoint.close()
+
+    def describe(self) -> dict:
+        common = self.sunspec.common
+        return {
+            "protocol": "sunspec-tcp",
+            "endpoint": f"{self.sunspec.endpoint.name}/{self.sunspec.unit}",
+            "manufacturer": common.get("Mn"),
+            "model": common.get("Md"),
+            "serial": common.get("SN"),
+            "models": sorted(self.sunspec.models),
+        }
 
 
 class SunSpecMeter(_SunSpecDevice):

@@ -1,7 +1,13 @@
-"""`pedf-edge` command line: check, run, hil, demo.
+"""`pedf-edge` command line: check, run, hil, demo, scan.
 
-Exit codes: 0 ok, 1 runtime failure, 2 invalid configuration or usage, 3 the compiled
-kernel is missing.
+Exit codes:
+  0  ok (scan: at least one SunSpec device identified)
+  1  runtime failure
+  2  invalid configuration or usage
+  3  the compiled kernel is missing
+  4  scan: nothing answered at all (connection refused or timed out, or every unit silent)
+  5  scan: something answered, but it is not SunSpec (no "SunS" marker) or its model chain
+     is broken
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from edge import config as config_mod
 from edge.config import BatteryDevice, Config, MeterDevice, PvDevice
 
 EXIT_RUNTIME, EXIT_CONFIG, EXIT_KERNEL = 1, 2, 3
+EXIT_NO_ANSWER, EXIT_NOT_SUNSPEC = 4, 5
 
 
 def _load(path: str) -> Config:
@@ -128,6 +135,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_KERNEL
 
 
+def _target(text: str) -> tuple[str, int]:
+    """HOST, HOST:PORT or [IPv6]:PORT; Modbus TCP's port 502 when none is given."""
+    host, port = text, "502"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":") or port
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST or HOST:PORT (port 1-65535)")
+    return host, int(port)
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    """Exit status from the reports: any device identified wins; otherwise 5 if anything
+    answered at all (wrong protocol or broken device), 4 if nothing did (wrong address)."""
+    import json
+
+    from drivers.scan import NO_ANSWER, OK, render_text, scan
+
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # failures are in the report
+    host, port = args.target
+    units = args.unit or [1]
+    reports = asyncio.run(scan(host, port, units, args.timeout))
+    if args.json:
+        print(json.dumps([r.to_json() for r in reports], indent=2))
+    else:
+        print(render_text(reports), end="")
+    if any(r.status == OK for r in reports):
+        return 0
+    if all(r.status == NO_ANSWER for r in reports):
+        print(f"pedf-edge scan: nothing answered at {host}:{port} (units {units}); check the "
+              "address, the port, the unit ids and any firewall in between", file=sys.stderr)
+        return EXIT_NO_ANSWER
+    print(f"pedf-edge scan: no SunSpec device identified at {host}:{port}; see the errors above",
+          file=sys.stderr)
+    return EXIT_NOT_SUNSPEC
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pedf-edge", description="PEDF building / VPP edge controller")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -159,12 +205,21 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--speed", type=float, default=None, help="override the speed-up directly")
     sp.add_argument("--hours", type=float, default=24.0, help="simulated hours (default 24)")
     sp.set_defaults(fn=cmd_demo, log_level="warning")
+
+    sp = sub.add_parser("scan", help="find SunSpec devices at HOST[:PORT] and show their values")
+    sp.add_argument("target", type=_target, metavar="HOST[:PORT]", help="Modbus TCP address (port 502)")
+    sp.add_argument("--unit", type=int, action="append", metavar="N",
+                    help="unit id to scan; repeat for units behind a gateway (default 1)")
+    sp.add_argument("--json", action="store_true", help="print one JSON document")
+    sp.add_argument("--timeout", type=float, default=2.0, metavar="S",
+                    help="seconds to wait for each reply (default 2)")
+    sp.set_defaults(fn=cmd_scan)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if not Path(args.config).exists():
+    if getattr(args, "config", None) is not None and not Path(args.config).exists():
         print(f"pedf-edge: config file {args.config} not found (pass -c FILE)", file=sys.stderr)
         return EXIT_CONFIG
     return args.fn(args)

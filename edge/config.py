@@ -180,6 +180,7 @@ class MqttConfig(_Model):
     keepalive_s: int = Field(30, ge=5, le=3600)
     topic_prefix: str = "pedf/v1"
     telemetry_s: float = Field(5.0, gt=0)
+    devices_s: float = Field(60.0, gt=0, description="device health report period")
 
 
 class StorageConfig(_Model):

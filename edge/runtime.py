@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from datetime import datetime
 from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -68,6 +69,10 @@ class Daemon:
         payload = telemetry.build(self.config, image, self.cycle.decision)
         self.outbox.enqueue(self.link.topic("telemetry"), payload)
 
+    async def publish_devices(self) -> None:
+        payload = telemetry.device_health(self.config, self.cycle, self.clock.now(), self.clock.speed)
+        self.outbox.enqueue(self.link.topic("devices"), payload)
+
     async def housekeeping(self) -> None:
         d = self.cycle.stats.durations_ms
         log.info(
@@ -92,6 +97,10 @@ class Daemon:
             every = max(self.clock.wall_s(self.config.mqtt.telemetry_s), 0.05)
             self.scheduler.add_job(self.publish_telemetry, "interval", seconds=every,
                                    id="telemetry", max_instances=1, coalesce=True)
+            self.scheduler.add_job(self.publish_devices, "interval",
+                                   seconds=max(self.clock.wall_s(self.config.mqtt.devices_s), 0.05),
+                                   id="devices", max_instances=1, coalesce=True,
+                                   next_run_time=datetime.now())
             self.scheduler.add_job(self.housekeeping, "interval", seconds=60,
                                    id="housekeeping", max_instances=1, coalesce=True)
             self.scheduler.start()

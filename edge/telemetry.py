@@ -5,10 +5,10 @@ counted as zero: a sum that would need it is null."""
 from __future__ import annotations
 
 import math
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 
 from edge.config import BatteryDevice, Config, MeterDevice, PvDevice
-from edge.cycle import Decision
+from edge.cycle import ControlCycle, Decision
 from edge.image import ProcessImage
 
 
@@ -42,7 +42,7 @@ def build(config: Config, image: ProcessImage, decision: Decision | None) -> dic
     else:
         load_kw = None
     return {
-        "ts": image.ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "ts": _iso(image.ts),
         "grid_kw": _r(grid_kw),
         "pv_kw": _r(pv_kw),
         "bess_kw": _r(bess_kw),
@@ -61,3 +61,31 @@ def _unmet(decision: Decision | None) -> list[str]:
         return []
     names = ((1, "import_limit"), (2, "export_limit"), (4, "grid_target"))
     return [n for bit, n in names if decision.status & bit]
+
+
+def device_health(config: Config, cycle: ControlCycle, now: datetime, speed: float) -> dict:
+    """The `devices` message: per device its comm state, last good read, error counts and
+    what it told us about itself, so an integrator sees a failing unit, not a quiet zero."""
+    image = cycle.image
+    out = []
+    for dev in config.devices:
+        h = cycle.health[dev.id]
+        state = image.devices[dev.id].quality.value if image else "invalid"
+        last_good = None
+        if h.reading is not None:
+            last_good = now - timedelta(seconds=h.reading.age_s() * speed)
+        out.append({
+            "id": dev.id,
+            "role": dev.role,
+            "state": state,
+            "last_good": _iso(last_good) if last_good else None,
+            "failed_polls": h.failed_polls,
+            "errors": h.errors,
+            "last_error": h.last_error or None,
+            **cycle.devices[dev.id].describe(),
+        })
+    return {"ts": _iso(now), "devices": out}
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -202,8 +202,21 @@ class Subscriber:
             return [m.payload for m in self.messages]
 
     def msg_ids(self) -> list[int]:
+        """msg_ids of the outboxed messages received, in arrival order (status has none)."""
+        return [d["msg_id"] for _, d in self.documents()]
+
+    def documents(self) -> list[tuple[str, dict]]:
+        """(topic, JSON document) of every message that carries a msg_id."""
+        out = []
         with self._lock:
-            return [json.loads(m.payload)["msg_id"] for m in self.messages]
+            for m in self.messages:
+                try:
+                    doc = json.loads(m.payload)
+                except ValueError:
+                    continue
+                if isinstance(doc, dict) and "msg_id" in doc:
+                    out.append((m.topic, doc))
+        return out
 
     def close(self) -> None:
         self.client.disconnect()

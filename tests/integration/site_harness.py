@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +56,7 @@ class Running:
         return self.site.clock
 
     def telemetry(self) -> list[dict]:
-        return [json.loads(p) for p in self.sub.payloads()]
+        return [d for topic, d in self.sub.documents() if topic.endswith("/telemetry")]
 
     async def until_sim(self, sim_s: float, timeout: float = 120.0) -> None:
         """Wait until the shared clock has reached `sim_s` simulated seconds."""
@@ -75,7 +74,8 @@ async def running_site(data: dict, broker, speed: float):
     site = SimSite(cfg, clock)
     await site.start()
     daemon = Daemon(cfg, clock)
-    sub = Subscriber(broker.host, broker.port, daemon.link.topic("telemetry"), persistent=True)
+    # The platform listens to every topic of the site: msg_id is one sequence across them.
+    sub = Subscriber(broker.host, broker.port, daemon.link.topic("+"), persistent=True)
     sub.subscribed.wait(10)
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop))

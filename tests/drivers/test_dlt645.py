@@ -1,0 +1,202 @@
+"""DL/T 645 meter driver: codec against hand-computed frames, then the driver against the
+`dlt645` package's own asyncio TCP server as the peer, and a scripted peer for the faults
+that server cannot produce (foreign address, late reply, bad checksum, silence)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from conftest import free_port
+from dlt645.aio import AsyncMeterServerService
+
+from drivers import dlt645 as d
+from drivers.base import DeviceError, Meter
+
+ADDRESS = "123456789012"
+WIRE_ADDRESS = bytes.fromhex("129078563412")  # A0 (lowest two digits) first
+# Checksums by hand: 68+12+90+78+56+34+12+68 = 0x256; +11+04+33+33+36+35 -> 0x36C -> 6C.
+READ_POWER = bytes.fromhex("fefefefe 68129078563412 68 11 04 33333635 6c 16")
+# Reply -12.3456 kW: value 56 34 12 with the sign bit on the top byte -> 56 34 92, +33 each.
+POWER_REPLY = bytes.fromhex("68129078563412 68 91 07 33333635 8967c5 a4 16")
+NO_DATA_REPLY = bytes.fromhex("68129078563412 68 d1 01 35 8d 16")  # error bit1: no such data
+
+
+# --- codec -------------------------------------------------------------------------------
+
+def test_address_goes_on_the_wire_lowest_digits_first():
+    assert d.encode_address(ADDRESS) == WIRE_ADDRESS
+    with pytest.raises(ValueError, match="12 digits"):
+        d.encode_address("12345")
+
+
+def test_read_request_matches_hand_computed_frame():
+    assert d.read_request(WIRE_ADDRESS, 0x02030000) == READ_POWER
+
+
+def test_decode_removes_0x33_and_reads_negative_power():
+    frame = d.decode_frame(POWER_REPLY)
+    assert (frame.address, frame.control) == (WIRE_ADDRESS, d.READ_REPLY)
+    assert frame.data == bytes.fromhex("00000302 563492")
+    value = d.read_reply_value(frame, 0x02030000)
+    assert d.decode_value(value, 3, 4, signed=True) == -12.3456
+
+
+def test_encode_decode_round_trip():
+    frame = d.decode_frame(d.encode_frame(WIRE_ADDRESS, 0x91, b"\x00\xcd\xff")[4:])
+    assert frame == d.Frame(WIRE_ADDRESS, 0x91, b"\x00\xcd\xff")
+
+
+def test_bcd_both_ways_and_non_bcd_rejected():
+    assert d.bcd_encode(1234567, 4) == bytes.fromhex("67452301")
+    assert d.bcd_decode(bytes.fromhex("67452301")) == 1234567
+    with pytest.raises(d.FrameError, match="not BCD"):
+        d.bcd_decode(b"\x1a")
+    with pytest.raises(ValueError):
+        d.bcd_encode(100, 1)
+
+
+def test_unsigned_value_keeps_digit_8_in_top_byte():
+    assert d.decode_value(bytes.fromhex("00000080"), 4, 2, signed=False) == 800000.0
+    assert d.decode_value(bytes.fromhex("000080"), 3, 3, signed=True) == -0.0
+
+
+def test_bad_checksum_rejected():
+    broken = POWER_REPLY[:-2] + b"\xa5\x16"
+    with pytest.raises(d.FrameError, match="checksum"):
+        d.decode_frame(broken)
+
+
+def test_error_reply_raises_with_di_and_reason():
+    with pytest.raises(DeviceError, match="DI 02030000.*no such data"):
+        d.read_reply_value(d.decode_frame(NO_DATA_REPLY), 0x02030000)
+
+
+def test_reply_for_another_di_is_not_the_answer():
+    assert d.read_reply_value(d.decode_frame(POWER_REPLY), 0x02010100) is None
+
+
+# --- against the dlt645 package's server -------------------------------------------------
+
+VALUES = {
+    "power_kw": -12.3456,
+    "voltage_a_v": 230.1, "voltage_b_v": 229.9, "voltage_c_v": 231.0,
+    "current_a_a": 10.5, "current_b_a": -2.25, "current_c_a": 0.0,
+    "import_kwh": 12345.67, "export_kwh": 234.5,
+}
+
+
+async def start_peer(port: int) -> AsyncMeterServerService:
+    server = AsyncMeterServerService.new_tcp_server("127.0.0.1", port)
+    # The package compares the raw address bytes of the request with what it stores, and
+    # set_address("1234...") would store them in nameplate order; give it the wire order.
+    server.set_address(WIRE_ADDRESS)
+    for key, value in VALUES.items():
+        di = d.POINTS[key][0]
+        assert (server.set_00 if di >> 24 == 0 else server.set_02)(di, value), key
+    await server.start()
+    return server
+
+
+@pytest.fixture
+async def peer():
+    port = free_port()
+    server = await start_peer(port)
+    yield server, port
+    await server.stop()
+
+
+async def test_poll_returns_scaled_signed_values_from_the_package_server(peer):
+    server, port = peer
+    meter = d.Dlt645Meter("pcc", ADDRESS, d.tcp("127.0.0.1", port), timeout_s=1.0)
+    assert isinstance(meter, Meter)
+    try:
+        assert (await meter.poll()).values == pytest.approx(VALUES)
+        server.set_02(0x02030000, 7.5)  # the site turns to import: + on the grid meter
+        assert (await meter.poll()).values["power_kw"] == 7.5
+    finally:
+        await meter.close()
+
+
+async def test_stopped_server_raises_then_meter_recovers_after_restart(peer):
+    server, port = peer
+    meter = d.Dlt645Meter("pcc", ADDRESS, d.tcp("127.0.0.1", port), timeout_s=1.0)
+    await meter.poll()
+    await server.stop()
+    with pytest.raises(DeviceError, match="pcc: DI 02030000: connection lost"):
+        await meter.poll()
+    with pytest.raises(DeviceError, match="cannot open transport"):
+        await meter.poll()
+    server = await start_peer(port)
+    try:
+        assert (await meter.poll()).values["import_kwh"] == 12345.67
+    finally:
+        await meter.close()
+        await server.stop()
+
+
+async def test_wrong_address_gets_no_valid_answer(peer):
+    # A real meter stays silent; the package's server answers with an error reply.
+    _, port = peer
+    meter = d.Dlt645Meter("pcc", "000000000001", d.tcp("127.0.0.1", port), timeout_s=0.5)
+    try:
+        with pytest.raises(DeviceError, match="DI 02030000.*error"):
+            await meter.poll()
+    finally:
+        await meter.close()
+
+
+# --- a scripted peer for faults the package's server does not produce ---------------------
+
+async def scripted_peer(answer: Callable[[d.Frame], bytes]):
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                writer.write(answer(await d.read_frame(reader)))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    port = free_port()
+    return await asyncio.start_server(handle, "127.0.0.1", port), port
+
+
+def reply(address: bytes, di_bytes: bytes, value: bytes) -> bytes:
+    return d.encode_frame(address, d.READ_REPLY, di_bytes + value)
+
+
+async def read_power_via(answer: Callable[[d.Frame], bytes], timeout_s: float = 0.3) -> float:
+    server, port = await scripted_peer(answer)
+    meter = d.Dlt645Meter("pcc", ADDRESS, d.tcp("127.0.0.1", port), timeout_s=timeout_s)
+    try:
+        return d.decode_value(await meter.read(0x02030000), 3, 4, signed=True)
+    finally:
+        await meter.close()
+        server.close()
+
+
+async def test_frames_for_other_addresses_and_stale_replies_are_skipped():
+    other = d.encode_address("000000000002")
+
+    def answer(req: d.Frame) -> bytes:
+        return (reply(other, req.data, b"\x00\x00\x01")  # another meter on the bus
+                + reply(req.address, b"\x00\x01\x01\x02", b"\x01\x23")  # late voltage reply
+                + reply(req.address, req.data, bytes.fromhex("000015")))
+
+    assert await read_power_via(answer) == 15.0
+
+
+async def test_only_frames_for_another_address_time_out():
+    other = d.encode_address("000000000002")
+    with pytest.raises(DeviceError, match="DI 02030000: no reply within 0.3 s"):
+        await read_power_via(lambda req: reply(other, req.data, b"\x00\x00\x01"))
+
+
+async def test_bad_checksum_raises_with_di():
+    def answer(req: d.Frame) -> bytes:
+        good = reply(req.address, req.data, b"\x00\x00\x01")
+        return good[:-2] + bytes([good[-2] ^ 0xFF, 0x16])
+
+    with pytest.raises(DeviceError, match="DI 02030000: bad checksum"):
+        await read_power_via(answer)
