@@ -11,7 +11,7 @@ puts the meter address on the wire in nameplate order, where the standard sends 
 lowest two digits) first, so it cannot talk to a standard meter unless the caller
 pre-reverses the address. The protocol subset we need is a page of pure functions.
 
-The transport is any asyncio (StreamReader, StreamWriter) pair from an `Opener`: `tcp()`
+The transport is any asyncio (StreamReader, StreamWriter) pair from an `Opener`: `Tcp`
 for a serial-to-Ethernet gateway; a serial port (pyserial-asyncio's
 `open_serial_connection`, 2400 bit/s 8E1 by default) plugs in the same way.
 """
@@ -141,8 +141,18 @@ def decode_value(raw: bytes, size: int, decimals: int, signed: bool) -> float:
 Opener = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
-def tcp(host: str, port: int) -> Opener:
-    return lambda: asyncio.open_connection(host, port)
+@dataclass(frozen=True)
+class Tcp:
+    """Opener for a meter behind a serial-to-Ethernet gateway (transparent mode)."""
+
+    host: str
+    port: int
+
+    def __call__(self) -> Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+        return asyncio.open_connection(self.host, self.port)
+
+    def __str__(self) -> str:
+        return f"tcp://{self.host}:{self.port}"
 
 
 async def read_frame(reader: asyncio.StreamReader) -> Frame:
@@ -183,6 +193,10 @@ class Dlt645Meter:
                 await streams[1].wait_closed()
             except OSError:
                 pass
+
+    def describe(self) -> dict:
+        return {"protocol": "dlt645", "endpoint": str(self._open),
+                "address": self.address[::-1].hex()}
 
     async def read(self, di: int) -> bytes:
         """Value bytes of one data identifier (0x33 offset removed, still BCD)."""

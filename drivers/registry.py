@@ -1,20 +1,45 @@
-"""Build role drivers from the site config, sharing one endpoint per host:port."""
+"""Build role drivers from the site config: one builder per protocol, one shared endpoint
+per TCP host:port or serial port. A new protocol registers a builder here."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from drivers.base import Device
 from drivers.sunspec_tcp import Endpoint, SunSpecBattery, SunSpecMeter, SunSpecPv
 from edge.config import BatteryDevice, Config, MeterDevice, PvDevice
 
-_ROLES = {PvDevice: SunSpecPv, BatteryDevice: SunSpecBattery, MeterDevice: SunSpecMeter}
+_SUNSPEC_ROLES = {PvDevice: SunSpecPv, BatteryDevice: SunSpecBattery, MeterDevice: SunSpecMeter}
+
+# protocol -> (device config, shared endpoints keyed by config.endpoint) -> driver
+Builder = Callable[[PvDevice | BatteryDevice | MeterDevice, dict], Device]
+
+
+def _sunspec_tcp(dev, endpoints: dict) -> Device:
+    key = dev.endpoint
+    if key not in endpoints:
+        endpoints[key] = Endpoint(dev.host, dev.port, dev.timeout_s)
+    return _SUNSPEC_ROLES[type(dev)](dev.id, endpoints[key], dev.unit_id)
+
+
+BUILDERS: dict[str, Builder] = {
+    "sunspec-tcp": _sunspec_tcp,
+}
+
+
+class UnsupportedProtocol(ValueError):
+    """The config names a protocol no driver is built for yet."""
 
 
 def build_devices(config: Config) -> dict[str, Device]:
-    endpoints: dict[tuple[str, int], Endpoint] = {}
+    endpoints: dict = {}
     devices: dict[str, Device] = {}
     for dev in config.devices:
-        key = (dev.host, dev.port)
-        if key not in endpoints:
-            endpoints[key] = Endpoint(dev.host, dev.port, dev.timeout_s)
-        devices[dev.id] = _ROLES[type(dev)](dev.id, endpoints[key], dev.unit_id)
+        builder = BUILDERS.get(dev.protocol)
+        if builder is None:
+            raise UnsupportedProtocol(
+                f"device {dev.id}: protocol {dev.protocol} has no driver yet "
+                f"(available: {', '.join(sorted(BUILDERS))})"
+            )
+        devices[dev.id] = builder(dev, endpoints)
     return devices

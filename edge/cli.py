@@ -27,8 +27,16 @@ EXIT_NO_ANSWER, EXIT_NOT_SUNSPEC = 4, 5
 
 
 def _load(path: str) -> Config:
+    from drivers.registry import BUILDERS
+
     try:
-        return config_mod.load(path)
+        cfg = config_mod.load(path)
+        missing = [f"devices[{i}].protocol: {d.protocol} has no driver yet "
+                   f"(available: {', '.join(sorted(BUILDERS))})"
+                   for i, d in enumerate(cfg.devices) if d.protocol not in BUILDERS]
+        if missing:
+            raise config_mod.ConfigError(path, missing)
+        return cfg
     except config_mod.ConfigError as exc:
         print(f"{exc.source}: invalid configuration ({len(exc.problems)} problem(s)):", file=sys.stderr)
         for line in exc.problems:
@@ -148,6 +156,12 @@ def _target(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _unit(text: str) -> int:
+    if not text.isdigit() or int(text) > 255:
+        raise argparse.ArgumentTypeError(f"{text!r}: a unit id is 0-255")
+    return int(text)
+
+
 def cmd_scan(args: argparse.Namespace) -> int:
     """Exit status from the reports: any device identified wins; otherwise 5 if anything
     answered at all (wrong protocol or broken device), 4 if nothing did (wrong address)."""
@@ -208,7 +222,7 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("scan", help="find SunSpec devices at HOST[:PORT] and show their values")
     sp.add_argument("target", type=_target, metavar="HOST[:PORT]", help="Modbus TCP address (port 502)")
-    sp.add_argument("--unit", type=int, action="append", metavar="N",
+    sp.add_argument("--unit", type=_unit, action="append", metavar="N",
                     help="unit id to scan; repeat for units behind a gateway (default 1)")
     sp.add_argument("--json", action="store_true", help="print one JSON document")
     sp.add_argument("--timeout", type=float, default=2.0, metavar="S",

@@ -58,14 +58,49 @@ class SimParams(_Model):
     cloud_factor: float = Field(1.0, ge=0, le=1)
 
 
+class SerialParams(_Model):
+    """An RS-485 bus (Modbus RTU, DL/T 645). Devices on one port share it."""
+
+    port: str = Field(description="e.g. /dev/ttyUSB0")
+    baudrate: int = Field(9600, gt=0)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+
+
+Protocol = Literal["sunspec-tcp", "sunspec-rtu", "modbus-tcp", "modbus-rtu", "dlt645-tcp",
+                   "dlt645-serial"]
+_SERIAL_PROTOCOLS = {"sunspec-rtu", "modbus-rtu", "dlt645-serial"}
+
+
 class _DeviceBase(_Model):
     id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
-    protocol: Literal["sunspec-tcp"] = "sunspec-tcp"
+    protocol: Protocol = "sunspec-tcp"
     host: str = "127.0.0.1"
     port: int = Field(502, ge=1, le=65535)
+    serial: SerialParams | None = None
     unit_id: int = Field(1, ge=0, le=247)
+    map: str | None = Field(None, pattern=r"^[a-z0-9_-]+$", description="drivers/maps/<map>.yaml")
+    address: str | None = Field(None, pattern=r"^[0-9]{12}$", description="DL/T 645 address")
     timeout_s: float = Field(1.0, gt=0, le=30)
     sim: SimParams = SimParams()
+
+    @model_validator(mode="after")
+    def _protocol_needs(self) -> _DeviceBase:
+        if self.protocol in _SERIAL_PROTOCOLS and self.serial is None:
+            raise ValueError(f"protocol {self.protocol} needs serial: {{port: /dev/ttyUSB0, ...}}")
+        if self.protocol.startswith("modbus-") and self.map is None:
+            raise ValueError(f"protocol {self.protocol} needs map: <name of drivers/maps/*.yaml>")
+        if self.protocol.startswith("dlt645-") and self.address is None:
+            raise ValueError("DL/T 645 needs the meter address: 12 digits, e.g. '000000000001'")
+        return self
+
+    @property
+    def endpoint(self) -> tuple[str, int | str]:
+        """Where the device lives: a TCP host:port or a serial port, shared by its units."""
+        if self.serial is not None and self.protocol in _SERIAL_PROTOCOLS:
+            return ("serial", self.serial.port)
+        return (self.host, self.port)
 
 
 class PvDevice(_DeviceBase):
@@ -216,7 +251,7 @@ class Config(_Model):
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
             raise ValueError(f"device ids must be unique; repeated: {', '.join(sorted(dup))}")
-        endpoints = [(d.host, d.port, d.unit_id) for d in self.devices]
+        endpoints = [(*d.endpoint, d.address or d.unit_id) for d in self.devices]
         if len(set(endpoints)) != len(endpoints):
             raise ValueError("two devices share host, port and unit_id; give each its own unit_id")
         grid = [d for d in self.devices if isinstance(d, MeterDevice) and d.measures == "grid"]

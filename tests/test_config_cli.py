@@ -60,6 +60,10 @@ CASES = [
     ("unknown time zone", _set(["site", "timezone"], "Mars/Olympus"),
      "site.timezone: unknown IANA time zone"),
     ("duplicate device id", _set(["devices", 3, "id"], "pv1"), "device ids must be unique; repeated: pv1"),
+    ("serial protocol without a port", _set(["devices", 3, "protocol"], "modbus-rtu"),
+     "devices[3]: protocol modbus-rtu needs serial"),
+    ("dlt645 without an address", _set(["devices", 3, "protocol"], "dlt645-tcp"),
+     "devices[3]: DL/T 645 needs the meter address"),
     ("unknown control function", _set(["control", "functions"], ["self_consumption", "arbitrage"]),
      "control.functions[1]: must be one of"),
 ]

@@ -109,8 +109,10 @@ async def peer():
 
 async def test_poll_returns_scaled_signed_values_from_the_package_server(peer):
     server, port = peer
-    meter = d.Dlt645Meter("pcc", ADDRESS, d.tcp("127.0.0.1", port), timeout_s=1.0)
+    meter = d.Dlt645Meter("pcc", ADDRESS, d.Tcp("127.0.0.1", port), timeout_s=1.0)
     assert isinstance(meter, Meter)
+    assert meter.describe() == {"protocol": "dlt645", "endpoint": f"tcp://127.0.0.1:{port}",
+                                "address": ADDRESS}
     try:
         assert (await meter.poll()).values == pytest.approx(VALUES)
         server.set_02(0x02030000, 7.5)  # the site turns to import: + on the grid meter
@@ -121,7 +123,7 @@ async def test_poll_returns_scaled_signed_values_from_the_package_server(peer):
 
 async def test_stopped_server_raises_then_meter_recovers_after_restart(peer):
     server, port = peer
-    meter = d.Dlt645Meter("pcc", ADDRESS, d.tcp("127.0.0.1", port), timeout_s=1.0)
+    meter = d.Dlt645Meter("pcc", ADDRESS, d.Tcp("127.0.0.1", port), timeout_s=1.0)
     await meter.poll()
     await server.stop()
     with pytest.raises(DeviceError, match="pcc: DI 02030000: connection lost"):
@@ -139,7 +141,7 @@ async def test_stopped_server_raises_then_meter_recovers_after_restart(peer):
 async def test_wrong_address_gets_no_valid_answer(peer):
     # A real meter stays silent; the package's server answers with an error reply.
     _, port = peer
-    meter = d.Dlt645Meter("pcc", "000000000001", d.tcp("127.0.0.1", port), timeout_s=0.5)
+    meter = d.Dlt645Meter("pcc", "000000000001", d.Tcp("127.0.0.1", port), timeout_s=0.5)
     try:
         with pytest.raises(DeviceError, match="DI 02030000.*error"):
             await meter.poll()
@@ -168,7 +170,7 @@ def reply(address: bytes, di_bytes: bytes, value: bytes) -> bytes:
 
 async def read_power_via(answer: Callable[[d.Frame], bytes], timeout_s: float = 0.3) -> float:
     server, port = await scripted_peer(answer)
-    meter = d.Dlt645Meter("pcc", ADDRESS, d.tcp("127.0.0.1", port), timeout_s=timeout_s)
+    meter = d.Dlt645Meter("pcc", ADDRESS, d.Tcp("127.0.0.1", port), timeout_s=timeout_s)
     try:
         return d.decode_value(await meter.read(0x02030000), 3, 4, signed=True)
     finally:
