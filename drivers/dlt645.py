@@ -12,8 +12,8 @@ lowest two digits) first, so it cannot talk to a standard meter unless the calle
 pre-reverses the address. The protocol subset we need is a page of pure functions.
 
 The transport is any asyncio (StreamReader, StreamWriter) pair from an `Opener`: `Tcp`
-for a serial-to-Ethernet gateway; a serial port (pyserial-asyncio's
-`open_serial_connection`, 2400 bit/s 8E1 by default) plugs in the same way.
+for a serial-to-Ethernet gateway, `Serial` for an RS-485 adapter (pyserial-asyncio,
+imported only when used, so TCP-only sites do not need it).
 """
 
 from __future__ import annotations
@@ -155,6 +155,24 @@ class Tcp:
         return f"tcp://{self.host}:{self.port}"
 
 
+@dataclass(frozen=True)
+class Serial:
+    """Opener for an RS-485 adapter; DL/T 645-2007 meters default to 2400 bit/s 8E1."""
+
+    port: str
+    baudrate: int = 2400
+    parity: str = "E"
+
+    def __call__(self) -> Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+        import serial_asyncio  # optional: only RS-485 sites need pyserial-asyncio
+
+        return serial_asyncio.open_serial_connection(
+            url=self.port, baudrate=self.baudrate, parity=self.parity, bytesize=8, stopbits=1)
+
+    def __str__(self) -> str:
+        return f"serial://{self.port}?{self.baudrate}-8{self.parity}1"
+
+
 async def read_frame(reader: asyncio.StreamReader) -> Frame:
     """Skip preamble and noise up to a 0x68, then read exactly one frame."""
     while (await reader.readexactly(1))[0] != START:
@@ -228,7 +246,7 @@ class Dlt645Meter:
             raise DeviceError(f"{self.id}: DI {di:08X}: {reason}")
 
     async def poll(self) -> Reading:
-        values = {}
+        values: dict[str, float] = {}
         for key, (di, size, decimals, signed) in POINTS.items():
             raw = await self.read(di)
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from drivers import dlt645
 from drivers.base import Device
 from drivers.sunspec_tcp import Endpoint, SunSpecBattery, SunSpecMeter, SunSpecPv
 from edge.config import BatteryDevice, Config, MeterDevice, PvDevice
@@ -22,8 +23,21 @@ def _sunspec_tcp(dev, endpoints: dict) -> Device:
     return _SUNSPEC_ROLES[type(dev)](dev.id, endpoints[key], dev.unit_id)
 
 
+def _dlt645(dev, endpoints: dict) -> Device:
+    if not isinstance(dev, MeterDevice):
+        raise ValueError(f"device {dev.id}: DL/T 645 is a meter protocol; role must be meter")
+    if dev.protocol == "dlt645-tcp":
+        opener = dlt645.Tcp(dev.host, dev.port)
+    else:
+        s = dev.serial
+        opener = dlt645.Serial(s.port, s.baudrate, s.parity)
+    return dlt645.Dlt645Meter(dev.id, dev.address, opener, dev.timeout_s)
+
+
 BUILDERS: dict[str, Builder] = {
     "sunspec-tcp": _sunspec_tcp,
+    "dlt645-tcp": _dlt645,
+    "dlt645-serial": _dlt645,
 }
 
 
