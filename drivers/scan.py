@@ -153,19 +153,18 @@ async def _scan_unit(ep: Endpoint, report: DeviceReport, timeout_s: float) -> No
 async def _find_marker(ep: Endpoint, unit: int, timeout_s: float) -> int:
     """The base holding "SunS". A base may be answered with an exception or not at all (some
     devices ignore unknown addresses), so every base is tried before judging the unit."""
-    where = f"{ep.name} unit {unit}"
     seen: list[str] = []
     answered = False
     for base in sunspec.BASES:
         try:
             regs = await ep.read(unit, base, 2)
         except ConnectFailed as exc:
-            raise _Stop(NO_ANSWER, f"{where}: nothing answers ({exc}); check the host and "
-                        "port, that Modbus TCP is enabled on the device, and that no firewall "
+            raise _Stop(NO_ANSWER, f"nothing answers at {ep.name} ({_cause(exc)}); check the "
+                        "host and port, that Modbus TCP is enabled on the device, and that no firewall "
                         f"blocks port {ep.port}") from None
         except ModbusExceptionReply as exc:
             if exc.code in _GATEWAY_SILENT:
-                raise _Stop(NO_ANSWER, f"{where}: the gateway answered but unit {unit} did not "
+                raise _Stop(NO_ANSWER, f"the gateway answered but unit {unit} did not "
                             f"(Modbus exception {exc.code}); check the unit id and the bus "
                             "behind the gateway") from None
             answered = True
@@ -179,9 +178,9 @@ async def _find_marker(ep: Endpoint, unit: int, timeout_s: float) -> int:
         answered = True
         seen.append(f"{base}: {regs[0]:04X} {regs[1]:04X}")
     if not answered:
-        raise _Stop(NO_ANSWER, f"{where}: connected, but the unit never replied within "
+        raise _Stop(NO_ANSWER, f"connected, but unit {unit} never replied within "
                     f"{timeout_s:g} s; check the unit id (Modbus slave/device address)")
-    raise _Stop(NOT_SUNSPEC, f"{where}: answers Modbus but has no SunSpec marker 'SunS' at "
+    raise _Stop(NOT_SUNSPEC, "answers Modbus but has no SunSpec marker 'SunS' at "
                 f"40000, 0 or 50000 ({'; '.join(seen)}); it is not a SunSpec device (or SunSpec "
                 "is switched off in its settings): describe it with a register map instead")
 
@@ -189,7 +188,6 @@ async def _find_marker(ep: Endpoint, unit: int, timeout_s: float) -> int:
 async def _walk_chain(ep: Endpoint, report: DeviceReport) -> list[tuple[int, int, int]]:
     """(model id, address, device L) for each model, from the marker to the 0xFFFF end."""
     assert report.base is not None
-    where = f"{ep.name} unit {report.unit}"
     chain: list[tuple[int, int, int]] = []
     addr = report.base + 2
     while True:
@@ -197,14 +195,14 @@ async def _walk_chain(ep: Endpoint, report: DeviceReport) -> list[tuple[int, int
         try:
             mid, length = await ep.read(report.unit, addr, 2)
         except DeviceError as exc:
-            raise _Stop(BROKEN_CHAIN, f"{where}: SunSpec model chain broken at register {addr} "
-                        f"after models {found}: {exc}") from None
+            raise _Stop(BROKEN_CHAIN, f"SunSpec model chain broken at register {addr} "
+                        f"after models {found}: {_cause(exc)}") from None
         if mid == sunspec.END_ID:
             return chain
         if mid == 0 or len(chain) >= _MAX_MODELS or addr + 2 + length > 0xFFFF:
             why = ("model id 0" if mid == 0 else f"more than {_MAX_MODELS} models"
                    if len(chain) >= _MAX_MODELS else f"model {mid} length {length} runs past 65535")
-            raise _Stop(BROKEN_CHAIN, f"{where}: SunSpec model chain broken at register {addr} "
+            raise _Stop(BROKEN_CHAIN, f"SunSpec model chain broken at register {addr} "
                         f"after models {found}: {why}; no 0xFFFF end marker")
         chain.append((mid, addr, length))
         addr += 2 + length
@@ -221,7 +219,7 @@ async def _read_model(ep: Endpoint, unit: int, mid: int, addr: int, length: int)
     try:
         regs = await ep.read(unit, addr, min(length, mdef.length) + 2)
     except DeviceError as exc:
-        report.error = f"read failed: {exc}"
+        report.error = f"read failed: {_cause(exc)}"
         return report
     if regs[0] != mid:
         report.error = f"expected model id {mid} at {addr}, found {regs[0]}"
@@ -234,10 +232,17 @@ async def _read_model(ep: Endpoint, unit: int, mid: int, addr: int, length: int)
             continue
         if isinstance(value, float):
             value = round(value, 6)  # 10**sf leaves float dust (230.00000000000003)
-        report.points[name] = PointValue(value, p.units, p.symbol(value) if p.symbols else None)
-    if length != mdef.length:
-        report.error = f"device length {length}, definition {mdef.length}"
+        enum = p.type.startswith("enum")  # bitfield symbols name bits, not values
+        report.points[name] = PointValue(value, p.units, p.symbol(value) if enum else None)
+    if length < mdef.length:  # longer is normal: repeating groups follow the fixed part
+        report.error = (f"shorter than pysunspec2's definition ({length} < {mdef.length} "
+                        "registers): an older revision; points past its end left out")
     return report
+
+
+def _cause(exc: Exception) -> str:
+    """The endpoint's message without its own "host:port: " prefix (the report has those)."""
+    return str(exc).split(": ", 1)[-1]
 
 
 def _fmt(pv: PointValue) -> str:
@@ -262,11 +267,12 @@ def render_text(reports: list[DeviceReport]) -> str:
         for m in r.models:
             note = f"  [{m.error}]" if m.error else ""
             out.append(f"  model {m.id:<5} {m.label or m.name or 'unknown'}{note}")
-        rows = r.key_values()
+        rows = [(mid, name, _fmt(pv), pv.units or "") for mid, name, pv in r.key_values()]
         if rows:
-            width = max(len(name) for _, name, _ in rows)
-            out.append(f"  {'model':<6} {'point':<{width}} {'value':>12}  units")
-            for mid, name, pv in rows:
-                out.append(f"  {mid:<6} {name:<{width}} {_fmt(pv):>12}  {pv.units or ''}".rstrip())
+            nw = max(len(row[1]) for row in rows)
+            vw = max(12, *(len(row[2]) for row in rows))
+            out.append(f"  {'model':<6} {'point':<{nw}} {'value':>{vw}}  units")
+            for mid, name, text, units in rows:
+                out.append(f"  {mid:<6} {name:<{nw}} {text:>{vw}}  {units}".rstrip())
         out.append("")
     return "\n".join(out).rstrip() + "\n"

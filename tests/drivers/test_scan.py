@@ -189,9 +189,30 @@ async def test_two_units_behind_one_gateway_port_are_both_reported() -> None:
         pv, bess = json.loads(out)
         assert (pv["unit"], pv["serial"], pv["model_ids"]) == (1, "pv1", [1, 103, 120, 123])
         assert (bess["unit"], bess["serial"], bess["model_ids"]) == (2, "bess1", [1, 103, 124, 802])
-        # A unit id nobody has is reported on its own; its neighbours stay identified (exit 0).
-        reports = await scan("127.0.0.1", port, [3, 9, 2], timeout_s=1)
+        # A dead unit behind the gateway (it answers GATEWAY_NO_RESPONSE for it) is reported
+        # on its own; its neighbours stay identified and the scan still succeeds.
+        await s.stop_device("pcc")
+        reports = await scan("127.0.0.1", port, [1, 3, 2], timeout_s=1)
         assert [r.status for r in reports] == [OK, NO_ANSWER, OK]
-        assert "unit 9" in reports[1].error
+        assert "unit 3 did not" in reports[1].error
+        rc, out, _ = await run_cli(f"127.0.0.1:{port}", "--unit", "3", "--unit", "2")
+        assert rc == 0 and "NO ANSWER" in out and "serial bess1" in out
     finally:
         await s.stop()
+
+
+async def test_a_port_that_accepts_but_never_replies_exits_4() -> None:
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # read requests until the client goes away; never answer
+        writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(swallow, "127.0.0.1", port)
+    try:
+        [dev] = await scan("127.0.0.1", port, [1], timeout_s=0.3)
+        assert dev.status == NO_ANSWER and "never replied within 0.3 s" in dev.error
+        rc, out, err = await run_cli(f"127.0.0.1:{port}", "--timeout", "0.3")
+        assert rc == 4 and "check the unit id" in out
+    finally:
+        server.close()
+        await server.wait_closed()
