@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 from drivers import dlt645
 from drivers.base import Device
+from drivers.modbus_map import modbus_tcp_builder as _modbus_map
+from drivers.modbus_serial import SerialEndpoint
 from drivers.sunspec_tcp import Endpoint, SunSpecBattery, SunSpecMeter, SunSpecPv
 from edge.config import BatteryDevice, Config, MeterDevice, PvDevice
 
@@ -34,8 +36,17 @@ def _dlt645(dev, endpoints: dict) -> Device:
     return dlt645.Dlt645Meter(dev.id, dev.address, opener, dev.timeout_s)
 
 
+def _sunspec_rtu(dev, endpoints: dict) -> Device:
+    key = dev.endpoint  # ("serial", port): every unit on the bus shares one master
+    if key not in endpoints:
+        endpoints[key] = SerialEndpoint(dev.serial, dev.timeout_s)
+    return _SUNSPEC_ROLES[type(dev)](dev.id, endpoints[key], dev.unit_id)
+
+
 BUILDERS: dict[str, Builder] = {
     "sunspec-tcp": _sunspec_tcp,
+    "modbus-tcp": _modbus_map,
+    "sunspec-rtu": _sunspec_rtu,
     "dlt645-tcp": _dlt645,
     "dlt645-serial": _dlt645,
 }

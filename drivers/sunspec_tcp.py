@@ -5,6 +5,10 @@ Field lessons applied (DOMAIN.md §5): many devices accept a single TCP client, 
 unit behind an endpoint shares one client and one lock; after a failure the connection is
 dropped and re-opened with backoff; a device that comes back is rediscovered, because a
 restart may have moved its models.
+
+`ModbusEndpoint` is the transport-neutral part (shared client, lock, backoff, read/write);
+`Endpoint` is its TCP form and `drivers.modbus_serial.SerialEndpoint` its RTU form, and the
+role drivers here run over either.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import math
 import time
 
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusTcpClient, ModbusBaseClient
 from pymodbus.exceptions import ModbusException
 
 from drivers import sunspec
@@ -35,16 +39,24 @@ class ModbusExceptionReply(DeviceError):
 
 
 class ConnectFailed(DeviceError):
-    """No TCP connection to the endpoint (refused, timed out, or still backing off): nothing
-    behind host:port was reached, as opposed to a unit that is reachable but silent."""
+    """The endpoint could not be opened (TCP refused or timed out, serial port missing or
+    busy, or still backing off): nothing behind it was reached, as opposed to a unit that
+    is reachable but silent."""
 
 
-class Endpoint:
-    """One Modbus TCP connection shared by every unit id behind host:port."""
+class ModbusEndpoint:
+    """One Modbus client shared by every unit id behind it (a TCP host:port or an RS-485
+    bus), with one lock so requests to different units never overlap, and reconnect backoff.
 
-    def __init__(self, host: str, port: int, timeout_s: float) -> None:
-        self.host, self.port, self.timeout_s = host, port, timeout_s
-        self._client: AsyncModbusTcpClient | None = None
+    Subclasses say how to build the client (`_new_client`) and may pace requests
+    (`_pace`, e.g. the RTU inter-frame gap); the SunSpec drivers see only read/write."""
+
+    transport = "modbus"  # "tcp" / "rtu": names the protocol variant in describe()
+    _connect_failed_hint = "could not connect"
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._client: ModbusBaseClient | None = None
         self._lock = asyncio.Lock()
         self._retry_at = 0.0
         self._backoff = 0.0
@@ -55,23 +67,30 @@ class Endpoint:
 
     @property
     def name(self) -> str:
-        return f"{self.host}:{self.port}"
+        raise NotImplementedError
 
-    async def _ensure(self) -> AsyncModbusTcpClient:
+    def _new_client(self) -> ModbusBaseClient:
+        raise NotImplementedError
+
+    async def _pace(self) -> None:
+        """Called (under the lock) before every request."""
+
+    def _done(self) -> None:
+        """Called (under the lock) after every request, answered or not."""
+
+    async def _ensure(self) -> ModbusBaseClient:
         if self._client is not None and self._client.connected:
             return self._client
         now = time.monotonic()
         if now < self._retry_at:
             raise ConnectFailed(f"{self.name}: reconnect backoff ({self._retry_at - now:.1f} s left)")
         self._drop()
-        client = AsyncModbusTcpClient(
-            self.host, port=self.port, timeout=self.timeout_s, retries=0, reconnect_delay=0
-        )
+        client = self._new_client()
         if not await client.connect():
             client.close()
             self._backoff = min(max(self._backoff * 2, 0.5), 10.0)
             self._retry_at = time.monotonic() + self._backoff
-            raise ConnectFailed(f"{self.name}: connection refused or timed out")
+            raise ConnectFailed(f"{self.name}: {self._connect_failed_hint}")
         self._backoff = 0.0
         self._client = client
         return client
@@ -81,14 +100,21 @@ class Endpoint:
             self._client.close()
             self._client = None
 
-    async def read(self, unit: int, address: int, count: int) -> list[int]:
+    async def read(self, unit: int, address: int, count: int,
+                   input_registers: bool = False) -> list[int]:
+        """Holding registers (function 3); input registers (4) for register maps that say so."""
         async with self._lock:
             client = await self._ensure()
+            fc = client.read_input_registers if input_registers else client.read_holding_registers
             regs: list[int] = []
             try:
                 while count > 0:
                     n = min(count, _MAX_READ)
-                    rr = await client.read_holding_registers(address, count=n, device_id=unit)
+                    await self._pace()
+                    try:
+                        rr = await fc(address, count=n, device_id=unit)
+                    finally:
+                        self._done()
                     if rr.isError():
                         raise ModbusExceptionReply(f"{self.name} unit {unit}: read {address}+{n}: {rr}",
                                                    getattr(rr, "exception_code", None))
@@ -107,7 +133,11 @@ class Endpoint:
         async with self._lock:
             client = await self._ensure()
             try:
-                rr = await client.write_registers(address, values, device_id=unit)
+                await self._pace()
+                try:
+                    rr = await client.write_registers(address, values, device_id=unit)
+                finally:
+                    self._done()
             except (TimeoutError, ModbusException, OSError) as exc:
                 self._drop()
                 raise DeviceError(f"{self.name} unit {unit}: write {address}: {exc}") from exc
@@ -122,10 +152,30 @@ class Endpoint:
             self._drop()
 
 
+class Endpoint(ModbusEndpoint):
+    """One Modbus TCP connection shared by every unit id behind host:port."""
+
+    transport = "tcp"
+    _connect_failed_hint = "connection refused or timed out"
+
+    def __init__(self, host: str, port: int, timeout_s: float) -> None:
+        super().__init__(timeout_s)
+        self.host, self.port = host, port
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _new_client(self) -> AsyncModbusTcpClient:
+        return AsyncModbusTcpClient(
+            self.host, port=self.port, timeout=self.timeout_s, retries=0, reconnect_delay=0
+        )
+
+
 class SunSpecUnit:
     """A SunSpec device at one unit id: discovers its chain, reads and writes models."""
 
-    def __init__(self, endpoint: Endpoint, unit: int) -> None:
+    def __init__(self, endpoint: ModbusEndpoint, unit: int) -> None:
         self.endpoint, self.unit = endpoint, unit
         self.models: dict[int, int] = {}  # model id -> address of its ID register
         self.common: dict[str, object] = {}
@@ -199,7 +249,7 @@ def _kw(value: object) -> float:
 class _SunSpecDevice:
     required: tuple[int, ...] = ()
 
-    def __init__(self, device_id: str, endpoint: Endpoint, unit: int) -> None:
+    def __init__(self, device_id: str, endpoint: ModbusEndpoint, unit: int) -> None:
         self.id = device_id
         self.sunspec = SunSpecUnit(endpoint, unit)
 
@@ -225,7 +275,7 @@ class _SunSpecDevice:
     def describe(self) -> dict:
         common = self.sunspec.common
         return {
-            "protocol": "sunspec-tcp",
+            "protocol": f"sunspec-{self.sunspec.endpoint.transport}",
             "endpoint": f"{self.sunspec.endpoint.name}/{self.sunspec.unit}",
             "manufacturer": common.get("Mn"),
             "model": common.get("Md"),

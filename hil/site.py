@@ -19,8 +19,9 @@ from pymodbus.server import ModbusTcpServer
 
 from edge.clock import Clock
 from edge.config import Config, MeterDevice, TariffConfig
-from hil.devices import BatteryPcs, Env, PvInverter, SimulatedDevice, build
+from hil.devices import Env, SimulatedDevice, build
 from hil.physics import load_kw
+from hil.serial_server import RTU_PROTOCOLS, RtuBus
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,11 @@ class SimSite:
         # Without a load submeter the building still consumes: the PCC meter's profile is the load.
         self._hidden_load = None if loads else config.grid_meter.sim
         self._endpoints: dict[tuple[str, int], _Endpoint] = {}
+        self._buses: dict[str, RtuBus] = {}  # serial port -> the RTU units on that bus
         for d in config.devices:
+            if d.protocol in RTU_PROTOCOLS and d.serial is not None:
+                self._buses.setdefault(d.serial.port, RtuBus(d.serial)).add(self.devices[d.id])
+                continue
             ep = self._endpoints.setdefault((d.host, d.port), _Endpoint(d.host, d.port, []))
             ep.devices.append(self.devices[d.id])
         self.t_s = 0.0
@@ -161,7 +166,7 @@ class SimSite:
                 self.samples.append(self.last)
 
     def _soc(self) -> float | None:
-        bats = [d.battery for d in self.devices.values() if isinstance(d, BatteryPcs)]
+        bats = [d.battery for d in self.devices.values() if d.role == "battery"]
         cap = sum(b.capacity_kwh for b in bats)
         return sum(b.soc_pct * b.capacity_kwh for b in bats) / cap if bats else None
 
@@ -175,10 +180,10 @@ class SimSite:
             if d.balancing:
                 continue
             kw = d.step(env, dt_s)
-            if isinstance(d, PvInverter):
+            if d.role == "pv":  # by role, so map-driven devices count like SunSpec ones
                 pv += kw
                 pv_av += d.available_kw
-            elif isinstance(d, BatteryPcs):
+            elif d.role == "battery":
                 bess += kw
             else:
                 other += kw  # loads and future consumers: − consume
@@ -230,6 +235,8 @@ class SimSite:
         try:
             for ep in self._endpoints.values():
                 await self._listen(ep)
+            for bus in self._buses.values():
+                await bus.start()
         except OSError:
             await self.stop()
             raise
@@ -248,6 +255,8 @@ class SimSite:
             if ep.server:
                 await ep.server.shutdown()
                 ep.server = None
+        for bus in self._buses.values():
+            await bus.stop()
 
     def _device(self, device_id: str) -> SimulatedDevice:
         try:
@@ -256,6 +265,10 @@ class SimSite:
             known = ", ".join(self.devices)
             raise KeyError(f"no simulated device {device_id!r}; known: {known}") from None
 
+    def _bus(self, dev: SimulatedDevice) -> RtuBus | None:
+        serial = dev.cfg.serial
+        return self._buses.get(serial.port) if serial and dev.cfg.protocol in RTU_PROTOCOLS else None
+
     def _endpoint(self, dev: SimulatedDevice) -> _Endpoint:
         return self._endpoints[(dev.cfg.host, dev.cfg.port)]
 
@@ -263,9 +276,14 @@ class SimSite:
         """Fault injection: the device stops answering. Its socket closes (connections drop,
         new ones are refused) once every unit on that endpoint is stopped; until then the
         endpoint answers that unit with GATEWAY_NO_RESPONSE, like a gateway with a dead
-        slave. Physics and revert timers keep running."""
+        slave. On an RTU bus the serial port closes once every unit on it is stopped (the
+        bus goes silent). Physics and revert timers keep running."""
         dev = self._device(device_id)
         dev.online = False
+        if bus := self._bus(dev):
+            if not any(d.online for d in bus.devices):
+                await bus.stop()
+            return
         ep = self._endpoint(dev)
         if ep.server and not any(d.online for d in ep.devices):
             await ep.server.shutdown()
@@ -274,6 +292,9 @@ class SimSite:
     async def start_device(self, device_id: str) -> None:
         dev = self._device(device_id)
         dev.online = True
+        if bus := self._bus(dev):
+            await bus.start()
+            return
         ep = self._endpoint(dev)
         if ep.server is None:
             await self._listen(ep)
