@@ -27,6 +27,7 @@ EXIT_NO_ANSWER, EXIT_NOT_SUNSPEC = 4, 5
 
 
 def _load(path: str) -> Config:
+    from drivers.modbus_map import check_config as check_maps
     from drivers.registry import BUILDERS
 
     try:
@@ -34,6 +35,7 @@ def _load(path: str) -> Config:
         missing = [f"devices[{i}].protocol: {d.protocol} has no driver yet "
                    f"(available: {', '.join(sorted(BUILDERS))})"
                    for i, d in enumerate(cfg.devices) if d.protocol not in BUILDERS]
+        missing += check_maps(cfg)
         if missing:
             raise config_mod.ConfigError(path, missing)
         return cfg

@@ -64,6 +64,12 @@ CASES = [
      "devices[3]: protocol modbus-rtu needs serial"),
     ("dlt645 without an address", _set(["devices", 3, "protocol"], "dlt645-tcp"),
      "devices[3]: DL/T 645 needs the meter address"),
+    ("register map that does not exist",
+     lambda d: d["devices"][1].update(protocol="modbus-tcp", map="no_such_pcs"),
+     "devices[1].map:"),
+    ("register map for another role",
+     lambda d: d["devices"][1].update(protocol="modbus-tcp", map="meter3p_generic"),
+     "devices[1].map:"),
     ("unknown control function", _set(["control", "functions"], ["self_consumption", "arbitrage"]),
      "control.functions[1]: must be one of"),
 ]
