@@ -32,7 +32,10 @@ def _dlt645(dev, endpoints: dict) -> Device:
         opener = dlt645.Tcp(dev.host, dev.port)
     else:
         s = dev.serial
-        opener = dlt645.Serial(s.port, s.baudrate, s.parity)
+        # DL/T 645 meters default to 2400 8E1 (DOMAIN §5), not the Modbus 9600 8N1 defaults.
+        given = s.model_fields_set
+        opener = dlt645.Serial(s.port, s.baudrate if "baudrate" in given else 2400,
+                               s.parity if "parity" in given else "E")
     return dlt645.Dlt645Meter(dev.id, dev.address, opener, dev.timeout_s)
 
 

@@ -86,14 +86,23 @@ class ModbusEndpoint:
             raise ConnectFailed(f"{self.name}: reconnect backoff ({self._retry_at - now:.1f} s left)")
         self._drop()
         client = self._new_client()
-        if not await client.connect():
+        try:
+            connected = await client.connect()
+        except BaseException:  # cancelled by the cycle's deadline: don't leak a half-open client
             client.close()
-            self._backoff = min(max(self._backoff * 2, 0.5), 10.0)
-            self._retry_at = time.monotonic() + self._backoff
+            self._arm_backoff()
+            raise
+        if not connected:
+            client.close()
+            self._arm_backoff()
             raise ConnectFailed(f"{self.name}: {self._connect_failed_hint}")
         self._backoff = 0.0
         self._client = client
         return client
+
+    def _arm_backoff(self) -> None:
+        self._backoff = min(max(self._backoff * 2, 0.5), 10.0)
+        self._retry_at = time.monotonic() + self._backoff
 
     def _drop(self) -> None:
         if self._client is not None:
@@ -231,11 +240,19 @@ class SunSpecUnit:
             raise DeviceError(f"unit {self.unit}: model {model_id} unknown; not (re)discovered yet")
         mdef = sunspec.model(model_id)
         points = sorted((mdef.point(n) for n in values), key=lambda p: p.offset)
+        if any(isinstance(p.sf, str) and (model_id, p.sf) not in self._sf for p in points):
+            await self.read(model_id)  # never scale a setpoint by a factor we have not read
         regs: list[int] = []
         for i, p in enumerate(points):
             if i and p.offset != points[i - 1].offset + points[i - 1].size:
                 raise ValueError(f"points {[q.name for q in points]} are not contiguous")
-            sf = self._sf.get((model_id, p.sf), 0) if isinstance(p.sf, str) else (p.sf or 0)
+            if isinstance(p.sf, str):
+                if (model_id, p.sf) not in self._sf:
+                    raise DeviceError(f"unit {self.unit}: model {model_id} reports no {p.sf}; "
+                                      f"cannot scale {p.name}")
+                sf = self._sf[(model_id, p.sf)]
+            else:
+                sf = p.sf or 0
             regs += sunspec.encode_point(p, values[p.name], sf)
         await self.endpoint.write(self.unit, self.models[model_id] + points[0].offset, regs)
 

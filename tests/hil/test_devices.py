@@ -271,3 +271,15 @@ async def wait_async(predicate: Callable[[], object], timeout: float, what: str)
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def test_driver_reads_the_scale_factor_before_its_first_limit_write(make_site) -> None:
+    from drivers.sunspec_tcp import Endpoint, SunSpecPv
+
+    site = await make_site(NOON, 1)
+    cfg = next(d for d in site.config.devices if d.id == "pv1")
+    pv = SunSpecPv("pv1", Endpoint(cfg.host, cfg.port, 1.0), cfg.unit_id)
+    await pv.connect()  # reads the nameplate (120), not yet the controls (123, SF -1)
+    await pv.write_limit(15.0, 60)  # 50 % of 30 kW: with SF 0 assumed it would be 5 %
+    assert site.state("pv1")["limit_kw"] == pytest.approx(15.0)
+    await pv.close()
