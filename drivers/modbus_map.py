@@ -195,6 +195,11 @@ def _message(err: dict) -> str:
     return msg
 
 
+# Quantities that take both signs (DOMAIN §2): an unsigned register would turn charging or
+# export into a huge positive number.
+SIGNED_KEYS = frozenset({"power_kw", "setpoint"})
+
+
 def _cross_checks(m: RegisterMap) -> list[str]:
     """What one point cannot see: duplicates, overlaps, roles, controls."""
     problems: list[str] = []
@@ -229,6 +234,9 @@ def _cross_checks(m: RegisterMap) -> list[str]:
                                 "register (input registers cannot be written)")
         elif p.writable and p.function == "input":
             problems.append(f"{at(p, 'access')}: input registers are read-only; use access: r")
+        if p.key in SIGNED_KEYS and p.type.startswith("uint"):
+            problems.append(f"{at(p, 'type')}: {p.key} changes sign (charge/discharge, "
+                            f"import/export); use int16, int32 or float32, not {p.type}")
         if p.key == "enable" and p.value is None:
             problems.append(f"{at(p, 'value')}: enable needs the value that enables control (e.g. 1)")
         if p.key != "enable" and p.value is not None:

@@ -75,6 +75,15 @@ def test_bad_type_names_file_point_and_field(tmp_path):
     assert "uint8" in msg and "uint16" in msg
 
 
+def test_unsigned_register_for_a_signed_power_is_an_error(tmp_path):
+    pts = [dict(p) for p in BATTERY_POINTS]
+    pts[0]["type"] = "uint32"  # charging would read as +4.29 GW
+    path = write_map(tmp_path, "pcs_x", pts, roles=["battery"])
+    with pytest.raises(MapError) as exc:
+        load_map_file(path)
+    assert "points[0].type (point power_kw): power_kw changes sign" in str(exc.value)
+
+
 def test_overlapping_addresses_are_an_error(tmp_path):
     pts = [*BATTERY_POINTS, {"key": "dc_voltage_v", "address": 1, "unit": "V"}]
     path = write_map(tmp_path, "pcs_x", pts, roles=["battery"])
