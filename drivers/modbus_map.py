@@ -198,6 +198,7 @@ def _message(err: dict) -> str:
 # Quantities that take both signs (DOMAIN §2): an unsigned register would turn charging or
 # export into a huge positive number.
 SIGNED_KEYS = frozenset({"power_kw", "setpoint"})
+SIGNED_ROLES = frozenset({"battery", "meter"})  # PV output is never negative
 
 
 def _cross_checks(m: RegisterMap) -> list[str]:
@@ -234,7 +235,7 @@ def _cross_checks(m: RegisterMap) -> list[str]:
                                 "register (input registers cannot be written)")
         elif p.writable and p.function == "input":
             problems.append(f"{at(p, 'access')}: input registers are read-only; use access: r")
-        if p.key in SIGNED_KEYS and p.type.startswith("uint"):
+        if p.key in SIGNED_KEYS and p.type.startswith("uint") and set(m.roles) & SIGNED_ROLES:
             problems.append(f"{at(p, 'type')}: {p.key} changes sign (charge/discharge, "
                             f"import/export); use int16, int32 or float32, not {p.type}")
         if p.key == "enable" and p.value is None:
