@@ -205,6 +205,7 @@ def _expired(t_write: float | None, revert_s: int, now_s: float) -> bool:
 DEVICE_TYPES: dict[str, type[SimulatedDevice]] = {}  # role -> SunSpec simulator (default)
 PROTOCOL_TYPES: dict[tuple[str, str], type[SimulatedDevice]] = {}  # (role, protocol) -> simulator
 _MAP_PROTOCOLS = ("modbus-tcp", "modbus-rtu")  # described by a register map, never SunSpec
+_NOT_SUNSPEC = (*_MAP_PROTOCOLS, "dlt645-tcp", "dlt645-serial")  # never fall back to SunSpec
 
 
 def register(cls: type[SimulatedDevice]) -> type[SimulatedDevice]:
@@ -219,7 +220,7 @@ def register(cls: type[SimulatedDevice]) -> type[SimulatedDevice]:
 
 def build(cfg: PvDevice | BatteryDevice | MeterDevice, site_max_kw: float) -> SimulatedDevice:
     cls = PROTOCOL_TYPES.get((cfg.role, cfg.protocol))
-    if cls is None and cfg.protocol not in _MAP_PROTOCOLS:
+    if cls is None and cfg.protocol not in _NOT_SUNSPEC:
         cls = DEVICE_TYPES.get(cfg.role)
     if cls is None:
         raise SunSpecError(
@@ -687,6 +688,68 @@ class MapThreePhaseMeter(MapSimDevice):
             "power_kw": self.power_kw, "reactive_kvar": 0.0, "power_factor": 1.0,
             "frequency_hz": 50.0, "import_kwh": self.import_kwh, "export_kwh": self.export_kwh,
         }
+
+    def state(self) -> dict[str, float | int | None]:
+        return {"power_kw": self.power_kw, "import_kwh": self.import_kwh,
+                "export_kwh": self.export_kwh}
+
+
+# -- DL/T 645-2007 meters (served by hil/dlt645_server.py, not Modbus) ----------------------
+@register
+class Dlt645SimMeter(SimulatedDevice):
+    """A DL/T 645 meter behind a TCP gateway, by its 12-digit address: `measures: grid` is
+    the PCC meter (balances the site, + import), `measures: load` is the building load (its
+    sim profile), as the other meters. It has no Modbus image: the site serves it through
+    `hil.dlt645_server.Dlt645Server`, which reads `dlt645_values()`."""
+
+    role = "meter"
+    models = ()
+    protocols: ClassVar[tuple[str, ...]] = ("dlt645-tcp",)
+    cfg: MeterDevice
+    VOLTAGE_V = 230.0
+
+    def __init__(self, cfg: MeterDevice, site_max_kw: float) -> None:
+        # Not SimulatedDevice.__init__: that builds a SunSpec chain image.
+        self.cfg = cfg
+        self.id = cfg.id
+        self.t_s = 0.0
+        self.power_kw = 0.0
+        self.online = True
+        self.balancing = cfg.measures == "grid"
+        self.import_kwh = self.export_kwh = 0.0
+
+    @property
+    def address(self) -> str:
+        assert self.cfg.address is not None  # the config requires it for dlt645-*
+        return self.cfg.address
+
+    def step(self, env: Env, dt_s: float) -> float:
+        if self.balancing:
+            return 0.0
+        s = self.cfg.sim
+        self.measure(load_kw(s.profile, env.t_local, s.base_kw, s.day_kw), dt_s)
+        return -self.power_kw
+
+    def measure(self, kw: float, dt_s: float) -> None:
+        self.power_kw = kw
+        self.import_kwh += max(kw, 0.0) * dt_s / 3600
+        self.export_kwh += max(-kw, 0.0) * dt_s / 3600
+
+    def dlt645_values(self) -> dict[str, float]:
+        """By hil.dlt645_server.FORMATS key: balanced phases, unity power factor; current
+        carries the sign of the power (− reverse), as the meter's signed XXX.XXX A format."""
+        v, p = self.VOLTAGE_V, self.power_kw
+        amps = p * 1000 / (3 * v)
+        return {
+            "power_kw": p, "power_a_kw": p / 3, "power_b_kw": p / 3, "power_c_kw": p / 3,
+            "voltage_a_v": v, "voltage_b_v": v, "voltage_c_v": v,
+            "current_a_a": amps, "current_b_a": amps, "current_c_a": amps,
+            "power_factor": 1.0, "frequency_hz": 50.0,
+            "import_kwh": self.import_kwh, "export_kwh": self.export_kwh,
+        }
+
+    def sim_device(self) -> SimDevice:
+        raise TypeError(f"{self.id} is a DL/T 645 meter; serve it with hil.dlt645_server")
 
     def state(self) -> dict[str, float | int | None]:
         return {"power_kw": self.power_kw, "import_kwh": self.import_kwh,

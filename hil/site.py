@@ -1,5 +1,6 @@
-"""The simulated site: devices stepped on the shared clock, served on loopback Modbus TCP,
-with a KPI ledger for the real site and for the same site without its battery.
+"""The simulated site: devices stepped on the shared clock, served on loopback Modbus TCP
+(DL/T 645 meters through hil/dlt645_server.py, Modbus RTU units on serial buses), with a
+KPI ledger for the real site and for the same site without its battery.
 
 Physics runs in ≤1 s simulated sub-steps aligned on whole simulated seconds, so heartbeats,
 revert timers and the per-minute samples fall on the same instants whatever the speed-up.
@@ -19,7 +20,8 @@ from pymodbus.server import ModbusTcpServer
 
 from edge.clock import Clock
 from edge.config import Config, MeterDevice, TariffConfig
-from hil.devices import Env, SimulatedDevice, build
+from hil.devices import Dlt645SimMeter, Env, SimulatedDevice, build
+from hil.dlt645_server import Dlt645Server
 from hil.physics import load_kw
 from hil.serial_server import RTU_PROTOCOLS, RtuBus
 
@@ -125,12 +127,22 @@ class SimSite:
         self._hidden_load = None if loads else config.grid_meter.sim
         self._endpoints: dict[tuple[str, int], _Endpoint] = {}
         self._buses: dict[str, RtuBus] = {}  # serial port -> the RTU units on that bus
+        self._dlt645: dict[tuple[str, int], Dlt645Server] = {}  # gateway -> its meters
         for d in config.devices:
+            dev = self.devices[d.id]
             if d.protocol in RTU_PROTOCOLS and d.serial is not None:
-                self._buses.setdefault(d.serial.port, RtuBus(d.serial)).add(self.devices[d.id])
+                self._buses.setdefault(d.serial.port, RtuBus(d.serial)).add(dev)
+                continue
+            if isinstance(dev, Dlt645SimMeter):
+                key = (d.host, d.port)
+                self._dlt645.setdefault(key, Dlt645Server(d.host, d.port)).add(dev)
                 continue
             ep = self._endpoints.setdefault((d.host, d.port), _Endpoint(d.host, d.port, []))
-            ep.devices.append(self.devices[d.id])
+            ep.devices.append(dev)
+        if clash := self._dlt645.keys() & self._endpoints.keys():
+            host, port = sorted(clash)[0]
+            raise ValueError(f"{host}:{port} serves both Modbus and DL/T 645 devices; one port "
+                             "speaks one protocol: give them different ports")
         self.t_s = 0.0
         self.ledger = Ledger(config.tariff)
         self.ledger_nb = Ledger(config.tariff)  # counterfactual: same site, no battery
@@ -237,6 +249,8 @@ class SimSite:
                 await self._listen(ep)
             for bus in self._buses.values():
                 await bus.start()
+            for gateway in self._dlt645.values():
+                await gateway.start()
         except OSError:
             await self.stop()
             raise
@@ -257,6 +271,8 @@ class SimSite:
                 ep.server = None
         for bus in self._buses.values():
             await bus.stop()
+        for gateway in self._dlt645.values():
+            await gateway.stop()
 
     def _device(self, device_id: str) -> SimulatedDevice:
         try:
@@ -268,6 +284,10 @@ class SimSite:
     def _bus(self, dev: SimulatedDevice) -> RtuBus | None:
         serial = dev.cfg.serial
         return self._buses.get(serial.port) if serial and dev.cfg.protocol in RTU_PROTOCOLS else None
+
+    def _gateway(self, dev: SimulatedDevice) -> Dlt645Server | None:
+        return self._dlt645.get((dev.cfg.host, dev.cfg.port)) if isinstance(
+            dev, Dlt645SimMeter) else None
 
     def _endpoint(self, dev: SimulatedDevice) -> _Endpoint:
         return self._endpoints[(dev.cfg.host, dev.cfg.port)]
@@ -284,6 +304,10 @@ class SimSite:
             if not any(d.online for d in bus.devices):
                 await bus.stop()
             return
+        if gateway := self._gateway(dev):  # a stopped meter is silent; the last closes the port
+            if not any(m.online for m in gateway.meters):
+                await gateway.stop()
+            return
         ep = self._endpoint(dev)
         if ep.server and not any(d.online for d in ep.devices):
             await ep.server.shutdown()
@@ -294,6 +318,9 @@ class SimSite:
         dev.online = True
         if bus := self._bus(dev):
             await bus.start()
+            return
+        if gateway := self._gateway(dev):
+            await gateway.start()
             return
         ep = self._endpoint(dev)
         if ep.server is None:
