@@ -61,7 +61,12 @@ def _summary(cfg: Config) -> str:
         else:
             assert isinstance(d, MeterDevice)
             detail = f"measures {d.measures}"
-        lines.append(f"  {d.id:<10} {d.role:<8} {d.protocol} {d.host}:{d.port} unit {d.unit_id}  {detail}")
+        if d.protocol.startswith("dlt645-"):
+            where = f"address {d.address}"
+        else:
+            where = f"unit {d.unit_id}" + (f" map {d.map}" if d.map else "")
+        bus = d.serial.port if d.serial is not None and d.endpoint[0] == "serial" else f"{d.host}:{d.port}"
+        lines.append(f"  {d.id:<10} {d.role:<8} {d.protocol} {bus} {where}  {detail}")
     imp = "none" if c.import_limit_kw is None else f"{c.import_limit_kw:g} kW"
     exp = "none" if c.export_limit_kw is None else f"{c.export_limit_kw:g} kW"
     lines += [
