@@ -407,23 +407,16 @@ class BatteryPcs(SimulatedDevice):
                 "command_kw": self.command_kw}
 
 
-@register
-class Meter(SimulatedDevice):
-    """Three-phase meter (models 1, 203). `measures: grid` is the PCC meter, which balances
-    the site (W = + import); `measures: load` meters the building load and *is* the load:
-    its sim profile drives consumption. Import/export counters in Wh (acc32)."""
+class Metering:
+    """What every simulated meter does, whatever protocol it speaks: a load meter draws its
+    sim profile, the grid (PCC) meter is told the site balance; both integrate kWh."""
 
-    role = "meter"
-    models = (1, 203)
     cfg: MeterDevice
+    power_kw: float = 0.0
 
-    def __init__(self, cfg: MeterDevice, site_max_kw: float) -> None:
-        super().__init__(cfg, site_max_kw)
+    def _init_metering(self, cfg: MeterDevice) -> None:
         self.balancing = cfg.measures == "grid"
-        self.model_name = f"HIL-METER-{cfg.measures.upper()}"
-        self.w_sf = power_sf(site_max_kw * 1000)
-        self.wh_imp = self.wh_exp = 0.0
-        self.rw[1] = {"DA": cfg.unit_id}
+        self.import_kwh = self.export_kwh = 0.0
 
     def step(self, env: Env, dt_s: float) -> float:
         """A load meter consumes its profile; the grid meter waits for `measure`."""
@@ -436,8 +429,26 @@ class Meter(SimulatedDevice):
     def measure(self, kw: float, dt_s: float) -> None:
         """Set the metered power for the last dt_s and integrate the counters."""
         self.power_kw = kw
-        self.wh_imp += max(kw, 0.0) * 1000 * dt_s / 3600
-        self.wh_exp += max(-kw, 0.0) * 1000 * dt_s / 3600
+        self.import_kwh += max(kw, 0.0) * dt_s / 3600
+        self.export_kwh += max(-kw, 0.0) * dt_s / 3600
+
+
+@register
+class Meter(Metering, SimulatedDevice):
+    """Three-phase meter (models 1, 203). `measures: grid` is the PCC meter, which balances
+    the site (W = + import); `measures: load` meters the building load and *is* the load:
+    its sim profile drives consumption. Import/export counters in Wh (acc32)."""
+
+    role = "meter"
+    models = (1, 203)
+    cfg: MeterDevice
+
+    def __init__(self, cfg: MeterDevice, site_max_kw: float) -> None:
+        super().__init__(cfg, site_max_kw)
+        self._init_metering(cfg)
+        self.model_name = f"HIL-METER-{cfg.measures.upper()}"
+        self.w_sf = power_sf(site_max_kw * 1000)
+        self.rw[1] = {"DA": cfg.unit_id}
 
     def values(self) -> dict[int, dict[str, Value]]:
         w = self.power_kw * 1000
@@ -446,13 +457,14 @@ class Meter(SimulatedDevice):
             203: {
                 **_AC, "PhV": 230.0, "W": w, "WphA": w / 3, "WphB": w / 3, "WphC": w / 3,
                 "W_SF": self.w_sf,
-                "TotWhImp": int(self.wh_imp), "TotWhExp": int(self.wh_exp), "TotWh_SF": 0,
+                "TotWhImp": int(self.import_kwh * 1000), "TotWhExp": int(self.export_kwh * 1000),
+                "TotWh_SF": 0,
             },
         }
 
     def state(self) -> dict[str, float | int | None]:
-        return {"power_kw": self.power_kw, "import_kwh": self.wh_imp / 1000,
-                "export_kwh": self.wh_exp / 1000}
+        return {"power_kw": self.power_kw, "import_kwh": self.import_kwh,
+                "export_kwh": self.export_kwh}
 
 
 # -- devices described by a register map (drivers/maps/*.yaml) ------------------------------
@@ -654,7 +666,7 @@ class MapBatteryPcs(MapSimDevice):
 
 
 @register
-class MapThreePhaseMeter(MapSimDevice):
+class MapThreePhaseMeter(Metering, MapSimDevice):
     """Three-phase meter through its map; `measures: grid` balances the site (+ import),
     `measures: load` is the building load (its sim profile), as the SunSpec Meter."""
 
@@ -664,20 +676,7 @@ class MapThreePhaseMeter(MapSimDevice):
     def __init__(self, cfg: MeterDevice, site_max_kw: float,
                  regmap: RegisterMap | None = None) -> None:
         super().__init__(cfg, site_max_kw, regmap)
-        self.balancing = cfg.measures == "grid"
-        self.import_kwh = self.export_kwh = 0.0
-
-    def step(self, env: Env, dt_s: float) -> float:
-        if self.balancing:
-            return 0.0
-        s = self.cfg.sim
-        self.measure(load_kw(s.profile, env.t_local, s.base_kw, s.day_kw), dt_s)
-        return -self.power_kw
-
-    def measure(self, kw: float, dt_s: float) -> None:
-        self.power_kw = kw
-        self.import_kwh += max(kw, 0.0) * dt_s / 3600
-        self.export_kwh += max(-kw, 0.0) * dt_s / 3600
+        self._init_metering(cfg)
 
     def point_values(self) -> dict[str, float]:
         v = 230.0
@@ -696,7 +695,7 @@ class MapThreePhaseMeter(MapSimDevice):
 
 # -- DL/T 645-2007 meters (served by hil/dlt645_server.py, not Modbus) ----------------------
 @register
-class Dlt645SimMeter(SimulatedDevice):
+class Dlt645SimMeter(Metering, SimulatedDevice):
     """A DL/T 645 meter behind a TCP gateway, by its 12-digit address: `measures: grid` is
     the PCC meter (balances the site, + import), `measures: load` is the building load (its
     sim profile), as the other meters. It has no Modbus image: the site serves it through
@@ -715,25 +714,12 @@ class Dlt645SimMeter(SimulatedDevice):
         self.t_s = 0.0
         self.power_kw = 0.0
         self.online = True
-        self.balancing = cfg.measures == "grid"
-        self.import_kwh = self.export_kwh = 0.0
+        self._init_metering(cfg)
 
     @property
     def address(self) -> str:
         assert self.cfg.address is not None  # the config requires it for dlt645-*
         return self.cfg.address
-
-    def step(self, env: Env, dt_s: float) -> float:
-        if self.balancing:
-            return 0.0
-        s = self.cfg.sim
-        self.measure(load_kw(s.profile, env.t_local, s.base_kw, s.day_kw), dt_s)
-        return -self.power_kw
-
-    def measure(self, kw: float, dt_s: float) -> None:
-        self.power_kw = kw
-        self.import_kwh += max(kw, 0.0) * dt_s / 3600
-        self.export_kwh += max(-kw, 0.0) * dt_s / 3600
 
     def dlt645_values(self) -> dict[str, float]:
         """By hil.dlt645_server.FORMATS key: balanced phases, unity power factor; current

@@ -1,7 +1,7 @@
 """The example configs under configs/ are what integrators copy: each one passes
 `pedf-edge check`, and the mixed-protocol park site (SunSpec PV, map-driven PCS and load
-meter, DL/T 645 PCC meter) runs a simulated day with the controlled bill below the
-no-battery bill."""
+meter, DL/T 645 PCC meter) and the demo office each run a simulated day (`pedf-edge demo`)
+with the controlled bill below the no-battery bill."""
 
 import os
 import re
@@ -50,15 +50,18 @@ def test_park_config_mixes_sunspec_maps_and_dlt645() -> None:
     assert data["storage"]["dir"] == "var/park"
 
 
-def test_park_day_prints_kpis_and_controlled_bill_beats_no_battery(tmp_path: Path) -> None:
-    data = yaml.safe_load((ROOT / "configs/park.yaml").read_text())
+@pytest.mark.parametrize("name,wall_s", [("demo.yaml", 30), ("park.yaml", 20)])
+def test_simulated_day_prints_kpis_and_controlled_bill_beats_no_battery(
+        tmp_path: Path, name: str, wall_s: int) -> None:
+    data = yaml.safe_load((ROOT / "configs" / name).read_text())
     for dev in data["devices"]:
         dev["port"] = free_port()
     data["mqtt"]["port"] = free_port()  # nothing answers: the embedded broker must step in
     data["storage"]["dir"] = str(tmp_path / "state")
-    cfg = tmp_path / "park.yaml"
+    cfg = tmp_path / name
     cfg.write_text(yaml.safe_dump(data))
-    result = pedf_edge("demo", "-c", str(cfg), "--wall-seconds", "20", cwd=tmp_path, timeout=300)
+    result = pedf_edge("demo", "-c", str(cfg), "--wall-seconds", str(wall_s), cwd=tmp_path,
+                       timeout=300)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "embedded amqtt broker" in out
@@ -66,6 +69,8 @@ def test_park_day_prints_kpis_and_controlled_bill_beats_no_battery(tmp_path: Pat
     assert bill, out
     controlled, no_battery = (float(x.replace(",", "")) for x in bill.groups())
     assert controlled < no_battery
+    received = int(re.search(r"received by the platform subscriber: (\d+)", out).group(1))
+    assert received > 100
     assert re.search(r"\b0 crashes", out)
-    # the PCC meter stayed inside the DL/T 645 power format (XX.XXXX kW) all day
+    # a DL/T 645 PCC meter stayed inside its power format (XX.XXXX kW) all day
     assert "outside what DL/T 645" not in out + result.stderr
