@@ -242,6 +242,12 @@ class Dlt645Meter:
                 reason = str(exc)
             except (OSError, asyncio.IncompleteReadError) as exc:
                 reason = f"connection lost: {exc}"
+            except asyncio.CancelledError:
+                # Cancelled by the cycle's deadline with a request on the wire: its late reply
+                # would match the same DI next poll and pass as fresh. Drop the link now.
+                self._streams = None
+                writer.close()
+                raise
             await self.close()
             raise DeviceError(f"{self.id}: DI {di:08X}: {reason}")
 

@@ -252,3 +252,26 @@ def test_config_builds_a_dlt645_meter_through_the_registry():
     })
     meter = build_devices(cfg)["pcc"]
     assert meter.describe()["protocol"].startswith("dlt645")
+
+
+async def test_cancelled_read_drops_the_link_so_a_late_reply_cannot_pass_as_fresh():
+    """A peer that answers only after the caller gave up: the next read must not see it."""
+    from drivers.dlt645 import Dlt645Meter, Tcp
+
+    replies: list[asyncio.StreamWriter] = []
+
+    async def slow_peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        replies.append(writer)
+        await reader.read(64)  # take the request, never answer in time
+
+    server = await asyncio.start_server(slow_peer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    meter = Dlt645Meter("pcc", "000000000001", Tcp("127.0.0.1", port), timeout_s=5.0)
+    task = asyncio.create_task(meter.poll())
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert meter._streams is None  # the next poll opens a fresh link
+    server.close()
+    await server.wait_closed()
