@@ -21,24 +21,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import benchlib  # noqa: E402
-from benchlib import HOST, free_port, stop_process  # noqa: E402
+from benchlib import connect_all, pct, start_hil, stop_process, wait_listening  # noqa: E402
 
 from drivers.registry import build_devices  # noqa: E402
 from edge.clock import Clock  # noqa: E402
@@ -52,56 +48,8 @@ N_PV, N_BESS, N_LOAD = 8, 8, 3
 def site_config(layout: str, period_s: float) -> dict:
     """20 devices at noon (PV producing), with import and zero-export limits so every
     control function has work to do."""
-    ports: dict[str, int] = {}
-    units: dict[str, int] = {}
-
-    def endpoint(group: str) -> dict:
-        key = group if layout == "gateway" else f"dev{len(units)}-{group}"
-        while key not in ports:
-            port = free_port()  # the OS may hand back a port it gave before: never reuse
-            if port not in ports.values():
-                ports[key] = port
-        units[key] = units.get(key, 0) + 1
-        return {"host": HOST, "port": ports[key], "unit_id": units[key]}
-
-    devices: list[dict] = []
-    for i in range(1, N_PV + 1):
-        devices.append({"id": f"pv{i}", "role": "pv", **endpoint("pv"), "rated_kw": 50,
-                        "ramp_kw_per_s": 20, "revert_s": 60, "sim": {"peak_kw": 50}})
-    for i in range(1, N_BESS + 1):
-        devices.append({"id": f"bess{i}", "role": "battery", **endpoint("bess"),
-                        "capacity_kwh": 100, "max_charge_kw": 50, "max_discharge_kw": 50,
-                        "ramp_kw_per_s": 10, "revert_s": 60,
-                        "sim": {"initial_soc_pct": 30 + 5 * i}})
-    devices.append({"id": "pcc", "role": "meter", "measures": "grid", **endpoint("meter")})
-    for i in range(1, N_LOAD + 1):
-        devices.append({"id": f"load{i}", "role": "meter", "measures": "load", **endpoint("meter"),
-                        "sim": {"profile": "office", "base_kw": 20, "day_kw": 60 + 10 * i}})
-    return {
-        "site": {"id": "bench-cycle", "timezone": "Asia/Shanghai"},
-        "devices": devices,
-        "control": {"cycle_s": max(period_s, 0.05),
-                    "functions": ["self_consumption", "peak_shaving", "export_limit"],
-                    "import_limit_kw": 150, "export_limit_kw": 0, "deadband_kw": 0.5},
-        "tariff": {"periods": [{"name": "flat", "start": "00:00", "end": "00:00", "price": 0.7}]},
-        "hil": {"start": "2026-06-22T12:00:00+08:00", "speed": 1},
-    }
-
-
-def wait_listening(proc: subprocess.Popen, ports: set[int], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    pending = set(ports)
-    while pending:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"HIL did not listen on {sorted(pending)} (exit {proc.poll()}); "
-                               f"its log:\n{log.read_text(errors='replace')[-3000:]}")
-        for port in list(pending):
-            try:
-                with socket.create_connection((HOST, port), timeout=0.2):
-                    pending.discard(port)
-            except OSError:
-                pass
-        time.sleep(0.05)
+    return benchlib.sunspec_site(N_PV, N_BESS, N_LOAD, layout, max(period_s, 0.05),
+                                 site_id="bench-cycle")
 
 
 class Timings:
@@ -155,16 +103,6 @@ class Timings:
             series.append(value)
 
 
-async def connect_all(cycle: ControlCycle) -> None:
-    async def one(dev_id: str) -> None:
-        await asyncio.wait_for(cycle.devices[dev_id].connect(), 10.0)
-    results = await asyncio.gather(*(one(d) for d in cycle.devices), return_exceptions=True)
-    failed = {d: r for d, r in zip(cycle.devices, results) if isinstance(r, BaseException)}
-    if failed:
-        raise RuntimeError("devices did not connect: "
-                           + "; ".join(f"{d}: {r!r}" for d, r in failed.items()))
-
-
 async def measure(config: Config, cycles: int, warmup: int,
                   period_s: float) -> tuple[list[float], Timings, ControlCycle]:
     cycle = ControlCycle(config, build_devices(config), load_kernel(), Clock())
@@ -191,16 +129,6 @@ async def measure(config: Config, cycles: int, warmup: int,
     return totals, timings, cycle
 
 
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=float), q))
-
-
-def environment() -> list[str]:
-    import pymodbus
-
-    return [*benchlib.environment(), f"numpy {np.__version__}, pymodbus {pymodbus.__version__}"]
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cycles", type=int, default=300, help="timed cycles (default 300)")
@@ -222,18 +150,12 @@ def main() -> int:
     data = site_config(args.layout, args.period)
     config = parse(data, "bench_cycle")
     ports = {d.port for d in config.devices}
-    env_lines = environment()
+    env_lines = benchlib.environment(("numpy", "pymodbus"))
 
     with tempfile.TemporaryDirectory(prefix="bench-cycle-") as tmp:
         cfg_path, hil_log = Path(tmp) / "site.yaml", Path(tmp) / "hil.log"
         cfg_path.write_text(yaml.safe_dump(data, sort_keys=False))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
-        with hil_log.open("wb") as out:
-            hil = subprocess.Popen(
-                [sys.executable, "-m", "edge.cli", "hil", "-c", str(cfg_path), "--speed", "1",
-                 "--log-level", "warning"],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        hil = start_hil(cfg_path, hil_log)
         try:
             wait_listening(hil, ports, hil_log, timeout=30)
             totals, t, cycle = asyncio.run(measure(config, args.cycles, args.warmup, args.period))
