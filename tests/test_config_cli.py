@@ -98,7 +98,7 @@ def test_every_problem_is_listed_not_only_the_first(tmp_path):
 
 def test_demo_config_is_valid_and_summarised(tmp_path):
     result = subprocess.run([sys.executable, "-m", "edge.cli", "check", "-c", str(ROOT / "configs/demo.yaml")],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "site demo-office" in result.stdout and "configuration OK" in result.stdout
     assert len(result.stdout.splitlines()) < 25  # one screen

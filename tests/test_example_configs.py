@@ -20,7 +20,7 @@ CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 def pedf_edge(*args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True, cwd=cwd,
-        timeout=timeout, env=dict(os.environ, COLUMNS="120", PYTHONPATH=str(ROOT)),
+        timeout=timeout, env=dict(os.environ, COLUMNS="120"),  # the installed package
     )
 
 
@@ -29,8 +29,8 @@ def test_there_is_more_than_the_demo_config() -> None:
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
-def test_example_config_passes_check(path: Path) -> None:
-    result = pedf_edge("check", "-c", str(path), cwd=ROOT, timeout=60)
+def test_example_config_passes_check(path: Path, tmp_path: Path) -> None:
+    result = pedf_edge("check", "-c", str(path), cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "configuration OK" in result.stdout
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -59,9 +59,8 @@ def port_of(site: SimSite, device_id: str) -> int:
 
 async def run_cli(*args: str) -> tuple[int, str, str]:
     """The real command in a subprocess, while this test's loop keeps serving the HIL."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edge.cli", "scan", *args, cwd=ROOT, env=env,
+    proc = await asyncio.create_subprocess_exec(  # the installed command, not the source tree
+        sys.executable, "-m", "edge.cli", "scan", *args, cwd=tempfile.gettempdir(),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode, out.decode(), err.decode()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import Subscriber, free_port, wait_for
@@ -17,7 +15,6 @@ from edge.report.mqtt import MqttLink
 from edge.report.outbox import Outbox
 
 SITE = "site-1"
-REPO = Path(__file__).resolve().parents[2]
 
 
 async def retained_status(host: str, port: int, timeout: float = 5.0) -> str | None:
@@ -146,10 +143,9 @@ async def test_status_is_retained_online_and_last_will_offline(mosquitto, tmp_pa
     host, port = mosquitto.host, mosquitto.port
 
     # a link in its own process that dies without sending DISCONNECT
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = await asyncio.create_subprocess_exec(
+    proc = await asyncio.create_subprocess_exec(  # the installed package, as in production
         sys.executable, "-c", LINK_PROCESS, host, str(port), SITE, str(tmp_path / "crash.sqlite"),
-        stdout=asyncio.subprocess.PIPE, env=env,
+        stdout=asyncio.subprocess.PIPE, cwd=tmp_path,
     )
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), 20)
