@@ -302,10 +302,22 @@ class _SunSpecDevice:
 
 
 class SunSpecMeter(_SunSpecDevice):
-    required = (203,)
+    """Any SunSpec AC meter: 201 single phase, 202 split phase, 203 wye, 204 delta (the
+    integer models; they share W and the TotWhImp/TotWhExp counters)."""
+
+    METER_MODELS = (203, 204, 201, 202)
+    _model: int = 203
+
+    async def connect(self) -> None:
+        await super().connect()
+        found = [m for m in self.METER_MODELS if m in self.sunspec.models]
+        if not found:
+            raise DeviceError(f"{self.id}: no SunSpec meter model 201-204 "
+                              f"(found {sorted(self.sunspec.models)})")
+        self._model = found[0]
 
     async def _values(self) -> dict[str, float]:
-        m = await self.sunspec.read(203)
+        m = await self.sunspec.read(self._model)
         return {
             "power_kw": _kw(m["W"]),
             "import_kwh": _kw(m["TotWhImp"]),
