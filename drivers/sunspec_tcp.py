@@ -2,9 +2,11 @@
 chain, and the role drivers (PV inverter, battery, meter) built on it.
 
 Field lessons applied (DOMAIN.md §5): many devices accept a single TCP client, so every
-unit behind an endpoint shares one client and one lock; after a failure the connection is
-dropped and re-opened with backoff; a device that comes back is rediscovered, because a
-restart may have moved its models.
+unit behind an endpoint shares one client and one lock; after a connection-level failure
+the connection is dropped and re-opened with backoff, while a single unit that does not
+answer only backs off itself (`SunSpecUnit`) so its neighbours keep polling; writes are
+verified by read-back; a device that comes back is rediscovered, because a restart may have
+moved its models.
 
 `ModbusEndpoint` is the transport-neutral part (shared client, lock, backoff, read/write);
 `Endpoint` is its TCP form and `drivers.modbus_serial.SerialEndpoint` its RTU form, and the
@@ -17,16 +19,22 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from pymodbus.client import AsyncModbusTcpClient, ModbusBaseClient
-from pymodbus.exceptions import ModbusException
+from pymodbus.exceptions import ModbusException, ModbusIOException
 
 from drivers import sunspec
 from drivers.base import DeviceError, Reading
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _MAX_READ = 120  # registers per request (Modbus allows 125)
+
+
+ILLEGAL_ADDRESS = 2
 
 
 class ModbusExceptionReply(DeviceError):
@@ -52,6 +60,7 @@ class ModbusEndpoint:
     (`_pace`, e.g. the RTU inter-frame gap); the SunSpec drivers see only read/write."""
 
     transport = "modbus"  # "tcp" / "rtu": names the protocol variant in describe()
+    _drop_on_no_reply = True  # re-open after a unit stays silent (RTU: flushes a late reply)
     _connect_failed_hint = "could not connect"
 
     def __init__(self, timeout_s: float) -> None:
@@ -60,6 +69,7 @@ class ModbusEndpoint:
         self._lock = asyncio.Lock()
         self._retry_at = 0.0
         self._backoff = 0.0
+        self._unanswered: set[int] = set()
 
     @property
     def connected(self) -> bool:
@@ -109,6 +119,31 @@ class ModbusEndpoint:
             self._client.close()
             self._client = None
 
+    def unanswered(self, unit: int) -> bool:
+        """True when the last request to `unit` got no reply (timed out, or was abandoned by
+        its caller's deadline while in flight); cleared by the unit's next reply."""
+        return unit in self._unanswered
+
+    def _failed(self, unit: int, what: str, exc: BaseException) -> DeviceError:
+        """Classify a failed request. A missing reply is the unit's fault: over TCP the
+        connection stays up for the other units (pymodbus matches replies by transaction id,
+        so a late reply is discarded); a serial port is re-opened (`_drop_on_no_reply`) to
+        flush it. A connection-level error drops the shared client."""
+        no_reply = isinstance(exc, (TimeoutError, ModbusIOException))
+        if no_reply:
+            self._unanswered.add(unit)
+        client_lost = self._client is None or not self._client.connected
+        if client_lost or not no_reply or self._drop_on_no_reply:
+            self._drop()
+        return DeviceError(f"{self.name} unit {unit}: {what}: {exc}")
+
+    def _abandoned(self, unit: int, sent: bool) -> None:
+        """The caller's deadline cancelled a request: if it was on the wire, it is unanswered."""
+        if sent:
+            self._unanswered.add(unit)
+            if self._drop_on_no_reply:
+                self._drop()  # a reply may still arrive for the abandoned request
+
     async def read(self, unit: int, address: int, count: int,
                    input_registers: bool = False) -> list[int]:
         """Holding registers (function 3); input registers (4) for register maps that say so."""
@@ -116,14 +151,18 @@ class ModbusEndpoint:
             client = await self._ensure()
             fc = client.read_input_registers if input_registers else client.read_holding_registers
             regs: list[int] = []
+            sent = False
             try:
                 while count > 0:
                     n = min(count, _MAX_READ)
                     await self._pace()
+                    sent = True
                     try:
                         rr = await fc(address, count=n, device_id=unit)
                     finally:
                         self._done()
+                    sent = False
+                    self._unanswered.discard(unit)
                     if rr.isError():
                         raise ModbusExceptionReply(f"{self.name} unit {unit}: read {address}+{n}: {rr}",
                                                    getattr(rr, "exception_code", None))
@@ -131,30 +170,32 @@ class ModbusEndpoint:
                     address += n
                     count -= n
             except (TimeoutError, ModbusException, OSError) as exc:
-                self._drop()
-                raise DeviceError(f"{self.name} unit {unit}: read {address}: {exc}") from exc
+                raise self._failed(unit, f"read {address}", exc) from exc
             except asyncio.CancelledError:
-                self._drop()  # a reply may still arrive for the abandoned request
+                self._abandoned(unit, sent)
                 raise
             return regs
 
     async def write(self, unit: int, address: int, values: list[int]) -> None:
         async with self._lock:
             client = await self._ensure()
+            sent = False
             try:
                 await self._pace()
+                sent = True
                 try:
                     rr = await client.write_registers(address, values, device_id=unit)
                 finally:
                     self._done()
+                self._unanswered.discard(unit)
             except (TimeoutError, ModbusException, OSError) as exc:
-                self._drop()
-                raise DeviceError(f"{self.name} unit {unit}: write {address}: {exc}") from exc
+                raise self._failed(unit, f"write {address}", exc) from exc
             except asyncio.CancelledError:
-                self._drop()
+                self._abandoned(unit, sent)
                 raise
             if rr.isError():
-                raise DeviceError(f"{self.name} unit {unit}: write {address} rejected: {rr}")
+                raise ModbusExceptionReply(f"{self.name} unit {unit}: write {address} rejected: {rr}",
+                                           getattr(rr, "exception_code", None))
 
     async def close(self) -> None:
         async with self._lock:
@@ -165,6 +206,7 @@ class Endpoint(ModbusEndpoint):
     """One Modbus TCP connection shared by every unit id behind host:port."""
 
     transport = "tcp"
+    _drop_on_no_reply = False  # replies carry the transaction id: a late one is discarded
     _connect_failed_hint = "connection refused or timed out"
 
     def __init__(self, host: str, port: int, timeout_s: float) -> None:
@@ -181,23 +223,73 @@ class Endpoint(ModbusEndpoint):
         )
 
 
+_GATEWAY_NO_REPLY = (10, 11)  # gateway path unavailable / target device failed to respond
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 10.0
+
+
 class SunSpecUnit:
-    """A SunSpec device at one unit id: discovers its chain, reads and writes models."""
+    """A SunSpec device at one unit id: discovers its chain, reads and writes models.
+
+    A unit that does not answer (timeout, a request abandoned by the caller's deadline while
+    on the wire, or a gateway's "no response" exception) backs off: its requests fail at once
+    for 0.5 s, doubling up to 10 s, until one succeeds. The endpoint lock is shared, so a
+    silent unit probed on every poll would hold it for `timeout_s` each time and starve the
+    healthy units behind the same gateway."""
 
     def __init__(self, endpoint: ModbusEndpoint, unit: int) -> None:
         self.endpoint, self.unit = endpoint, unit
         self.models: dict[int, int] = {}  # model id -> address of its ID register
         self.common: dict[str, object] = {}
         self._sf: dict[tuple[int, str], int] = {}
+        self._backoff_s = 0.0
+        self._retry_at = 0.0
+
+    @property
+    def backing_off(self) -> bool:
+        return time.monotonic() < self._retry_at
+
+    def _check_backoff(self) -> None:
+        left = self._retry_at - time.monotonic()
+        if left > 0:
+            raise DeviceError(f"{self.endpoint.name} unit {self.unit} backing off for {left:.1f} s "
+                              "after it did not answer")
+
+    def _silent(self) -> None:
+        self._backoff_s = min(max(self._backoff_s * 2, BACKOFF_MIN_S), BACKOFF_MAX_S)
+        self._retry_at = time.monotonic() + self._backoff_s
+
+    async def _call(self, request: Callable[[], Awaitable[T]]) -> T:
+        """Run one endpoint request under this unit's backoff."""
+        self._check_backoff()
+        try:
+            result = await request()
+        except ModbusExceptionReply as exc:
+            if exc.code in _GATEWAY_NO_REPLY:
+                self._silent()
+            else:
+                self._backoff_s = 0.0  # the unit answered, if only with an exception
+            raise
+        except (DeviceError, asyncio.CancelledError):
+            if self.endpoint.unanswered(self.unit):
+                self._silent()
+            raise
+        self._backoff_s = 0.0
+        return result
+
+    async def _read_regs(self, address: int, count: int) -> list[int]:
+        return await self._call(lambda: self.endpoint.read(self.unit, address, count))
+
+    async def _write_regs(self, address: int, regs: list[int]) -> None:
+        await self._call(lambda: self.endpoint.write(self.unit, address, regs))
 
     async def discover(self) -> dict[int, int]:
         base = None
         for candidate in sunspec.BASES:
             try:
-                marker = await self.endpoint.read(self.unit, candidate, 2)
+                marker = await self._read_regs(candidate, 2)
             except DeviceError:
-                if not self.endpoint.connected:
-                    raise
+                if not self.endpoint.connected or self.backing_off:
+                    raise  # nothing answered: not a "no marker here"
                 continue
             if tuple(marker) == sunspec.SUNS:
                 base = candidate
@@ -207,7 +299,7 @@ class SunSpecUnit:
         models: dict[int, int] = {}
         addr = base + 2
         for _ in range(64):
-            mid, length = await self.endpoint.read(self.unit, addr, 2)
+            mid, length = await self._read_regs(addr, 2)
             if mid == sunspec.END_ID:
                 break
             models[mid] = addr
@@ -224,7 +316,14 @@ class SunSpecUnit:
         mdef = sunspec.model(model_id)
         if model_id not in self.models:
             raise DeviceError(f"unit {self.unit}: model {model_id} not present")
-        regs = await self.endpoint.read(self.unit, self.models[model_id], mdef.length + 2)
+        try:
+            regs = await self._read_regs(self.models[model_id], mdef.length + 2)
+        except ModbusExceptionReply as exc:
+            if exc.code == ILLEGAL_ADDRESS:
+                # A known model's address no longer exists: the device restarted with a
+                # shorter chain. Rediscover rather than stay stale forever.
+                self.models = {}
+            raise
         if regs[0] != model_id:
             self.models = {}  # the chain moved under us (device restarted): rediscover
             raise DeviceError(f"unit {self.unit}: expected model {model_id}, found {regs[0]}")
@@ -254,7 +353,15 @@ class SunSpecUnit:
             else:
                 sf = p.sf or 0
             regs += sunspec.encode_point(p, values[p.name], sf)
-        await self.endpoint.write(self.unit, self.models[model_id] + points[0].offset, regs)
+        address = self.models[model_id] + points[0].offset
+        await self._write_regs(address, regs)
+        # Verify by read-back (issue 3): a device may accept a write and store something else
+        # (clamp, round, ignore a point it does not implement).
+        back = await self._read_regs(address, len(regs))
+        if back != regs:
+            raise DeviceError(
+                f"{self.endpoint.name} unit {self.unit}: model {model_id} write of "
+                f"{[p.name for p in points]} at {address} not taken: wrote {regs}, read back {back}")
 
 
 def _kw(value: object) -> float:

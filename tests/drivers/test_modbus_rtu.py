@@ -23,7 +23,7 @@ from conftest import wait_for
 from drivers.base import DeviceError
 from drivers.modbus_serial import SerialEndpoint, frame_gap_s
 from drivers.registry import build_devices
-from drivers.sunspec_tcp import ConnectFailed
+from drivers.sunspec_tcp import BACKOFF_MIN_S, ConnectFailed
 from edge import config as config_mod
 from edge.config import Config, SerialParams
 from hil.site import SimSite
@@ -209,6 +209,7 @@ async def test_silent_bus_raises_within_the_timeout_then_recovers(site, devices)
         assert time.monotonic() - t0 < TIMEOUT_S + 0.3
     await site.start_device("bess1")
     await site.start_device("pcc")
+    await asyncio.sleep(BACKOFF_MIN_S)  # each unit backs off after its silence
     assert (await bess.poll()).values["soc_pct"] > 0
     assert "power_kw" in (await pcc.poll()).values
 
@@ -222,6 +223,7 @@ async def test_one_silent_unit_does_not_take_the_bus_down(site, devices):
         assert isinstance(meter, DeviceError)
         assert not isinstance(battery, BaseException), battery
     await site.start_device("pcc")
+    await asyncio.sleep(BACKOFF_MIN_S)  # the silent unit backs off; then it is probed again
     assert "power_kw" in (await pcc.poll()).values
 
 
