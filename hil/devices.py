@@ -16,8 +16,10 @@ charger or a flexible-load group is one more subclass with its models, its `step
 
 from __future__ import annotations
 
+import asyncio
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import ClassVar
 
@@ -39,6 +41,27 @@ def power_sf(max_w: float) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Fault:
+    """How a unit misbehaves on the wire (fault injection; `SimSite.inject`).
+
+    delay_s:   every request is answered only after this many wall seconds (a slow device);
+    exception: every request is answered with this Modbus exception code instead
+               (e.g. 4 DEVICE_FAILURE, 6 DEVICE_BUSY), after the delay if both are set;
+    drop:      the next request is not answered: the server closes the client's TCP
+               connection instead (one shot; `delay_s` / `exception` stay armed)."""
+
+    delay_s: float = 0.0
+    exception: int | None = None
+    drop: bool = False
+
+    def __post_init__(self) -> None:
+        if self.delay_s < 0:
+            raise ValueError("delay_s must be >= 0")
+        if self.exception is not None:
+            ExcCodes(self.exception)  # ValueError for a code Modbus does not define
+
+
+@dataclass(frozen=True, slots=True)
 class Env:
     """The world a device sees during one physics sub-step."""
 
@@ -56,6 +79,11 @@ class SimulatedDevice:
     models: ClassVar[tuple[int, ...]]
     model_name: str = "HIL"  # model 1 Md
     balancing: bool = False  # True: gets the site residual via measure() instead of step()
+    # Fault injection on the wire (SimSite.inject); class defaults, so subclasses that build
+    # their own state without this __init__ still serve.
+    fault: Fault | None = None
+    on_drop: Callable[[], None] | None = None  # closes the client connections (set by the site)
+    drops: int = 0  # connections dropped by an injected `drop` fault
 
     def __init__(self, cfg: PvDevice | BatteryDevice | MeterDevice, site_max_kw: float) -> None:
         self.cfg = cfg
@@ -121,9 +149,49 @@ class SimulatedDevice:
     def sim_device(self) -> SimDevice:
         return SimDevice(id=self.cfg.unit_id, simdata=self.simdata(), action=self.action)
 
+    def rechain(self, models: list[int] | tuple[int, ...]) -> None:
+        """Fault injection: the unit comes back with another SunSpec model chain (a firmware
+        update, a reconfigured unit). Takes effect on the next `sim_device()`, i.e. when the
+        site restarts the unit's server. Models the device has no values for read as "not
+        implemented"; values of models no longer in the chain are not served."""
+        self.check_chain(models)
+        self.models = tuple(models)  # type: ignore[misc]  # per-instance chain from now on
+        self.starts = layout(list(self.models), BASE)
+        for m in self.models:
+            self.rw.setdefault(m, {})
+        self._image = chain_registers(list(self.models))
+        self._access = self._access_map()
+
+    def check_chain(self, models: list[int] | tuple[int, ...]) -> None:
+        """Raise ValueError unless `models` is a chain this unit can serve."""
+        if not type(self).models:
+            raise ValueError(f"device {self.id}: not a SunSpec device; it has no model chain")
+        if not models or models[0] != 1:
+            raise ValueError("a SunSpec chain starts with model 1")
+        for m in models:
+            model(m)  # SunSpecError for a model without a definition
+
+    async def fault_reply(self) -> ExcCodes | None | bool:
+        """Apply the injected fault before a request: an exception code to answer with,
+        True when the connection was dropped instead, or None to serve normally."""
+        f = self.fault
+        if f is None:
+            return None
+        if f.drop:
+            self.fault = replace(f, drop=False) if (f.delay_s or f.exception is not None) else None
+            self.drops += 1
+            if self.on_drop is not None:
+                self.on_drop()
+            return True
+        if f.delay_s:
+            await asyncio.sleep(f.delay_s)
+        return None if f.exception is None else ExcCodes(f.exception)
+
     def refresh(self, registers: list[int], start_address: int) -> None:
         """Encode the current values into `registers` (which begins at `start_address`)."""
         for mid, vals in self.values().items():
+            if mid not in self.starts:
+                continue  # not in the chain the unit serves now (see `rechain`)
             vals = {**vals, **self.rw[mid]}
             mdef, mstart = model(mid), self.starts[mid] - start_address
             for name, value in vals.items():
@@ -180,6 +248,8 @@ class SimulatedDevice:
         """pymodbus hook, called before every read and write of this unit."""
         if not self.online:
             return ExcCodes.GATEWAY_NO_RESPONSE
+        if (fault := await self.fault_reply()) is not None:
+            return ExcCodes.DEVICE_FAILURE if fault is True else fault  # dropped: never sent
         if function_code in (1, 2, 5, 15):
             return ExcCodes.ILLEGAL_FUNCTION  # SunSpec is registers only; no coils over the image
         if set_values is None:
@@ -564,6 +634,8 @@ class MapSimDevice(SimulatedDevice):
                      ) -> ExcCodes | None:
         if not self.online:
             return ExcCodes.GATEWAY_NO_RESPONSE
+        if (fault := await self.fault_reply()) is not None:
+            return ExcCodes.DEVICE_FAILURE if fault is True else fault  # dropped: never sent
         if function_code in (1, 2, 5, 15):
             return ExcCodes.ILLEGAL_FUNCTION
         if set_values is None:

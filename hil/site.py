@@ -20,7 +20,7 @@ from pymodbus.server import ModbusTcpServer
 
 from edge.clock import Clock
 from edge.config import Config, MeterDevice, TariffConfig
-from hil.devices import Dlt645SimMeter, Env, SimulatedDevice, build
+from hil.devices import Dlt645SimMeter, Env, Fault, SimulatedDevice, build
 from hil.dlt645_server import Dlt645Server
 from hil.physics import load_kw
 from hil.serial_server import RTU_PROTOCOLS, RtuBus
@@ -139,6 +139,7 @@ class SimSite:
                 continue
             ep = self._endpoints.setdefault((d.host, d.port), _Endpoint(d.host, d.port, []))
             ep.devices.append(dev)
+            dev.on_drop = lambda ep=ep: self._drop_connections(ep)
         if clash := self._dlt645.keys() & self._endpoints.keys():
             host, port = sorted(clash)[0]
             raise ValueError(f"{host}:{port} serves both Modbus and DL/T 645 devices; one port "
@@ -324,6 +325,54 @@ class SimSite:
             return
         ep = self._endpoint(dev)
         if ep.server is None:
+            await self._listen(ep)
+
+    def _tcp_endpoint(self, dev: SimulatedDevice, what: str) -> _Endpoint:
+        if self._bus(dev) or self._gateway(dev):
+            raise ValueError(f"device {dev.id}: {what} needs a Modbus TCP device")
+        return self._endpoint(dev)
+
+    @staticmethod
+    def _drop_connections(ep: _Endpoint) -> None:
+        """Close every client connection of the endpoint's server; it keeps listening."""
+        if ep.server is None:
+            return
+        for handler in list(ep.server.active_connections.values()):
+            handler.close()
+
+    def inject(self, device_id: str, fault: Fault) -> None:
+        """Fault injection on the wire (see `hil.devices.Fault`): slow answers, Modbus
+        exception replies, or a dropped TCP connection on the next request. Replaces any
+        fault already injected on that device; `clear` ends it. Physics keeps running."""
+        dev = self._device(device_id)
+        if fault.drop:
+            self._tcp_endpoint(dev, "a dropped connection")
+        if isinstance(dev, Dlt645SimMeter):
+            raise ValueError(f"device {device_id}: fault injection needs a Modbus device")
+        dev.fault = fault
+
+    def clear(self, device_id: str) -> None:
+        """End an injected fault: the device answers normally again."""
+        self._device(device_id).fault = None
+
+    async def restart_with(self, device_id: str, models: list[int] | tuple[int, ...],
+                           keep_settings: bool = False) -> None:
+        """Fault injection: the device restarts with another SunSpec model chain. Its server
+        closes (client connections drop) and reopens on the same port with the new layout;
+        other units on that endpoint restart with it, their chains unchanged. Unless
+        `keep_settings`, the device comes back with its power-on control settings (limits
+        disabled, as a real restart loses volatile setpoints); physics state is kept."""
+        dev = self._device(device_id)
+        ep = self._tcp_endpoint(dev, "a restart with another model chain")
+        dev.check_chain(models)  # before the server goes down: a bad chain changes nothing
+        if ep.server is not None:
+            await ep.server.shutdown()
+            ep.server = None
+        if not keep_settings:
+            fresh = build(dev.cfg, self._meter_range_kw(self.config))
+            dev.rw = {m: dict(v) for m, v in fresh.rw.items()}
+        dev.rechain(models)
+        if any(d.online for d in ep.devices):
             await self._listen(ep)
 
     # -- reporting ------------------------------------------------------------------------
