@@ -17,6 +17,7 @@ setup(
     ext_modules=cythonize(
         extensions,
         language_level=3,
+        include_path=["ext"],
         compiler_directives={
             "boundscheck": False,
             "wraparound": False,

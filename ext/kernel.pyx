@@ -9,26 +9,27 @@ two stay bit-identical.
 
 from libc.math cimport INFINITY, fabs, fmax, fmin, isinf, isnan
 
-cdef enum:
-    C_B_P = 0
-    C_B_PREV = 1
-    C_B_SOC = 2
-    C_B_SOC_MIN = 3
-    C_B_SOC_MAX = 4
-    C_B_MAX_CH = 5
-    C_B_MAX_DIS = 6
-    C_B_RAMP = 7
-    C_B_OK = 8
-    C_NB = 9
-    C_V_P = 0
-    C_V_RATED = 1
-    C_V_PREV = 2
-    C_V_RAMP = 3
-    C_V_OK = 4
-    C_NV = 5
-    C_IMPORT_UNMET = 1
-    C_EXPORT_UNMET = 2
-    C_TARGET_UNMET = 4
+from layout cimport (
+    C_B_P,
+    C_B_PREV,
+    C_B_SOC,
+    C_B_SOC_MIN,
+    C_B_SOC_MAX,
+    C_B_MAX_CH,
+    C_B_MAX_DIS,
+    C_B_RAMP,
+    C_B_OK,
+    C_NB,
+    C_V_P,
+    C_V_RATED,
+    C_V_PREV,
+    C_V_RAMP,
+    C_V_OK,
+    C_NV,
+    C_IMPORT_UNMET,
+    C_EXPORT_UNMET,
+    C_TARGET_UNMET,
+)
 
 B_P = C_B_P
 B_PREV = C_B_PREV
