@@ -171,6 +171,17 @@ class SimulatedDevice:
         for m in models:
             model(m)  # SunSpecError for a model without a definition
 
+    async def gate(self, function_code: int) -> ExcCodes | None:
+        """What any unit answers before its registers are looked at: offline, an injected
+        fault, or a coil request (our devices are registers only)."""
+        if not self.online:
+            return ExcCodes.GATEWAY_NO_RESPONSE
+        if (fault := await self.fault_reply()) is not None:
+            return ExcCodes.DEVICE_FAILURE if fault is True else fault  # dropped: never sent
+        if function_code in (1, 2, 5, 15):
+            return ExcCodes.ILLEGAL_FUNCTION
+        return None
+
     async def fault_reply(self) -> ExcCodes | None | bool:
         """Apply the injected fault before a request: an exception code to answer with,
         True when the connection was dropped instead, or None to serve normally."""
@@ -246,12 +257,8 @@ class SimulatedDevice:
                      current_registers: list[int], set_values: list[int] | list[bool] | None
                      ) -> ExcCodes | None:
         """pymodbus hook, called before every read and write of this unit."""
-        if not self.online:
-            return ExcCodes.GATEWAY_NO_RESPONSE
-        if (fault := await self.fault_reply()) is not None:
-            return ExcCodes.DEVICE_FAILURE if fault is True else fault  # dropped: never sent
-        if function_code in (1, 2, 5, 15):
-            return ExcCodes.ILLEGAL_FUNCTION  # SunSpec is registers only; no coils over the image
+        if (rc := await self.gate(function_code)) is not None:
+            return rc
         if set_values is None:
             self.refresh(current_registers, start_address)
             return None
@@ -632,12 +639,8 @@ class MapSimDevice(SimulatedDevice):
     async def action(self, function_code: int, start_address: int, address: int, count: int,
                      current_registers: list[int], set_values: list[int] | list[bool] | None
                      ) -> ExcCodes | None:
-        if not self.online:
-            return ExcCodes.GATEWAY_NO_RESPONSE
-        if (fault := await self.fault_reply()) is not None:
-            return ExcCodes.DEVICE_FAILURE if fault is True else fault  # dropped: never sent
-        if function_code in (1, 2, 5, 15):
-            return ExcCodes.ILLEGAL_FUNCTION
+        if (rc := await self.gate(function_code)) is not None:
+            return rc
         if set_values is None:
             function = "input" if function_code == 4 and self._split else "holding"
             self.refresh(current_registers, start_address, function)
