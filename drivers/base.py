@@ -22,9 +22,16 @@ class Reading:
     device_id: str
     values: dict[str, float]
     monotonic: float = field(default_factory=time.monotonic)  # wall clock, for staleness
+    # When each slow-class value was last read (monotonic); a key absent here was read at
+    # `monotonic`. Slow points (nameplates, energy counters) are polled less often and
+    # carried forward with their own time, so their age is never mistaken for fresh.
+    stamps: dict[str, float] = field(default_factory=dict)
 
     def age_s(self, now: float | None = None) -> float:
         return (time.monotonic() if now is None else now) - self.monotonic
+
+    def value_age_s(self, key: str, now: float | None = None) -> float:
+        return (time.monotonic() if now is None else now) - self.stamps.get(key, self.monotonic)
 
 
 class DeviceError(Exception):
@@ -63,3 +70,22 @@ class PvInverter(Device, Protocol):
     """values: power_kw (>= 0), limit_kw (active output limit, rated when none)."""
 
     async def write_limit(self, kw: float, revert_s: int) -> None: ...
+
+
+@runtime_checkable
+class FlexLoad(Device, Protocol):
+    """values: power_kw (>= 0), on (1.0 runs / 0.0 shed). `write_on` switches it; the device
+    returns to its own default when not re-written within `revert_s`."""
+
+    async def write_on(self, on: bool, revert_s: int) -> None: ...
+
+
+@runtime_checkable
+class DcConverter(Device, Protocol):
+    """values: bus_v (V, the DC bus it feeds), power_kw (+ into the bus, − out of it), v_ref
+    (V, its droop reference: bus_v = v_ref − slope × power). `write_v_ref` shifts that
+    reference rather than fighting the droop with power setpoints (DOMAIN.md §1); the
+    converter returns to its own default when not re-written within `revert_s`. A converter
+    whose reference is read-only raises DeviceError there."""
+
+    async def write_v_ref(self, v: float, revert_s: int) -> None: ...

@@ -1,5 +1,5 @@
-"""DL/T 645-2007 electricity meters (RS-485 or a TCP gateway): power, phase voltages and
-currents, import and export energy.
+"""DL/T 645-2007 electricity meters (RS-485 or a TCP gateway): power, phase voltages,
+currents and power factors, import and export energy.
 
 Why our own codec instead of the `dlt645` package's client (v3.2.0, which we still use as
 the test peer): its client, sync and async alike, turns every failure (error reply, bad
@@ -13,13 +13,23 @@ pre-reverses the address. The protocol subset we need is a page of pure function
 
 The transport is any asyncio (StreamReader, StreamWriter) pair from an `Opener`: `Tcp`
 for a serial-to-Ethernet gateway, `Serial` for an RS-485 adapter (pyserial-asyncio,
-imported only when used, so TCP-only sites do not need it).
+imported only when used, so TCP-only sites do not need it). Every meter on one port or
+gateway shares one `Dlt645Bus`: one connection, one request on the wire at a time.
+
+Poll classes: at 2400 bit/s one read takes ~0.25 s on the wire, so reading all nine
+values of a meter would take ~2 s. Total active power (what control needs) is read every
+poll; the slow values (phase voltages, currents, power factors, energy counters) are read
+one request per poll, in rotation, by one meter of the bus at a time, using the block
+identifiers (DI1 = FF: all phases in one reply) where the meter has them and single
+identifiers where it answers "no such data". Each slow value carries its own read time
+in `Reading.stamps`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -43,13 +53,39 @@ POINTS: dict[str, tuple[int, int, int, bool]] = {
     "current_a_a": (0x02020100, 3, 3, True),
     "current_b_a": (0x02020200, 3, 3, True),
     "current_c_a": (0x02020300, 3, 3, True),
+    "power_factor": (0x02060000, 2, 3, True),
+    "power_factor_a": (0x02060100, 2, 3, True),
+    "power_factor_b": (0x02060200, 2, 3, True),
+    "power_factor_c": (0x02060300, 2, 3, True),
     "import_kwh": (0x00010000, 4, 2, False),
     "export_kwh": (0x00020000, 4, 2, False),
 }
+# Block identifiers (DI1 = FF): one request, the members' values back to back in this order.
+BLOCKS: dict[int, tuple[str, ...]] = {
+    0x0201FF00: ("voltage_a_v", "voltage_b_v", "voltage_c_v"),
+    0x0202FF00: ("current_a_a", "current_b_a", "current_c_a"),
+    0x0206FF00: ("power_factor", "power_factor_a", "power_factor_b", "power_factor_c"),
+}
+FAST: tuple[str, ...] = ("power_kw",)  # read every poll
+# Slow requests, one per turn, in rotation: blocks first, energy counters as single DIs.
+SLOW: tuple[int, ...] = (0x0201FF00, 0x0202FF00, 0x0206FF00, 0x00010000, 0x00020000)
+_KEY_OF = {di: key for key, (di, *_) in POINTS.items()}
+# Bus time budget (`poll_round_s`): a read request is 4 preamble + 16 bytes; a reply as many
+# plus its value bytes; DL/T 645-2007 lets a meter wait 20 ms or more before it answers.
+_REQUEST_CHARS, _REPLY_CHARS, _TURNAROUND_S = 20, 20, 0.02
+ERR_NO_DATA = 0x02  # error-reply bit 1: the meter does not have this identifier
 
 
 class FrameError(ValueError):
     """Bytes that are not a valid DL/T 645 frame."""
+
+
+class ErrorReply(DeviceError):
+    """The meter answered, with an error reply (C=0xD1); `code` holds its error bits."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +154,8 @@ def read_reply_value(frame: Frame, di: int) -> bytes | None:
     """The value bytes of a reply to a read of `di`; None if the frame answers something
     else (a late reply to an earlier request, our own echo on a half-duplex bus)."""
     if frame.control == READ_ERROR:
-        raise DeviceError(f"DI {di:08X}: meter replied with an error: "
-                          f"{error_reason(frame.data[0] if frame.data else 0)}")
+        code = frame.data[0] if frame.data else 0
+        raise ErrorReply(f"DI {di:08X}: meter replied with an error: {error_reason(code)}", code)
     if frame.control != READ_REPLY or frame.data[:4] != di.to_bytes(4, "little"):
         return None
     return frame.data[4:]
@@ -136,9 +172,50 @@ def decode_value(raw: bytes, size: int, decimals: int, signed: bool) -> float:
     return -value if negative else value
 
 
-# --- transport and driver -----------------------------------------------------------------
+def poll_round_s(meters: int, baudrate: int, bytesize: int = 8, parity: bool = True,
+                 stopbits: int = 1) -> float:
+    """Bus time of one poll round at least: every meter's power read plus one slow read
+    (the largest block), at `baudrate` with 1 start bit per character."""
+    char_s = (1 + bytesize + parity + stopbits) / baudrate
+    fast = sum(POINTS[k][1] for k in FAST)
+    slow = max(sum(POINTS[k][1] for k in keys) for keys in BLOCKS.values())
+
+    def one(value_bytes: int) -> float:
+        return (_REQUEST_CHARS + _REPLY_CHARS + value_bytes) * char_s + _TURNAROUND_S
+
+    return meters * one(fast) + one(slow)
+
+
+def decode_values(di: int, raw: bytes) -> dict[str, float]:
+    """The value bytes of a reply to `di` (a single or a block identifier) -> {key: value}."""
+    keys = BLOCKS.get(di) or (_KEY_OF[di],)
+    values: dict[str, float] = {}
+    for key in keys:
+        _, size, decimals, signed = POINTS[key]
+        values[key] = decode_value(raw, size, decimals, signed)
+        raw = raw[size:]
+    return values
+
+
+def transformer_factor(key: str, ct_ratio: float, pt_ratio: float) -> float:
+    """What a secondary value of `key` is multiplied by to give the primary one: currents by
+    the CT ratio, voltages by the PT ratio, powers and energies by both, power factor and
+    frequency by nothing."""
+    if key.startswith("current"):
+        return ct_ratio
+    if key.startswith("voltage"):
+        return pt_ratio
+    if key.startswith("power_factor") or key.startswith("frequency"):
+        return 1.0
+    if key.startswith("power") or key.endswith("_kwh"):
+        return ct_ratio * pt_ratio
+    raise KeyError(f"no transformer scaling known for {key!r}")
+
+
+# --- transport: one bus per port or gateway -----------------------------------------------
 
 Opener = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 10.0
 
 
 @dataclass(frozen=True)
@@ -162,15 +239,18 @@ class Serial:
     port: str
     baudrate: int = 2400
     parity: str = "E"
+    bytesize: int = 8
+    stopbits: int = 1
 
     def __call__(self) -> Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
         import serial_asyncio  # optional: only RS-485 sites need pyserial-asyncio
 
         return serial_asyncio.open_serial_connection(
-            url=self.port, baudrate=self.baudrate, parity=self.parity, bytesize=8, stopbits=1)
+            url=self.port, baudrate=self.baudrate, parity=self.parity, bytesize=self.bytesize,
+            stopbits=self.stopbits)
 
     def __str__(self) -> str:
-        return f"serial://{self.port}?{self.baudrate}-8{self.parity}1"
+        return f"serial://{self.port}?{self.baudrate}-{self.bytesize}{self.parity}{self.stopbits}"
 
 
 async def read_frame(reader: asyncio.StreamReader) -> Frame:
@@ -183,25 +263,93 @@ async def read_frame(reader: asyncio.StreamReader) -> Frame:
     return decode_frame(head + await reader.readexactly(head[9] + 2))
 
 
-class Dlt645Meter:
-    """A meter role driver (drivers.base.Meter). One request at a time per meter; after a
-    timeout or a broken frame the connection is dropped, so no stale bytes survive into
-    the next request, and re-opened on the next poll."""
+class NoReply(DeviceError):
+    """The addressed meter did not answer in time (or the request was abandoned on the wire)."""
 
-    def __init__(self, device_id: str, address: str, opener: Opener, timeout_s: float = 1.0):
-        self.id = device_id
-        self.address = encode_address(address)
+
+class Dlt645Bus:
+    """One DL/T 645 master on one port or gateway, shared by every meter on it: one
+    connection, one lock, so a request is answered or timed out before the next one, to any
+    meter, goes out. After a timeout or a broken frame the connection is dropped (re-opening
+    a serial port flushes its input; a TCP gateway gets a fresh socket), so a late reply can
+    never pass as the answer to a later request; it is re-opened on the next request, with
+    backoff (0.5 s doubling to 10 s) while it cannot be opened.
+
+    The bus also hands out the slow-read turn (`slow_turn` / `pass_turn`): one meter at a
+    time reads a slow value, so a poll round costs one fast read per meter plus one slow read,
+    which is what fits a 1 s cycle at 2400 bit/s."""
+
+    def __init__(self, opener: Opener, timeout_s: float) -> None:
+        self.opener = opener
         self.timeout_s = timeout_s
-        self._open = opener
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._lock = asyncio.Lock()
+        self._retry_at = 0.0
+        self._backoff_s = 0.0
+        self._meters: list[object] = []  # slow-read turn order
+        self._turn = 0
+        self._waited: set[int] = set()  # meters that polled since the turn holder last did
+        self.unanswered: set[bytes] = set()  # meter addresses whose last request got no reply
 
-    async def connect(self) -> None:
-        if self._streams is None:
-            try:
-                self._streams = await asyncio.wait_for(self._open(), self.timeout_s)
-            except (OSError, TimeoutError) as exc:
-                raise DeviceError(f"{self.id}: cannot open transport: {exc or 'timed out'}") from exc
+    @property
+    def name(self) -> str:
+        return str(self.opener)
+
+    @property
+    def connected(self) -> bool:
+        return self._streams is not None
+
+    @property
+    def shared(self) -> bool:
+        """More than one meter on the bus: a silent one would make the others wait."""
+        return len(self._meters) > 1
+
+    # -- slow-read turn ---------------------------------------------------------------------
+    def attach(self, meter: object) -> None:
+        if meter not in self._meters:
+            self._meters.append(meter)
+
+    def slow_turn(self, meter: object) -> bool:
+        """May `meter` read a slow value in this poll? The turn holder may; a meter that polls
+        twice while the holder does not poll at all (never polled, removed) takes the turn."""
+        if meter not in self._meters:
+            return True
+        holder = self._meters[self._turn % len(self._meters)]
+        if holder is meter:
+            return True
+        if id(meter) in self._waited:
+            self._turn = self._meters.index(meter)
+            self._waited.clear()
+            return True
+        self._waited.add(id(meter))
+        return False
+
+    def pass_turn(self, meter: object) -> None:
+        if meter in self._meters and self._meters[self._turn % len(self._meters)] is meter:
+            self._turn = (self._turn + 1) % len(self._meters)
+            self._waited.clear()
+
+    # -- connection -------------------------------------------------------------------------
+    async def _ensure(self, who: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._streams is not None:
+            return self._streams
+        left = self._retry_at - time.monotonic()
+        if left > 0:
+            raise DeviceError(f"{who}: {self.name}: reconnect backoff ({left:.1f} s left)")
+        try:
+            self._streams = await asyncio.wait_for(self.opener(), self.timeout_s)
+        except (OSError, TimeoutError, ImportError) as exc:
+            self._backoff_s = min(max(self._backoff_s * 2, BACKOFF_MIN_S), BACKOFF_MAX_S)
+            self._retry_at = time.monotonic() + self._backoff_s
+            raise DeviceError(f"{who}: cannot open transport {self.name}: "
+                              f"{exc or 'timed out'}") from exc
+        self._backoff_s = 0.0
+        return self._streams
+
+    def _drop(self) -> None:
+        streams, self._streams = self._streams, None
+        if streams is not None:
+            streams[1].close()
 
     async def close(self) -> None:
         streams, self._streams = self._streams, None
@@ -212,51 +360,176 @@ class Dlt645Meter:
             except OSError:
                 pass
 
-    def describe(self) -> dict:
-        return {"protocol": "dlt645", "endpoint": str(self._open),
-                "address": self.address[::-1].hex()}
-
-    async def read(self, di: int) -> bytes:
-        """Value bytes of one data identifier (0x33 offset removed, still BCD)."""
+    async def read(self, address: bytes, di: int, who: str) -> bytes:
+        """Value bytes of one data identifier of the meter at `address` (0x33 offset removed,
+        still BCD). `who` names the meter in errors."""
         async with self._lock:
-            await self.connect()
-            assert self._streams is not None
-            reader, writer = self._streams
+            reader, writer = await self._ensure(who)
+            self.unanswered.add(address)  # until its reply arrives
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    writer.write(read_request(self.address, di))
+                    writer.write(read_request(address, di))
                     await writer.drain()
                     while True:
                         frame = await read_frame(reader)
-                        if frame.address != self.address:
-                            log.debug("%s: ignoring frame for %s", self.id, frame.address.hex())
+                        if frame.address != address:
+                            log.debug("%s: ignoring frame for %s", who, frame.address.hex())
                             continue
                         value = read_reply_value(frame, di)
                         if value is not None:
+                            self.unanswered.discard(address)
                             return value
-            except DeviceError as exc:
-                raise DeviceError(f"{self.id}: {exc}") from exc  # error reply: link is fine
+            except ErrorReply as exc:
+                self.unanswered.discard(address)
+                raise ErrorReply(f"{who}: {exc}", exc.code) from exc  # the link is fine
             except TimeoutError:
-                reason = f"no reply within {self.timeout_s} s"
+                self._drop()
+                raise NoReply(f"{who}: DI {di:08X}: no reply within {self.timeout_s} s") from None
             except FrameError as exc:
+                self.unanswered.discard(address)  # something answered, garbled
                 reason = str(exc)
             except (OSError, asyncio.IncompleteReadError) as exc:
+                self.unanswered.discard(address)  # the link failed, not the meter
                 reason = f"connection lost: {exc}"
             except asyncio.CancelledError:
                 # Cancelled by the cycle's deadline with a request on the wire: its late reply
-                # would match the same DI next poll and pass as fresh. Drop the link now.
-                self._streams = None
-                writer.close()
+                # would match the same DI next time and pass as fresh. Drop the link now.
+                self._drop()
                 raise
-            await self.close()
-            raise DeviceError(f"{self.id}: DI {di:08X}: {reason}")
+            self._drop()
+            raise DeviceError(f"{who}: DI {di:08X}: {reason}")
+
+
+# --- the meter driver -----------------------------------------------------------------------
+
+class Dlt645Meter:
+    """A meter role driver (drivers.base.Meter) on a shared `Dlt645Bus` (or its own, when
+    given an opener). `connect` reads every value once; `poll` reads power and, on its turn,
+    the next slow request. A meter that does not answer on a shared bus backs off (0.5 s
+    doubling to 10 s: its polls fail at once) so it cannot hold the bus for a timeout on
+    every poll while its neighbours wait; a meter alone on its bus is asked every poll.
+
+    A transformer-connected meter reports secondary values (XX.XXXX kW tops out at
+    ±79.9999 kW): `ct_ratio` and `pt_ratio` turn them into primary ones, so everything past
+    this driver sees the site's real power, energy, current and voltage."""
+
+    def __init__(self, device_id: str, address: str, link: Dlt645Bus | Opener,
+                 timeout_s: float = 0.5, ct_ratio: float = 1.0, pt_ratio: float = 1.0) -> None:
+        if ct_ratio <= 0 or pt_ratio <= 0:
+            raise ValueError(f"{device_id}: ct_ratio and pt_ratio must be > 0")
+        self.id = device_id
+        self.address = encode_address(address)
+        self.ct_ratio, self.pt_ratio = ct_ratio, pt_ratio
+        self.bus = link if isinstance(link, Dlt645Bus) else Dlt645Bus(link, timeout_s)
+        self.bus.attach(self)
+        self._slow_dis: list[int] = list(SLOW)  # blocks the meter lacks become single DIs
+        self._next = 0
+        self._slow: dict[str, tuple[float, float]] = {}  # key -> (value, monotonic read time)
+        self._refused: set[int] = set()  # slow DIs answered with an error reply (logged once)
+        self._backoff_s = 0.0
+        self._retry_at = 0.0
+
+    @property
+    def timeout_s(self) -> float:
+        return self.bus.timeout_s
+
+    def describe(self) -> dict:
+        out = {"protocol": "dlt645", "endpoint": self.bus.name,
+               "address": self.address[::-1].hex()}
+        if (self.ct_ratio, self.pt_ratio) != (1.0, 1.0):
+            out |= {"ct_ratio": self.ct_ratio, "pt_ratio": self.pt_ratio}
+        return out
+
+    async def close(self) -> None:
+        await self.bus.close()
+
+    async def read(self, di: int) -> bytes:
+        """Value bytes of one data identifier, under this meter's backoff."""
+        left = self._retry_at - time.monotonic()
+        if left > 0:
+            raise DeviceError(f"{self.id}: backing off for {left:.1f} s after it did not answer")
+        try:
+            raw = await self.bus.read(self.address, di, self.id)
+        except (DeviceError, asyncio.CancelledError):
+            # Silent, or abandoned by the caller's deadline with the request on the wire
+            # (not merely cancelled while queued behind a neighbour).
+            if self.address in self.bus.unanswered and self.bus.shared:
+                self._backoff_s = min(max(self._backoff_s * 2, BACKOFF_MIN_S), BACKOFF_MAX_S)
+                self._retry_at = time.monotonic() + self._backoff_s
+            else:
+                self._backoff_s = 0.0
+            raise
+        self._backoff_s = 0.0
+        return raw
+
+    async def _read_values(self, di: int) -> dict[str, float]:
+        raw = await self.read(di)
+        try:
+            values = decode_values(di, raw)
+        except FrameError as exc:
+            raise DeviceError(f"{self.id}: DI {di:08X}: {exc}") from exc
+        return {k: v * transformer_factor(k, self.ct_ratio, self.pt_ratio)
+                for k, v in values.items()}
+
+    async def _read_slow(self, di: int) -> None:
+        """One slow request. A slow value never fails the poll of a meter that answers: a
+        block it refuses is replaced by its single identifiers, a value it does not have is
+        dropped (both logged once, not retried every turn), any other error reply is logged
+        and the value keeps its last read time. Silence still raises."""
+        try:
+            values = await self._read_values(di)
+        except ErrorReply as exc:
+            i = self._slow_dis.index(di)
+            if di in BLOCKS:  # some meters answer "other error" to a block they lack
+                self._slow_dis[i:i + 1] = [POINTS[k][0] for k in BLOCKS[di]]
+                log.info("%s: no block read %08X (%s); reading %s one by one", self.id, di,
+                         exc, ", ".join(BLOCKS[di]))
+            elif exc.code & ERR_NO_DATA:
+                del self._slow_dis[i]
+                log.warning("%s: meter has no %s (DI %08X); not reported", self.id,
+                            _KEY_OF[di], di)
+            else:
+                if di not in self._refused:
+                    log.warning("%s: %s; %s keeps its last value", self.id, exc, _KEY_OF[di])
+                self._refused.add(di)
+                self._next = i + 1
+            return
+        self._refused.discard(di)
+        now = time.monotonic()
+        for key, value in values.items():
+            self._slow[key] = (value, now)
+
+    async def _read_next_slow(self) -> None:
+        if not self._slow_dis:
+            return
+        self._next %= len(self._slow_dis)
+        di = self._slow_dis[self._next]
+        await self._read_slow(di)
+        if di in self._slow_dis:  # read (or refused for now): on to the next one
+            self._next = self._slow_dis.index(di) + 1
+        # replaced by its singles or dropped: `_next` already points at what follows
+
+    async def connect(self) -> None:
+        """Read every value once, so the first poll reports all of them."""
+        for key in FAST:
+            await self.read(POINTS[key][0])
+        done: set[int] = set()
+        while todo := [di for di in self._slow_dis if di not in done]:
+            done.add(todo[0])
+            await self._read_slow(todo[0])  # a refused block puts its singles in the list
 
     async def poll(self) -> Reading:
-        values: dict[str, float] = {}
-        for key, (di, size, decimals, signed) in POINTS.items():
-            raw = await self.read(di)
-            try:
-                values[key] = decode_value(raw, size, decimals, signed)
-            except FrameError as exc:
-                raise DeviceError(f"{self.id}: DI {di:08X}: {exc}") from exc
-        return Reading(self.id, values)
+        turn = self.bus.slow_turn(self)
+        try:
+            if turn:
+                await self._read_next_slow()
+            values: dict[str, float] = {}  # power last: the freshest value of the poll
+            for key in FAST:
+                values.update(await self._read_values(POINTS[key][0]))
+            at = time.monotonic()
+        finally:
+            if turn:
+                self.bus.pass_turn(self)
+        slow = {k: v for k, (v, _) in self._slow.items()}
+        return Reading(self.id, {**slow, **values}, monotonic=at,
+                       stamps={k: t for k, (_, t) in self._slow.items()})

@@ -10,6 +10,10 @@ too, under reserved keys:
 
 - `setpoint` (battery, kW after scale and sign; + discharge),
 - `limit` (PV active power limit, unit `%` of rated or `kW`),
+- `relay` (flexible load: 1 = the load may run, 0 = shed; an optional read-only
+  `relay_feedback` is the contactor's auxiliary contact),
+- `v_ref` (DC converter droop voltage reference, V; a converter that takes no remote
+  reference maps it read-only, and writing it raises),
 - `enable` (optional; written with its `value` together with every command),
 - `revert` (optional; s, the device's own fallback timer, written with every command).
 
@@ -18,41 +22,50 @@ The HIL (hil/devices.py) encodes its physics through the same map and codec.
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import functools
+import logging
 import math
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from drivers.base import Device, DeviceError, Reading
-from drivers.sunspec_tcp import Endpoint
+from drivers.modbus_serial import SerialEndpoint
+from drivers.sunspec_tcp import Endpoint, ModbusEndpoint, ModbusExceptionReply
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 MAPS_DIR = Path(__file__).resolve().parent / "maps"
 _ROOT = MAPS_DIR.parents[1]
 
 Order = Literal["big", "little"]
 PointType = Literal["uint16", "int16", "uint32", "int32", "float32"]
-Role = Literal["meter", "battery", "pv"]
+Role = Literal["meter", "battery", "pv", "load", "dcdc"]
 
 # The values control reads per role (drivers/base.py), and the controls each role writes.
 ROLE_KEYS: dict[str, tuple[str, ...]] = {
     "meter": ("power_kw", "import_kwh", "export_kwh"),
     "battery": ("power_kw", "soc_pct", "setpoint"),
     "pv": ("power_kw", "rated_kw", "limit"),
+    "load": ("power_kw", "relay"),
+    "dcdc": ("bus_v", "power_kw", "v_ref"),
 }
-CONTROL_KEYS = ("setpoint", "limit", "enable", "revert")
+CONTROL_KEYS = ("setpoint", "limit", "enable", "revert", "relay")
 # Units of the keys control or the platform interpret; a map must deliver them in these.
 KEY_UNITS: dict[str, tuple[str, ...]] = {
     "power_kw": ("kW",), "import_kwh": ("kWh",), "export_kwh": ("kWh",), "soc_pct": ("%",),
     "soh_pct": ("%",), "rated_kw": ("kW",), "max_charge_kw": ("kW",),
     "max_discharge_kw": ("kW",), "capacity_kwh": ("kWh",), "setpoint": ("kW",),
-    "limit": ("%", "kW"), "revert": ("s",),
+    "limit": ("%", "kW"), "revert": ("s",), "relay": ("",), "relay_feedback": ("",),
+    "bus_v": ("V",), "v_ref": ("V",),
 }
 _RANGES = {"uint16": (0, 0xFFFF), "int16": (-0x8000, 0x7FFF), "uint32": (0, 0xFFFFFFFF),
            "int32": (-0x80000000, 0x7FFFFFFF)}
@@ -198,7 +211,7 @@ def _message(err: dict) -> str:
 # Quantities that take both signs (DOMAIN §2): an unsigned register would turn charging or
 # export into a huge positive number.
 SIGNED_KEYS = frozenset({"power_kw", "setpoint"})
-SIGNED_ROLES = frozenset({"battery", "meter"})  # PV output is never negative
+SIGNED_ROLES = frozenset({"battery", "meter", "dcdc"})  # PV output is never negative
 
 
 def _cross_checks(m: RegisterMap) -> list[str]:
@@ -324,6 +337,11 @@ def check_config(config) -> list[str]:
             map_for(dev)
         except MapError as exc:
             problems += [f"devices[{i}].map: {exc.source}: {p}" for p in exc.problems]
+        if (bms := getattr(dev, "bms", None)) is not None:
+            try:
+                load_map(bms.map)
+            except MapError as exc:
+                problems += [f"devices[{i}].bms.map: {exc.source}: {p}" for p in exc.problems]
     return problems
 
 
@@ -356,16 +374,24 @@ def plan_reads(points: list[MapPoint], max_read: int = 120) -> list[Block]:
 
 
 _WRITE_ORDER = {"revert": 0, "setpoint": 1, "limit": 1, "enable": 2}
+_GATEWAY_NO_REPLY = (10, 11)  # gateway path unavailable / target device failed to respond
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 10.0
 
 
 class MapDevice:
     """A Modbus device read and written through its register map. Fast points are read every
     poll, slow points on the first poll and every `slow_every` polls; every poll returns the
-    latest of both. Writes are read back where the points are readable."""
+    latest of both, the slow ones with their own read time (`Reading.stamps`). Writes are
+    read back where the points are readable.
+
+    A unit that does not answer (timeout, a request abandoned on the wire by the caller's
+    deadline, a gateway's "no response") backs off: its requests fail at once for 0.5 s,
+    doubling up to 10 s, until one succeeds, so it cannot hold the shared endpoint for a
+    timeout on every poll while its neighbours wait."""
 
     role: ClassVar[str | None] = None
 
-    def __init__(self, device_id: str, endpoint: Endpoint, unit: int, regmap: RegisterMap,
+    def __init__(self, device_id: str, endpoint: ModbusEndpoint, unit: int, regmap: RegisterMap,
                  protocol: str = "modbus-tcp") -> None:
         self.id, self.endpoint, self.unit, self.map = device_id, endpoint, unit, regmap
         self.protocol = protocol
@@ -374,12 +400,37 @@ class MapDevice:
         self._polls = 0
         self._slow_values: dict[str, float] = {}
         self._slow_at = 0.0
+        self._backoff_s = 0.0
+        self._retry_at = 0.0
+
+    async def _call(self, request: Callable[..., Awaitable[T]], *args: object, **kw: object) -> T:
+        """Run one endpoint request under this unit's backoff."""
+        left = self._retry_at - time.monotonic()
+        if left > 0:
+            raise DeviceError(f"{self.id}: {self.endpoint.name} unit {self.unit} backing off for "
+                              f"{left:.1f} s after it did not answer")
+        try:
+            result = await request(self.unit, *args, **kw)
+        except ModbusExceptionReply as exc:
+            if exc.code in _GATEWAY_NO_REPLY:
+                self._silent()
+            else:
+                self._backoff_s = 0.0  # it answered, if only with an exception
+            raise
+        except (DeviceError, asyncio.CancelledError):
+            if self.endpoint.unanswered(self.unit):
+                self._silent()
+            raise
+        self._backoff_s = 0.0
+        return result
+
+    def _silent(self) -> None:
+        self._backoff_s = min(max(self._backoff_s * 2, BACKOFF_MIN_S), BACKOFF_MAX_S)
+        self._retry_at = time.monotonic() + self._backoff_s
 
     async def _read_block(self, b: Block) -> dict[str, float]:
-        if b.function == "input":
-            regs = await self.endpoint.read(self.unit, b.address, b.count, input_registers=True)
-        else:
-            regs = await self.endpoint.read(self.unit, b.address, b.count)
+        regs = await self._call(self.endpoint.read, b.address, b.count,
+                                input_registers=b.function == "input")
         if len(regs) < b.count:
             raise DeviceError(f"{self.id}: read {b.address}+{b.count} returned {len(regs)} registers")
         return {p.key: self.map.decode(p, regs[p.address - b.address:]) for p in b.points}
@@ -401,9 +452,12 @@ class MapDevice:
         if not self._slow_values and self._slow or self._polls % self.map.slow_every == 0:
             self._slow_values = await self._read(self._slow)
             self._slow_at = time.monotonic()
-        values = {**self._slow_values, **await self._read(self._fast)}
+        fast = await self._read(self._fast)
+        at = time.monotonic()
         self._polls += 1
-        return Reading(self.id, self._values(values))
+        values = self._values({**self._slow_values, **fast})
+        return Reading(self.id, values, monotonic=at,
+                       stamps={k: self._slow_at for k in self._slow_values})
 
     def _values(self, values: dict[str, float]) -> dict[str, float]:
         """Role values from the decoded points (subclasses add derived keys)."""
@@ -439,9 +493,9 @@ class MapDevice:
         for g in groups:
             address = g[0][0].address
             regs = [r for _, rr in g for r in rr]
-            await self.endpoint.write(self.unit, address, regs)
+            await self._call(self.endpoint.write, address, regs)
             if all(p.readable for p, _ in g):
-                back = await self.endpoint.read(self.unit, address, len(regs))
+                back = await self._call(self.endpoint.read, address, len(regs))
                 if list(back[: len(regs)]) != regs:
                     keys = ", ".join(p.key for p, _ in g)
                     raise DeviceError(
@@ -469,9 +523,53 @@ class MapMeter(MapDevice):
 
 class MapBattery(MapDevice):
     """values: power_kw (+discharge/-charge), soc_pct (+ extras). Control: `setpoint` in kW,
-    with `revert` and `enable` written alongside when the map has them."""
+    with `revert` and `enable` written alongside when the map has them.
+
+    With a `bms` (a read-only unit of its own behind the same endpoint) its values come along
+    as `bms.<key>`, each stamped with its read time. The BMS is monitoring: when it does not
+    answer, the battery still polls, and its last BMS values age in `Reading.stamps`."""
 
     role = "battery"
+
+    def __init__(self, device_id: str, endpoint: ModbusEndpoint, unit: int, regmap: RegisterMap,
+                 protocol: str = "modbus-tcp", bms: MapDevice | None = None) -> None:
+        super().__init__(device_id, endpoint, unit, regmap, protocol)
+        self.bms = bms
+        self._bms: Reading | None = None
+        self._bms_error = ""
+
+    async def connect(self) -> None:
+        await super().connect()
+        if self.bms is not None:
+            await self._poll_bms()
+
+    async def _poll_bms(self) -> None:
+        assert self.bms is not None
+        try:
+            self._bms = await self.bms.poll()
+            self._bms_error = ""
+        except DeviceError as exc:
+            if str(exc) != self._bms_error:
+                log.warning("%s: BMS unit %d: %s; its last values are carried with their age",
+                            self.id, self.bms.unit, exc)
+            self._bms_error = str(exc)
+
+    async def poll(self) -> Reading:
+        if self.bms is not None:
+            await self._poll_bms()
+        reading = await super().poll()
+        if self._bms is None:
+            return reading
+        b = self._bms
+        values = {**reading.values, **{f"bms.{k}": v for k, v in b.values.items()}}
+        stamps = {**reading.stamps, **{f"bms.{k}": b.stamps.get(k, b.monotonic) for k in b.values}}
+        return Reading(self.id, values, monotonic=reading.monotonic, stamps=stamps)
+
+    def describe(self) -> dict:
+        out = super().describe()
+        if self.bms is not None:
+            out["bms"] = f"unit {self.bms.unit} ({self.bms.map.name})"
+        return out
 
     async def write_power(self, kw: float, revert_s: int) -> None:
         cmd: dict[str, float] = {"setpoint": kw}
@@ -523,13 +621,63 @@ class MapPv(MapDevice):
         await self.write(cmd)
 
 
-_ROLES: dict[str, type[MapDevice]] = {"meter": MapMeter, "battery": MapBattery, "pv": MapPv}
+class MapFlexLoad(MapDevice):
+    """values: power_kw (>= 0), on (1.0 / 0.0: the contactor's `relay_feedback` where the
+    map has it, else the relay command's read-back). Control: `relay` 1 / 0, with `revert`
+    and `enable` written alongside when the map has them."""
+
+    role = "load"
+
+    def _values(self, values: dict[str, float]) -> dict[str, float]:
+        values = super()._values(values)
+        state = values.get("relay_feedback", values.get("relay"))
+        if state is None or not math.isfinite(state):
+            raise DeviceError(f"{self.id}: on/off state is not a number ({state}); map {self.map.name}")
+        values["on"] = 1.0 if state >= 0.5 else 0.0
+        values["power_kw"] = max(0.0, values["power_kw"])
+        return values
+
+    async def write_on(self, on: bool, revert_s: int) -> None:
+        cmd = {"relay": 1.0 if on else 0.0}
+        if (en := self.map.point("enable")) is not None:
+            cmd["enable"] = float(en.value or 0)
+        if self.map.point("revert") is not None:
+            cmd["revert"] = float(revert_s)
+        await self.write(cmd)
 
 
-def modbus_tcp_builder(dev, endpoints: dict) -> Device:
-    """drivers/registry.py builder for protocol modbus-tcp: one shared Endpoint per host:port."""
+class MapDcConverter(MapDevice):
+    """values: bus_v (V), power_kw (+ into the DC bus), v_ref (V) (+ extras). Control:
+    `v_ref` in V, with `revert` and `enable` written alongside when the map has them."""
+
+    role = "dcdc"
+
+    async def write_v_ref(self, v: float, revert_s: int) -> None:
+        cmd = {"v_ref": v}
+        if (en := self.map.point("enable")) is not None:
+            cmd["enable"] = float(en.value or 0)
+        if self.map.point("revert") is not None:
+            cmd["revert"] = float(revert_s)
+        await self.write(cmd)
+
+
+_ROLES: dict[str, type[MapDevice]] = {"meter": MapMeter, "battery": MapBattery, "pv": MapPv,
+                                      "load": MapFlexLoad, "dcdc": MapDcConverter}
+
+
+def modbus_builder(dev, endpoints: dict) -> Device:
+    """drivers/registry.py builder for modbus-tcp and modbus-rtu: one shared Endpoint per
+    host:port, one SerialEndpoint per serial port (shared with sunspec-rtu units there)."""
     regmap = map_for(dev)
     key = dev.endpoint
     if key not in endpoints:
-        endpoints[key] = Endpoint(dev.host, dev.port, dev.timeout_s)
+        if dev.protocol == "modbus-rtu":
+            endpoints[key] = SerialEndpoint(dev.serial, dev.timeout_s)
+        else:
+            endpoints[key] = Endpoint(dev.host, dev.port, dev.timeout_s)
+    bms = getattr(dev, "bms", None)
+    if bms is not None:
+        bms_dev = MapDevice(f"{dev.id}.bms", endpoints[key], bms.unit_id, load_map(bms.map),
+                            dev.protocol)
+        return MapBattery(dev.id, endpoints[key], dev.unit_id, regmap, dev.protocol, bms=bms_dev)
     return _ROLES[dev.role](dev.id, endpoints[key], dev.unit_id, regmap, dev.protocol)

@@ -2,7 +2,8 @@
 
 Each unit id is asked for the SunSpec marker at 40000, 0 and 50000, its model chain is
 walked, and every model pysunspec2 defines is read and decoded with that definition, so the
-values come out scaled and with the units the standard gives them. Nothing here raises for
+values come out scaled and with the units the standard gives them ("not implemented" values
+are left out; repeating groups such as 705's curves appear as "Crv[0].Pt[1].V"). Nothing here raises for
 a device problem: a unit that is silent, not SunSpec, or has a broken chain gets a report
 with a `status` and an `error` that says what to check, because on site the answer "unit 2
 does not answer, unit 1 is a SunSpec inverter" is the useful one, not a traceback.
@@ -29,11 +30,18 @@ _MAX_MODELS = 64
 # What an integrator looks at first: power, energy, grid, state, ratings, SoC, limits.
 # Shown in the text table in this order, per model; --json carries every point.
 KEY_POINTS = (
-    "W", "VA", "VAr", "PF", "Hz", "PhVphA", "PhVphB", "PhVphC", "A", "WH", "DCW", "St",
-    "WRtg", "WMaxRtg", "WHRtg", "WChaMax", "MaxChaRte", "MaxDisChaRte", "WChaRteMax",
-    "WDisChaRteMax", "ChaState", "SoC", "SoH", "WHAvail", "StorCtl_Mod", "WMaxLimPct",
-    "WMaxLim_Ena", "WSetPct", "TotWhImp", "TotWhExp",
+    "W", "VA", "VAr", "Var", "PF", "Hz", "PhVphA", "PhVphB", "PhVphC", "LNV", "LLV", "A", "WH",
+    "TotWhInj", "TotWhAbs", "DCW", "St", "InvSt", "ConnSt",
+    "WRtg", "WMaxRtg", "WMax", "WHRtg", "WChaMax", "MaxChaRte", "MaxDisChaRte", "WChaRteMaxRtg",
+    "WDisChaRteMaxRtg", "WChaRteMax", "WDisChaRteMax", "ChaState", "SoC", "SoH", "WHAvail",
+    "StorCtl_Mod", "WMaxLimPct", "WMaxLim_Ena", "WMaxLimPctEna", "WMaxLimPctRvrtTms", "WSetEna",
+    "WSet", "WSetPct", "WSetRvrtTms", "TotWhImp", "TotWhExp", "DERHb", "ControllerHb", "Hb",
+    "CtrlHb",
 )
+# How the standard spells a unit -> how the text table shows it; energy and power values of
+# a kilo or more also appear in k-units, as the controller and the platform use them.
+_UNITS = {"Pct": "%", "Secs": "s", "var": "var", "Var": "var", "VAr": "var"}
+_KILO = {"W": "kW", "Wh": "kWh", "WH": "kWh", "VA": "kVA", "var": "kvar", "Varh": "kvarh"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,19 +224,22 @@ async def _read_model(ep: Endpoint, unit: int, mid: int, addr: int, length: int)
     except sunspec.SunSpecError:
         return ModelReport(mid, addr, length, error="no definition in pysunspec2 (vendor model?)")
     report = ModelReport(mid, addr, length, mdef.name, mdef.label)
+    # Repeating groups (705's curves ...) fill the device's L past the fixed part.
+    count = length if mdef.tail else min(length, mdef.length)
     try:
-        regs = await ep.read(unit, addr, min(length, mdef.length) + 2)
+        regs = await ep.read(unit, addr, count + 2)
     except DeviceError as exc:
         report.error = f"read failed: {_cause(exc)}"
         return report
     if regs[0] != mid:
         report.error = f"expected model id {mid} at {addr}, found {regs[0]}"
         return report
-    regs += [0] * (mdef.length + 2 - len(regs))
-    for name, value in sunspec.decode(mdef, regs).items():
-        p = mdef.points[name]
-        if value is None or name in ("ID", "L") or p.type in ("sunssf", "pad") or \
-                p.offset + p.size > length + 2:
+    fixed = sunspec.decode(mdef, regs)  # only the points inside the device's length
+    found = [(name, mdef.points[name], value) for name, value in fixed.items()]
+    if mdef.tail:
+        found += sunspec.decode_groups(mdef, regs)
+    for name, p, value in found:
+        if value is None or name in ("ID", "L") or p.type in ("sunssf", "pad"):
             continue
         if isinstance(value, float):
             value = round(value, 6)  # 10**sf leaves float dust (230.00000000000003)
@@ -245,10 +256,22 @@ def _cause(exc: Exception) -> str:
     return str(exc).split(": ", 1)[-1]
 
 
+def _num(v: float | int | str) -> str:
+    return f"{v:.3f}".rstrip("0").rstrip(".") if isinstance(v, float) else str(v)
+
+
 def _fmt(pv: PointValue) -> str:
-    v = pv.value
-    text = f"{v:.3f}".rstrip("0").rstrip(".") if isinstance(v, float) else str(v)
+    text = _num(pv.value)
     return f"{text} ({pv.symbol})" if pv.symbol else text
+
+
+def _units(pv: PointValue) -> str:
+    """Units for the text table: "%" for Pct, and the value in kW/kWh next to W/Wh."""
+    units = _UNITS.get(pv.units or "", pv.units or "")
+    kilo = _KILO.get(units)
+    if kilo and isinstance(pv.value, int | float) and abs(pv.value) >= 1000:
+        return f"{units}  = {_num(pv.value / 1000)} {kilo}"
+    return units
 
 
 def render_text(reports: list[DeviceReport]) -> str:
@@ -267,7 +290,7 @@ def render_text(reports: list[DeviceReport]) -> str:
         for m in r.models:
             note = f"  [{m.error}]" if m.error else ""
             out.append(f"  model {m.id:<5} {m.label or m.name or 'unknown'}{note}")
-        rows = [(mid, name, _fmt(pv), pv.units or "") for mid, name, pv in r.key_values()]
+        rows = [(mid, name, _fmt(pv), _units(pv)) for mid, name, pv in r.key_values()]
         if rows:
             nw = max(len(row[1]) for row in rows)
             vw = max(12, *(len(row[2]) for row in rows))

@@ -1,9 +1,11 @@
 """SunSpec model definitions and register codec.
 
 The point tables come from the JSON model definitions that pysunspec2 ships, so nothing
-is retyped here. Only a model's fixed top-level group is laid out (repeating groups are
-not needed by the roles we control yet). The same codec encodes for the HIL simulator
-and decodes for the driver, which keeps both sides honest against one definition.
+is retyped here. A model's fixed part is its top-level points followed by its groups that
+occur once (model 704's PFWInj ... are flattened as "PFWInj.PF"); repeating groups (705's
+curves, counted by a point such as NCrv, or filling the model's length) come after it and
+are decoded on demand (`decode_groups`). The same codec encodes for the HIL simulator and
+decodes for the driver, which keeps both sides honest against one definition.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import json
 import math
 import struct
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 
@@ -32,7 +35,11 @@ _NOT_IMPL = {
     "bitfield32": 0xFFFFFFFF,
     "acc16": 0,
     "acc32": 0,
+    "int64": 0x8000000000000000,
+    "uint64": 0xFFFFFFFFFFFFFFFF,
+    "acc64": 0,
 }
+_ACC = ("acc16", "acc32", "acc64", "count")  # 0 is also a real value: never "missing"
 _SIGNED = {"int16", "sunssf", "int32", "int64"}
 
 
@@ -57,18 +64,54 @@ class Point:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupDef:
+    """A repeating group. `count` names the point holding the number of instances, or is 0
+    when instances fill the rest of the model's length. An instance is a sequence of points
+    (groups that occur once flattened as "Group.Point") and nested repeating groups, so its
+    size is known only once read; its points' offsets are not used."""
+
+    name: str
+    count: str | int
+    elements: tuple[Point | GroupDef, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ModelDef:
     id: int
-    length: int  # the L register: registers after ID and L
+    length: int  # of the fixed part: the L register when the model has no repeating groups
     points: dict[str, Point]
     name: str = ""  # the JSON group name, e.g. "inverter_three_phase"
     label: str = ""  # e.g. "Inverter (Three Phase)"
+    tail: tuple[Point | GroupDef, ...] = ()  # from the first repeating group on
 
     def point(self, name: str) -> Point:
         try:
             return self.points[name]
         except KeyError:
             raise SunSpecError(f"model {self.id} has no point {name!r}") from None
+
+    def through(self, name: str) -> int:
+        """Registers from ID up to and including point `name` (a prefix read)."""
+        p = self.point(name)
+        return p.offset + p.size
+
+
+def _elements(group: dict, prefix: str) -> list[Point | GroupDef]:
+    """The group's points and groups in register order; groups that occur once flattened."""
+    out: list[Point | GroupDef] = []
+    for p in group["points"]:
+        units = (p.get("units") or "").strip() or None
+        symbols = tuple((int(s["value"]), s["name"]) for s in p.get("symbols", ()))
+        out.append(Point(prefix + p["name"], 0, p["type"], int(p.get("size", 1)), p.get("sf"),
+                         p.get("access", "R"), units, p.get("label"), symbols))
+    for g in group.get("groups", ()):
+        count = g.get("count")
+        if count is None or count == 1:
+            out += _elements(g, f"{prefix}{g['name']}.")
+        else:
+            out.append(GroupDef(g["name"], count if isinstance(count, str) else int(count),
+                                tuple(_elements(g, ""))))
+    return out
 
 
 @cache
@@ -79,16 +122,21 @@ def model(model_id: int) -> ModelDef:
     except FileNotFoundError:
         raise SunSpecError(f"no SunSpec model definition for model {model_id}") from None
     group = json.loads(text)["group"]
+    elements = _elements(group, "")
     points: dict[str, Point] = {}
-    offset = 0
-    for p in group["points"]:
-        size = int(p.get("size", 1))
-        units = (p.get("units") or "").strip() or None
-        symbols = tuple((int(s["value"]), s["name"]) for s in p.get("symbols", ()))
-        points[p["name"]] = Point(p["name"], offset, p["type"], size, p.get("sf"),
-                                  p.get("access", "R"), units, p.get("label"), symbols)
-        offset += size
-    return ModelDef(model_id, offset - 2, points, group.get("name", ""), group.get("label", ""))
+    offset, tail = 0, ()
+    for i, el in enumerate(elements):
+        if isinstance(el, GroupDef):
+            tail = tuple(elements[i:])
+            break
+        points[el.name] = replace(el, offset=offset)
+        offset += el.size
+    declared = next((p.get("value") for p in group["points"] if p["name"] == "L"), None)
+    if declared is not None and not tail and int(declared) != offset - 2:
+        raise SunSpecError(f"model {model_id}: laid out {offset - 2} registers, its definition "
+                           f"says L = {declared}")
+    return ModelDef(model_id, offset - 2, points, group.get("name", ""), group.get("label", ""),
+                    tail)
 
 
 def _raw_from_regs(point: Point, regs: list[int]) -> int | float | str | None:
@@ -105,25 +153,81 @@ def _raw_from_regs(point: Point, regs: list[int]) -> int | float | str | None:
     word = 0
     for r in regs:
         word = (word << 16) | r
-    if _NOT_IMPL.get(t) == word and t not in ("acc16", "acc32", "count"):
+    if _NOT_IMPL.get(t) == word and t not in _ACC:
         return None
     if t in _SIGNED and word >= 1 << (16 * point.size - 1):
         word -= 1 << (16 * point.size)
     return word
 
 
-def decode(mdef: ModelDef, regs: list[int]) -> dict[str, float | int | str | None]:
-    """Scaled values of a model, given its registers starting at ID. Missing -> None."""
-    raw = {name: _raw_from_regs(p, regs[p.offset : p.offset + p.size]) for name, p in mdef.points.items()}
+def _scaled(points: dict[str, Point], raw: dict, sfs: Mapping[str, int | None]) -> dict:
     out: dict[str, float | int | str | None] = {}
-    for name, p in mdef.points.items():
+    for name, p in points.items():
         value = raw[name]
         if p.sf is None or value is None or p.type == "sunssf":
             out[name] = value
             continue
-        sf = p.sf if isinstance(p.sf, int) else raw.get(p.sf)
+        sf = p.sf if isinstance(p.sf, int) else raw[p.sf] if p.sf in raw else sfs.get(p.sf)
         out[name] = None if sf is None else value * 10.0 ** int(sf)
     return out
+
+
+def decode(mdef: ModelDef, regs: list[int],
+           sfs: Mapping[str, int | None] | None = None) -> dict[str, float | int | str | None]:
+    """Scaled values of a model's fixed part, given its registers starting at ID.
+
+    Missing ("not implemented") -> None. `regs` may be a prefix of the model: points past
+    its end are left out, and a scale factor past it is taken from `sfs` (scale factors read
+    before; None when unknown, so the value is None rather than wrongly scaled)."""
+    n = len(regs)
+    present = {k: p for k, p in mdef.points.items() if p.offset + p.size <= n}
+    raw = {k: _raw_from_regs(p, regs[p.offset : p.offset + p.size]) for k, p in present.items()}
+    return _scaled(present, raw, sfs or {})
+
+
+Value = float | int | str | None
+
+
+def decode_groups(mdef: ModelDef, regs: list[int]) -> list[tuple[str, Point, Value]]:
+    """The repeating groups of a model, flattened in register order: ("Crv[0].Pt[1].V",
+    point, scaled value). `regs` holds the whole model as the device sized it (ID, L and L
+    registers). Reading stops at an instance that does not fit or at a count that is "not
+    implemented": what follows it cannot be located."""
+    fixed = {k: _raw_from_regs(p, regs[p.offset : p.offset + p.size])
+             for k, p in mdef.points.items() if p.offset + p.size <= len(regs)}
+    out: list[tuple[str, Point, Value]] = []
+    _walk(mdef.tail, regs, 2 + mdef.length, len(regs), "", fixed, out)
+    return out
+
+
+def _walk(elements: tuple[Point | GroupDef, ...], regs: list[int], at: int, end: int,
+          prefix: str, outer: dict, out: list) -> int | None:
+    """Decode one sequence of elements from `at`; the register after it, None if cut short."""
+    mine: dict[str, Point] = {}
+    raw: dict = {}
+    first = len(out)
+    for el in elements:
+        if isinstance(el, Point):
+            if at + el.size > end:
+                return None
+            mine[el.name] = el
+            raw[el.name] = _raw_from_regs(el, regs[at : at + el.size])
+            at += el.size
+            continue
+        scope = {**outer, **raw}
+        count = scope.get(el.count) if isinstance(el.count, str) else None
+        if isinstance(el.count, str) and not isinstance(count, int):
+            return None
+        i = 0
+        while (count is None and at < end) or (count is not None and i < count):
+            nxt = _walk(el.elements, regs, at, end, f"{prefix}{el.name}[{i}].", scope, out)
+            if nxt is None or nxt == at:
+                return None
+            at, i = nxt, i + 1
+    sfs = {k: v for k, v in outer.items() if isinstance(v, int)}
+    scaled = _scaled(mine, raw, sfs)
+    out[first:first] = [(prefix + k, p, scaled[k]) for k, p in mine.items()]
+    return at
 
 
 def encode_point(point: Point, value: float | int | str | None, sf: int = 0) -> list[int]:

@@ -18,6 +18,14 @@ class DeviceState:
     reading: Reading | None
     quality: Quality
     failed_polls: int  # consecutive
+    # Slow-class values (nameplates, energy counters, rotated DL/T 645 reads) whose own read
+    # time is too old: STALE even while the device's fast values are fresh.
+    stale_keys: frozenset[str] = frozenset()
+
+    def value_quality(self, key: str) -> Quality:
+        if self.quality is not Quality.GOOD:
+            return self.quality
+        return Quality.STALE if key in self.stale_keys else Quality.GOOD
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,9 +38,12 @@ class ProcessImage:
         return self.devices[device_id].quality is Quality.GOOD
 
     def value(self, device_id: str, key: str) -> float:
+        """A GOOD value, or StaleValue: the device is not GOOD, or this (slow) value was
+        last read too long ago."""
         state = self.devices[device_id]
-        if state.quality is not Quality.GOOD or state.reading is None:
-            raise StaleValue(f"{device_id}.{key} is {state.quality.value}")
+        q = state.value_quality(key)
+        if q is not Quality.GOOD or state.reading is None:
+            raise StaleValue(f"{device_id}.{key} is {q.value}")
         return state.reading.values[key]
 
     def last(self, device_id: str, key: str) -> float | None:

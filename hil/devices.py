@@ -2,7 +2,9 @@
 
 One class per device role, registered in `DEVICE_TYPES` by role, so a DC/DC converter, an EV
 charger or a flexible-load group is one more subclass with its models, its `step` and its
-`values`; the site and the Modbus plumbing do not change. Each device:
+`values`; the site and the Modbus plumbing do not change. A config that gives `sim.models`
+gets the same device on that SunSpec model chain (7xx DER models, float inverters, other
+meter models: hil/sunspec_variants.py). Each device:
 
 - `step(env, dt_s) -> kW` advances its physics and returns what it supplies to the site's
   AC bus (+ supplies: PV, discharging battery; − consumes: loads, charging battery);
@@ -26,8 +28,17 @@ from typing import ClassVar
 from pymodbus.constants import ExcCodes
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from drivers.dlt645 import transformer_factor
 from drivers.modbus_map import RegisterMap, load_map
-from drivers.sunspec import SunSpecError, chain_registers, decode, encode_point, layout, model
+from drivers.sunspec import (
+    BASES,
+    SunSpecError,
+    chain_registers,
+    decode,
+    encode_point,
+    layout,
+    model,
+)
 from edge.config import BatteryDevice, MeterDevice, PvDevice
 from hil.physics import Battery, clear_sky_kw, load_kw, ramp_toward
 
@@ -70,6 +81,9 @@ class Env:
     t_local: datetime
     latitude: float
     longitude: float
+    # kW a scenario prescribes per device id (PV: available, load meter: drawn); a device
+    # not in it (or None) follows its own sim profile
+    series_kw: dict[str, float] | None = None
 
 
 class SimulatedDevice:
@@ -84,6 +98,7 @@ class SimulatedDevice:
     fault: Fault | None = None
     on_drop: Callable[[], None] | None = None  # closes the client connections (set by the site)
     drops: int = 0  # connections dropped by an injected `drop` fault
+    base: int = BASE  # register of the "SunS" marker (`serve_at`)
 
     def __init__(self, cfg: PvDevice | BatteryDevice | MeterDevice, site_max_kw: float) -> None:
         self.cfg = cfg
@@ -91,7 +106,7 @@ class SimulatedDevice:
         self.t_s = 0.0
         self.power_kw = 0.0
         self.online = True  # False: fault injection, the unit does not answer
-        self.starts = layout(list(self.models), BASE)
+        self.starts = layout(list(self.models), self.base)
         self.rw: dict[int, dict[str, Value]] = {m: {} for m in self.models}
         self._image = chain_registers(list(self.models))
         self._access = self._access_map()
@@ -128,17 +143,17 @@ class SimulatedDevice:
             for p in model(mid).points.values():
                 if p.access == "RW":
                     for a in range(p.size):
-                        rw[start - BASE + p.offset + a] = True
+                        rw[start - self.base + p.offset + a] = True
         return rw
 
     def simdata(self) -> list[SimData]:
         """Contiguous runs of equal access as SimData blocks, so pymodbus enforces RO."""
-        self.refresh(self._image, BASE)
+        self.refresh(self._image, self.base)
         blocks, run_start = [], 0
         for i in range(1, len(self._image) + 1):
             if i == len(self._image) or self._access[i] != self._access[run_start]:
                 blocks.append(SimData(
-                    address=BASE + run_start,
+                    address=self.base + run_start,
                     values=self._image[run_start:i],
                     datatype=DataType.REGISTERS,
                     readonly=not self._access[run_start],
@@ -156,11 +171,20 @@ class SimulatedDevice:
         implemented"; values of models no longer in the chain are not served."""
         self.check_chain(models)
         self.models = tuple(models)  # type: ignore[misc]  # per-instance chain from now on
-        self.starts = layout(list(self.models), BASE)
+        self.starts = layout(list(self.models), self.base)
         for m in self.models:
             self.rw.setdefault(m, {})
         self._image = chain_registers(list(self.models))
         self._access = self._access_map()
+
+    def serve_at(self, base: int) -> None:
+        """Serve the chain with its "SunS" marker at `base`: 40000 is the default, and
+        devices in the field also use 0 and 50000. Like `rechain`, it takes effect when the
+        unit's server (re)starts; the unit's settings are kept."""
+        if base not in BASES:
+            raise ValueError(f"device {self.id}: SunSpec base {base} is none of {list(BASES)}")
+        self.base = base
+        self.rechain(self.models)
 
     def check_chain(self, models: list[int] | tuple[int, ...]) -> None:
         """Raise ValueError unless `models` is a chain this unit can serve."""
@@ -214,8 +238,8 @@ class SimulatedDevice:
     def read(self, model_id: int) -> dict[str, Value]:
         """Decoded view of one model, as a client would see it (for tests and logs)."""
         regs = list(self._image)
-        self.refresh(regs, BASE)
-        at = self.starts[model_id] - BASE
+        self.refresh(regs, self.base)
+        at = self.starts[model_id] - self.base
         return decode(model(model_id), regs[at : at + 2 + model(model_id).length])
 
     def write_registers(self, address: int, values: list[int], registers: list[int],
@@ -299,6 +323,13 @@ def build(cfg: PvDevice | BatteryDevice | MeterDevice, site_max_kw: float) -> Si
     cls = PROTOCOL_TYPES.get((cfg.role, cfg.protocol))
     if cls is None and cfg.protocol not in _NOT_SUNSPEC:
         cls = DEVICE_TYPES.get(cfg.role)
+        if cfg.sim.models is not None:  # another model chain: hil/sunspec_variants.py
+            from hil.sunspec_variants import VARIANTS  # subclasses of the devices below
+
+            cls = VARIANTS.get(cfg.role)
+    elif cfg.sim.models is not None:
+        raise SunSpecError(f"device {cfg.id}: sim.models chooses a SunSpec model chain; "
+                           f"protocol {cfg.protocol} has none: remove sim.models")
     if cls is None:
         raise SunSpecError(
             f"device {cfg.id}: the HIL has no simulator for role {cfg.role!r} "
@@ -360,8 +391,11 @@ class PvInverter(SimulatedDevice):
         if c["WMaxLim_Ena"] == 1 and _expired(self._t_limit, int(c["WMaxLimPct_RvrtTms"] or 0),
                                               env.t_s):
             c["WMaxLim_Ena"] = 0
-        sun = clear_sky_kw(env.t_utc, env.latitude, env.longitude, self.peak_kw)
-        self.available_kw = min(self.rated_kw, sun * self.cfg.sim.cloud_factor)
+        given = env.series_kw.get(self.id) if env.series_kw else None
+        if given is None:
+            given = clear_sky_kw(env.t_utc, env.latitude, env.longitude,
+                                 self.peak_kw) * self.cfg.sim.cloud_factor
+        self.available_kw = min(self.rated_kw, given)
         limit = self.limit_kw
         target = self.available_kw if limit is None else min(self.available_kw, limit)
         self.power_kw = ramp_toward(self.power_kw, target, self.cfg.ramp_kw_per_s, dt_s)
@@ -499,8 +533,11 @@ class Metering:
         """A load meter consumes its profile; the grid meter waits for `measure`."""
         if self.balancing:
             return 0.0
-        s = self.cfg.sim
-        self.measure(load_kw(s.profile, env.t_local, s.base_kw, s.day_kw), dt_s)
+        kw = env.series_kw.get(self.id) if env.series_kw else None
+        if kw is None:
+            s = self.cfg.sim
+            kw = load_kw(s.profile, env.t_local, s.base_kw, s.day_kw)
+        self.measure(kw, dt_s)
         return -self.power_kw
 
     def measure(self, kw: float, dt_s: float) -> None:
@@ -546,7 +583,7 @@ class Meter(Metering, SimulatedDevice):
 
 # -- devices described by a register map (drivers/maps/*.yaml) ------------------------------
 class MapSimDevice(SimulatedDevice):
-    """Base of the map-driven devices (protocol modbus-tcp, `map:` in the config): the
+    """Base of the map-driven devices (modbus-tcp or modbus-rtu, `map:` in the config): the
     register image is the map's points, encoded from `point_values()` (engineering units,
     our sign convention) by the map's own codec, the one the driver decodes with. rw/w points
     hold what the client wrote and read back as written; unmapped addresses answer
@@ -554,7 +591,7 @@ class MapSimDevice(SimulatedDevice):
     flag). Holding and input registers are separate tables when the map uses both."""
 
     models = ()
-    protocols: ClassVar[tuple[str, ...]] = ("modbus-tcp",)
+    protocols: ClassVar[tuple[str, ...]] = ("modbus-tcp", "modbus-rtu")
 
     def __init__(self, cfg: PvDevice | BatteryDevice | MeterDevice, site_max_kw: float,
                  regmap: RegisterMap | None = None) -> None:
@@ -648,6 +685,11 @@ class MapSimDevice(SimulatedDevice):
         return self.write_registers(address, [int(v) for v in set_values],
                                     current_registers, start_address)
 
+    def bus_units(self) -> list[SimulatedDevice]:
+        """The units the device answers as on its connection or bus (a PCS with a BMS of its
+        own: two)."""
+        return [self]
+
     def read_points(self) -> dict[str, float]:
         """Decoded view of every readable point, as a client would see it (tests, logs)."""
         values = {**self.point_values(), **self.held}
@@ -739,6 +781,43 @@ class MapBatteryPcs(MapSimDevice):
         return {"power_kw": self.power_kw, "soc_pct": self.battery.soc_pct,
                 "command_kw": self.command_kw}
 
+    def bus_units(self) -> list[SimulatedDevice]:
+        return [self, MapBmsView(self)] if self.cfg.bms is not None else [self]
+
+
+class MapBmsView(MapSimDevice):
+    """The BMS of a map-driven PCS on its own unit id (config `bms:`): the same battery seen
+    through the BMS's register map. It goes silent, and fails, with its PCS."""
+
+    role = "battery"
+
+    def __init__(self, pcs: MapBatteryPcs) -> None:
+        bms = pcs.cfg.bms
+        assert bms is not None
+        self.pcs = pcs
+        cfg = pcs.cfg.model_copy(update={"unit_id": bms.unit_id, "map": bms.map})
+        super().__init__(cfg, 0.0, load_map(bms.map))
+        self.id = f"{pcs.id}.bms"
+
+    @property  # type: ignore[override]
+    def online(self) -> bool:
+        return self.pcs.online
+
+    @online.setter
+    def online(self, value: bool) -> None:
+        self.pcs.online = value
+
+    @property  # type: ignore[override]
+    def fault(self) -> Fault | None:
+        return self.pcs.fault
+
+    @fault.setter
+    def fault(self, value: Fault | None) -> None:
+        self.pcs.fault = value
+
+    def point_values(self) -> dict[str, float]:
+        return self.pcs.point_values()
+
 
 @register
 class MapThreePhaseMeter(Metering, MapSimDevice):
@@ -771,14 +850,14 @@ class MapThreePhaseMeter(Metering, MapSimDevice):
 # -- DL/T 645-2007 meters (served by hil/dlt645_server.py, not Modbus) ----------------------
 @register
 class Dlt645SimMeter(Metering, SimulatedDevice):
-    """A DL/T 645 meter behind a TCP gateway, by its 12-digit address: `measures: grid` is
-    the PCC meter (balances the site, + import), `measures: load` is the building load (its
-    sim profile), as the other meters. It has no Modbus image: the site serves it through
-    `hil.dlt645_server.Dlt645Server`, which reads `dlt645_values()`."""
+    """A DL/T 645 meter (behind a TCP gateway or on a serial bus), by its 12-digit address:
+    `measures: grid` is the PCC meter (balances the site, + import), `measures: load` is the
+    building load (its sim profile), as the other meters. It has no Modbus image: the site
+    serves it through hil/dlt645_server.py, which reads `dlt645_values()`."""
 
     role = "meter"
     models = ()
-    protocols: ClassVar[tuple[str, ...]] = ("dlt645-tcp",)
+    protocols: ClassVar[tuple[str, ...]] = ("dlt645-tcp", "dlt645-serial")
     cfg: MeterDevice
     VOLTAGE_V = 230.0
 
@@ -798,16 +877,21 @@ class Dlt645SimMeter(Metering, SimulatedDevice):
 
     def dlt645_values(self) -> dict[str, float]:
         """By hil.dlt645_server.FORMATS key: balanced phases, unity power factor; current
-        carries the sign of the power (− reverse), as the meter's signed XXX.XXX A format."""
+        carries the sign of the power (− reverse), as the meter's signed XXX.XXX A format.
+        Secondary values, as the meter sees them behind its transformers: the site's
+        primary values divided by `ct_ratio` / `pt_ratio` (1 = direct connection)."""
         v, p = self.VOLTAGE_V, self.power_kw
         amps = p * 1000 / (3 * v)
-        return {
+        primary = {
             "power_kw": p, "power_a_kw": p / 3, "power_b_kw": p / 3, "power_c_kw": p / 3,
             "voltage_a_v": v, "voltage_b_v": v, "voltage_c_v": v,
             "current_a_a": amps, "current_b_a": amps, "current_c_a": amps,
-            "power_factor": 1.0, "frequency_hz": 50.0,
+            "power_factor": 1.0, "power_factor_a": 1.0, "power_factor_b": 1.0,
+            "power_factor_c": 1.0, "frequency_hz": 50.0,
             "import_kwh": self.import_kwh, "export_kwh": self.export_kwh,
         }
+        ct, pt = self.cfg.ct_ratio, self.cfg.pt_ratio
+        return {k: x / transformer_factor(k, ct, pt) for k, x in primary.items()}
 
     def sim_device(self) -> SimDevice:
         raise TypeError(f"{self.id} is a DL/T 645 meter; serve it with hil.dlt645_server")
@@ -815,3 +899,6 @@ class Dlt645SimMeter(Metering, SimulatedDevice):
     def state(self) -> dict[str, float | int | None]:
         return {"power_kw": self.power_kw, "import_kwh": self.import_kwh,
                 "export_kwh": self.export_kwh}
+
+
+from hil import dcbus  # noqa: E402,F401 - registers the DC bus simulator (a MapSimDevice)

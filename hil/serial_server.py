@@ -4,6 +4,10 @@ adapter, or one end of a pseudo-terminal pair in tests) answers for every unit i
 Like a real RS-485 bus, a request to a unit id nobody serves, or to a unit stopped by fault
 injection (`online` False), gets no answer at all: the master times out. (Over TCP the HIL
 answers a stopped unit with GATEWAY_NO_RESPONSE instead, as a gateway would.)
+
+SunSpec units (sunspec-rtu) and register-map units (modbus-rtu) share a bus as they would
+in the field. A configured port that does not exist becomes a virtual cable (hil/cable.py)
+whose controller end is linked at that path, so a simulated site needs no adapters.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pymodbus.server import ModbusSerialServer
 from pymodbus.simulator import SimDevice
 
 from edge.config import SerialParams
+from hil.cable import VirtualCable, needs_cable
 from hil.devices import SimulatedDevice
 
 log = logging.getLogger(__name__)
@@ -52,9 +57,10 @@ async def serve_rtu(devices: list[SimulatedDevice], serial: SerialParams) -> Mod
     try:
         await server.serve_forever(background=True)  # returns once the port is open
     except RuntimeError:
+        pty = " (a simulated bus on a pseudo-terminal needs parity N)" if serial.parity == "E" else ""
         raise OSError(
             f"HIL cannot open serial port {serial.port} for {ids}; does it exist, and is it "
-            "free (not held by another program)? change `serial.port` in the config"
+            f"free (not held by another program)?{pty} change `serial` in the config"
         ) from None
     log.info("HIL serving %s on %s (RTU %d %d%s%d)", ids, serial.port, serial.baudrate,
              serial.bytesize, serial.parity, serial.stopbits)
@@ -69,6 +75,7 @@ class RtuBus:
     serial: SerialParams
     devices: list[SimulatedDevice] = field(default_factory=list)
     server: ModbusSerialServer | None = None
+    cable: VirtualCable | None = None  # when the configured port is simulated too
 
     def add(self, device: SimulatedDevice) -> None:
         if device.cfg.serial != self.serial:
@@ -84,10 +91,23 @@ class RtuBus:
 
     async def start(self) -> None:
         if self.server is None:
-            self.server = await serve_rtu(self.devices, self.serial)
+            if self.cable is None and needs_cable(self.serial.port):
+                self.cable = VirtualCable(self.serial.port)
+            serial = self.serial
+            if self.cable is not None:
+                serial = serial.model_copy(update={"port": self.cable.hil_port})
+            self.server = await serve_rtu(self.devices, serial)
 
     async def stop(self) -> None:
+        """The bus goes silent; a virtual cable stays plugged in (see `close`)."""
         if self.server is not None:
             server, self.server = self.server, None
             await server.shutdown()
             log.info("HIL stopped serving %s", self.serial.port)
+
+    async def close(self) -> None:
+        """Stop serving and unplug the virtual cable, if any."""
+        await self.stop()
+        if self.cable is not None:
+            self.cable.close()
+            self.cable = None

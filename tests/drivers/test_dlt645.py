@@ -14,6 +14,7 @@ from dlt645.aio import AsyncMeterServerService
 
 from drivers import dlt645 as d
 from drivers.base import DeviceError, Meter
+from edge.vpp.schemas import DeviceReport, undeclared
 
 ADDRESS = "123456789012"
 WIRE_ADDRESS = bytes.fromhex("129078563412")  # A0 (lowest two digits) first
@@ -84,7 +85,8 @@ VALUES = {
     "power_kw": -12.3456,
     "voltage_a_v": 230.1, "voltage_b_v": 229.9, "voltage_c_v": 231.0,
     "current_a_a": 10.5, "current_b_a": -2.25, "current_c_a": 0.0,
-    "import_kwh": 12345.67, "export_kwh": 234.5,
+    "power_factor": -0.985, "power_factor_a": 0.99, "power_factor_b": 0.98,
+    "power_factor_c": -0.5, "import_kwh": 12345.67, "export_kwh": 234.5,
 }
 
 
@@ -108,14 +110,18 @@ async def peer():
     await server.stop()
 
 
-async def test_poll_returns_scaled_signed_values_from_the_package_server(peer):
+async def test_connect_reads_every_value_one_by_one_where_the_package_server_has_no_blocks(peer):
     server, port = peer
     meter = d.Dlt645Meter("pcc", ADDRESS, d.Tcp("127.0.0.1", port), timeout_s=1.0)
     assert isinstance(meter, Meter)
     assert meter.describe() == {"protocol": "dlt645", "endpoint": f"tcp://127.0.0.1:{port}",
                                 "address": ADDRESS}
     try:
-        assert (await meter.poll()).values == pytest.approx(VALUES)
+        await meter.connect()  # its server answers "no such data" to 02-01-FF-00 and friends
+        reading = await meter.poll()
+        assert reading.values == pytest.approx(VALUES)
+        assert set(reading.stamps) == set(VALUES) - {"power_kw"}  # slow values, own read time
+        assert all(t <= reading.monotonic for t in reading.stamps.values())
         server.set_02(0x02030000, 7.5)  # the site turns to import: + on the grid meter
         assert (await meter.poll()).values["power_kw"] == 7.5
     finally:
@@ -127,12 +133,16 @@ async def test_stopped_server_raises_then_meter_recovers_after_restart(peer):
     meter = d.Dlt645Meter("pcc", ADDRESS, d.Tcp("127.0.0.1", port), timeout_s=1.0)
     await meter.poll()
     await server.stop()
-    with pytest.raises(DeviceError, match="pcc: DI 02030000: connection lost"):
+    with pytest.raises(DeviceError, match="pcc: DI [0-9A-F]{8}: connection lost"):
         await meter.poll()
     with pytest.raises(DeviceError, match="cannot open transport"):
         await meter.poll()
+    with pytest.raises(DeviceError, match="reconnect backoff"):  # not re-opened on every poll
+        await meter.poll()
     server = await start_peer(port)
+    await asyncio.sleep(d.BACKOFF_MIN_S)
     try:
+        await meter.connect()
         assert (await meter.poll()).values["import_kwh"] == 12345.67
     finally:
         await meter.close()
@@ -144,10 +154,77 @@ async def test_wrong_address_gets_no_valid_answer(peer):
     _, port = peer
     meter = d.Dlt645Meter("pcc", "000000000001", d.Tcp("127.0.0.1", port), timeout_s=0.5)
     try:
-        with pytest.raises(DeviceError, match="DI 02030000.*error"):
+        with pytest.raises(DeviceError, match="DI [0-9A-F]{8}.*error"):
             await meter.poll()
     finally:
         await meter.close()
+
+
+async def test_ct_and_pt_ratios_turn_the_secondary_values_into_primary_ones(peer):
+    """A meter behind 400/5 A CTs and 10 kV/100 V PTs reports secondary values; the driver
+    hands on primary ones: power and energy x 8000, current x 80, voltage x 100."""
+    _, port = peer
+    meter = d.Dlt645Meter("pcc", ADDRESS, d.Tcp("127.0.0.1", port), timeout_s=1.0,
+                          ct_ratio=80, pt_ratio=100)
+    try:
+        await meter.connect()
+        values = (await meter.poll()).values
+    finally:
+        await meter.close()
+    assert values["power_kw"] == pytest.approx(-12.3456 * 8000)  # -98.8 MW: no 80 kW ceiling
+    assert values["import_kwh"] == pytest.approx(12345.67 * 8000)
+    assert values["export_kwh"] == pytest.approx(234.5 * 8000)
+    assert values["current_a_a"] == pytest.approx(10.5 * 80)
+    assert values["current_b_a"] == pytest.approx(-2.25 * 80)
+    assert values["voltage_a_v"] == pytest.approx(23010.0)
+    assert values["power_factor"] == -0.985 and values["power_factor_c"] == -0.5
+    assert meter.describe()["ct_ratio"] == 80 and meter.describe()["pt_ratio"] == 100
+
+
+def site_with_meter(**meter) -> dict:
+    return {
+        "site": {"id": "s"},
+        "devices": [{"id": "pcc", "role": "meter", "host": "127.0.0.1", "port": 8899, **meter}],
+        "tariff": {"periods": [{"name": "flat", "start": "00:00", "end": "00:00", "price": 0.5}]},
+    }
+
+
+def test_config_passes_the_ratios_to_the_dlt645_driver():
+    from drivers.registry import build_devices
+    from edge.config import parse
+
+    cfg = parse(site_with_meter(protocol="dlt645-tcp", address="000000000001", ct_ratio=400,
+                                pt_ratio=1))
+    meter = build_devices(cfg)["pcc"]
+    assert (meter.ct_ratio, meter.pt_ratio) == (400, 1)
+    assert meter.describe()["ct_ratio"] == 400
+    assert undeclared(DeviceReport, meter.describe()) == []  # the devices message declares it
+
+
+def test_check_summary_shows_the_ratios(tmp_path, capsys):
+    import yaml
+
+    from edge.cli import main
+
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(site_with_meter(protocol="dlt645-tcp", address="000000000001",
+                                                   ct_ratio=400)))
+    assert main(["check", "-c", str(path)]) == 0
+    assert "measures grid, CT 400 × PT 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"protocol": "sunspec-tcp", "ct_ratio": 40}, "ct_ratio/pt_ratio apply to DL/T 645 meters"),
+    ({"protocol": "modbus-tcp", "map": "meter3p_generic", "pt_ratio": 100},
+     "a modbus-tcp meter reports primary values"),
+    ({"protocol": "dlt645-tcp", "address": "000000000001", "ct_ratio": 0.2}, "ct_ratio"),
+])
+def test_ratios_belong_to_dlt645_meters_and_are_at_least_one(fields, message):
+    from edge.config import ConfigError, parse
+
+    with pytest.raises(ConfigError) as err:
+        parse(site_with_meter(**fields))
+    assert message in str(err.value)
 
 
 # --- a scripted peer for faults the package's server does not produce ---------------------
@@ -272,6 +349,32 @@ async def test_cancelled_read_drops_the_link_so_a_late_reply_cannot_pass_as_fres
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert meter._streams is None  # the next poll opens a fresh link
+    assert not meter.bus.connected  # the next poll opens a fresh link
     server.close()
     await server.wait_closed()
+
+
+async def test_a_slow_value_the_meter_refuses_never_fails_its_poll():
+    """Blocks refused -> single reads; export 'no such data' -> dropped; import 'other
+    error' -> kept trying, logged; power, what control needs, polls on regardless."""
+    def answer(req: d.Frame) -> bytes:
+        di = int.from_bytes(req.data[:4], "little")
+        if di in d.BLOCKS or di == 0x00020000:
+            return d.encode_frame(req.address, d.READ_ERROR, bytes([d.ERR_NO_DATA]))
+        if di == 0x00010000:
+            return d.encode_frame(req.address, d.READ_ERROR, b"\x01")
+        size = next(s for di_, s, *_ in d.POINTS.values() if di_ == di)
+        return reply(req.address, req.data, b"\x00" * (size - 1) + b"\x01")
+
+    server, port = await scripted_peer(answer)
+    meter = d.Dlt645Meter("pcc", ADDRESS, d.Tcp("127.0.0.1", port), timeout_s=0.3)
+    try:
+        await meter.connect()
+        for _ in range(2 * len(d.POINTS)):  # every slow turn comes round at least once
+            values = (await meter.poll()).values
+        assert values["power_kw"] == 1.0 and values["voltage_c_v"] == 10.0  # 00 01 -> 10.0 V
+        assert "import_kwh" not in values and "export_kwh" not in values
+        assert 0x00020000 not in meter._slow_dis and 0x00010000 in meter._slow_dis
+    finally:
+        await meter.close()
+        server.close()

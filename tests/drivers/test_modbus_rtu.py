@@ -5,6 +5,10 @@ The cable: two `os.openpty()` pairs whose master ends the test joins byte for by
 `socat pty pty` would do). The HIL opens one slave by name, the controller the other, so
 both sides run the real pyserial/termios path. The test sees every byte that crosses, which
 lets it check the bus discipline: one request, its reply, a silent gap, the next request.
+
+A pty has no baud rate, so the cable keeps the line's own time (`WireClock`): every byte that
+crosses takes its character time at BAUD, and the silence between frames is what the master
+waits, measured on that clock, whatever the speed of the machine running the test.
 """
 
 from __future__ import annotations
@@ -12,30 +16,54 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
-import time
 import tty
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 from conftest import wait_for
 
+from drivers import modbus_serial
 from drivers.base import DeviceError
 from drivers.modbus_serial import SerialEndpoint, frame_gap_s
 from drivers.registry import build_devices
-from drivers.sunspec_tcp import BACKOFF_MIN_S, ConnectFailed
+from drivers.sunspec_tcp import BACKOFF_MAX_S, ConnectFailed
 from edge import config as config_mod
 from edge.config import Config, SerialParams
 from hil.site import SimSite
 
 ROOT = Path(__file__).resolve().parents[2]
 BAUD = 9600  # t3.5 = 4.0 ms at 8N1: large enough to see on the wire monitor
-TIMEOUT_S = 0.5
+TIMEOUT_S = 0.3  # at most half the poll deadline on a shared bus (edge/config.py)
+
+
+class WireClock:
+    """The line's time: bytes crossing take their character time (`carry`); otherwise time
+    moves only while the master waits for the line to be quiet (`sleep`, standing in for
+    the serial endpoint's `asyncio.sleep`; `monotonic` for its clock)."""
+
+    def __init__(self, char_s: float) -> None:
+        self.char_s = char_s
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
+        await asyncio.sleep(0)
+
+    def carry(self, nbytes: int) -> tuple[float, float]:
+        """(first byte starts, last byte ends) of `nbytes` sent back to back from now."""
+        start = self.now
+        self.now += nbytes * self.char_s
+        return start, self.now
 
 
 class NullModem:
     """Two pty pairs, masters joined: bytes written to one slave come out of the other.
-    `wire` records (monotonic time, "req"/"rsp", bytes) for every chunk that crosses."""
+    `wire` records (start, end on `clock`, "req"/"rsp", bytes) for every chunk that crosses."""
 
     def __init__(self) -> None:
         self._hil_master, self._hil_slave = os.openpty()
@@ -48,7 +76,8 @@ class NullModem:
         # stopping) leaves no hang-up on the masters: the cable just goes quiet.
         self.hil_port = os.ttyname(self._hil_slave)
         self.ctl_port = os.ttyname(self._ctl_slave)
-        self.wire: list[tuple[float, str, bytes]] = []
+        self.clock = WireClock(10 / BAUD)  # 8N1: 10 bits a character
+        self.wire: list[tuple[float, float, str, bytes]] = []
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._ctl_master, self._pump, self._ctl_master, self._hil_master, "req")
         self._loop.add_reader(self._hil_master, self._pump, self._hil_master, self._ctl_master, "rsp")
@@ -58,7 +87,7 @@ class NullModem:
             data = os.read(src, 4096)
         except (BlockingIOError, InterruptedError):
             return
-        self.wire.append((time.monotonic(), direction, data))
+        self.wire.append((*self.clock.carry(len(data)), direction, data))
         try:
             os.write(dst, data)
         except BlockingIOError:
@@ -80,15 +109,16 @@ def _crc16(data: bytes) -> int:
     return crc
 
 
-def _frames(wire: list[tuple[float, str, bytes]]) -> list[tuple[float, float, str, bytes]]:
-    """Merge consecutive chunks in one direction: (first byte at, last byte at, dir, bytes)."""
+def _frames(wire: list[tuple[float, float, str, bytes]]) -> list[tuple[float, float, str, bytes]]:
+    """Merge consecutive chunks in one direction: (first byte starts, last byte ends, dir,
+    bytes)."""
     runs: list[tuple[float, float, str, bytes]] = []
-    for t, direction, data in wire:
+    for start, end, direction, data in wire:
         if runs and runs[-1][2] == direction:
             t0, _, _, prev = runs[-1]
-            runs[-1] = (t0, t, direction, prev + data)
+            runs[-1] = (t0, end, direction, prev + data)
         else:
-            runs.append((t, t, direction, data))
+            runs.append((start, end, direction, data))
     return runs
 
 
@@ -169,9 +199,12 @@ async def test_battery_follows_a_setpoint_written_over_rtu(site, devices):
     assert grid == pytest.approx(site.last.grid_kw, abs=2.0)
 
 
-async def test_requests_to_two_units_never_interleave_on_the_wire(modem, devices):
+async def test_requests_to_two_units_never_interleave_on_the_wire(modem, devices, monkeypatch):
     bess, pcc = devices["bess1"], devices["pcc"]
     await asyncio.gather(bess.connect(), pcc.connect())
+    # The master paces on the line's time: the gaps below are its waits, in wire time.
+    monkeypatch.setattr(modbus_serial, "time", modem.clock)
+    monkeypatch.setattr(modbus_serial, "asyncio", SimpleNamespace(sleep=modem.clock.sleep))
     modem.wire.clear()
     for _ in range(5):  # many callers at once: polls of both units and a setpoint write
         await asyncio.gather(bess.poll(), pcc.poll(), pcc.poll(), bess.write_power(10.0, 60))
@@ -191,25 +224,30 @@ async def test_requests_to_two_units_never_interleave_on_the_wire(modem, devices
         assert rsp[1] == req[1], f"reply {rsp.hex()} is not an answer to {req.hex()}"
         units.add(req[0])
         if i + 2 < len(runs):
-            silence = runs[i + 2][0] - t_rsp_end
-            assert silence >= gap, f"next request after {silence * 1000:.2f} ms < t3.5"
+            silence = runs[i + 2][0] - t_rsp_end  # wire time, not this machine's
+            assert silence >= gap - 1e-12, f"next request after {silence * 1000:.2f} ms < t3.5"
     assert units == {1, 2}
 
 
-async def test_silent_bus_raises_within_the_timeout_then_recovers(site, devices):
+async def test_silent_bus_fails_each_unit_on_its_one_unanswered_request_then_recovers(
+        modem, site, devices):
+    """The poll gives up after the one request that got no reply: no retry, nothing else
+    queued on the bus behind it; the unit backs off and is read again once the bus is back."""
     bess, pcc = devices["bess1"], devices["pcc"]
     await asyncio.gather(bess.connect(), pcc.connect())
     await site.stop_device("bess1")
     await site.stop_device("pcc")  # last unit on the bus: the HIL closes its serial port
     assert not any(bus.serving for bus in site._buses.values())
-    for dev in (bess, pcc):
-        t0 = time.monotonic()
-        with pytest.raises(DeviceError, match=r"unit \d"):
-            await dev.poll()
-        assert time.monotonic() - t0 < TIMEOUT_S + 0.3
+    for dev, unit in ((bess, 1), (pcc, 2)):
+        modem.wire.clear()
+        with pytest.raises(DeviceError, match=rf"unit {unit}: read \d+: .*No response"):
+            await asyncio.wait_for(dev.poll(), 10 * TIMEOUT_S)  # bounds the wait only
+        assert [(d, data[0]) for _, _, d, data in _frames(modem.wire)] == [("req", unit)]
+        assert dev.sunspec.endpoint.unanswered(unit) and dev.sunspec.backing_off
     await site.start_device("bess1")
     await site.start_device("pcc")
-    await asyncio.sleep(BACKOFF_MIN_S)  # each unit backs off after its silence
+    await wait_for(lambda: not (bess.sunspec.backing_off or pcc.sunspec.backing_off), 5,
+                   "both units' backoff windows to end")
     assert (await bess.poll()).values["soc_pct"] > 0
     assert "power_kw" in (await pcc.poll()).values
 
@@ -222,8 +260,9 @@ async def test_one_silent_unit_does_not_take_the_bus_down(site, devices):
         meter, battery = await asyncio.gather(pcc.poll(), bess.poll(), return_exceptions=True)
         assert isinstance(meter, DeviceError)
         assert not isinstance(battery, BaseException), battery
+    assert pcc.sunspec.backing_off  # probed again once its window is over
     await site.start_device("pcc")
-    await asyncio.sleep(BACKOFF_MIN_S)  # the silent unit backs off; then it is probed again
+    await wait_for(lambda: not pcc.sunspec.backing_off, BACKOFF_MAX_S + 5, "the window to end")
     assert "power_kw" in (await pcc.poll()).values
 
 

@@ -35,15 +35,16 @@ class ManualClock(Clock):
         return self.t
 
 
-def config(load_kw: float = 20.0) -> Config:
-    """PV over SunSpec; the PCC and load meters are DL/T 645 meters behind one gateway."""
+def config(load_kw: float = 20.0, **pcc: float) -> Config:
+    """PV over SunSpec; the PCC and load meters are DL/T 645 meters behind one gateway;
+    `pcc`: more settings of the PCC meter (ct_ratio, pt_ratio)."""
     gateway = free_port()
     return parse({
         "site": {"id": "t", "timezone": "Asia/Shanghai"},
         "devices": [
             {"id": "pv1", "role": "pv", "rated_kw": 60, "port": free_port(), "sim": {"peak_kw": 60}},
             {"id": "pcc", "role": "meter", "measures": "grid", "protocol": "dlt645-tcp",
-             "address": PCC, "port": gateway, "timeout_s": 0.3},
+             "address": PCC, "port": gateway, "timeout_s": 0.3, **pcc},
             {"id": "load", "role": "meter", "measures": "load", "protocol": "dlt645-tcp",
              "address": LOAD, "port": gateway, "timeout_s": 0.3,
              "sim": {"profile": "flat", "day_kw": load_kw}},
@@ -102,6 +103,7 @@ async def test_driver_reads_what_the_site_simulated_within_resolution(make_site)
     advance(site, 8 * 3600)  # 06:00 -> 14:00: imports in the morning, exports at midday
     pcc, load = site.state("pcc"), site.state("load")
     assert pcc["import_kwh"] > 1 and pcc["export_kwh"] > 1 and pcc["power_kw"] < -5
+    await asyncio.gather(drivers["pcc"].connect(), drivers["load"].connect())
     r = (await drivers["pcc"].poll()).values
     assert r["power_kw"] == pytest.approx(pcc["power_kw"], abs=0.00005)
     assert r["import_kwh"] == pytest.approx(pcc["import_kwh"], abs=0.005)
@@ -123,7 +125,7 @@ async def test_foreign_address_is_silent_and_unknown_identifier_gets_an_error_re
     cfg = site.devices["pcc"].cfg
     stranger = d.Dlt645Meter("stranger", "202600000099", d.Tcp(cfg.host, cfg.port), 0.3)
     try:
-        with pytest.raises(DeviceError, match="stranger: DI 02030000: no reply within 0.3 s"):
+        with pytest.raises(DeviceError, match="stranger: DI [0-9A-F]{8}: no reply within 0.3 s"):
             await stranger.poll()
     finally:
         await stranger.close()
@@ -154,22 +156,28 @@ async def test_stopped_meter_is_silent_and_the_last_one_stopped_closes_the_gatew
     pcc, load = drivers["pcc"], drivers["load"]
     await pcc.poll()
     await site.stop_device("load")
-    with pytest.raises(DeviceError, match="load: DI 02030000: no reply within"):
+    with pytest.raises(DeviceError, match="load: DI [0-9A-F]{8}: no reply within"):
+        await load.poll()
+    with pytest.raises(DeviceError, match="load: backing off"):  # no timeout on every poll
         await load.poll()
     await pcc.poll()  # the other meter on the bus still answers
     await site.stop_device("pcc")
-    with pytest.raises(DeviceError, match="pcc: DI 02030000: connection lost"):
+    with pytest.raises(DeviceError, match="pcc: DI [0-9A-F]{8}: connection lost"):
         await pcc.poll()
     with pytest.raises(DeviceError, match="pcc: cannot open transport"):
         await pcc.poll()
     advance(site, 600)  # physics and counters keep running while the meters are away
     await site.start_device("pcc")
+    await asyncio.sleep(d.BACKOFF_MIN_S)  # the bus re-opens after its reconnect backoff
+    await pcc.connect()
     r = (await pcc.poll()).values
     assert r["import_kwh"] > 0
     assert r["import_kwh"] == pytest.approx(site.state("pcc")["import_kwh"], abs=0.005)
+    await asyncio.sleep(d.BACKOFF_MIN_S)  # load's first backoff is over: it is probed again
     with pytest.raises(DeviceError, match="no reply within"):
         await load.poll()  # still stopped: silent on the reopened bus
     await site.start_device("load")
+    await asyncio.sleep(2 * d.BACKOFF_MIN_S)  # silent twice in a row: the backoff doubled
     assert (await load.poll()).values["power_kw"] == pytest.approx(20.0)
 
 
@@ -184,3 +192,24 @@ async def test_pcc_beyond_79_9999_kw_reads_the_format_limit_and_warns_once(
     warnings = [r.getMessage() for r in caplog.records if "outside what DL/T 645" in r.getMessage()]
     assert len(warnings) == 1 and "pcc: power_kw = 120.0000" in warnings[0]
     assert "reads 79.9999" in warnings[0]
+
+
+async def test_pcc_above_80_kw_on_ct_ratio_reads_in_full_and_the_wire_carries_secondary(
+        make_site, caplog) -> None:
+    """The same 120 kW site behind 100/5 A CTs (ct_ratio 20): the meter carries 6 kW on the
+    wire, the driver configured with the same ratio reads 120 kW, nothing clamps."""
+    site, drivers = await make_site(config(load_kw=120.0, ct_ratio=20),
+                                    start="2026-06-22T00:00:00+08:00")
+    advance(site, 600)
+    pcc = site.state("pcc")
+    assert pcc["power_kw"] == pytest.approx(120.0)
+    with caplog.at_level(logging.WARNING, logger="hil.dlt645_server"):
+        raw = await drivers["pcc"].read(0x02030000)
+        await drivers["pcc"].connect()
+        r = (await drivers["pcc"].poll()).values
+    assert d.decode_value(raw, 3, 4, signed=True) == pytest.approx(6.0, abs=0.0001)
+    assert r["power_kw"] == pytest.approx(120.0, abs=20 * 0.00005)
+    assert r["import_kwh"] == pytest.approx(pcc["import_kwh"], abs=20 * 0.005)
+    assert r["current_a_a"] == pytest.approx(120_000 / 690, abs=20 * 0.0005)
+    assert r["voltage_a_v"] == 230.0  # no PT on a low-voltage feeder
+    assert not [m for m in caplog.messages if "outside what DL/T 645" in m]

@@ -1,0 +1,97 @@
+"""The DC bus as the controller sees it (DOMAIN.md §1): its voltage from the converters'
+readings, and an alarm when it stays outside nominal ± band.
+
+Only fresh readings count: a missed poll bridged by the last value repeats an old voltage
+and a stale converter tells nothing, so neither raises nor clears an alarm. An excursion is
+raised after `alarm_after_cycles` consecutive fresh readings out of band (one WARNING per
+excursion, however long it lasts) and cleared by the first fresh reading back in band.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from drivers.base import Quality
+from edge.config import Config, DcConverterDevice
+from edge.image import ProcessImage
+
+log = logging.getLogger(__name__)
+
+ALARM = "dc_bus_out_of_band"
+
+
+def band_v(conv: DcConverterDevice) -> tuple[float, float]:
+    half = conv.bus_nominal_v * conv.band_pct / 100
+    return conv.bus_nominal_v - half, conv.bus_nominal_v + half
+
+
+def _fresh(image: ProcessImage, conv_id: str) -> dict[str, float] | None:
+    """The converter's values read in this cycle's poll, or None."""
+    state = image.devices[conv_id]
+    if state.quality is not Quality.GOOD or state.failed_polls or state.reading is None:
+        return None
+    return state.reading.values
+
+
+def bus_v(config: Config, image: ProcessImage) -> float | None:
+    """The DC bus voltage: the mean over the GOOD converters (in parallel they measure one
+    bus, so one converter's reading stands for it); None without a GOOD converter."""
+    values = [image.value(d.id, "bus_v") for d in config.devices
+              if isinstance(d, DcConverterDevice) and image.good(d.id)]
+    return sum(values) / len(values) if values else None
+
+
+@dataclass(slots=True)
+class _Excursion:
+    cycles: int = 0  # consecutive fresh readings out of band
+    raised: bool = False
+    worst_v: float = math.nan
+
+
+class DcBusMonitor:
+    """Called once per cycle with the new image; returns the alarms standing after it."""
+
+    def __init__(self, config: Config) -> None:
+        self.converters = [d for d in config.devices if isinstance(d, DcConverterDevice)]
+        self._state = {d.id: _Excursion() for d in self.converters}
+        self._nameplate_seen: set[str] = set()
+
+    def observe(self, image: ProcessImage) -> tuple[str, ...]:
+        for conv in self.converters:
+            values = _fresh(image, conv.id)
+            if values is None:
+                continue
+            if conv.id not in self._nameplate_seen:
+                self._check_nominal(conv, values.get("nominal_v"))
+            v = values.get("bus_v")
+            if v is not None and math.isfinite(v):
+                self._see(conv, v)
+        return tuple(f"{ALARM}:{c.id}" for c in self.converters if self._state[c.id].raised)
+
+    def _check_nominal(self, conv: DcConverterDevice, device_v: float | None) -> None:
+        """Say once when the converter's own nameplate names another bus: the band (and the
+        alarm) would be about the wrong voltage."""
+        self._nameplate_seen.add(conv.id)
+        if device_v and abs(device_v - conv.bus_nominal_v) > 0.01 * conv.bus_nominal_v:
+            log.warning("device %s: config bus_nominal_v %g V but the converter reports a %g V "
+                        "bus; the alarm band follows the config - fix bus_nominal_v",
+                        conv.id, conv.bus_nominal_v, device_v)
+
+    def _see(self, conv: DcConverterDevice, v: float) -> None:
+        e = self._state[conv.id]
+        lo, hi = band_v(conv)
+        if lo <= v <= hi:
+            if e.raised:
+                log.info("DC bus at %s back in band: %.1f V (worst %.1f V)", conv.id, v, e.worst_v)
+            e.cycles, e.raised, e.worst_v = 0, False, math.nan
+            return
+        e.cycles += 1
+        nominal = conv.bus_nominal_v
+        if math.isnan(e.worst_v) or abs(v - nominal) > abs(e.worst_v - nominal):
+            e.worst_v = v
+        if not e.raised and e.cycles >= conv.alarm_after_cycles:
+            e.raised = True
+            log.warning("DC bus at %s out of band: %.1f V outside %.1f-%.1f V (%g V ± %g %%) "
+                        "for %d cycles", conv.id, v, lo, hi, nominal, conv.band_pct, e.cycles)

@@ -1,0 +1,89 @@
+"""The PEDF example site (configs/pedf_dc.yaml) in the HIL with the daemon and a real broker:
+telemetry carries the DC bus voltage the simulated droop converter holds, read over Modbus
+TCP; a bus fault drives it out of band, which raises `dc_bus_out_of_band:dcdc1` (one
+WARNING for the whole excursion), and the bus returning in band clears it."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import Subscriber, free_port, wait_for
+
+from edge.vpp.schemas import Telemetry
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from site_harness import running_site  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEED = 20.0
+ALARM = "dc_bus_out_of_band:dcdc1"
+DC_LOAD_KW, SLOPE = 20.0, 0.05 * 375 / 50  # droop 5 % of 375 V at 50 kW: 0.375 V/kW
+IN_BAND_V = 375 - SLOPE * DC_LOAD_KW  # 367.5 V
+FAULT_V = -60.0
+
+
+def site(tmp_path: Path, broker_port: int) -> dict:
+    data = yaml.safe_load((ROOT / "configs/pedf_dc.yaml").read_text())
+    for dev in data["devices"]:
+        dev["port"] = free_port()
+    dc = next(d for d in data["devices"] if d["role"] == "dcdc")
+    dc["sim"] = {"profile": "flat", "day_kw": DC_LOAD_KW, "droop_pct": 5}  # a steady bus
+    data["mqtt"].update({"port": broker_port, "telemetry_s": 2})
+    data["storage"]["dir"] = str(tmp_path / "state")
+    data["hil"]["start"] = "2026-06-22T10:00:00+08:00"
+    return data
+
+
+
+def telemetry(sub: Subscriber) -> list[dict]:
+    return [d for topic, d in sub.documents() if topic.endswith("/telemetry")]
+
+
+def devices(sub: Subscriber) -> list[dict]:
+    return [d for topic, d in sub.documents() if topic.endswith("/devices")]
+
+
+async def test_telemetry_carries_the_bus_voltage_and_an_excursion_raises_then_clears_the_alarm(
+        tmp_path, mosquitto, caplog):
+    caplog.set_level(logging.INFO, logger="edge.dcbus")
+    async with running_site(site(tmp_path, mosquitto.port), mosquitto, SPEED) as run:
+        sim, sub = run.site, run.sub
+        await wait_for(lambda: any(m["dc_bus_v"] is not None for m in telemetry(sub)), 20,
+                       "telemetry with dc_bus_v")
+        first = next(m for m in telemetry(sub) if m["dc_bus_v"] is not None)
+        assert first["dc_bus_v"] == pytest.approx(IN_BAND_V, abs=0.1)
+        assert sim.state("dcdc1")["bus_v"] == pytest.approx(IN_BAND_V)
+        assert first["alarms"] == [] and "dcdc1" not in first["stale"]
+        assert Telemetry.model_validate(first).dc_bus_v == first["dc_bus_v"]  # the contract
+
+        sim.devices["dcdc1"].inject_bus_fault(FAULT_V)  # 307.5 V, below 337.5 V
+        await wait_for(lambda: any(ALARM in m["alarms"] for m in telemetry(sub)), 20,
+                       "the out-of-band alarm in telemetry")
+        raised_at = next(i for i, m in enumerate(telemetry(sub)) if ALARM in m["alarms"])
+        # The excursion goes on for a while: still one alarm, still one warning.
+        await wait_for(lambda: len(telemetry(sub)) >= raised_at + 5, 20, "more telemetry")
+
+        sim.devices["dcdc1"].clear_bus_fault()
+        cleared_from = len(telemetry(sub))
+        await wait_for(lambda: any(not m["alarms"] for m in telemetry(sub)[cleared_from:]), 20,
+                       "the alarm cleared in telemetry")
+        msgs = telemetry(sub)
+        health = devices(sub)
+
+    during = msgs[raised_at:cleared_from]
+    assert all(m["alarms"] == [ALARM] for m in during)
+    assert all(m["dc_bus_v"] == pytest.approx(IN_BAND_V + FAULT_V, abs=0.1) for m in during)
+    back = next(m for m in msgs[cleared_from:] if not m["alarms"])
+    assert back["dc_bus_v"] == pytest.approx(IN_BAND_V, abs=0.1)
+
+    warnings = [r.getMessage() for r in caplog.records
+                if r.name == "edge.dcbus" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "dcdc1 out of band: 307.5 V" in warnings[0]
+    assert sum("back in band" in r.getMessage() for r in caplog.records) == 1
+
+    conv = next(d for d in health[-1]["devices"] if d["id"] == "dcdc1")
+    assert conv["role"] == "dcdc" and conv["map"] == "dcdc_generic" and conv["state"] == "good"
