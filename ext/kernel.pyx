@@ -1,5 +1,6 @@
 # distutils: extra_compile_args = -ffp-contract=off
-"""Compiled dispatch kernel: the site's final grid bounds -> battery setpoints and PV limits.
+"""Compiled dispatch kernel: the site's final grid bounds -> battery setpoints, PV limits and
+flexible loads on/off.
 
 Runs every control cycle, so the inner loops hold no Python objects and release the GIL.
 tests/kernel_twin.py is the readable spec; this file follows it operation for operation,
@@ -26,6 +27,16 @@ from layout cimport (
     C_V_RAMP,
     C_V_OK,
     C_NV,
+    C_L_P,
+    C_L_RATED,
+    C_L_ON,
+    C_L_PRIO,
+    C_L_AGE,
+    C_L_MIN_ON,
+    C_L_MIN_OFF,
+    C_L_MARGIN,
+    C_L_OK,
+    C_NL,
     C_IMPORT_UNMET,
     C_EXPORT_UNMET,
     C_TARGET_UNMET,
@@ -47,6 +58,16 @@ V_PREV = C_V_PREV
 V_RAMP = C_V_RAMP
 V_OK = C_V_OK
 NV = C_NV
+L_P = C_L_P
+L_RATED = C_L_RATED
+L_ON = C_L_ON
+L_PRIO = C_L_PRIO
+L_AGE = C_L_AGE
+L_MIN_ON = C_L_MIN_ON
+L_MIN_OFF = C_L_MIN_OFF
+L_MARGIN = C_L_MARGIN
+L_OK = C_L_OK
+NL = C_NL
 STATUS_IMPORT_UNMET = C_IMPORT_UNMET
 STATUS_EXPORT_UNMET = C_EXPORT_UNMET
 STATUS_TARGET_UNMET = C_TARGET_UNMET
@@ -92,10 +113,94 @@ cdef inline double pv_base(const double* row) noexcept nogil:
     return fmin(fmax(fmax(row[C_V_P], 0.0), row[C_V_PREV]), row[C_V_RATED])
 
 
+cdef inline bint shed_candidate(const double* row, double out) noexcept nogil:
+    return (is_ok(row[C_L_OK]) and row[C_L_ON] > 0.5 and out > 0.5
+            and row[C_L_AGE] >= row[C_L_MIN_ON] and row[C_L_P] > 0.0)
+
+
+cdef inline bint restore_candidate(const double* row) noexcept nogil:
+    return is_ok(row[C_L_OK]) and not (row[C_L_ON] > 0.5) and row[C_L_AGE] >= row[C_L_MIN_OFF]
+
+
+cdef inline bint restore_before(double pa, Py_ssize_t ka, double pb, Py_ssize_t kb) noexcept nogil:
+    return pa > pb or (pa == pb and ka < kb)
+
+
+cdef double switch_loads(double natural, double sum_lo, double sum_hi, double import_limit_kw,
+                         double export_limit_kw, const double* loads, Py_ssize_t nl,
+                         double* load_out) noexcept nogil:
+    # Shed where the batteries cannot hold the import limit, else restore one load (or, below
+    # a floor they cannot reach, as many as fit); see switch_loads in tests/kernel_twin.py.
+    cdef Py_ssize_t k, it, pick
+    cdef const double* row
+    cdef double excess, p, pending = 0.0, room, gap, rated, need, last_prio = INFINITY
+    cdef double leaving = 0.0
+    cdef Py_ssize_t last_k = -1
+    for k in range(nl):
+        row = loads + k * C_NL
+        if is_ok(row[C_L_OK]):
+            load_out[k] = 1.0 if row[C_L_ON] > 0.5 else 0.0
+            if not (row[C_L_ON] > 0.5) and row[C_L_AGE] < row[C_L_MIN_OFF]:
+                leaving += fmax(row[C_L_P], 0.0)
+        else:
+            load_out[k] = row[C_L_ON]
+    natural -= leaving
+    if natural - sum_hi > import_limit_kw + LIMIT_TOL_KW:
+        excess = natural - sum_hi - import_limit_kw
+        for it in range(nl):
+            pick = -1
+            for k in range(nl):
+                row = loads + k * C_NL
+                if shed_candidate(row, load_out[k]) and (
+                        pick < 0 or row[C_L_PRIO] < loads[pick * C_NL + C_L_PRIO]):
+                    pick = k
+            if pick < 0:
+                break
+            p = loads[pick * C_NL + C_L_P]
+            load_out[pick] = 0.0
+            natural -= p
+            excess -= p
+            if not (excess > 0.0):
+                break
+        return natural
+    for k in range(nl):
+        row = loads + k * C_NL
+        if is_ok(row[C_L_OK]) and row[C_L_ON] > 0.5 and row[C_L_AGE] <= row[C_L_MIN_ON]:
+            pending += fmax(0.0, row[C_L_RATED] - fmax(row[C_L_P], 0.0))
+    room = import_limit_kw - (natural - sum_hi) - pending
+    gap = -export_limit_kw - (natural - sum_lo)
+    for it in range(nl):
+        pick = -1
+        for k in range(nl):
+            row = loads + k * C_NL
+            if (restore_candidate(row) and restore_before(last_prio, last_k, row[C_L_PRIO], k)
+                    and (pick < 0 or restore_before(row[C_L_PRIO], k,
+                                                    loads[pick * C_NL + C_L_PRIO], pick))):
+                pick = k
+        if pick < 0:
+            break
+        rated = loads[pick * C_NL + C_L_RATED]
+        need = rated + loads[pick * C_NL + C_L_MARGIN]
+        last_prio = loads[pick * C_NL + C_L_PRIO]
+        last_k = pick
+        if need <= room:
+            load_out[pick] = 1.0
+            natural += rated
+            room -= rated
+            gap -= rated
+            if not (gap > 0.0):
+                break
+        elif not (gap > 0.0):
+            break
+    return natural
+
+
 cdef int dispatch_c(double grid_kw, double import_limit_kw, double export_limit_kw,
                     double grid_target_kw, double dt_s,
                     const double* bess, Py_ssize_t nb, const double* pv, Py_ssize_t nv,
-                    double* bess_out, double* pv_out, double* site_out) noexcept nogil:
+                    const double* loads, Py_ssize_t nl,
+                    double* bess_out, double* pv_out, double* load_out,
+                    double* site_out) noexcept nogil:
     cdef Py_ssize_t i
     cdef const double* row
     cdef double natural = grid_kw
@@ -109,9 +214,6 @@ cdef int dispatch_c(double grid_kw, double import_limit_kw, double export_limit_
         row = bess + i * C_NB
         if is_ok(row[C_B_OK]):
             natural += row[C_B_P]
-    target = clamp(natural if isnan(grid_target_kw) else grid_target_kw,
-                   -export_limit_kw, import_limit_kw)
-    required = natural - target
 
     for i in range(nb):
         row = bess + i * C_NB
@@ -123,6 +225,14 @@ cdef int dispatch_c(double grid_kw, double import_limit_kw, double export_limit_
             sum_b += b
             up += hi - b
             down += b - lo
+
+    if nl > 0:
+        natural = switch_loads(natural, sum_lo, sum_hi, import_limit_kw, export_limit_kw,
+                               loads, nl, load_out)
+
+    target = clamp(natural if isnan(grid_target_kw) else grid_target_kw,
+                   -export_limit_kw, import_limit_kw)
+    required = natural - target
     total = clamp(required, sum_lo, sum_hi)
 
     for i in range(nb):
@@ -204,13 +314,15 @@ cdef int dispatch_c(double grid_kw, double import_limit_kw, double export_limit_
 def dispatch(double grid_kw, double import_limit_kw, double export_limit_kw,
              double grid_target_kw, double dt_s,
              const double[:, ::1] bess, const double[:, ::1] pv,
-             double[::1] bess_out, double[::1] pv_out, double[::1] site_out) -> int:
-    """Write battery setpoints, PV limits and [expected grid, required battery, target] kW.
+             double[::1] bess_out, double[::1] pv_out, double[::1] site_out,
+             const double[:, ::1] loads=None, double[::1] load_out=None) -> int:
+    """Write battery setpoints, PV limits, load states (1.0 on / 0.0 off) and [expected grid,
+    required battery, target] kW. `loads` and `load_out` are optional (no flexible loads).
 
     Returns a bitmask: 1 import limit unmet, 2 export limit unmet, 4 target unmet by >0.01 kW.
     Shapes and scalar ranges are checked here, once, because the loops below trust them.
     """
-    cdef Py_ssize_t nb = bess.shape[0], nv = pv.shape[0]
+    cdef Py_ssize_t nb = bess.shape[0], nv = pv.shape[0], nl = 0
     cdef int status
     if bess.shape[1] != C_NB or pv.shape[1] != C_NV:
         raise ValueError(
@@ -219,19 +331,30 @@ def dispatch(double grid_kw, double import_limit_kw, double export_limit_kw,
         raise ValueError(
             f"outputs must have lengths {nb} (bess), {nv} (pv), 3 (site); got "
             f"{bess_out.shape[0]}, {pv_out.shape[0]}, {site_out.shape[0]}")
+    if loads is not None:
+        nl = loads.shape[0]
+        if loads.shape[1] != C_NL:
+            raise ValueError(f"loads must have {C_NL} columns; got {loads.shape[1]}")
+        if load_out is None or load_out.shape[0] != nl:
+            raise ValueError(
+                f"load_out must have length {nl} (loads); got "
+                f"{'none' if load_out is None else load_out.shape[0]}")
     if isnan(grid_kw) or isinf(grid_kw):
         raise ValueError(f"grid_kw must be a finite measurement, got {grid_kw}")
-    if not (import_limit_kw >= 0.0 and export_limit_kw >= 0.0):
+    # A negative export limit is a floor on import (valley filling); the window must hold.
+    if not (import_limit_kw >= -export_limit_kw):
         raise ValueError(
-            f"import/export limits must be >= 0 kW (inf = none), got "
-            f"{import_limit_kw} / {export_limit_kw}")
+            f"the grid window [-export, import] must not be empty (inf = none), got "
+            f"import {import_limit_kw} / export {export_limit_kw}")
     if not (0.0 <= dt_s < INFINITY):
         raise ValueError(f"dt_s must be finite and >= 0 s, got {dt_s}")
     with nogil:
         status = dispatch_c(grid_kw, import_limit_kw, export_limit_kw, grid_target_kw, dt_s,
                             &bess[0, 0] if nb > 0 else NULL, nb,
                             &pv[0, 0] if nv > 0 else NULL, nv,
+                            &loads[0, 0] if nl > 0 else NULL, nl,
                             &bess_out[0] if nb > 0 else NULL,
                             &pv_out[0] if nv > 0 else NULL,
+                            &load_out[0] if nl > 0 else NULL,
                             &site_out[0])
     return status

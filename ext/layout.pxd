@@ -19,6 +19,16 @@ cdef enum:
     C_V_RAMP = 3
     C_V_OK = 4
     C_NV = 5
+    C_L_P = 0
+    C_L_RATED = 1
+    C_L_ON = 2
+    C_L_PRIO = 3
+    C_L_AGE = 4
+    C_L_MIN_ON = 5
+    C_L_MIN_OFF = 6
+    C_L_MARGIN = 7
+    C_L_OK = 8
+    C_NL = 9
     C_IMPORT_UNMET = 1
     C_EXPORT_UNMET = 2
     C_TARGET_UNMET = 4

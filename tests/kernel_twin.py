@@ -5,7 +5,8 @@ ARM (the kernel is built with -ffp-contract=off) both give bit-identical results
 tests compare them on random inputs. Sums are explicit loops because `sum()` of floats is
 compensated from Python 3.12 on and would round differently from the C loop.
 
-Sign conventions: grid +import/-export, battery +discharge/-charge, PV >= 0; kW, s, %.
+Sign conventions: grid +import/-export, battery +discharge/-charge, PV >= 0, loads >= 0;
+kW, s, %.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ B_P, B_PREV, B_SOC, B_SOC_MIN, B_SOC_MAX, B_MAX_CH, B_MAX_DIS, B_RAMP, B_OK = ra
 NB = 9
 V_P, V_RATED, V_PREV, V_RAMP, V_OK = range(5)
 NV = 5
+L_P, L_RATED, L_ON, L_PRIO, L_AGE, L_MIN_ON, L_MIN_OFF, L_MARGIN, L_OK = range(9)
+NL = 9
 STATUS_IMPORT_UNMET = 1
 STATUS_EXPORT_UNMET = 2
 STATUS_TARGET_UNMET = 4
@@ -58,6 +61,98 @@ def battery_band(row: list[float], dt: float) -> tuple[float, float]:
     return max(lo_w, lo_r), min(hi_w, hi_r)
 
 
+def shed_candidate(row: list[float], out: float) -> bool:
+    """On, not yet shed in this call, past its minimum on-time, and drawing power."""
+    return (is_ok(row[L_OK]) and row[L_ON] > 0.5 and out > 0.5
+            and row[L_AGE] >= row[L_MIN_ON] and row[L_P] > 0.0)
+
+
+def restore_candidate(row: list[float]) -> bool:
+    """Off and past its minimum off-time."""
+    return is_ok(row[L_OK]) and not row[L_ON] > 0.5 and row[L_AGE] >= row[L_MIN_OFF]
+
+
+def restore_before(pa: float, ka: int, pb: float, kb: int) -> bool:
+    """Restore order: higher priority first, then the lower row index."""
+    return pa > pb or (pa == pb and ka < kb)
+
+
+def switch_loads(natural: float, sum_lo: float, sum_hi: float, import_limit_kw: float,
+                 export_limit_kw: float, loads: list[list[float]], load_out: np.ndarray) -> float:
+    """Switch flexible loads where the batteries cannot hold the grid window on their own;
+    return the grid without batteries once the switching takes effect.
+
+    A load switched off less than its min_off ago may still read what it drew (its meter
+    and the PCC meter lag the contactor by a poll): that power counts as gone, or the next
+    load would be shed for power that is already leaving. (A contactor that did not open
+    shows in its feedback; the cycle then reports the load as on.)
+
+    Shed (lowest priority first, only past min_on) while the import limit is out of the
+    batteries' reach. Otherwise restore one load per call (highest priority first, only past
+    min_off) when the room left, less what loads switched on within their min_on may still
+    start drawing, holds its rating plus its margin (the hysteresis that keeps a load near
+    the limit from being shed and restored over and over); a restore may lean on battery
+    discharge, which the allocation after this step already includes. Below a grid floor
+    (negative export limit) the batteries cannot reach, as many loads as the room takes are
+    switched on, in the same order. A target (self-consumption) never switches a load.
+    """
+    nl = len(loads)
+    leaving = 0.0
+    for k, row in enumerate(loads):
+        if is_ok(row[L_OK]):
+            load_out[k] = 1.0 if row[L_ON] > 0.5 else 0.0
+            if not row[L_ON] > 0.5 and row[L_AGE] < row[L_MIN_OFF]:
+                leaving += max(row[L_P], 0.0)
+        else:
+            load_out[k] = row[L_ON]
+    natural -= leaving
+    if natural - sum_hi > import_limit_kw + LIMIT_TOL_KW:
+        excess = natural - sum_hi - import_limit_kw
+        for _ in range(nl):
+            pick = -1
+            for k, row in enumerate(loads):
+                if shed_candidate(row, load_out[k]) and (
+                        pick < 0 or row[L_PRIO] < loads[pick][L_PRIO]):
+                    pick = k
+            if pick < 0:
+                break
+            p = loads[pick][L_P]
+            load_out[pick] = 0.0
+            natural -= p
+            excess -= p
+            if not excess > 0.0:
+                break
+        return natural
+    pending = 0.0
+    for row in loads:
+        if is_ok(row[L_OK]) and row[L_ON] > 0.5 and row[L_AGE] <= row[L_MIN_ON]:
+            pending += max(0.0, row[L_RATED] - max(row[L_P], 0.0))
+    room = import_limit_kw - (natural - sum_hi) - pending
+    gap = -export_limit_kw - (natural - sum_lo)  # > 0: below the floor at full charge
+    last_prio, last_k = math.inf, -1
+    for _ in range(nl):
+        pick = -1
+        for k, row in enumerate(loads):
+            if (restore_candidate(row) and restore_before(last_prio, last_k, row[L_PRIO], k)
+                    and (pick < 0 or restore_before(row[L_PRIO], k, loads[pick][L_PRIO], pick))):
+                pick = k
+        if pick < 0:
+            break
+        rated = loads[pick][L_RATED]
+        need = rated + loads[pick][L_MARGIN]
+        last_prio, last_k = loads[pick][L_PRIO], pick
+        if need <= room:
+            load_out[pick] = 1.0
+            natural += rated
+            room -= rated
+            gap -= rated
+            if not gap > 0.0:
+                break
+        elif not gap > 0.0:
+            break
+    return natural
+
+
 def dispatch(
     grid_kw: float,
     import_limit_kw: float,
@@ -69,22 +164,23 @@ def dispatch(
     bess_out: np.ndarray,
     pv_out: np.ndarray,
     site_out: np.ndarray,
+    loads: np.ndarray | None = None,
+    load_out: np.ndarray | None = None,
 ) -> int:
-    """Turn the site's grid bounds into battery setpoints and PV limits; return a status mask."""
+    """Turn the site's grid bounds into battery setpoints, PV limits and load on/off states;
+    return a status mask."""
     batteries = bess.tolist()
     inverters = pv.tolist()
+    flex = [] if loads is None else loads.tolist()
 
-    # 1-3: grid without the controllable batteries, the grid we aim for, what batteries must do.
+    # 1: grid without the controllable batteries.
     natural = grid_kw
     for row in batteries:
         if is_ok(row[B_OK]):
             natural += row[B_P]
-    aim = natural if math.isnan(grid_target_kw) else grid_target_kw
-    target = clamp(aim, -export_limit_kw, import_limit_kw)
-    required = natural - target
 
-    # 4-5: share the feasible total from the baseline (0 clamped into each band) towards
-    # the upper or lower bands, in proportion to each battery's remaining headroom.
+    # 2: what the batteries can do this cycle: their bands, and the baseline (0 clamped into
+    # each band) the allocation starts from.
     sum_lo = sum_hi = sum_b = up = down = 0.0
     for row in batteries:
         if is_ok(row[B_OK]):
@@ -95,6 +191,19 @@ def dispatch(
             sum_b += b
             up += hi - b
             down += b - lo
+
+    # 3: flexible loads cover what the batteries cannot (see switch_loads).
+    if flex:
+        natural = switch_loads(natural, sum_lo, sum_hi, import_limit_kw, export_limit_kw,
+                               flex, load_out)
+
+    # 4: the grid we aim for, and what the batteries must do.
+    aim = natural if math.isnan(grid_target_kw) else grid_target_kw
+    target = clamp(aim, -export_limit_kw, import_limit_kw)
+    required = natural - target
+
+    # 5: share the feasible total from the baseline towards the upper or lower bands, in
+    # proportion to each battery's remaining headroom.
     total = clamp(required, sum_lo, sum_hi)
 
     sum_out = 0.0

@@ -1,0 +1,531 @@
+"""Scenarios: a simulated stretch of a site's life, described in YAML (hil/scenarios/*.yaml).
+
+A scenario says when it starts and how long it runs, what the PV and the building really do
+(one value per step, inline or from a CSV next to the scenario, scaled so one profile fits
+several sites), which tariff and limits apply (overriding the site config), and what
+happens on the way (a device falling silent, a grid-operator DR event, a price spike).
+
+`load(path)` validates the file and every series it points to and returns a `Scenario`;
+errors name the field (`series.pv_kw.column: ...`) and the fix. `Scenario.apply(config)`
+gives the site config the run uses, and `Scenario.truth(config)` the `Truth`: the series
+and prices the HIL physics, the perfect forecast and the reference costs all read, so the
+controller and its references see one world.
+
+The keys (hil/scenarios/*.yaml use them all):
+
+    name, description
+    start: 2026-07-01T00:00:00+08:00   # on a quarter hour, with its UTC offset
+    step_s: 900                        # one value per step; divides 900 or a multiple of it
+    duration_h: 24                     # whole quarter hours and whole steps
+    history_days: 7                    # series before `start` -> the site history (forecasts)
+    series:                            # per step, kW, piecewise constant over the step
+      pv_kw:   {csv: data/x.csv, column: pv_kw_per_kwp, scale: 120}   # available PV
+      load_kw: [30, 31, ...]           # or inline; {values: [...], scale: 2} scales too
+    tariff: {periods: [...], export_price: 0.39, demand_charge_per_kw: 1.33, currency: CNY}
+    limits: {import_limit_kw: 80, export_limit_kw: null}   # null removes the site's limit
+    initial_soc_pct: 30                # every battery
+    terminal_value_per_kwh: 0.30       # worth of energy left at the end (default: min price)
+    events:
+      - {type: device_offline, device: load, at: "14:00", duration_min: 15}
+      - {type: dr_event, id: dr-1, at: "17:00", duration_min: 60, grid_max_kw: 40,
+         notice_min: 120}              # or grid_min_kw / grid_target_kw
+      - {type: price_spike, at: "19:00", duration_min: 30, import_price: 3.0}
+
+A CSV may carry a `time` column (ISO with offset): it must then start at start −
+history_days and advance by step_s. The series the PV inverters share (by rating) is the
+available power, capped by each inverter's rating; the load is shared by the load meters
+(by `sim.day_kw`) or drawn behind the PCC meter when the site has none.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from edge.config import BatteryDevice, Config, TariffConfig, TariffPeriod, read_yaml
+from edge.config import _message as _config_message
+from edge.config import _path as _config_path
+
+BILLING_S = 900  # demand is metered, and the optimum solved, on 15-min means
+
+
+class ScenarioError(Exception):
+    """Invalid scenario; `problems` holds one `path: message` line each."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SeriesSpec(_Model):
+    """One series: `values` inline, or `column` of `csv` (a path relative to the scenario
+    file); multiplied by `scale` (e.g. kW per kWp × the site's kWp)."""
+
+    values: list[float] | None = None
+    csv: str | None = None
+    column: str | None = None
+    scale: float = Field(1.0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inline_list(cls, data: object) -> object:
+        return {"values": data} if isinstance(data, list) else data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SeriesSpec:
+        if (self.values is None) == (self.csv is None):
+            raise ValueError("give either values: [...] or csv: FILE with column: NAME")
+        if self.csv is not None and self.column is None:
+            raise ValueError("csv needs column: the name of the column to read")
+        if self.values is not None and self.column is not None:
+            raise ValueError("column only applies with csv")
+        return self
+
+
+class SeriesConfig(_Model):
+    pv_kw: SeriesSpec = Field(description="available PV, kW (before any curtailment)")
+    load_kw: SeriesSpec = Field(description="building load, kW")
+
+
+class TariffOverride(_Model):
+    """Replaces the given parts of the site's tariff for the run."""
+
+    currency: str | None = None
+    periods: list[TariffPeriod] | None = Field(None, min_length=1)
+    export_price: float | None = Field(None, ge=0)
+    demand_charge_per_kw: float | None = Field(
+        None, ge=0, description="on the run's 15-min peak: prorate a monthly charge to the run")
+
+
+class LimitsOverride(_Model):
+    """PCC limits for the run; a key given as null removes the site's limit."""
+
+    import_limit_kw: float | None = Field(None, gt=0)
+    export_limit_kw: float | None = Field(None, ge=0)
+
+
+class _Event(_Model):
+    at: str = Field(description="'HH:MM' (local time of the start day, at or after the start) "
+                    "or an ISO time with UTC offset")
+    duration_min: float = Field(gt=0)
+
+    @field_validator("at")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        try:
+            if len(value) <= 5:
+                time.fromisoformat(value)
+            elif datetime.fromisoformat(value).tzinfo is None:
+                raise ValueError
+        except ValueError:
+            raise ValueError("expected 'HH:MM' or an ISO time with UTC offset, e.g. "
+                             "2026-07-15T14:00:00+08:00") from None
+        return value
+
+
+class DeviceOffline(_Event):
+    """The device stops answering on the wire (its physics keeps running)."""
+
+    type: Literal["device_offline"]
+    device: str
+
+
+class DrEvent(_Event):
+    """A grid-operator instruction on the PCC (import ≤ grid_max_kw, ≥ grid_min_kw, or a
+    target), announced `notice_min` before it starts."""
+
+    type: Literal["dr_event"]
+    id: str | None = None
+    grid_max_kw: float | None = None
+    grid_min_kw: float | None = None
+    grid_target_kw: float | None = None
+    notice_min: float = Field(60.0, ge=0)
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> DrEvent:
+        if self.grid_max_kw is None and self.grid_min_kw is None and self.grid_target_kw is None:
+            raise ValueError("give grid_max_kw, grid_min_kw or grid_target_kw")
+        if (self.grid_max_kw is not None and self.grid_min_kw is not None
+                and self.grid_min_kw > self.grid_max_kw):
+            raise ValueError("grid_min_kw must not exceed grid_max_kw")
+        return self
+
+
+class PriceSpike(_Event):
+    """The import price is `import_price` for the window (a scarcity price, a critical-peak
+    day). The controller is not told: only the HIL bill and the references see it."""
+
+    type: Literal["price_spike"]
+    import_price: float = Field(ge=0)
+
+
+Event = Annotated[DeviceOffline | DrEvent | PriceSpike, Field(discriminator="type")]
+
+
+class ScenarioFile(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = ""
+    start: datetime = Field(description="with UTC offset, e.g. 2026-07-15T00:00:00+08:00")
+    step_s: int = Field(900, ge=60, le=3600, description="one series value per step")
+    duration_h: float = Field(gt=0, le=24 * 14)
+    history_days: int = Field(0, ge=0, le=60, description="days of series before `start`: "
+                              "the site's history the controller's forecasts learn from")
+    series: SeriesConfig
+    tariff: TariffOverride | None = None
+    limits: LimitsOverride | None = None
+    initial_soc_pct: float | None = Field(None, ge=0, le=100, description="every battery")
+    terminal_value_per_kwh: float | None = Field(
+        None, ge=0, description="worth of energy left in the batteries at the end (all "
+        "strategies are charged/credited the same); default the lowest import price")
+    events: list[Event] = []
+
+    @field_validator("start")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("give an explicit UTC offset, e.g. 2026-07-15T00:00:00+08:00")
+        if value.timestamp() % BILLING_S:
+            raise ValueError("must fall on a quarter hour (the billing interval)")
+        return value
+
+    @field_validator("step_s")
+    @classmethod
+    def _step(cls, value: int) -> int:
+        if BILLING_S % value and value % BILLING_S:
+            raise ValueError("must divide 900 (60, 300, 900 ...) or be a multiple of it")
+        return value
+
+    @field_validator("duration_h")
+    @classmethod
+    def _whole(cls, value: float, info: ValidationInfo) -> float:
+        run_s = value * 3600
+        if abs(run_s / BILLING_S - round(run_s / BILLING_S)) > 1e-9:
+            raise ValueError("must be whole quarter hours (0.25, 0.5, ... 24)")
+        step = info.data.get("step_s")
+        if step and abs(run_s / step - round(run_s / step)) > 1e-9:
+            raise ValueError(f"must be a whole number of steps of step_s ({step} s)")
+        return value
+
+
+@dataclass(frozen=True)
+class Window:
+    """A resolved event: its kind, UTC window and the event it came from."""
+
+    start: datetime
+    end: datetime
+    event: DeviceOffline | DrEvent | PriceSpike
+    index: int
+
+    @property
+    def kind(self) -> str:
+        return self.event.type
+
+    @property
+    def id(self) -> str:
+        e = self.event
+        return (e.id if isinstance(e, DrEvent) and e.id else f"{e.type}-{self.index}")
+
+
+class Truth:
+    """What really happens: per-step PV and load (piecewise constant over each step) and the
+    import price of every instant. Times past the end wrap around to the start, so a planner
+    whose horizon reaches beyond the run sees another day like this one."""
+
+    def __init__(self, start: datetime, step_s: int, pv_kw: np.ndarray, load_kw: np.ndarray,
+                 tariff: TariffConfig, tz: ZoneInfo, spikes: list[Window]) -> None:
+        self.start = start
+        self.step_s = step_s
+        self.pv_kw = pv_kw
+        self.load_kw = load_kw
+        self.tariff = tariff
+        self.tz = tz
+        self.spikes = [(w.start, w.end, w.event.import_price) for w in spikes]
+        self._t0 = start.timestamp()
+
+    @property
+    def n(self) -> int:
+        return len(self.pv_kw)
+
+    @property
+    def end(self) -> datetime:
+        return self.start + timedelta(seconds=self.n * self.step_s)
+
+    def _index(self, t: datetime) -> int:
+        return int((t.timestamp() - self._t0 + 1e-6) // self.step_s) % self.n
+
+    def pv_at(self, t: datetime) -> float:
+        return float(self.pv_kw[self._index(t)])
+
+    def load_at(self, t: datetime) -> float:
+        return float(self.load_kw[self._index(t)])
+
+    def price_at(self, t: datetime) -> float:
+        for a, b, price in self.spikes:
+            if a <= t < b:
+                return price
+        return self.tariff.price_at(t.astimezone(self.tz).time())
+
+    def averages(self, start: datetime, n: int, step_s: int) -> tuple[np.ndarray, np.ndarray]:
+        """(load_kw, pv_kw) means over `n` steps of `step_s` from `start` (wrapping)."""
+        sub = math.gcd(step_s, self.step_s)
+        k = step_s // sub
+        offs = (start.timestamp() - self._t0) + np.arange(n * k) * sub
+        idx = (np.floor((offs + 1e-6) / self.step_s).astype(int)) % self.n
+        return self.load_kw[idx].reshape(n, k).mean(1), self.pv_kw[idx].reshape(n, k).mean(1)
+
+    def forecast(self, start: datetime, n: int, step_s: int) -> tuple[np.ndarray, np.ndarray]:
+        """The perfect forecast: the planner's callable `(start, n, step_s) -> (load, pv)`."""
+        return self.averages(start, n, step_s)
+
+    def import_prices(self, start: datetime, n: int, step_s: int) -> np.ndarray:
+        """Mean import price of each step (per-minute average: a step straddling a period
+        boundary or a spike pays the blend, as the metered bill does)."""
+        minutes = max(1, step_s // 60)
+        out = np.empty(n)
+        for i in range(n):
+            t0 = start + timedelta(seconds=i * step_s)
+            out[i] = np.mean([self.price_at(t0 + timedelta(minutes=m)) for m in range(minutes)])
+        return out
+
+
+@dataclass(frozen=True)
+class Scenario:
+    path: Path
+    spec: ScenarioFile
+    pv_kw: np.ndarray  # the whole scenario from `start`, per step (a truncated run keeps it)
+    load_kw: np.ndarray
+    history_pv_kw: np.ndarray  # the `history_days` before the start, per step
+    history_load_kw: np.ndarray
+    windows: tuple[Window, ...]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def start(self) -> datetime:
+        return self.spec.start
+
+    @property
+    def step_s(self) -> int:
+        return self.spec.step_s
+
+    @property
+    def duration_s(self) -> float:
+        return self.spec.duration_h * 3600
+
+    @property
+    def end(self) -> datetime:
+        return self.start + timedelta(seconds=self.duration_s)
+
+    def truncated(self, hours: float) -> Scenario:
+        """A run over the first `hours` (whole quarter hours) of the scenario, for short
+        runs. The world stays the whole scenario: a planner looking past the end of the
+        short run sees the rest of the scenario, not its start again."""
+        quarters = max(1, min(int(round(hours * 4)), int(self.duration_s // BILLING_S)))
+        spec = self.spec.model_copy(update={"duration_h": quarters / 4})
+        end = self.start + timedelta(seconds=quarters * BILLING_S)
+        return Scenario(self.path, spec, self.pv_kw, self.load_kw, self.history_pv_kw,
+                        self.history_load_kw, tuple(w for w in self.windows if w.start < end))
+
+    def apply(self, config: Config, *, planner: bool | None = None,
+              storage_dir: Path | None = None) -> Config:
+        """The site config of the run: start, tariff, limits, SoC and event devices
+        checked against the site. Raises ScenarioError naming the field."""
+        problems = []
+        ids = {d.id for d in config.devices}
+        for w in self.windows:
+            if isinstance(w.event, DeviceOffline) and w.event.device not in ids:
+                problems.append(f"events[{w.index}].device: no device {w.event.device!r} in "
+                                f"the site config; known: {', '.join(sorted(ids))}")
+        if problems:
+            raise ScenarioError(str(self.path), problems)
+        data = config.model_dump()
+        data["hil"]["start"] = self.start
+        s = self.spec
+        if s.tariff is not None:
+            data["tariff"].update(s.tariff.model_dump(exclude_unset=True))
+        if s.limits is not None:
+            data["control"].update(s.limits.model_dump(exclude_unset=True))
+        for d in data["devices"]:
+            if d["role"] == "battery" and s.initial_soc_pct is not None:
+                d["sim"]["initial_soc_pct"] = s.initial_soc_pct
+        if planner is not None:
+            data["planner"]["enabled"] = planner
+        if storage_dir is not None:
+            data["storage"]["dir"] = storage_dir
+        try:
+            return Config.model_validate(data)
+        except ValidationError as exc:
+            raise ScenarioError(str(self.path), [
+                f"{_config_path(e['loc'])}: {_config_message(e)} (after applying the scenario "
+                "to the site config)" for e in exc.errors()]) from None
+
+    def truth(self, config: Config) -> Truth:
+        """The world of the run, for a config returned by `apply`."""
+        spikes = [w for w in self.windows if isinstance(w.event, PriceSpike)]
+        return Truth(self.start.astimezone(ZoneInfo("UTC")), self.step_s, self.pv_kw,
+                     self.load_kw, config.tariff, ZoneInfo(config.site.timezone), spikes)
+
+    def dr_windows(self) -> list[Window]:
+        return [w for w in self.windows if isinstance(w.event, DrEvent)]
+
+    def initial_soc(self, config: Config) -> dict[str, float]:
+        return {d.id: d.sim.initial_soc_pct for d in config.devices if isinstance(d, BatteryDevice)}
+
+
+# -- loading ----------------------------------------------------------------------------------
+_EVENT_TYPES = ("device_offline", "dr_event", "price_spike")
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    out = []
+    for e in exc.errors():
+        loc = tuple(p for i, p in enumerate(e["loc"])
+                    if not (p in _EVENT_TYPES and i and isinstance(e["loc"][i - 1], int)))
+        if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            msg = f"type must be one of: {', '.join(_EVENT_TYPES)}"
+        elif e["type"] == "extra_forbidden":
+            msg = "is not a scenario key (check the spelling; hil/scenarios/*.yaml show them all)"
+        else:
+            msg = _config_message(e)
+        out.append(f"{_config_path(loc)}: {msg}")
+    return out
+
+
+def _read_csv(path: Path, field: str) -> tuple[list[str], list[list[str]]]:
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except OSError as exc:
+        raise ScenarioError(str(path), [f"{field}: cannot read {path}: {exc.strerror}"]) from None
+    if not rows:
+        raise ScenarioError(str(path), [f"{field}: {path.name} is empty"])
+    return [h.strip() for h in rows[0]], rows[1:]
+
+
+def _series(spec: SeriesSpec, field: str, base: Path, first: datetime, step_s: int,
+            n: int) -> tuple[np.ndarray | None, list[str]]:
+    """`n` values from `first`; (None, problems) when they cannot be had."""
+    if spec.values is not None:
+        values = np.asarray(spec.values, dtype=float)
+        where = f"{field}.values"
+    else:
+        path = (base / spec.csv).resolve()
+        where = f"{field}.column"
+        if not path.is_file():
+            return None, [f"{field}.csv: no file {path} (paths are relative to the scenario)"]
+        header, rows = _read_csv(path, f"{field}.csv")
+        if spec.column not in header:
+            return None, [f"{where}: {path.name} has no column {spec.column!r}; it has "
+                          f"{', '.join(header)}"]
+        col = header.index(spec.column)
+        if "time" in header:  # then it must line up with the scenario's steps
+            ti = header.index("time")
+            try:
+                t0 = datetime.fromisoformat(rows[0][ti])
+                t1 = datetime.fromisoformat(rows[1][ti]) if len(rows) > 1 else None
+            except (ValueError, IndexError):
+                return None, [f"{field}.csv: {path.name} row 2: time is not an ISO time"]
+            if t0.tzinfo is None or t0 != first:
+                return None, [f"{field}.csv: {path.name} starts at {rows[0][ti]}, the scenario "
+                              f"needs {first.isoformat()} (start minus history_days)"]
+            if t1 is not None and (t1 - t0).total_seconds() != step_s:
+                return None, [f"{field}.csv: {path.name} has a step of "
+                              f"{(t1 - t0).total_seconds():g} s; step_s is {step_s}"]
+        try:
+            values = np.array([float(r[col]) for r in rows if r], dtype=float)
+        except (ValueError, IndexError):
+            bad = next(i for i, r in enumerate(rows) if not _is_float(r, col))
+            return None, [f"{where}: {path.name} row {bad + 2}: not a number"]
+    problems = []
+    if len(values) < n:
+        problems.append(f"{where}: {len(values)} values, the scenario needs {n} (history_days "
+                        f"and duration_h at step_s {step_s})")
+    elif not np.all(np.isfinite(values[:n])) or np.any(values[:n] < 0):
+        bad = int(np.flatnonzero(~np.isfinite(values[:n]) | (values[:n] < 0))[0])
+        problems.append(f"{where}: value {bad} is {values[bad]}; series must be finite and >= 0")
+    return (None if problems else values[:n] * spec.scale), problems
+
+
+def _is_float(row: list[str], col: int) -> bool:
+    try:
+        float(row[col])
+        return True
+    except (ValueError, IndexError):
+        return False
+
+
+def _windows(spec: ScenarioFile) -> tuple[list[Window], list[str]]:
+    out, problems = [], []
+    end = spec.start + timedelta(hours=spec.duration_h)
+    for i, e in enumerate(spec.events):
+        if len(e.at) <= 5:
+            t = datetime.combine(spec.start.date(), time.fromisoformat(e.at), spec.start.tzinfo)
+            if t < spec.start:
+                t += timedelta(days=1)
+        else:
+            t = datetime.fromisoformat(e.at)
+        if not spec.start <= t < end:
+            problems.append(f"events[{i}].at: {t.isoformat()} is outside the run "
+                            f"({spec.start.isoformat()} + {spec.duration_h:g} h)")
+            continue
+        out.append(Window(t, t + timedelta(minutes=e.duration_min), e, i))
+    return out, problems
+
+
+def parse(data: object, source: str, base: Path) -> Scenario:
+    if not isinstance(data, dict):
+        raise ScenarioError(source, ["(top level): must be a mapping with name, start, "
+                                     "duration_h, series"])
+    try:
+        spec = ScenarioFile.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(source, _problems(exc)) from None
+    n_hist = spec.history_days * 86400 // spec.step_s
+    n = int(round(spec.duration_h * 3600 / spec.step_s))
+    first = spec.start - timedelta(days=spec.history_days)
+    pv, p1 = _series(spec.series.pv_kw, "series.pv_kw", base, first, spec.step_s, n_hist + n)
+    load, p2 = _series(spec.series.load_kw, "series.load_kw", base, first, spec.step_s,
+                       n_hist + n)
+    windows, p3 = _windows(spec)
+    if p1 or p2 or p3:
+        raise ScenarioError(source, p1 + p2 + p3)
+    return Scenario(Path(source), spec, pv[n_hist:], load[n_hist:], pv[:n_hist], load[:n_hist],
+                    tuple(windows))
+
+
+def load(path: str | Path) -> Scenario:
+    p = Path(path)
+    data = read_yaml(p, ScenarioError)
+    return parse(data, str(p), p.resolve().parent)
+
+
+def shipped() -> list[Path]:
+    """The scenarios shipped with the project."""
+    return sorted((Path(__file__).resolve().parent / "scenarios").glob("*.yaml"))
+
+
+__all__ = ["BILLING_S", "Scenario", "ScenarioError", "Truth", "Window", "load",
+           "parse", "shipped"]
