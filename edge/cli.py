@@ -1,8 +1,8 @@
-"""`pedf-edge` command line: check, run, hil, demo, scan.
+"""`pedf-edge` command line: check, run, hil, demo, simulate, scan, schema.
 
 Exit codes:
   0  ok (scan: at least one SunSpec device identified)
-  1  runtime failure
+  1  runtime failure (hil --platform: a check failed)
   2  invalid configuration or usage
   3  the compiled kernel is missing
   4  scan: nothing answered at all (connection refused or timed out, or every unit silent)
@@ -20,7 +20,14 @@ import sys
 from pathlib import Path
 
 from edge import config as config_mod
-from edge.config import BatteryDevice, Config, MeterDevice, PvDevice
+from edge.config import (
+    BatteryDevice,
+    Config,
+    DcConverterDevice,
+    FlexLoadDevice,
+    MeterDevice,
+    PvDevice,
+)
 
 EXIT_RUNTIME, EXIT_CONFIG, EXIT_KERNEL = 1, 2, 3
 EXIT_NO_ANSWER, EXIT_NOT_SUNSPEC = 4, 5
@@ -58,14 +65,27 @@ def _summary(cfg: Config) -> str:
         elif isinstance(d, BatteryDevice):
             detail = (f"{d.capacity_kwh:g} kWh, -{d.max_charge_kw:g}/+{d.max_discharge_kw:g} kW, "
                       f"SoC {d.soc_min_pct:g}-{d.soc_max_pct:g} %")
+            if d.bms is not None:
+                detail += f", BMS unit {d.bms.unit_id} map {d.bms.map}"
+        elif isinstance(d, FlexLoadDevice):
+            detail = (f"{d.rated_kw:g} kW, priority {d.priority}, min on/off "
+                      f"{d.min_on_s:g}/{d.min_off_s:g} s, safe {d.safe_state}")
+        elif isinstance(d, DcConverterDevice):
+            lo, hi = (d.bus_nominal_v * (1 + s * d.band_pct / 100) for s in (-1, 1))
+            detail = f"{d.rated_kw:g} kW, DC bus {d.bus_nominal_v:g} V, alarm outside {lo:g}-{hi:g} V"
         else:
             assert isinstance(d, MeterDevice)
             detail = f"measures {d.measures}"
+            if (d.ct_ratio, d.pt_ratio) != (1, 1):
+                detail += f", CT {d.ct_ratio:g} × PT {d.pt_ratio:g}"
         if d.protocol.startswith("dlt645-"):
             where = f"address {d.address}"
         else:
             where = f"unit {d.unit_id}" + (f" map {d.map}" if d.map else "")
-        bus = d.serial.port if d.serial is not None and d.endpoint[0] == "serial" else f"{d.host}:{d.port}"
+        bus = f"{d.host}:{d.port}"
+        if d.serial is not None and d.endpoint[0] == "serial":
+            s = d.serial
+            bus = f"{s.port} {s.baudrate} {s.bytesize}{s.parity}{s.stopbits}"
         lines.append(f"  {d.id:<10} {d.role:<8} {d.protocol} {bus} {where}  {detail}")
     imp = "none" if c.import_limit_kw is None else f"{c.import_limit_kw:g} kW"
     exp = "none" if c.export_limit_kw is None else f"{c.export_limit_kw:g} kW"
@@ -75,6 +95,12 @@ def _summary(cfg: Config) -> str:
         f"mqtt: {cfg.mqtt.host}:{cfg.mqtt.port} {cfg.mqtt.topic_prefix}/{cfg.site.id}/... every {cfg.mqtt.telemetry_s:g} s",
         f"state: {cfg.storage.dir}",
     ]
+    oa = cfg.openadr
+    if oa.vtn_url:
+        levels = ", ".join(f"{k}: {v:g}" for k, v in sorted(oa.simple_levels_kw.items()))
+        lines.append(f"openadr: VEN {oa.ven_name or cfg.site.id} -> {oa.vtn_url}, poll every "
+                     f"{oa.poll_interval_s:g} s, SIMPLE shed kW {{{levels}}}, "
+                     f"{'TLS + signed' if oa.cert_file else 'no certificates'}")
     return "\n".join(lines)
 
 
@@ -127,13 +153,66 @@ def cmd_hil(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     _logging(args.log_level)
+    plan = None
+    if args.vtn is not None:  # the grid-operator emulator too (an OpenADR VTN)
+        from hil.vtn import DEMO_EVENTS, address, load_events, run_vtn
+
+        source = Path(args.vtn) if args.vtn else DEMO_EVENTS
+        try:
+            plan = load_events(source)
+            address(cfg.openadr.vtn_url)
+        except ValueError as exc:
+            print(f"pedf-edge hil --vtn: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    script, passed = None, []
+    if args.platform:  # the park-platform emulator's script; built-in without FILE
+        from hil.platform import load_script
+
+        try:
+            script = load_script(Path(args.platform))
+        except ValueError as exc:
+            print(f"pedf-edge hil --platform: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+
+    async def platform(stop: asyncio.Event) -> None:
+        """The script is the run: when it ends, the simulator stops with it."""
+        from hil.platform import run_platform
+
+        task = asyncio.create_task(run_platform(cfg.mqtt, cfg.site.id, script))
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if task.done():
+            passed.append(task.result().passed)
+        else:
+            task.cancel()
+        stop.set()
 
     async def main() -> None:
         stop = asyncio.Event()
         _stop_on_signals(stop)
-        await run_hil(cfg, args.speed, stop)
+        jobs = [run_hil(cfg, args.speed, stop)]
+        if plan is not None:
+            jobs.append(run_vtn(cfg.openadr.vtn_url, plan, cfg.openadr.poll_interval_s, stop,
+                                source=str(source)))
+        if args.platform is not None:
+            jobs.append(platform(stop))
+        await asyncio.gather(*jobs)
 
     asyncio.run(main())
+    if args.platform is not None:
+        return 0 if passed == [True] else EXIT_RUNTIME
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from edge.vpp import schemas
+
+    try:
+        print(schemas.dumps(args.name))
+    except KeyError as exc:
+        print(f"pedf-edge schema: {exc.args[0]}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0
 
 
@@ -144,7 +223,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     _logging(args.log_level)
     try:
-        return asyncio.run(run_demo(cfg, wall_s=args.wall_seconds, speed=args.speed, hours=args.hours))
+        return asyncio.run(run_demo(cfg, wall_s=args.wall_seconds, speed=args.speed,
+                                    hours=args.hours, report=args.report))
+    except KernelUnavailable as exc:
+        print(f"pedf-edge: {exc}", file=sys.stderr)
+        return EXIT_KERNEL
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from edge.dispatch import KernelUnavailable
+    from edge.simulate import command
+
+    cfg = _load(args.config)
+    _logging(args.log_level)
+    try:
+        return command(cfg, args.scenario, out=args.out, report=args.report,
+                       forecast=args.forecast, planner=not args.no_planner, speed=args.speed,
+                       hours=args.hours, quiet=args.quiet)
     except KernelUnavailable as exc:
         print(f"pedf-edge: {exc}", file=sys.stderr)
         return EXIT_KERNEL
@@ -217,7 +312,20 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("hil", help="serve the configured devices as simulators on loopback")
     common(sp)
     sp.add_argument("--speed", type=float, default=None, help="simulated time speed-up (default hil.speed)")
+    sp.add_argument("--vtn", nargs="?", const="", default=None, metavar="FILE",
+                    help="also run the grid-operator emulator: an OpenADR VTN at openadr.vtn_url "
+                    "(default http://127.0.0.1:8080/OpenADR2/Simple/2.0b) issuing the events of "
+                    "FILE (default: the bundled hil/events/demo.yaml) to each VEN that registers")
+    sp.add_argument("--platform", nargs="?", const="", default=None, metavar="FILE",
+                    help="also run the park-platform emulator against the daemon (`pedf-edge run` "
+                    "on the same config): send the commands of FILE (default: a built-in script), "
+                    "check acks and reports, print a summary, then stop (exit 1 on a failed check)")
     sp.set_defaults(fn=cmd_hil)
+
+    sp = sub.add_parser("schema", help="print the JSON Schema of an MQTT message (all without NAME)")
+    sp.add_argument("name", nargs="?", metavar="NAME",
+                    help="telemetry, devices, flex, ack, dr_report, dispatch, dr_event, mode, cancel")
+    sp.set_defaults(fn=cmd_schema)
 
     sp = sub.add_parser("demo", help="HIL + controller for one simulated day, then a KPI table")
     common(sp, "configs/demo.yaml")
@@ -225,7 +333,27 @@ def parser() -> argparse.ArgumentParser:
                     help="wall time for the simulated span (default 110 s)")
     sp.add_argument("--speed", type=float, default=None, help="override the speed-up directly")
     sp.add_argument("--hours", type=float, default=24.0, help="simulated hours (default 24)")
+    sp.add_argument("--report", type=Path, metavar="FILE.html",
+                    help="where to write the HTML report (default: report.html in storage.dir)")
     sp.set_defaults(fn=cmd_demo, log_level="warning")
+
+    sp = sub.add_parser("simulate", help="run a scenario (HIL + controller on the simulated "
+                        "clock) and score it against perfect foresight, rules and no battery")
+    common(sp)
+    sp.add_argument("-s", "--scenario", required=True, metavar="FILE",
+                    help="scenario YAML (e.g. hil/scenarios/summer_weekday_tou.yaml)")
+    sp.add_argument("--out", type=Path, metavar="KPI.json", help="write the KPIs as JSON")
+    sp.add_argument("--report", type=Path, metavar="FILE.html", help="write the HTML report")
+    sp.add_argument("--forecast", choices=["perfect", "own"], default="own",
+                    help="planner forecasts: the daemon's own (default) or the scenario's "
+                    "true series")
+    sp.add_argument("--no-planner", action="store_true", help="rule-based control only")
+    sp.add_argument("--speed", type=float, default=720.0,
+                    help="simulated time speed-up (default 720: a day in ~2 min)")
+    sp.add_argument("--hours", type=float, default=None,
+                    help="run only the first H hours of the scenario")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    sp.set_defaults(fn=cmd_simulate, log_level="warning")
 
     sp = sub.add_parser("scan", help="find SunSpec devices at HOST[:PORT] and show their values")
     sp.add_argument("target", type=_target, metavar="HOST[:PORT]", help="Modbus TCP address (port 502)")

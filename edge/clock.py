@@ -18,6 +18,14 @@ class Clock:
         self.speed = speed
         self.start = (start or datetime.now(UTC)).astimezone(UTC)
         self._t0 = time.monotonic()
+        # A real-time daemon follows the wall clock (NTP may correct it after boot on a box
+        # without an RTC); only a HIL run with its own start and speed is pure simulation.
+        self._wall = start is None and speed == 1.0
+
+    @property
+    def wall(self) -> bool:
+        """now() is the wall clock itself (a real-time daemon, not a HIL run)."""
+        return self._wall
 
     @property
     def simulated(self) -> bool:
@@ -29,6 +37,8 @@ class Clock:
 
     def now(self) -> datetime:
         """Current (simulated) time, aware, in UTC."""
+        if self._wall:
+            return datetime.now(UTC)
         return self.start + timedelta(seconds=self.elapsed_s())
 
     def wall_s(self, sim_seconds: float) -> float:

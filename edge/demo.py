@@ -7,19 +7,51 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from edge import report_html
 from edge.clock import Clock
 from edge.config import Config
+from edge.history import INTERVAL_S, PER_DAY, History, Interval, interval_start
 from edge.report.broker import ensure_broker
-from edge.runtime import Daemon
+from edge.report_html import Steps
+from edge.runtime import Daemon, state_dir
+from edge.simulate import PlanTrack
 from hil.site import SimSite
 
 log = logging.getLogger(__name__)
+
+HISTORY_DAYS = 7  # what the PV calibration reads; the load forecast finds 5 working days in it
+
+
+def seed_history(config: Config, days: int = HISTORY_DAYS) -> int:
+    """The `days` local days before `hil.start` as the site's 15-min history, from the
+    site's own physics with no battery (`SimSite.history_kw`), so the planner starts with a
+    load profile of similar days and a calibrated PV forecast, as on a site that has been
+    running, instead of carrying the first measured load forward. Stored intervals of those
+    days are replaced, so a re-run of the demo seeds the same days. Returns the number of
+    intervals. Runs before the demo's clock starts: it costs no simulated time."""
+    site = SimSite(config)  # not started: its devices' physics, no sockets
+    end = interval_start(config.hil.start)
+    local = end.astimezone(site.tz).date() - timedelta(days=days)
+    first = datetime.combine(local, datetime.min.time(), site.tz)
+    kw = site.history_kw(first, end, INTERVAL_S)
+    h = INTERVAL_S / 3600
+    history = History(state_dir(config) / "history.sqlite")
+    try:
+        for i, (pv, load, grid) in enumerate(zip(kw["pv_kw"], kw["load_kw"], kw["grid_kw"])):
+            history.put(Interval(first + timedelta(seconds=i * INTERVAL_S),
+                                 import_kwh=max(grid, 0.0) * h, export_kwh=max(-grid, 0.0) * h,
+                                 pv_kwh=pv * h, load_kwh=load * h, covered_s=INTERVAL_S))
+    finally:
+        history.close()
+    return len(kw["pv_kw"])
 
 
 class _Counter:
@@ -78,21 +110,26 @@ def kpi_table(kpis: dict, console: Console) -> None:
 
 
 async def run_demo(config: Config, wall_s: float = 110.0, speed: float | None = None,
-                   hours: float = 24.0) -> int:
+                   hours: float = 24.0, report: Path | None = None) -> int:
+    """`report`: where the HTML report goes (default: report.html in the storage dir)."""
     console = Console()
     sim_s = hours * 3600.0
     speed = speed or sim_s / wall_s
+    n = seed_history(config)
+    console.print(f"History: {n / PER_DAY:g} days before the start seeded from the site's "
+                  "physics (no battery), for the forecasts and DR baselines")
+    clock = Clock(config.hil.start, speed)
+    site = SimSite(config, clock)
+    await site.start()  # first: an embedded broker's free port must not be a device's port
     broker = await ensure_broker(config.mqtt.host, config.mqtt.port)
     where = "embedded amqtt" if broker.embedded else "existing"
     console.print(f"MQTT: {where} broker at {broker.host}:{broker.port}; "
                   f"HIL + controller at ×{speed:.0f} ({hours:g} h in ~{sim_s / speed:.0f} s)")
-    clock = Clock(config.hil.start, speed)
-    site = SimSite(config, clock)
-    await site.start()
     daemon = Daemon(config, clock, mqtt_host=broker.host, mqtt_port=broker.port)
     counter = _Counter(broker.host, broker.port, daemon.link.topic("telemetry"))
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop), name="daemon")
+    plans = PlanTrack()
     try:
         columns = (TextColumn("[bold]{task.description}"), BarColumn(),
                    TextColumn("{task.fields[sim]}"), TimeElapsedColumn())
@@ -101,6 +138,8 @@ async def run_demo(config: Config, wall_s: float = 110.0, speed: float | None = 
             while (t := clock.elapsed_s()) < sim_s and not task.done():
                 local = clock.now().astimezone(site.tz)
                 progress.update(bar, completed=t, sim=f"{local:%H:%M} {site.status_line()[17:60]}")
+                if daemon.planner is not None:
+                    plans.see(daemon.planner.last)
                 await asyncio.sleep(0.1)
             progress.update(bar, completed=sim_s)
     finally:
@@ -114,8 +153,19 @@ async def run_demo(config: Config, wall_s: float = 110.0, speed: float | None = 
     await broker.close()
     kpis = site.kpis()
     kpi_table(kpis, console)
+    n = int(min(clock.elapsed_s(), sim_s) // 900)
+    steps = plans.in_force(clock.start, n, 900) if plans.plans and n else None
+    plan = Steps(clock.start, 900, steps["grid"], steps["bess"], steps["soc"]) if steps else None
+    end = clock.start + timedelta(seconds=sim_s)
+    path = report_html.write(report_html.from_site(config, site, kpis, plan, end=end),
+                             report or state_dir(config) / "report.html")
+    console.print(f"Report: {path}")
     stats = daemon.cycle.stats
     console.print(f"Controller: {stats.cycles} cycles, {stats.crashes} crashes; "
                   f"telemetry received by the platform subscriber: {len(counter.ids)} messages; "
                   f"left in the outbox: {daemon.undelivered}")
+    if daemon.planner is not None:
+        ps, src = daemon.planner.stats, daemon.forecaster.source
+        console.print(f"Planner: {ps.solves} plans adopted, {ps.failures} fallbacks; forecasts: "
+                      f"load {src['load']}, PV {src['pv']}")
     return 0 if counter.ids and stats.crashes == 0 else 1

@@ -6,20 +6,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from drivers.base import DeviceError
 from drivers.registry import build_devices
-from edge import dispatch, telemetry
+from edge import carbon, dispatch, telemetry
 from edge.clock import Clock
 from edge.config import Config
 from edge.cycle import ControlCycle
+from edge.forecast import Forecaster
+from edge.history import Accumulator, History, site_power
 from edge.notify import Notifier
 from edge.report.mqtt import MqttLink
 from edge.report.outbox import Outbox
+from edge.vpp import flex
+from edge.vpp.commands import CommandHandler
+from edge.vpp.dr import DrManager
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,30 @@ class Daemon:
         self.link = MqttLink(mqtt, config.site.id, self.outbox)
         self.devices = build_devices(config)
         self.cycle = ControlCycle(config, self.devices, self.kernel, self.clock)
+        self.history = History(directory / "history.sqlite")
+        self.meter = Accumulator(self.history.counters(),
+                                 max_dt_s=max(60.0, 10 * config.control.cycle_s),
+                                 co2_kg_per_import_kwh=config.carbon.import_factor)
+        # DR events: baselines from the history, instructions in the book, M&V reports.
+        self.dr = DrManager(config, self.cycle.book, self.history, self.meter,
+                            directory / "dr.sqlite", self.clock.now())
+        self.commands = (CommandHandler(config, self.clock, self.cycle, self.outbox, self.link,
+                                        wake=self.cycle.wake, dr=self.dr)
+                         if config.vpp.commands else None)
+        self._commands_task: asyncio.Task | None = None
+        self.ven = None  # OpenADR 2.0b VEN, only with openadr.vtn_url; its events run on self.dr
+        if config.openadr.vtn_url:
+            from edge.vpp.openadr import Ven  # openleadr takes ~0.5 s to import: only when used
+
+            self.ven = Ven(config, self.cycle, self.clock, directory, self.dr)
+            self.ven.restore()
+        self.green_share_today: float | None = None
+        self.forecaster = Forecaster(config, self.history)
+        self.planner = None  # last plan and solve stats: planner.last, planner.stats
+        if config.planner.enabled:
+            from edge.plan.planner import Planner  # HiGHS + scipy.sparse: only when used
+
+            self.planner = Planner(config, self.cycle, self.clock, self.forecaster, self.history)
         self.scheduler: AsyncIOScheduler | None = None
         self.ready = asyncio.Event()
         self.undelivered = 0  # outbox rows left at shutdown; they go out on the next start
@@ -67,11 +97,69 @@ class Daemon:
         if image is None:
             return
         payload = telemetry.build(self.config, image, self.cycle.decision)
+        self.history.save_counters(self.meter.counters)  # before anyone sees them
+        payload["counters"] = {k: round(v, 4) for k, v in self.meter.counters.items()
+                               if k != "co2_kg"}
+        payload["co2_kg"] = round(self.meter.counters["co2_kg"], 4)
+        payload["green_share"] = self.green_share_today
         self.outbox.enqueue(self.link.topic("telemetry"), payload)
+
+    def _after_cycle(self) -> None:
+        """Runs after every cycle: watchdog, then integrate the image into the history.
+        The history never takes the cycle down: a full disk is logged, control goes on."""
+        self.notifier.watchdog()
+        image = self.cycle.image
+        if image is None:
+            return
+        try:
+            power = site_power(self.config, image)
+            self.forecaster.observe(image.ts, power, self._pv_curtailed(), image.dt_s)
+            closed = self.meter.add(image.ts, image.dt_s, power)
+            if closed is not None:
+                self.history.put(closed, self.meter.counters, merge=True)
+                self.forecaster.errors.metered(closed)
+                tz = ZoneInfo(self.config.site.timezone)
+                msg = carbon.report(self.history, self.config.carbon, closed, tz, image.ts)
+                self.green_share_today = msg["day"]["green_share"]
+                self.outbox.enqueue(self.link.topic("carbon"), msg)
+        except Exception:  # noqa: BLE001
+            log.exception("recording the site history failed; control continues")
+
+    async def publish_flex(self) -> None:
+        image = self.cycle.image
+        if image is None:
+            return
+        plan = getattr(getattr(self, "planner", None), "plan", None)
+        payload = flex.build(self.config, image, self.clock.now(), plan)
+        self.outbox.enqueue(self.link.topic("flex"), payload)
+
+    async def dr_tick(self) -> None:
+        """DR events: late baselines, expired instructions, and the `dr/<event_id>`
+        reports that are due (every dr.report_s, at phase changes, the final one)."""
+        for msg in self.dr.tick(self.clock.now(), self.cycle.image):
+            self.outbox.enqueue(self.link.topic(f"dr/{topic_level(msg['event_id'])}"), msg)
 
     async def publish_devices(self) -> None:
         payload = telemetry.device_health(self.config, self.cycle, self.clock.now(), self.clock.speed)
         self.outbox.enqueue(self.link.topic("devices"), payload)
+
+    def _save_open_interval(self) -> None:
+        """The quarter hour in progress goes to disk on the way down; the next start adds
+        the rest of it (History.put merge), so a restart costs no measured energy."""
+        try:
+            part = self.meter.current()
+            if part is not None:
+                self.history.put(part, self.meter.counters, merge=True)
+        except Exception:  # noqa: BLE001 - keep shutting down
+            log.exception("saving the open history interval failed")
+
+    def _pv_curtailed(self) -> bool:
+        """Output held below what the sun offers says nothing about clouds."""
+        d = self.cycle.decision
+        if d is None:
+            return False
+        return any(d.pv_limit_kw.get(p.id, p.rated_kw) < 0.98 * p.rated_kw
+                   for p in self.cycle.pvs)
 
     async def housekeeping(self) -> None:
         d = self.cycle.stats.durations_ms
@@ -80,6 +168,14 @@ class Daemon:
             self.cycle.stats.cycles, self.cycle.stats.crashes, d[-1] if d else 0.0,
             len(self.outbox), "up" if self.link.connected else "down",
         )
+        # DR baselines look further back than forecasts: keep what either needs.
+        keep = timedelta(days=max(self.config.forecast.history_days,
+                                  self.config.dr.lookback_days + 2))
+        now = self.clock.now()
+        self.history.prune(now - keep)
+        self.dr.prune(now)
+        if self.ven is not None:
+            self.ven.store.prune(now - keep)
 
     async def run(self, stop: asyncio.Event) -> None:
         site = self.config.site.id
@@ -88,11 +184,15 @@ class Daemon:
         if short:
             log.warning("revert_s of %s is shorter than the cycle can re-write at this speed; "
                         "those devices will revert between cycles", ", ".join(short))
+        if self.commands is not None:
+            self.commands.subscribe()
         await self.link.start()
         cycle_task: asyncio.Task | None = None
         try:
             await self._connect_devices()
             await self.cycle.step()
+            if self.ven is not None:
+                await self.ven.start()  # opt decisions need the first image
             self.scheduler = AsyncIOScheduler()
             every = max(self.clock.wall_s(self.config.mqtt.telemetry_s), 0.05)
             self.scheduler.add_job(self.publish_telemetry, "interval", seconds=every,
@@ -103,9 +203,21 @@ class Daemon:
                                    next_run_time=datetime.now())
             self.scheduler.add_job(self.housekeeping, "interval", seconds=60,
                                    id="housekeeping", max_instances=1, coalesce=True)
+            self.scheduler.add_job(self.publish_flex, "interval",
+                                   seconds=max(self.clock.wall_s(self.config.vpp.flex_s), 0.05),
+                                   id="flex", max_instances=1, coalesce=True,
+                                   next_run_time=datetime.now())
+            self.scheduler.add_job(
+                self.dr_tick, "interval", id="dr", max_instances=1, coalesce=True,
+                seconds=max(self.clock.wall_s(min(10.0, self.config.dr.report_s)), 0.05))
+            if self.planner is not None:
+                self.planner.attach(self.scheduler)  # re-plans on schedule and on request
             self.scheduler.start()
+            if self.commands is not None:  # commands are judged against the first image
+                self._commands_task = asyncio.create_task(self.commands.run(), name="commands")
+                self._commands_task.add_done_callback(_log_if_failed)
             cycle_task = asyncio.create_task(
-                self.cycle.run(stop, on_cycle=self.notifier.watchdog), name="control-cycle"
+                self.cycle.run(stop, on_cycle=self._after_cycle), name="control-cycle"
             )
             self.notifier.ready(f"controlling {len(self.devices)} devices")
             self.ready.set()
@@ -119,6 +231,8 @@ class Daemon:
         self.notifier.stopping()
         log.info("site %s: stopping", self.config.site.id)
         steps = [
+            ("commands", lambda: self._cancel(self._commands_task)),
+            ("openadr", self._stop_ven),
             ("scheduler", self._stop_scheduler),
             ("control cycle", lambda: self._cancel(cycle_task)),
             ("safe state", self.cycle.apply_safe_state),
@@ -132,7 +246,14 @@ class Daemon:
                 log.exception("shutdown step %s failed", name)
         self.undelivered = len(self.outbox)
         self.outbox.close()
+        self._save_open_interval()
+        self.history.close()
+        self.dr.close()
         self.notifier.close()
+
+    async def _stop_ven(self) -> None:
+        if self.ven is not None:
+            await self.ven.stop()
 
     async def _stop_scheduler(self) -> None:
         if self.scheduler is not None and self.scheduler.running:
@@ -147,3 +268,16 @@ class Daemon:
     async def _close_devices(self) -> None:
         for dev in self.devices.values():
             await dev.close()
+
+
+def _log_if_failed(task: asyncio.Task) -> None:
+    """A background task that ends other than by cancellation is a bug: say so loudly
+    (nothing awaits it until shutdown, so its error would otherwise surface only then)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task %s ended with an error", task.get_name(), exc_info=task.exception())
+
+
+def topic_level(name: str) -> str:
+    """One MQTT topic level from an id we did not choose (an OpenADR VTN's event id): no
+    level separators, wildcards or NUL; the payload keeps the id as it was."""
+    return "".join("_" if c in "/+#\0" or c.isspace() else c for c in name) or "_"

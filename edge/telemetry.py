@@ -7,8 +7,9 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 
-from edge.config import BatteryDevice, Config, MeterDevice, PvDevice
+from edge.config import BatteryDevice, Config, FlexLoadDevice, MeterDevice, PvDevice
 from edge.cycle import ControlCycle, Decision
+from edge.dcbus import bus_v
 from edge.image import ProcessImage
 
 
@@ -41,6 +42,8 @@ def build(config: Config, image: ProcessImage, decision: Decision | None) -> dic
         load_kw = grid_kw + pv_kw + bess_kw  # site balance (DOMAIN.md §2)
     else:
         load_kw = None
+    flex = [d for d in config.devices if isinstance(d, FlexLoadDevice)]
+    flex_on = _sum(image, flex, "on")
     return {
         "ts": _iso(image.ts),
         "grid_kw": _r(grid_kw),
@@ -48,11 +51,17 @@ def build(config: Config, image: ProcessImage, decision: Decision | None) -> dic
         "bess_kw": _r(bess_kw),
         "soc_pct": _r(soc, 2),
         "load_kw": _r(load_kw),
+        # Switchable loads: what they draw, and how many run (the rest are shed).
+        "flex_load_kw": _r(_sum(image, flex, "power_kw")),
+        "flex_loads_on": None if flex_on is None else round(flex_on),
+        # One DC bus per site: the mean of its GOOD converters; null without one.
+        "dc_bus_v": _r(bus_v(config, image), 1),
         "import_kwh": _r(image.last(grid, "import_kwh")),
         "export_kwh": _r(image.last(grid, "export_kwh")),
         "mode": decision.mode if decision else "starting",
         "stale": sorted(d for d, s in image.devices.items() if s.quality.value != "good"),
         "limits_unmet": _unmet(decision),
+        "alarms": list(decision.alarms) if decision else [],
     }
 
 

@@ -12,16 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import numpy as np
 from pymodbus.server import ModbusTcpServer
 
 from edge.clock import Clock
 from edge.config import Config, MeterDevice, TariffConfig
-from hil.devices import Dlt645SimMeter, Env, Fault, SimulatedDevice, build
-from hil.dlt645_server import Dlt645Server
+from hil.devices import Dlt645SimMeter, Env, Fault, MapSimDevice, SimulatedDevice, build
+from hil.dlt645_server import MeterBus, meter_bus, meter_bus_key
+from hil.flexload import MapFlexLoadSim  # noqa: F401 - registers the flexible-load simulator
 from hil.physics import load_kw
 from hil.serial_server import RTU_PROTOCOLS, RtuBus
 
@@ -113,33 +116,55 @@ class _Endpoint:
 
 
 class SimSite:
+    """`truth` (a scenario's `hil.scenario.Truth`, optional) replaces the devices' sim
+    profiles: its PV series is shared among the inverters by rating, its load among the
+    load meters by `sim.day_kw` (or is the PCC meter's hidden load), and its prices make
+    the bill. `on_substep(sample, dt_s)`, when set, sees every physics sub-step."""
+
     def __init__(
-        self, config: Config, clock: Clock | None = None, speed: float | None = None
+        self, config: Config, clock: Clock | None = None, speed: float | None = None,
+        truth=None,
     ) -> None:
         self.config = config
         self.clock = clock or Clock(config.hil.start, speed or config.hil.speed)
         self.tz = ZoneInfo(config.site.timezone)
+        self.truth = truth
+        self.on_substep: Callable[[Sample, float], None] | None = None
+        self._range_kw = self._meter_range_kw(config)
+        if truth is not None:  # room for the scenario's load beyond what the profiles allow
+            metered = [d for d in config.devices if d.role == "meter" and d.measures == "load"]
+            allowed = sum(max(d.sim.base_kw * 1.2, d.sim.day_kw) * 1.05
+                          for d in metered or [config.grid_meter])
+            self._range_kw += max(0.0, float(truth.load_kw.max()) * 1.05 - allowed)
         self.devices: dict[str, SimulatedDevice] = {
-            d.id: build(d, self._meter_range_kw(config)) for d in config.devices
+            d.id: build(d, self._range_kw) for d in config.devices
         }
         loads = [d for d in config.devices if isinstance(d, MeterDevice) and d.measures == "load"]
         # Without a load submeter the building still consumes: the PCC meter's profile is the load.
         self._hidden_load = None if loads else config.grid_meter.sim
+        pvs = [d for d in config.devices if d.role == "pv"]
+        self._pv_share = {d.id: d.rated_kw / sum(p.rated_kw for p in pvs) for d in pvs}
+        day = sum(d.sim.day_kw for d in loads)
+        self._load_share = {d.id: d.sim.day_kw / day if day else 1 / len(loads) for d in loads}
+        if not loads:
+            self._load_share = {config.grid_meter.id: 1.0}
         self._endpoints: dict[tuple[str, int], _Endpoint] = {}
         self._buses: dict[str, RtuBus] = {}  # serial port -> the RTU units on that bus
-        self._dlt645: dict[tuple[str, int], Dlt645Server] = {}  # gateway -> its meters
+        self._dlt645: dict[tuple, MeterBus] = {}  # gateway or serial port -> its meters
         for d in config.devices:
             dev = self.devices[d.id]
+            units = dev.bus_units() if isinstance(dev, MapSimDevice) else [dev]  # PCS + BMS
             if d.protocol in RTU_PROTOCOLS and d.serial is not None:
-                self._buses.setdefault(d.serial.port, RtuBus(d.serial)).add(dev)
+                for unit in units:
+                    self._buses.setdefault(d.serial.port, RtuBus(d.serial)).add(unit)
                 continue
             if isinstance(dev, Dlt645SimMeter):
-                key = (d.host, d.port)
-                self._dlt645.setdefault(key, Dlt645Server(d.host, d.port)).add(dev)
+                self._dlt645.setdefault(meter_bus_key(d), meter_bus(d)).add(dev)
                 continue
             ep = self._endpoints.setdefault((d.host, d.port), _Endpoint(d.host, d.port, []))
-            ep.devices.append(dev)
-            dev.on_drop = lambda ep=ep: self._drop_connections(ep)
+            for unit in units:
+                ep.devices.append(unit)
+                unit.on_drop = lambda ep=ep: self._drop_connections(ep)
         if clash := self._dlt645.keys() & self._endpoints.keys():
             host, port = sorted(clash)[0]
             raise ValueError(f"{host}:{port} serves both Modbus and DL/T 645 devices; one port "
@@ -161,6 +186,8 @@ class SimSite:
                 total += d.rated_kw
             elif d.role == "battery":
                 total += max(d.max_charge_kw, d.max_discharge_kw)
+            elif d.role in ("load", "dcdc"):  # a DC bus converter draws up to its rating
+                total += d.rated_kw
         # Only the profiles that really draw power count: the load meters', or the PCC
         # meter's when it stands in for the building load.
         for d in loads or [config.grid_meter]:
@@ -187,7 +214,12 @@ class SimSite:
         t_utc = self.clock.start + timedelta(seconds=self.t_s)
         t_local = t_utc.astimezone(self.tz)
         site = self.config.site
-        env = Env(self.t_s, t_utc, t_local, site.latitude, site.longitude)
+        series = None
+        if self.truth is not None:
+            pv_t, load_t = self.truth.pv_at(t_utc), self.truth.load_at(t_utc)
+            series = {k: f * pv_t for k, f in self._pv_share.items()}
+            series.update({k: f * load_t for k, f in self._load_share.items()})
+        env = Env(self.t_s, t_utc, t_local, site.latitude, site.longitude, series)
         pv = pv_av = bess = other = 0.0
         for d in self.devices.values():
             if d.balancing:
@@ -203,19 +235,23 @@ class SimSite:
         load = -other
         if self._hidden_load is not None:
             s = self._hidden_load
-            load += load_kw(s.profile, t_local, s.base_kw, s.day_kw)
+            load += (series[self.config.grid_meter.id] if series is not None
+                     else load_kw(s.profile, t_local, s.base_kw, s.day_kw))
         grid = load - pv - bess
         for d in self.devices.values():
             if d.balancing:
                 d.measure(grid, dt_s)
         t_end = t_utc + timedelta(seconds=dt_s)
-        price = self.config.tariff.price_at(t_local.time())
+        price = (self.truth.price_at(t_utc) if self.truth is not None
+                 else self.config.tariff.price_at(t_local.time()))
         self.ledger.add(t_utc, price, dt_s, load, pv, pv_av, bess, grid)
         pv_nb, limit = pv_av, self.config.control.export_limit_kw
         if limit is not None and load - pv_nb < -limit:
             pv_nb = max(0.0, load + limit)  # ideal curtailment to the export limit
         self.ledger_nb.add(t_utc, price, dt_s, load, pv_nb, pv_av, 0.0, load - pv_nb)
         self.last = Sample(t_end, load, pv, pv_av, bess, grid, self._soc())
+        if self.on_substep is not None:
+            self.on_substep(self.last, dt_s)
 
     async def _run(self) -> None:
         tick = max(0.005, min(0.05, self.clock.wall_s(1.0)))
@@ -271,9 +307,9 @@ class SimSite:
                 await ep.server.shutdown()
                 ep.server = None
         for bus in self._buses.values():
-            await bus.stop()
+            await bus.close()  # unplugs a virtual cable too
         for gateway in self._dlt645.values():
-            await gateway.stop()
+            await gateway.close()
 
     def _device(self, device_id: str) -> SimulatedDevice:
         try:
@@ -286,8 +322,8 @@ class SimSite:
         serial = dev.cfg.serial
         return self._buses.get(serial.port) if serial and dev.cfg.protocol in RTU_PROTOCOLS else None
 
-    def _gateway(self, dev: SimulatedDevice) -> Dlt645Server | None:
-        return self._dlt645.get((dev.cfg.host, dev.cfg.port)) if isinstance(
+    def _gateway(self, dev: SimulatedDevice) -> MeterBus | None:
+        return self._dlt645.get(meter_bus_key(dev.cfg)) if isinstance(
             dev, Dlt645SimMeter) else None
 
     def _endpoint(self, dev: SimulatedDevice) -> _Endpoint:
@@ -369,11 +405,50 @@ class SimSite:
             await ep.server.shutdown()
             ep.server = None
         if not keep_settings:
-            fresh = build(dev.cfg, self._meter_range_kw(self.config))
+            fresh = build(dev.cfg, self._range_kw)
             dev.rw = {m: dict(v) for m, v in fresh.rw.items()}
         dev.rechain(models)
         if any(d.online for d in ep.devices):
             await self._listen(ep)
+
+    # -- the site before the run ---------------------------------------------------------
+    def history_kw(self, start: datetime, end: datetime, step_s: int = 900) -> dict[str, np.ndarray]:
+        """Mean kW per `step_s` from `start` to `end` of this site's own physics with no
+        battery at work and every switchable load in its default state: `pv_kw` available PV
+        (clear sky × cloud factor, capped by rating), `load_kw` what the controller records
+        as load (the load meters, or the whole consumption where the PCC meter stands in for
+        them), `grid_kw` the balance (+ import). What a controller on this site would have
+        metered on those days, so a run can start with a history to forecast from. Fresh
+        copies of the devices from their sim profiles (not a scenario's series), sampled at
+        the middle of every simulated minute: the running site is not touched."""
+        if step_s <= 0 or (60 % step_s and step_s % 60):
+            raise ValueError(f"step_s must divide a minute or be whole minutes, got {step_s}")
+        sub = min(60, step_s)
+        n = int((end - start).total_seconds() // step_s)
+        per = step_s // sub
+        devices = [build(d, self._range_kw) for d in self.config.devices]
+        site, s = self.config.site, self._hidden_load
+        pv, load, grid = (np.zeros(n * per) for _ in range(3))
+        for i in range(n * per):
+            t_utc = start + timedelta(seconds=(i + 0.5) * sub)
+            t_local = t_utc.astimezone(self.tz)
+            env = Env(i * sub, t_utc, t_local, site.latitude, site.longitude)
+            used = metered = 0.0
+            for d in devices:
+                if d.balancing or d.role == "battery":
+                    continue
+                kw = d.step(env, sub)
+                if d.role == "pv":
+                    pv[i] += d.available_kw
+                else:
+                    used -= kw
+                    metered -= kw if d.role == "meter" else 0.0
+            if s is not None:
+                used += load_kw(s.profile, t_local, s.base_kw, s.day_kw)
+            load[i] = used if s is not None else metered
+            grid[i] = used - pv[i]
+        return {k: v.reshape(n, per).mean(axis=1) for k, v in
+                (("pv_kw", pv), ("load_kw", load), ("grid_kw", grid))}
 
     # -- reporting ------------------------------------------------------------------------
     def state(self, device_id: str) -> dict[str, float | int | None]:

@@ -37,10 +37,19 @@ MOSQUITTO = shutil.which("mosquitto") or (
 )
 
 
+_HANDED_OUT: set[int] = set()  # ports given to this test process, not yet bound by anyone
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nobody listens on, never the same one twice in a test run: the OS may
+    hand a just-released port out again before the first taker has bound it."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 async def wait_for(predicate: Callable[[], object], timeout: float, what: str = "condition") -> None:

@@ -369,3 +369,28 @@ async def test_config_beyond_device_nameplate_is_reported_once(caplog):
     await rig.step()
     warnings = [r for r in caplog.records if "exceeds the device's 40.0 kW" in r.getMessage()]
     assert len(warnings) == 1 and "bess1" in warnings[0].getMessage()
+
+
+async def test_slow_value_not_refreshed_in_time_is_stale_while_fast_values_stay_good():
+    """Every value carries its own quality: a nameplate read long ago is STALE and control
+    cannot act on it, while the device's fresh power reading is still GOOD."""
+    import time as _time
+
+    from edge.image import StaleValue
+
+    rig = make()
+    old = _time.monotonic() - 10 * 300 * rig.cycle.period_wall_s
+    rig.dev["bess1"].read = lambda: {"power_kw": 0.0, "soc_pct": 50.0, "max_charge_kw": 60.0}
+    rig.dev["bess1"].poll = _stamped(rig.dev["bess1"], {"max_charge_kw": old})
+    await rig.step()
+    image = rig.cycle.image
+    assert image.value("bess1", "power_kw") == 0.0
+    assert image.devices["bess1"].value_quality("max_charge_kw") is Quality.STALE
+    with pytest.raises(StaleValue, match="bess1.max_charge_kw is stale"):
+        image.value("bess1", "max_charge_kw")
+
+
+def _stamped(dev, stamps):
+    async def poll():
+        return Reading(dev.id, dev.read(), stamps=dict(stamps))
+    return poll

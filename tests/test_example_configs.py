@@ -1,7 +1,8 @@
 """The example configs under configs/ are what integrators copy: each one passes
-`pedf-edge check`, and the mixed-protocol park site (SunSpec PV, map-driven PCS and load
-meter, DL/T 645 PCC meter) and the demo office each run a simulated day (`pedf-edge demo`)
-with the controlled bill below the no-battery bill."""
+`pedf-edge check`, and the mixed-protocol park site (SunSpec PV, map-driven PCS with its
+BMS, map-driven load meter on an RS-485 bus, DL/T 645 PCC meter), the PEDF office with its
+DC bus converter and the demo office each run a simulated day (`pedf-edge demo`) with the
+controlled bill below the no-battery bill."""
 
 import os
 import re
@@ -42,15 +43,20 @@ def test_park_config_mixes_sunspec_maps_and_dlt645() -> None:
     assert kinds == {("pv", "sunspec-tcp", None, None),
                      ("battery", "modbus-tcp", "pcs_generic", None),
                      ("meter", "dlt645-tcp", None, "grid"),
-                     ("meter", "modbus-tcp", "meter3p_generic", "load")}
+                     ("meter", "modbus-rtu", "meter3p_generic", "load")}
+    maps = {d.get("map") for d in data["devices"]} | {d.get("bms", {}).get("map")
+                                                      for d in data["devices"]}
+    assert maps >= {"pcs_generic", "bms_generic", "meter3p_generic"}  # the device-layer maps
     demo = yaml.safe_load((ROOT / "configs/demo.yaml").read_text())
-    ports = {d["port"] for d in data["devices"]}
-    assert len(ports) == len(data["devices"])
+    tcp = [d for d in data["devices"] if "serial" not in d]
+    ports = {d["port"] for d in tcp}
+    assert len(ports) == len(tcp)
     assert not ports & {d["port"] for d in demo["devices"]}  # both can run side by side
     assert data["storage"]["dir"] == "var/park"
 
 
-@pytest.mark.parametrize("name,wall_s", [("demo.yaml", 30), ("park.yaml", 20)])
+@pytest.mark.parametrize("name,wall_s", [("demo.yaml", 30), ("park.yaml", 20),
+                                         ("pedf_dc.yaml", 20)])
 def test_simulated_day_prints_kpis_and_controlled_bill_beats_no_battery(
         tmp_path: Path, name: str, wall_s: int) -> None:
     data = yaml.safe_load((ROOT / "configs" / name).read_text())

@@ -27,15 +27,22 @@ only while the connection generation it has seen is paho's current one, so no pu
 can slip onto a new connection before the link has reset its bookkeeping for it. All
 outbox (SQLite) access stays on the event-loop thread.
 
+Inbound (platform commands): `subscribe(filter)` is renewed on every CONNACK; each message
+is handed, unparsed, to the `inbound` asyncio queue on the event-loop thread. The queue is
+bounded: a flood beyond it is dropped and counted, never allowed to grow the process.
+
 Reconnects use paho's backoff (`reconnect_delay_set`); nothing raises into the caller.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -52,6 +59,14 @@ class _SiteLog(logging.LoggerAdapter):
         return f"[site {self.extra['site']}] {msg}", kwargs
 
 
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A message from a subscription, as received (payload unparsed: the consumer judges it)."""
+
+    topic: str
+    payload: bytes
+
+
 class MqttLink:
     def __init__(
         self,
@@ -62,6 +77,7 @@ class MqttLink:
         window: int = 10,
         reconnect_min_s: float = 1.0,
         reconnect_max_s: float = 30.0,
+        inbound_max: int = 10_000,
     ) -> None:
         if not 1 <= window <= 20:  # paho queues (instead of sending) beyond 20 in flight
             raise ValueError("window must be between 1 and 20 messages in flight")
@@ -95,17 +111,54 @@ class MqttLink:
         self._client.max_inflight_messages_set(20)
         self._client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
         self._client.will_set(self.topic("status"), "offline", qos=1, retain=True)
-        if cfg.username:
-            self._client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls:
-            self._client.tls_set(ca_certs=str(cfg.ca_file) if cfg.ca_file else None)
+        self._credentials(cfg)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
+        self._subscriptions: list[str] = []
+        self.inbound: asyncio.Queue[Inbound] = asyncio.Queue(maxsize=inbound_max)
+        self.inbound_dropped = 0  # messages lost because the queue was full (a flood)
+
+    def _credentials(self, cfg: MqttConfig) -> None:
+        """Username/password (or a password file) and TLS; an unreadable file is a
+        configuration error named by its key, not a traceback from ssl."""
+        password = cfg.password
+        if cfg.password_file is not None:
+            try:
+                password = cfg.password_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"mqtt.password_file: cannot read {cfg.password_file}: "
+                                 f"{exc.strerror}") from None
+        if cfg.username:
+            self._client.username_pw_set(cfg.username, password)
+        if not cfg.tls:
+            return
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(cfg, key)
+            if path is not None and not path.is_file():
+                raise ValueError(f"mqtt.{key}: {path} is not a readable file")
+        try:
+            self._client.tls_set(
+                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+                certfile=str(cfg.cert_file) if cfg.cert_file else None,
+                keyfile=str(cfg.key_file) if cfg.key_file else None,
+            )
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"mqtt: TLS setup failed ({exc}); check ca_file, cert_file and "
+                             "key_file (PEM)") from None
+        self._client.tls_insecure_set(cfg.tls_insecure)
 
     def topic(self, suffix: str) -> str:
         return f"{self.cfg.topic_prefix}/{self.site_id}/{suffix}"
+
+    def subscribe(self, topic_filter: str) -> None:
+        """Receive `topic_filter` (QoS 1) into `inbound`, now and after every reconnect
+        (the session is clean, so the broker forgets subscriptions with the connection)."""
+        self._subscriptions.append(topic_filter)
+        if self.connected:
+            self._client.subscribe(topic_filter, qos=1)
 
     @property
     def connected(self) -> bool:
@@ -269,7 +322,14 @@ class MqttLink:
         if dropped:
             self._log.info("dropped %d unacknowledged messages from paho's queue; "
                            "the outbox re-sends them", len(dropped))
+        sock = client.socket()
+        if sock is not None:  # no Nagle: a message sent right after another one would wait
+            # for the broker's delayed ACK of the first (~40 ms)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.publish(self.topic("status"), "online", qos=1, retain=True)
+        for topic_filter in list(self._subscriptions):
+            client.subscribe(topic_filter, qos=1)
         self._down_reported = False
         self._log.info("connected to %s:%d", self.cfg.host, self.cfg.port)
         self._post(self._on_connected, gen)
@@ -295,3 +355,20 @@ class MqttLink:
                     properties: Any) -> None:
         # called under paho's message mutex: no locks here
         self._post(self._on_acked, self._paho_gen, mid)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        # an exception here would stop paho's network thread: nothing may escape
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            topic = bytes(msg._topic).decode("utf-8", "replace")
+        self._post(self._deliver, Inbound(topic, bytes(msg.payload)))
+
+    def _deliver(self, item: Inbound) -> None:
+        try:
+            self.inbound.put_nowait(item)
+        except asyncio.QueueFull:
+            self.inbound_dropped += 1
+            if self.inbound_dropped in (1, 10, 100) or self.inbound_dropped % 1000 == 0:
+                self._log.warning("inbound queue full (%d): dropped %d messages so far (%s)",
+                                  self.inbound.maxsize, self.inbound_dropped, item.topic)
