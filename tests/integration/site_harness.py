@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def site_dict(tmp_path: Path, broker_port: int, **control: Any) -> dict:
     """The demo site on free ports, with a private state dir and fast, exact control."""
     data = copy.deepcopy(yaml.safe_load((ROOT / "configs/demo.yaml").read_text()))
+    data.pop("planner", None)  # rule-based control; planner tests switch it on themselves
     for dev in data["devices"]:
         dev["port"] = free_port()
         dev["timeout_s"] = 0.5
@@ -67,9 +69,26 @@ class Running:
             await asyncio.sleep(0.05)
 
 
+# Wall-clock room every revert timer gets between re-writes. The HIL physics and the
+# controller share one event loop and one clock: a 0.15 s stall of a loaded CI machine is
+# 36 simulated seconds at x240, long enough for a 60 s timer to expire between two re-writes
+# (they fall due after half of it). A real controller does not stall for half a minute, so
+# the tests give the timers the room a real one has and measure control, not machine load.
+STALL_ROOM_WALL_S = 1.0
+
+
+def _revert_room(data: dict, speed: float) -> dict:
+    margin = data["control"].get("rewrite_margin", 0.5)
+    floor = math.ceil(speed * STALL_ROOM_WALL_S / (1.0 - margin))
+    for dev in data["devices"]:
+        if "revert_s" in dev and dev["revert_s"] < floor:
+            dev["revert_s"] = floor
+    return data
+
+
 @contextlib.asynccontextmanager
 async def running_site(data: dict, broker, speed: float):
-    cfg: Config = config_mod.parse(data)
+    cfg: Config = config_mod.parse(_revert_room(copy.deepcopy(data), speed))
     clock = Clock(cfg.hil.start, speed)
     site = SimSite(cfg, clock)
     await site.start()
