@@ -18,7 +18,7 @@ from edge import carbon, dispatch, telemetry
 from edge.clock import Clock
 from edge.config import Config
 from edge.cycle import ControlCycle
-from edge.forecast import Forecaster
+from edge.forecast import Forecaster, pv_held_back
 from edge.history import Accumulator, History, site_power
 from edge.notify import Notifier
 from edge.report.mqtt import MqttLink
@@ -75,6 +75,7 @@ class Daemon:
             self.ven.restore()
         self.green_share_today: float | None = None
         self.forecaster = Forecaster(config, self.history)
+        self._pv_limits: dict[str, float] = {}  # in force when the next image is read
         self.planner = None  # last plan and solve stats: planner.last, planner.stats
         if config.planner.enabled:
             from edge.plan.planner import Planner  # HiGHS + scipy.sparse: only when used
@@ -114,6 +115,8 @@ class Daemon:
         try:
             power = site_power(self.config, image)
             self.forecaster.observe(image.ts, power, self._pv_curtailed(), image.dt_s)
+            if self.cycle.decision is not None:
+                self._pv_limits = dict(self.cycle.decision.pv_limit_kw)
             closed = self.meter.add(image.ts, image.dt_s, power)
             if closed is not None:
                 self.history.put(closed, self.meter.counters, merge=True)
@@ -154,12 +157,8 @@ class Daemon:
             log.exception("saving the open history interval failed")
 
     def _pv_curtailed(self) -> bool:
-        """Output held below what the sun offers says nothing about clouds."""
-        d = self.cycle.decision
-        if d is None:
-            return False
-        return any(d.pv_limit_kw.get(p.id, p.rated_kw) < 0.98 * p.rated_kw
-                   for p in self.cycle.pvs)
+        image = self.cycle.image
+        return image is not None and pv_held_back(self.cycle.pvs, self._pv_limits, image)
 
     async def housekeeping(self) -> None:
         d = self.cycle.stats.durations_ms

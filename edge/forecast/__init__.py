@@ -6,6 +6,6 @@ measured load carried forward, and `source` says so (and it is logged once).
 """
 
 from edge.forecast.error import ForecastErrors
-from edge.forecast.forecaster import Forecaster
+from edge.forecast.forecaster import Forecaster, pv_held_back
 
-__all__ = ["ForecastErrors", "Forecaster"]
+__all__ = ["ForecastErrors", "Forecaster", "pv_held_back"]

@@ -14,9 +14,27 @@ from edge.forecast.error import ForecastErrors
 from edge.forecast.load import LoadForecaster
 from edge.forecast.pv import Array, PvForecaster
 from edge.history import History, SitePower
+from edge.image import ProcessImage
 from edge.vpp.baseline import Calendar
 
 log = logging.getLogger(__name__)
+
+
+def pv_held_back(pvs: list[PvDevice], limits: dict[str, float], image: ProcessImage) -> bool:
+    """An inverter ran at its limit when `image` was read, so the output was held below
+    what the sun offered. A limit above the output holds nothing back (the inverter tracks
+    its MPP): an export-limited site keeps limits set all day, and treating those as
+    curtailment would keep the forecast from ever learning the sky. `limits` are the ones in
+    force at the reading (the previous cycle's); unknown ones count as 0 kW."""
+    for p in pvs:
+        limit = limits.get(p.id, 0.0)
+        if limit >= 0.98 * p.rated_kw:
+            continue
+        if not image.good(p.id):
+            return True
+        if image.value(p.id, "power_kw") >= limit - max(1.0, 0.03 * p.rated_kw):
+            return True
+    return False
 
 
 class Forecaster:

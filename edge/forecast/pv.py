@@ -36,7 +36,7 @@ class PvForecaster:
         self.turbidity = linke_turbidity
         self.tau_h = tau_h
         self.window = timedelta(hours=window_h)
-        self._obs: deque[tuple[datetime, float, float]] = deque()  # (ts, measured, clear)
+        self._obs: deque[tuple[datetime, float, float, bool]] = deque()  # ts, kW, clear, held
         self._minute_day: datetime | None = None
         self._minute_kw = np.zeros(0)
 
@@ -62,14 +62,15 @@ class PvForecaster:
         return total.reshape(n, _SUBSTEPS).mean(axis=1)
 
     def observe(self, ts: datetime, pv_kw: float, curtailed: bool) -> None:
-        """A live measurement. Curtailed output says nothing about the sky: skipped."""
+        """A live measurement. Curtailed output says nothing about clouds, only that the
+        sky offers at least that much: it is kept as a lower bound."""
         while self._obs and ts - self._obs[0][0] > self.window:
             self._obs.popleft()
-        if curtailed or not math.isfinite(pv_kw) or self.rated_kw <= 0:
+        if not math.isfinite(pv_kw) or self.rated_kw <= 0:
             return
         clear = self._clear_at_minute(ts)
         if clear >= _MIN_CLEAR_FRAC * self.rated_kw:
-            self._obs.append((ts, pv_kw, clear))
+            self._obs.append((ts, pv_kw, clear, curtailed))
 
     def _clear_at_minute(self, ts: datetime) -> float:
         """Clear-sky output of the minute ending at `ts`, from a per-day table: `observe`
@@ -84,12 +85,19 @@ class PvForecaster:
 
     def ratio(self) -> float | None:
         """Measured / clear-sky energy over the recent window; None when the sun was too low
-        or PV curtailed the whole time (then the clear-sky shape stands uncorrected)."""
-        if len(self._obs) < 3:
-            return None
-        measured = sum(o[1] for o in self._obs)
-        clear = sum(o[2] for o in self._obs)
-        return min(max(measured / clear, 0.0), 1.3)
+        or nothing says more than the prior (then the clear-sky shape times the prior
+        stands). Curtailed minutes only raise the estimate: on an export-limited site PV is
+        held back for hours, and output at the limit proves at least that much sun."""
+        free = [o for o in self._obs if not o[3]]
+        held = [o for o in self._obs if o[3]]
+        r = None
+        if len(free) >= 3:
+            r = sum(o[1] for o in free) / sum(o[2] for o in free)
+        if len(held) >= 3:
+            floor = sum(o[1] for o in held) / sum(o[2] for o in held)
+            if floor > (self.prior if r is None else r):
+                r = floor
+        return None if r is None else min(max(r, 0.0), 1.3)
 
     def calibrate(self, measured_kw: np.ndarray, start: datetime) -> float | None:
         """The site's typical share of clear sky from its recent history (15-min PV means

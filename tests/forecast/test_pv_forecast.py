@@ -52,6 +52,22 @@ def test_curtailed_output_does_not_teach_the_forecast_clouds():
     assert np.allclose(f, fc.clear_sky_kw(t, 4, 900))
 
 
+def test_output_held_at_a_limit_above_the_prior_raises_the_forecast():
+    """An export-limited site holds PV back for hours; output at the limit still proves at
+    least that much sun, so a too-low history prior is corrected upwards, never down."""
+    fc = _fc()
+    fc.prior = 0.6  # a cloudy week in the history
+    t = datetime(2026, 6, 22, 2, 0, tzinfo=UTC)
+    for i in range(30):
+        ts = t + timedelta(minutes=i)
+        fc.observe(ts, 0.8 * fc._clear_at_minute(ts), curtailed=True)
+    assert fc.ratio() == pytest.approx(0.8, abs=0.01)
+    for i in range(30, 60):  # free minutes at 0.7 of clear sky: the held ones still say 0.8
+        ts = t + timedelta(minutes=i)
+        fc.observe(ts, 0.7 * fc._clear_at_minute(ts), curtailed=False)
+    assert fc.ratio() == pytest.approx(0.8, abs=0.01)
+
+
 def test_on_a_bundled_tmy_year_the_measured_correction_beats_plain_clear_sky():
     """Weather data pvlib ships (TMY3, Greensboro NC): 'actual' PV from the measured
     irradiance; the 1-hour-ahead forecast with the correction must err less than the plain
