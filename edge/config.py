@@ -197,6 +197,14 @@ class BatteryDevice(_DeviceBase):
     bms: BmsParams | None = Field(None, description="a BMS on its own unit id, read for "
                                   "monitoring (map-driven batteries)")
 
+    def deliverable_kwh(self, soc_pct: float) -> float:
+        """AC energy the battery can still give before soc_min (after discharge losses)."""
+        return max(soc_pct - self.soc_min_pct, 0.0) / 100 * self.capacity_kwh * self.discharge_efficiency
+
+    def absorbable_kwh(self, soc_pct: float) -> float:
+        """AC energy the battery can still take before soc_max (before charge losses)."""
+        return max(self.soc_max_pct - soc_pct, 0.0) / 100 * self.capacity_kwh / self.charge_efficiency
+
     @model_validator(mode="after")
     def _soc_window(self) -> BatteryDevice:
         if self.soc_min_pct >= self.soc_max_pct:

@@ -353,10 +353,10 @@ class CommandHandler:
             soc = image.value(b.id, "soc_pct")
             if soc > b.soc_min_pct:
                 dis += b.max_discharge_kw
-                dis_kwh += (soc - b.soc_min_pct) / 100 * b.capacity_kwh * b.discharge_efficiency
+                dis_kwh += b.deliverable_kwh(soc)
             if soc < b.soc_max_pct:
                 ch += b.max_charge_kw
-                ch_kwh += (b.soc_max_pct - soc) / 100 * b.capacity_kwh / b.charge_efficiency
+                ch_kwh += b.absorbable_kwh(soc)
         lo, hi = native - dis, native + ch
         if not lo - _REACH_SLACK_KW <= target <= hi + _REACH_SLACK_KW:
             raise Rejected(f"grid target {target:g} kW is beyond what the batteries can reach "

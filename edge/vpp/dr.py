@@ -209,10 +209,10 @@ class DrManager:
             soc = image.value(b.id, "soc_pct")
             if event.direction == "reduce":
                 power += b.max_discharge_kw
-                energy += max(soc - b.soc_min_pct, 0) / 100 * b.capacity_kwh * b.discharge_efficiency
+                energy += b.deliverable_kwh(soc)
             else:
                 power += b.max_charge_kw
-                energy += max(b.soc_max_pct - soc, 0) / 100 * b.capacity_kwh / b.charge_efficiency
+                energy += b.absorbable_kwh(soc)
         pv = 0.0
         if event.direction == "increase" and image is not None:
             pv = sum(max(image.value(p.id, "power_kw"), 0.0) for p in self.config.devices

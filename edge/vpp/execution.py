@@ -81,10 +81,10 @@ def battery_state(config: Config, image, direction: Direction) -> tuple[float, f
         p, soc = image.value(b.id, "power_kw"), image.value(b.id, "soc_pct")
         if direction == "reduce":
             kw += max(p, 0.0)
-            kwh += max(soc - b.soc_min_pct, 0.0) / 100 * b.capacity_kwh * b.discharge_efficiency
+            kwh += b.deliverable_kwh(soc)
         else:
             kw += max(-p, 0.0)
-            kwh += max(b.soc_max_pct - soc, 0.0) / 100 * b.capacity_kwh / b.charge_efficiency
+            kwh += b.absorbable_kwh(soc)
     return kw, kwh
 
 

@@ -223,8 +223,8 @@ def flexibility(config: Config, image: ProcessImage, hours: float) -> Flexibilit
             parts.append(f"{b.id} not readable")
             continue
         p, soc = image.value(b.id, "power_kw"), image.value(b.id, "soc_pct")
-        energy_out = max(soc - b.soc_min_pct, 0.0) / 100 * b.capacity_kwh * b.discharge_efficiency
-        energy_in = max(b.soc_max_pct - soc, 0.0) / 100 * b.capacity_kwh / b.charge_efficiency
+        energy_out = b.deliverable_kwh(soc)
+        energy_in = b.absorbable_kwh(soc)
         down = max(min(b.max_discharge_kw, energy_out / hours) - p, 0.0)
         up = max(min(b.max_charge_kw, energy_in / hours) + p, 0.0)
         reduce += down
