@@ -24,7 +24,8 @@ from edge.notify import Notifier
 from edge.report.mqtt import MqttLink
 from edge.report.outbox import Outbox
 from edge.vpp import flex
-from edge.vpp.commands import CommandHandler
+from edge.vpp.cmdstore import CommandStore
+from edge.vpp.commands import SEEN_MAX, CommandHandler
 from edge.vpp.dr import DrManager
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,12 @@ class Daemon:
         # DR events: baselines from the history, instructions in the book, M&V reports.
         self.dr = DrManager(config, self.cycle.book, self.history, self.meter,
                             directory / "dr.sqlite", self.clock.now())
-        self.commands = (CommandHandler(config, self.clock, self.cycle, self.outbox, self.link,
-                                        wake=self.cycle.wake, dr=self.dr)
-                         if config.vpp.commands else None)
+        self.commands = None
+        if config.vpp.commands:
+            store = CommandStore(directory / "commands.sqlite", SEEN_MAX)
+            self.commands = CommandHandler(config, self.clock, self.cycle, self.outbox, self.link,
+                                           wake=self.cycle.wake, dr=self.dr, store=store)
+            self.commands.restore()
         self._commands_task: asyncio.Task | None = None
         self.ven = None  # OpenADR 2.0b VEN, only with openadr.vtn_url; its events run on self.dr
         if config.openadr.vtn_url:
@@ -248,6 +252,8 @@ class Daemon:
         self._save_open_interval()
         self.history.close()
         self.dr.close()
+        if self.commands is not None and self.commands.store is not None:
+            self.commands.store.close()
         self.notifier.close()
 
     async def _stop_ven(self) -> None:

@@ -21,8 +21,9 @@ Modes: `auto` (normal), `hold` (hold the PCC at its power at receipt; park dispa
 ended and refused until `auto`), `local` (the platform lets go: park dispatches are ended
 and refused until `auto`; the site runs on its own functions and plan). Grid-operator DR is
 honoured in every mode: it ranks above the park (DOMAIN.md §3, duty 3). Accepted
-dispatches and the mode live in memory (DR events persist in the DR manager): after a
-restart the platform re-sends the dispatches that should still hold.
+commands, the mode and the answered cmd_ids are saved (edge/vpp/cmdstore.py) before their
+acks go out and restored on start: a restart keeps what the site acknowledged, and a
+window that ended meanwhile gets its `done` ack then. DR events persist in the DR manager.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from edge.cycle import ControlCycle
 from edge.instructions import Instruction
 from edge.report.mqtt import MqttLink
 from edge.report.outbox import Outbox
+from edge.vpp.cmdstore import CommandStore, SavedCommand, Snapshot
 from edge.vpp.schemas import COMMANDS, ID_PATTERN, Cancel, Dispatch, DrEvent, ModeCommand
 from edge.vpp.shaping import DrEvent as DrRequest
 from edge.vpp.shaping import DrRejected
@@ -55,7 +57,7 @@ log = logging.getLogger(__name__)
 _HOLD_ID = "park:hold"
 _FOREVER = timedelta(days=3650)
 _REACH_SLACK_KW = 0.5  # reach and energy checks tolerate this much (measurement noise)
-_SEEN_MAX = 10_000  # cmd_ids remembered for duplicate detection
+SEEN_MAX = 10_000  # cmd_ids remembered for duplicate detection
 _REACH_AHEAD = timedelta(minutes=15)  # later windows: limits only, the state then is unknown
 _ID_RE = re.compile(ID_PATTERN)
 _BATCH = 64  # commands judged per pass of the loop
@@ -81,7 +83,7 @@ class _Accepted:
     command: str
     start: datetime
     end: datetime
-    instruction_ids: list[str]
+    instructions: tuple[Instruction, ...]  # the ones this handler put in the book
     ack: dict[str, Any]  # the accepted ack (without ts/msg_id), reused for done
     event_id: str | None = None
 
@@ -155,7 +157,7 @@ class CommandHandler:
 
     def __init__(self, config: Config, clock: Clock, cycle: ControlCycle, outbox: Outbox,
                  link: MqttLink, wake: Callable[[], None] | None = None,
-                 dr: DrSink | None = None) -> None:
+                 dr: DrSink | None = None, store: CommandStore | None = None) -> None:
         self.config = config
         self.dr = dr
         self.vpp = config.vpp
@@ -168,6 +170,8 @@ class CommandHandler:
         self.stats = Stats()
         self._active: dict[str, _Accepted] = {}
         self._seen: OrderedDict[str, _Seen] = OrderedDict()
+        self.store = store
+        self._unsaved: set[str] = set()  # cmd_ids whose answer changed since the last save
         self._prefix = link.topic("cmd/")
         self._batteries = [d for d in config.devices if isinstance(d, BatteryDevice)]
 
@@ -208,20 +212,59 @@ class CommandHandler:
             acks += ended
             if acks:
                 stamped = [{"ts": _iso(self.clock.now()), **a} for a in acks]
-                storing = asyncio.ensure_future(asyncio.to_thread(self._store, stamped))
+                snap = self._snapshot() if changed or ended else None
+                storing = asyncio.ensure_future(asyncio.to_thread(self._store, stamped, snap))
                 try:
                     await asyncio.shield(storing)
                 except asyncio.CancelledError:
                     await storing  # acks already judged are stored before the task ends
                     raise
 
-    def _store(self, acks: list[dict[str, Any]]) -> None:
+    def _store(self, acks: list[dict[str, Any]], snap: Snapshot | None = None) -> None:
+        """The handler's state first, then the acks: an ack never speaks of a command the
+        site would forget in a restart."""
+        if snap is not None and self.store is not None:
+            try:
+                self.store.save(snap)
+            except Exception:  # noqa: BLE001 - e.g. a full disk: control goes on
+                log.exception("accepted commands could not be saved; a restart would lose them")
         topic = self.link.topic("ack")
         for ack in acks:
             try:
                 self.outbox.enqueue(topic, ack)
             except Exception:  # noqa: BLE001 - e.g. a full disk: control goes on
                 log.exception("ack for %s could not be stored in the outbox", ack["cmd_id"])
+
+    def _snapshot(self) -> Snapshot:
+        seen = [(k, self._seen[k].fingerprint, dict(self._seen[k].ack))
+                for k in self._unsaved if k in self._seen]
+        self._unsaved.clear()
+        return Snapshot(
+            active=[SavedCommand(a.cmd_id, a.command, a.start, a.end, a.instructions,
+                                 dict(a.ack), a.event_id) for a in self._active.values()],
+            mode=self.mode, hold=self.cycle.book.get(_HOLD_ID), seen=seen)
+
+    def restore(self) -> None:
+        """Take back what was saved before a restart: the mode (with its hold target), the
+        accepted commands (their instructions back into the book) and the answered cmd_ids.
+        Windows that ended meanwhile are ended, with their `done` ack, on the first pass of
+        `run`."""
+        if self.store is None:
+            return
+        saved = self.store.load()
+        self.mode = saved.mode
+        if saved.hold is not None:
+            self.cycle.book.put(saved.hold)
+        for c in saved.active:
+            for i in c.instructions:
+                self.cycle.book.put(i)
+            self._active[c.cmd_id] = _Accepted(c.cmd_id, c.command, c.start, c.end,
+                                               c.instructions, c.ack, c.event_id)
+        for cmd_id, fp, ack in saved.seen:
+            self._seen[cmd_id] = _Seen(fp, ack)
+        if saved.active or saved.mode != "auto":
+            log.info("restored mode %s and %d accepted command(s): %s", saved.mode,
+                     len(saved.active), ", ".join(c.cmd_id for c in saved.active) or "-")
 
     def _wall_to_next_end(self) -> float:
         if not self._active:
@@ -278,7 +321,8 @@ class CommandHandler:
 
     def _remember(self, cmd_id: str, fingerprint: str, ack: dict[str, Any]) -> None:
         self._seen[cmd_id] = _Seen(fingerprint, dict(ack))
-        while len(self._seen) > _SEEN_MAX:
+        self._unsaved.add(cmd_id)
+        while len(self._seen) > SEEN_MAX:
             self._seen.popitem(last=False)
 
     def _apply(self, name: str, cmd: Any) -> list[dict[str, Any]]:
@@ -484,20 +528,20 @@ class CommandHandler:
             if math.isfinite(v):
                 ack[key] = round(v, 3)
         self._active[cmd_id] = _Accepted(cmd_id, command, start, end,
-                                         [i.id for i in instructions] if owned else [], ack,
-                                         event_id)
+                                         tuple(instructions) if owned else (), ack, event_id)
         log.info("%s %s accepted: %s", command, cmd_id,
                  ", ".join(f"{k}={v}" for k, v in ack.items() if k.startswith(("grid", "end"))))
         return ack
 
     def _end(self, acc: _Accepted, reason: str, release: bool = True) -> dict[str, Any]:
         if release:
-            for iid in acc.instruction_ids:
-                self.cycle.book.cancel(iid)
+            for i in acc.instructions:
+                self.cycle.book.cancel(i.id)
         del self._active[acc.cmd_id]
         done = {**acc.ack, "status": "done", "reason": reason}
         if (seen := self._seen.get(acc.cmd_id)) is not None:
             seen.ack = dict(done)
+            self._unsaved.add(acc.cmd_id)
         self.stats.done += 1
         log.info("%s %s done: %s", acc.command, acc.cmd_id, reason)
         return done

@@ -1,0 +1,140 @@
+"""Park-platform commands on disk: an accepted dispatch, the site mode and the cmd_ids
+already answered survive a restart (a crash, a systemd restart, an update), so the site
+keeps what it acknowledged and an exact re-send is still answered as a re-send.
+
+One SQLite file in the daemon's state dir, written before the acks of a batch go to the
+outbox: an `accepted` ack that reached the platform is never for a command the site has
+forgotten. Durability as the outbox: WAL with synchronous=FULL. Times are the daemon's
+clock (simulated under HIL), as the handler keeps them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from edge.instructions import Instruction
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS active (
+    cmd_id       TEXT PRIMARY KEY,
+    command      TEXT NOT NULL,
+    start_ts     TEXT NOT NULL,
+    end_ts       TEXT NOT NULL,
+    instructions TEXT NOT NULL,
+    ack          TEXT NOT NULL,
+    event_id     TEXT
+);
+CREATE TABLE IF NOT EXISTS seen (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    cmd_id       TEXT NOT NULL UNIQUE,
+    fingerprint  TEXT NOT NULL,
+    ack          TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mode (
+    one          INTEGER PRIMARY KEY CHECK (one = 1),
+    mode         TEXT NOT NULL,
+    hold         TEXT
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SavedCommand:
+    cmd_id: str
+    command: str
+    start: datetime
+    end: datetime
+    instructions: tuple[Instruction, ...]  # the ones the handler owns (none for a DR event)
+    ack: dict[str, Any]
+    event_id: str | None
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """What one batch changed: the full set of active commands (a handful), the mode, and
+    the cmd_ids whose answer is new or changed."""
+
+    active: list[SavedCommand]
+    mode: str
+    hold: Instruction | None
+    seen: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # id, fp, ack
+
+
+@dataclass(slots=True)
+class Restored:
+    active: list[SavedCommand]
+    mode: str
+    hold: Instruction | None
+    seen: list[tuple[str, str, dict[str, Any]]]
+
+
+def _ins_to_json(i: Instruction) -> str:
+    d = asdict(i)
+    d["start"], d["end"] = i.start.isoformat(), i.end.isoformat()
+    return json.dumps(d)  # inf / nan bounds round-trip as JSON's Infinity / NaN extension
+
+
+def _ins_from(d: dict[str, Any]) -> Instruction:
+    d = dict(d)
+    d["start"], d["end"] = datetime.fromisoformat(d["start"]), datetime.fromisoformat(d["end"])
+    return Instruction(**d)
+
+
+class CommandStore:
+    def __init__(self, path: Path, seen_max: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()  # saved from a worker thread, loaded at start
+        self._seen_max = seen_max
+
+    def save(self, snap: Snapshot) -> None:
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("DELETE FROM active")
+                db.executemany(
+                    "INSERT INTO active VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(c.cmd_id, c.command, c.start.isoformat(), c.end.isoformat(),
+                      "[" + ",".join(_ins_to_json(i) for i in c.instructions) + "]",
+                      json.dumps(c.ack), c.event_id) for c in snap.active])
+                db.execute("INSERT OR REPLACE INTO mode VALUES (1, ?, ?)",
+                           (snap.mode, None if snap.hold is None else _ins_to_json(snap.hold)))
+                for cmd_id, fp, ack in snap.seen:
+                    db.execute("INSERT INTO seen (cmd_id, fingerprint, ack) VALUES (?, ?, ?) "
+                               "ON CONFLICT(cmd_id) DO UPDATE SET ack = excluded.ack",
+                               (cmd_id, fp, json.dumps(ack)))
+                if snap.seen:
+                    db.execute("DELETE FROM seen WHERE seq <= (SELECT MAX(seq) FROM seen) - ?",
+                               (self._seen_max,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def load(self) -> Restored:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM active ORDER BY start_ts").fetchall()
+            active = [SavedCommand(r[0], r[1], datetime.fromisoformat(r[2]),
+                                   datetime.fromisoformat(r[3]),
+                                   tuple(_ins_from(d) for d in json.loads(r[4])),
+                                   json.loads(r[5]), r[6]) for r in rows]
+            m = self._db.execute("SELECT mode, hold FROM mode").fetchone()
+            mode, hold = ("auto", None) if m is None else (m[0], m[1])
+            seen = [(r[0], r[1], json.loads(r[2])) for r in self._db.execute(
+                "SELECT cmd_id, fingerprint, ack FROM seen ORDER BY seq")]
+        return Restored(active, mode, None if hold is None else _ins_from(json.loads(hold)),
+                        seen)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
