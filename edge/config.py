@@ -278,6 +278,13 @@ class DcConverterDevice(_DeviceBase):
                                     "band before the alarm is raised")
     revert_s: int = Field(60, ge=5, le=3600, description="v_ref returns to the converter's "
                           "default when not re-written for this long")
+    restore_v: bool = Field(False, description="shift the droop reference v_ref so the bus "
+                            "sits at nominal under load (secondary control); false: observe "
+                            "and alarm only")
+    max_shift_pct: float = Field(5.0, gt=0, le=15, description="v_ref stays within nominal ± "
+                                 "this % (and within the converter's own v_ref range)")
+    v_ref_ramp_v_per_s: float = Field(2.0, gt=0, le=100, description="v_ref moves at most "
+                                      "this fast")
 
 
 Device = Annotated[PvDevice | BatteryDevice | MeterDevice | FlexLoadDevice | DcConverterDevice,

@@ -23,7 +23,7 @@ from edge import dispatch
 from edge.clock import Clock
 from edge.config import BatteryDevice, Config, FlexLoadDevice, PvDevice, poll_deadline_s
 from edge.control import SiteBounds, run_functions
-from edge.dcbus import DcBusMonitor
+from edge.dcbus import DcBusMonitor, DcBusRestore
 from edge.image import DeviceState, ProcessImage
 from edge.instructions import InstructionBook
 
@@ -33,6 +33,7 @@ _LIMIT_SLACK_KW = 0.05  # below this a limit excursion is measurement noise, not
 _WAKE_GAP_S = 0.05  # shortest wall time between the end of a cycle and a woken one
 _FEEDBACK_POLLS = 3  # fresh polls a load may read against its command before it counts
 _SETTLE_POLLS = 2  # fresh polls confirming a load switch before the cycle decides anew
+_V_REF_DEADBAND_V = 0.05  # v_ref changes below this are not worth a write
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,7 @@ class Decision:
     instructions: tuple[str, ...] = ()  # ids of the DR/dispatch/plan instructions in force
     load_on: dict[str, bool] = field(default_factory=dict)  # flexible loads: on (True) / shed
     alarms: tuple[str, ...] = ()  # standing alarms, e.g. dc_bus_out_of_band:<converter id>
+    v_ref: dict[str, float] = field(default_factory=dict)  # DC converters' droop reference, V
 
 
 @dataclass(slots=True)
@@ -97,7 +99,10 @@ class ControlCycle:
         self.loads: list[FlexLoadDevice] = [d for d in config.devices if isinstance(d, FlexLoadDevice)]
         self._load_ids = {d.id for d in self.loads}
         self._switching = {d.id: _Switching() for d in self.loads}
-        self._written = {d.id: _Written() for d in (*self.batteries, *self.pvs, *self.loads)}
+        self.dc_restore = DcBusRestore(config)
+        self._dcdc_ids = {c.id for c in self.dc_restore.converters}
+        self._written = {d.id: _Written() for d in (*self.batteries, *self.pvs, *self.loads,
+                                                    *self.dc_restore.converters)}
         self._bess = np.zeros((len(self.batteries), dispatch.NB))
         self._pv = np.zeros((len(self.pvs), dispatch.NV))
         self._loads = np.zeros((len(self.loads), dispatch.NL))
@@ -120,7 +125,8 @@ class ControlCycle:
         """Devices whose revert timer would expire before the cycle can re-write them."""
         sim_period = self.period_wall_s * self.clock.speed
         margin = self.config.control.rewrite_margin
-        return [d.id for d in (*self.batteries, *self.pvs, *self.loads)
+        return [d.id for d in (*self.batteries, *self.pvs, *self.loads,
+                               *self.dc_restore.converters)
                 if d.revert_s * margin < sim_period]
 
     # -- 1. poll -------------------------------------------------------------------------
@@ -264,6 +270,7 @@ class ControlCycle:
             status=0,
             failed_functions=tuple(failed),
             load_on={d.id: self._safe_load_on(d, now_s) for d in self.loads},
+            v_ref=self.dc_restore.safe(),
         )
 
     def decide(self, image: ProcessImage) -> Decision:
@@ -346,7 +353,8 @@ class ControlCycle:
                    for i, d in enumerate(self.loads)}
         mode = "+".join(n for n in cfg.functions if n not in failed) or "idle"
         return Decision(image.ts, mode, bounds, bess_kw, pv_kw, result.expected_grid_kw,
-                        result.status, tuple(failed), combined.active, load_on)
+                        result.status, tuple(failed), combined.active, load_on,
+                        v_ref=self.dc_restore.step(image))
 
     # -- 3. write ------------------------------------------------------------------------
     def _due(self, dev_id: str, value: float, revert_s: int, now_s: float,
@@ -367,6 +375,8 @@ class ControlCycle:
                 write = dev.write_limit(value, revert_s)  # type: ignore[attr-defined]
             elif dev_id in self._load_ids:
                 write = dev.write_on(value >= 0.5, revert_s)  # type: ignore[attr-defined]
+            elif dev_id in self._dcdc_ids:
+                write = dev.write_v_ref(value, revert_s)  # type: ignore[attr-defined]
             else:
                 write = dev.write_power(value, revert_s)  # type: ignore[attr-defined]
             await asyncio.wait_for(write, timeout)
@@ -424,6 +434,10 @@ class ControlCycle:
             v = decision.pv_limit_kw[p.id]
             if force or self._due(p.id, v, p.revert_s, now_s, deadband):
                 jobs.append(self._write_one(p.id, v, p.revert_s, now_s, timeout))
+        for c in self.dc_restore.converters:
+            v = decision.v_ref.get(c.id)
+            if v is not None and (force or self._due(c.id, v, c.revert_s, now_s, _V_REF_DEADBAND_V)):
+                jobs.append(self._write_one(c.id, v, c.revert_s, now_s, timeout))
         # Make room before adding load: a shed goes out before the batteries may back off by
         # what it frees, a restore only after they have been told to cover it.
         sheds, restores = [], []

@@ -1,5 +1,6 @@
 """The DC bus as the controller sees it (DOMAIN.md §1): its voltage from the converters'
-readings, and an alarm when it stays outside nominal ± band.
+readings, an alarm when it stays outside nominal ± band, and (with `restore_v`) the
+secondary control that shifts the converters' droop reference so the bus sits at nominal.
 
 Only fresh readings count: a missed poll bridged by the last value repeats an old voltage
 and a stale converter tells nothing, so neither raises nor clears an alarm. An excursion is
@@ -95,3 +96,54 @@ class DcBusMonitor:
             e.raised = True
             log.warning("DC bus at %s out of band: %.1f V outside %.1f-%.1f V (%g V ± %g %%) "
                         "for %d cycles", conv.id, v, lo, hi, nominal, conv.band_pct, e.cycles)
+
+
+RESTORE_GAIN = 0.5  # share of the bus error removed per cycle: the droop is algebraic, so
+# the bus follows v_ref within a cycle and the error halves each cycle without overshoot
+
+
+class DcBusRestore:
+    """Secondary control of the droop (DOMAIN.md §1: shift the converters' reference rather
+    than fight their droop with power setpoints). The droop lets the bus sag by slope × load;
+    each cycle moves one common shift of v_ref (parallel converters keep sharing load) by
+    half the bus error, within nominal ± max_shift_pct, the converters' own v_ref range and
+    v_ref_ramp_v_per_s. Out of band the bus is not sagging but faulty: chasing a fault with
+    the reference would hide it, so the shift returns to 0 (nominal) and the alarm stands.
+    Without a fresh reading from every restoring converter the shift holds."""
+
+    def __init__(self, config: Config) -> None:
+        self.converters = [d for d in config.devices
+                           if isinstance(d, DcConverterDevice) and d.restore_v]
+        self.shift_v = 0.0
+
+    def safe(self) -> dict[str, float]:
+        """The converters' own reference: nominal, no shift."""
+        self.shift_v = 0.0
+        return {c.id: c.bus_nominal_v for c in self.converters}
+
+    def step(self, image: ProcessImage) -> dict[str, float]:
+        if not self.converters:
+            return {}
+        fresh = [_fresh(image, c.id) for c in self.converters]
+        volts = [f.get("bus_v") for f in fresh if f is not None]
+        if len(volts) == len(self.converters) and all(
+                v is not None and math.isfinite(v) for v in volts):
+            self.shift_v = self._next(sum(volts) / len(volts), image)
+        return {c.id: c.bus_nominal_v + self.shift_v for c in self.converters}
+
+    def _next(self, bus: float, image: ProcessImage) -> float:
+        first = self.converters[0]
+        nominal = first.bus_nominal_v
+        lo, hi = band_v(first)
+        target = self.shift_v + RESTORE_GAIN * (nominal - bus) if lo <= bus <= hi else 0.0
+        for c in self.converters:
+            most = c.bus_nominal_v * c.max_shift_pct / 100
+            target = min(max(target, -most), most)
+            values = image.devices[c.id].reading.values  # fresh: checked by the caller
+            v_min, v_max = values.get("v_ref_min_v"), values.get("v_ref_max_v")
+            if v_min is not None and "v_ref_min_v" not in image.devices[c.id].stale_keys:
+                target = max(target, v_min - c.bus_nominal_v)
+            if v_max is not None and "v_ref_max_v" not in image.devices[c.id].stale_keys:
+                target = min(target, v_max - c.bus_nominal_v)
+        step = min(c.v_ref_ramp_v_per_s for c in self.converters) * max(image.dt_s, 0.0)
+        return min(max(target, self.shift_v - step), self.shift_v + step)

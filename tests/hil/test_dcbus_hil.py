@@ -32,6 +32,7 @@ def site(tmp_path: Path, broker_port: int) -> dict:
         dev["port"] = free_port()
     dc = next(d for d in data["devices"] if d["role"] == "dcdc")
     dc["sim"] = {"profile": "flat", "day_kw": DC_LOAD_KW, "droop_pct": 5}  # a steady bus
+    dc["restore_v"] = False  # observe only: the bus sits where the droop puts it
     data["mqtt"].update({"port": broker_port, "telemetry_s": 2})
     data["storage"]["dir"] = str(tmp_path / "state")
     data["hil"]["start"] = "2026-06-22T10:00:00+08:00"
@@ -87,3 +88,31 @@ async def test_telemetry_carries_the_bus_voltage_and_an_excursion_raises_then_cl
 
     conv = next(d for d in health[-1]["devices"] if d["id"] == "dcdc1")
     assert conv["role"] == "dcdc" and conv["map"] == "dcdc_generic" and conv["state"] == "good"
+
+
+async def test_restore_v_shifts_the_droop_reference_until_the_bus_sits_at_nominal(
+        tmp_path, mosquitto):
+    """With `restore_v` the cycle writes v_ref over Modbus until the loaded bus is back at
+    375 V; a fault is not chased (v_ref back to nominal, alarm raised); on the way down the
+    converter gets its nominal reference, its safe state."""
+    data = site(tmp_path, mosquitto.port)
+    dc = next(d for d in data["devices"] if d["role"] == "dcdc")
+    dc.update({"restore_v": True, "v_ref_ramp_v_per_s": 5})
+    async with running_site(data, mosquitto, SPEED) as run:
+        sim = run.site.devices["dcdc1"]
+        await wait_for(lambda: abs(sim.bus_v - 375.0) < 0.2, 20, "the bus restored to 375 V")
+        # the reference sits above nominal by the droop of the load it carries (~382.5 V)
+        assert sim.v_ref == pytest.approx(375 + SLOPE * sim.power_kw, abs=0.5)
+        assert sim.power_kw == pytest.approx(DC_LOAD_KW, rel=0.05)
+        await wait_for(lambda: any(m["dc_bus_v"] is not None and abs(m["dc_bus_v"] - 375) < 0.2
+                                   for m in telemetry(run.sub)), 20, "telemetry at 375 V")
+
+        sim.inject_bus_fault(FAULT_V)
+        await wait_for(lambda: sim.v_ref == pytest.approx(375.0, abs=0.05), 20,
+                       "v_ref back to nominal under the fault")
+        await wait_for(lambda: ALARM in run.daemon.cycle.decision.alarms, 20, "the alarm")
+        assert sim.bus_v == pytest.approx(IN_BAND_V + FAULT_V, abs=0.1)
+
+        sim.clear_bus_fault()
+        await wait_for(lambda: abs(sim.bus_v - 375.0) < 0.2, 20, "restored again")
+    assert sim.v_ref == pytest.approx(375.0, abs=0.05)  # the safe state, written at shutdown
