@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS seen (
 CREATE TABLE IF NOT EXISTS mode (
     one          INTEGER PRIMARY KEY CHECK (one = 1),
     mode         TEXT NOT NULL,
-    hold         TEXT
+    hold         TEXT,
+    saved_at     TEXT NOT NULL
 );
 """
 
@@ -63,6 +64,7 @@ class Snapshot:
     active: list[SavedCommand]
     mode: str
     hold: Instruction | None
+    saved_at: datetime  # the daemon's clock when the batch was judged
     seen: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # id, fp, ack
 
 
@@ -72,6 +74,7 @@ class Restored:
     mode: str
     hold: Instruction | None
     seen: list[tuple[str, str, dict[str, Any]]]
+    saved_at: datetime | None
 
 
 def _ins_to_json(i: Instruction) -> str:
@@ -107,8 +110,9 @@ class CommandStore:
                     [(c.cmd_id, c.command, c.start.isoformat(), c.end.isoformat(),
                       "[" + ",".join(_ins_to_json(i) for i in c.instructions) + "]",
                       json.dumps(c.ack), c.event_id) for c in snap.active])
-                db.execute("INSERT OR REPLACE INTO mode VALUES (1, ?, ?)",
-                           (snap.mode, None if snap.hold is None else _ins_to_json(snap.hold)))
+                db.execute("INSERT OR REPLACE INTO mode VALUES (1, ?, ?, ?)",
+                           (snap.mode, None if snap.hold is None else _ins_to_json(snap.hold),
+                            snap.saved_at.isoformat()))
                 for cmd_id, fp, ack in snap.seen:
                     db.execute("INSERT INTO seen (cmd_id, fingerprint, ack) VALUES (?, ?, ?) "
                                "ON CONFLICT(cmd_id) DO UPDATE SET ack = excluded.ack",
@@ -118,7 +122,8 @@ class CommandStore:
                                (self._seen_max,))
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
 
     def load(self) -> Restored:
@@ -128,12 +133,19 @@ class CommandStore:
                                    datetime.fromisoformat(r[3]),
                                    tuple(_ins_from(d) for d in json.loads(r[4])),
                                    json.loads(r[5]), r[6]) for r in rows]
-            m = self._db.execute("SELECT mode, hold FROM mode").fetchone()
-            mode, hold = ("auto", None) if m is None else (m[0], m[1])
+            m = self._db.execute("SELECT mode, hold, saved_at FROM mode").fetchone()
+            mode, hold, saved_at = ("auto", None, None) if m is None else m
             seen = [(r[0], r[1], json.loads(r[2])) for r in self._db.execute(
                 "SELECT cmd_id, fingerprint, ack FROM seen ORDER BY seq")]
         return Restored(active, mode, None if hold is None else _ins_from(json.loads(hold)),
-                        seen)
+                        seen, None if saved_at is None else datetime.fromisoformat(saved_at))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            for table in ("active", "seen", "mode"):
+                self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+            self._db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:

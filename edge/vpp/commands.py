@@ -215,18 +215,22 @@ class CommandHandler:
                 snap = self._snapshot() if changed or ended else None
                 storing = asyncio.ensure_future(asyncio.to_thread(self._store, stamped, snap))
                 try:
-                    await asyncio.shield(storing)
+                    saved = await asyncio.shield(storing)
                 except asyncio.CancelledError:
                     await storing  # acks already judged are stored before the task ends
                     raise
+                if not saved and snap is not None:  # try those answers again next batch
+                    self._unsaved.update(cmd_id for cmd_id, _, _ in snap.seen)
 
-    def _store(self, acks: list[dict[str, Any]], snap: Snapshot | None = None) -> None:
+    def _store(self, acks: list[dict[str, Any]], snap: Snapshot | None = None) -> bool:
         """The handler's state first, then the acks: an ack never speaks of a command the
-        site would forget in a restart."""
+        site would forget in a restart. False when the state could not be saved."""
+        saved = True
         if snap is not None and self.store is not None:
             try:
                 self.store.save(snap)
             except Exception:  # noqa: BLE001 - e.g. a full disk: control goes on
+                saved = False
                 log.exception("accepted commands could not be saved; a restart would lose them")
         topic = self.link.topic("ack")
         for ack in acks:
@@ -234,6 +238,7 @@ class CommandHandler:
                 self.outbox.enqueue(topic, ack)
             except Exception:  # noqa: BLE001 - e.g. a full disk: control goes on
                 log.exception("ack for %s could not be stored in the outbox", ack["cmd_id"])
+        return saved
 
     def _snapshot(self) -> Snapshot:
         seen = [(k, self._seen[k].fingerprint, dict(self._seen[k].ack))
@@ -242,7 +247,8 @@ class CommandHandler:
         return Snapshot(
             active=[SavedCommand(a.cmd_id, a.command, a.start, a.end, a.instructions,
                                  dict(a.ack), a.event_id) for a in self._active.values()],
-            mode=self.mode, hold=self.cycle.book.get(_HOLD_ID), seen=seen)
+            mode=self.mode, hold=self.cycle.book.get(_HOLD_ID), saved_at=self.clock.now(),
+            seen=seen)
 
     def restore(self) -> None:
         """Take back what was saved before a restart: the mode (with its hold target), the
@@ -252,6 +258,16 @@ class CommandHandler:
         if self.store is None:
             return
         saved = self.store.load()
+        now = self.clock.now()
+        if saved.saved_at is not None and saved.saved_at > now:
+            # A wall clock does not go back; a simulation started over from an earlier time
+            # does. Its commands belong to the other run's timeline: keeping them would put a
+            # hold and dispatches in force at times they were never meant for.
+            log.warning("saved park commands are from %s, after the clock's %s (a restarted "
+                        "simulation?): not restored", saved.saved_at.isoformat(),
+                        now.isoformat())
+            self.store.clear()
+            return
         self.mode = saved.mode
         if saved.hold is not None:
             self.cycle.book.put(saved.hold)

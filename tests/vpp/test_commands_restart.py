@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from site_harness import running_site
-from test_mqtt_commands import LOAD_KW, SPEED, night_site, platform_for, settle_at
+from test_mqtt_commands import LOAD_KW, SPEED, night_site, platform_for, running_site, settle_at
 
 
 async def until(predicate, timeout: float) -> bool:
@@ -37,7 +36,9 @@ async def test_a_dispatch_accepted_before_a_restart_is_followed_after_it(tmp_pat
             await settle_at(run, 15.0, LOAD_KW - 15.0)
         finally:
             p.close()
-    # The process is gone; nothing is re-sent. The new one follows the dispatch it acked.
+    # The process is gone for ten minutes; nothing is re-sent. The new one follows the
+    # dispatch it acked.
+    data["hil"]["start"] = "2026-06-22T02:10:00+08:00"
     async with running_site(data, mosquitto, SPEED) as run:
         assert run.daemon.commands.active == ["d-keep"]
         await settle_at(run, 15.0, LOAD_KW - 15.0)
@@ -84,10 +85,12 @@ async def test_mode_hold_survives_a_restart_and_a_window_that_ended_meanwhile_is
         finally:
             p.close()
         hold_kw = held["grid_target_kw"]
+    data["hil"]["start"] = "2026-06-22T04:10:00+08:00"
     async with running_site(data, mosquitto, SPEED) as run:
         assert run.daemon.commands.mode == "hold"
-        assert "park:hold" in [i.id for i in run.daemon.cycle.book.all()]
-        assert run.daemon.cycle.book.get("park:hold").grid_target_kw == hold_kw
+        hold = run.daemon.cycle.book.get("park:hold")
+        assert hold is not None and hold.grid_target_kw == hold_kw
+        assert hold.active(run.clock.now())  # in force now, not at some later time
         p = await platform_for(run)
         try:  # in hold, park dispatches stay refused after the restart too
             p.send("dispatch", {"cmd_id": "d-late", "grid_target_kw": 10, "duration_s": 600})
@@ -95,3 +98,25 @@ async def test_mode_hold_survives_a_restart_and_a_window_that_ended_meanwhile_is
             assert refused is not None and "mode hold" in refused["reason"]
         finally:
             p.close()
+
+
+async def test_a_simulation_started_over_from_an_earlier_time_does_not_restore(
+        tmp_path, mosquitto, caplog):
+    """Saved commands belong to their run's timeline: a HIL run restarted from an earlier
+    simulated time must not put them in force at times they were never meant for."""
+    data = night_site(tmp_path, mosquitto.port)
+    data["hil"]["start"] = "2026-06-22T03:00:00+08:00"
+    async with running_site(data, mosquitto, SPEED) as run:
+        p = await platform_for(run)
+        try:
+            await settle_at(run, LOAD_KW, 0.0)
+            p.send("dispatch", {"cmd_id": "d-other", "grid_target_kw": 15, "duration_s": 7200})
+            assert await p.ack("d-other", "accepted", 10) is not None, p.acks
+        finally:
+            p.close()
+    data["hil"]["start"] = "2026-06-22T02:00:00+08:00"
+    async with running_site(data, mosquitto, SPEED) as run:
+        assert run.daemon.commands.active == [] and run.daemon.commands.mode == "auto"
+        assert run.daemon.cycle.book.get("park:d-other") is None
+        await settle_at(run, LOAD_KW, 0.0)
+    assert any("not restored" in r.getMessage() for r in caplog.records)
