@@ -745,6 +745,14 @@ class Config(_Model):
         if len(nominal) > 1:
             raise ValueError(f"dcdc converters give bus_nominal_v {sorted(nominal)}: one DC bus "
                              "per site is supported; give every converter the same bus_nominal_v")
+        restoring = {d.id: d.restore_v for d in self.devices if isinstance(d, DcConverterDevice)}
+        if len(set(restoring.values())) > 1:
+            on = sorted(k for k, v in restoring.items() if v)
+            off = sorted(k for k, v in restoring.items() if not v)
+            raise ValueError(f"restore_v is on for {', '.join(on)} but off for {', '.join(off)}: "
+                             "converters in parallel share load by their references, so a "
+                             "shifted one would carry the others' share; set restore_v alike "
+                             "on every converter")
         return self
 
     def pv_safe_kw(self, pv: PvDevice) -> float:

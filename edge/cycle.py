@@ -258,7 +258,8 @@ class ControlCycle:
         if sw.on != on:
             sw.on, sw.since_s = on, now_s
 
-    def _safe_decision(self, image: ProcessImage, mode: str, failed=()) -> Decision:
+    def _safe_decision(self, image: ProcessImage, mode: str, failed=(),
+                       final: bool = False) -> Decision:
         now_s = self.clock.elapsed_s()
         return Decision(
             ts=image.ts,
@@ -270,7 +271,7 @@ class ControlCycle:
             status=0,
             failed_functions=tuple(failed),
             load_on={d.id: self._safe_load_on(d, now_s) for d in self.loads},
-            v_ref=self.dc_restore.safe(),
+            v_ref=self.dc_restore.nominal() if final else self.dc_restore.relax(image.dt_s),
         )
 
     def decide(self, image: ProcessImage) -> Decision:
@@ -519,10 +520,11 @@ class ControlCycle:
             for w in waits:
                 w.cancel()
 
-    async def apply_safe_state(self) -> None:
-        """Write every device's safe state now; never raises (it runs on the way down)."""
+    async def apply_safe_state(self, final: bool = False) -> None:
+        """Write every device's safe state now; never raises (it runs on the way down).
+        `final`: the daemon stops, nothing will ramp the DC bus reference any more."""
         try:
             image = self.image or self.build_image()
-            await self.write(self._safe_decision(image, "safe"), force=True)
+            await self.write(self._safe_decision(image, "safe", final=final), force=True)
         except Exception:  # noqa: BLE001
             log.exception("applying the safe state failed; device revert timers remain")

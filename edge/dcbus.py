@@ -99,51 +99,80 @@ class DcBusMonitor:
 
 
 RESTORE_GAIN = 0.5  # share of the bus error removed per cycle: the droop is algebraic, so
-# the bus follows v_ref within a cycle and the error halves each cycle without overshoot
+# the bus follows v_ref within a poll; with that poll's delay the loop still settles (~5 %
+# overshoot)
 
 
 class DcBusRestore:
     """Secondary control of the droop (DOMAIN.md §1: shift the converters' reference rather
     than fight their droop with power setpoints). The droop lets the bus sag by slope × load;
-    each cycle moves one common shift of v_ref (parallel converters keep sharing load) by
-    half the bus error, within nominal ± max_shift_pct, the converters' own v_ref range and
-    v_ref_ramp_v_per_s. Out of band the bus is not sagging but faulty: chasing a fault with
-    the reference would hide it, so the shift returns to 0 (nominal) and the alarm stands.
-    Without a fresh reading from every restoring converter the shift holds."""
+    each cycle moves one common shift of v_ref (every converter on the bus restores, so
+    parallel converters keep sharing load) by half the bus error, from the reference the
+    converters report (a refused write or a revert timer is not integrated on), within
+    nominal ± max_shift_pct, the converters' own v_ref range and v_ref_ramp_v_per_s.
+
+    - Out of band the bus is not sagging but faulty or overloaded: the shift holds (chasing
+      a fault would hide it, dropping the shift would deepen an undervoltage); the alarm
+      stands.
+    - A missed poll (a bridged reading) holds the shift; a STALE converter has gone to its
+      own reference, so the others ramp back to nominal rather than carry its share.
+    - The safe state ramps the shift to nominal; on the way down (`nominal`) the converters
+      get their nominal reference at once, as their own revert timers would."""
 
     def __init__(self, config: Config) -> None:
         self.converters = [d for d in config.devices
                            if isinstance(d, DcConverterDevice) and d.restore_v]
         self.shift_v = 0.0
 
-    def safe(self) -> dict[str, float]:
-        """The converters' own reference: nominal, no shift."""
+    def nominal(self) -> dict[str, float]:
         self.shift_v = 0.0
         return {c.id: c.bus_nominal_v for c in self.converters}
+
+    def relax(self, dt_s: float) -> dict[str, float]:
+        """One safe-state step: the shift ramps towards 0."""
+        if not self.converters:
+            return {}
+        self.shift_v = self._ramp(0.0, dt_s)
+        return self._refs()
 
     def step(self, image: ProcessImage) -> dict[str, float]:
         if not self.converters:
             return {}
+        states = [image.devices[c.id] for c in self.converters]
+        if any(st.quality is not Quality.GOOD for st in states):
+            return self.relax(image.dt_s)
         fresh = [_fresh(image, c.id) for c in self.converters]
-        volts = [f.get("bus_v") for f in fresh if f is not None]
-        if len(volts) == len(self.converters) and all(
-                v is not None and math.isfinite(v) for v in volts):
-            self.shift_v = self._next(sum(volts) / len(volts), image)
+        if any(f is None for f in fresh):
+            return self._refs()  # a missed poll: hold
+        volts = [f.get("bus_v") for f in fresh]
+        if all(v is not None and math.isfinite(v) for v in volts):
+            self.shift_v = self._next(sum(volts) / len(volts), fresh, image)
+        return self._refs()
+
+    def _refs(self) -> dict[str, float]:
         return {c.id: c.bus_nominal_v + self.shift_v for c in self.converters}
 
-    def _next(self, bus: float, image: ProcessImage) -> float:
+    def _ramp(self, target: float, dt_s: float) -> float:
+        step = min(c.v_ref_ramp_v_per_s for c in self.converters) * max(dt_s, 0.0)
+        return min(max(target, self.shift_v - step), self.shift_v + step)
+
+    def _next(self, bus: float, fresh: list[dict[str, float]], image: ProcessImage) -> float:
         first = self.converters[0]
         nominal = first.bus_nominal_v
         lo, hi = band_v(first)
-        target = self.shift_v + RESTORE_GAIN * (nominal - bus) if lo <= bus <= hi else 0.0
-        for c in self.converters:
+        if not lo <= bus <= hi:
+            return self.shift_v
+        held = [f.get("v_ref") for f in fresh]
+        if all(v is not None and math.isfinite(v) for v in held):
+            self.shift_v = sum(held) / len(held) - nominal  # what the converters really hold
+        target = self.shift_v + RESTORE_GAIN * (nominal - bus)
+        for c, values in zip(self.converters, fresh, strict=True):
             most = c.bus_nominal_v * c.max_shift_pct / 100
             target = min(max(target, -most), most)
-            values = image.devices[c.id].reading.values  # fresh: checked by the caller
+            stale = image.devices[c.id].stale_keys
             v_min, v_max = values.get("v_ref_min_v"), values.get("v_ref_max_v")
-            if v_min is not None and "v_ref_min_v" not in image.devices[c.id].stale_keys:
+            if v_min is not None and "v_ref_min_v" not in stale:
                 target = max(target, v_min - c.bus_nominal_v)
-            if v_max is not None and "v_ref_max_v" not in image.devices[c.id].stale_keys:
+            if v_max is not None and "v_ref_max_v" not in stale:
                 target = min(target, v_max - c.bus_nominal_v)
-        step = min(c.v_ref_ramp_v_per_s for c in self.converters) * max(image.dt_s, 0.0)
-        return min(max(target, self.shift_v - step), self.shift_v + step)
+        return self._ramp(target, image.dt_s)

@@ -238,7 +238,7 @@ class Daemon:
             ("openadr", self._stop_ven),
             ("scheduler", self._stop_scheduler),
             ("control cycle", lambda: self._cancel(cycle_task)),
-            ("safe state", self.cycle.apply_safe_state),
+            ("safe state", lambda: self.cycle.apply_safe_state(final=True)),
             ("mqtt", self.link.stop),
             ("devices", self._close_devices),
         ]

@@ -86,15 +86,15 @@ class PvForecaster:
     def ratio(self) -> float | None:
         """Measured / clear-sky energy over the recent window; None when the sun was too low
         or nothing says more than the prior (then the clear-sky shape times the prior
-        stands). Curtailed minutes only raise the estimate: on an export-limited site PV is
-        held back for hours, and output at the limit proves at least that much sun."""
+        stands). Held (curtailed) minutes only raise the estimate: on an export-limited site
+        PV is held back for hours, and output at a limit proves at least that much sun, so
+        the window pooled with them is a lower bound."""
         free = [o for o in self._obs if not o[3]]
-        held = [o for o in self._obs if o[3]]
         r = None
         if len(free) >= 3:
             r = sum(o[1] for o in free) / sum(o[2] for o in free)
-        if len(held) >= 3:
-            floor = sum(o[1] for o in held) / sum(o[2] for o in held)
+        if len(self._obs) - len(free) >= 3:
+            floor = sum(o[1] for o in self._obs) / sum(o[2] for o in self._obs)
             if floor > (self.prior if r is None else r):
                 r = floor
         return None if r is None else min(max(r, 0.0), 1.3)

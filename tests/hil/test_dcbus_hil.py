@@ -93,7 +93,7 @@ async def test_telemetry_carries_the_bus_voltage_and_an_excursion_raises_then_cl
 async def test_restore_v_shifts_the_droop_reference_until_the_bus_sits_at_nominal(
         tmp_path, mosquitto):
     """With `restore_v` the cycle writes v_ref over Modbus until the loaded bus is back at
-    375 V; a fault is not chased (v_ref back to nominal, alarm raised); on the way down the
+    375 V; a fault is not chased (v_ref holds, the alarm is raised); on the way down the
     converter gets its nominal reference, its safe state."""
     data = site(tmp_path, mosquitto.port)
     dc = next(d for d in data["devices"] if d["role"] == "dcdc")
@@ -107,11 +107,11 @@ async def test_restore_v_shifts_the_droop_reference_until_the_bus_sits_at_nomina
         await wait_for(lambda: any(m["dc_bus_v"] is not None and abs(m["dc_bus_v"] - 375) < 0.2
                                    for m in telemetry(run.sub)), 20, "telemetry at 375 V")
 
+        shifted = sim.v_ref
         sim.inject_bus_fault(FAULT_V)
-        await wait_for(lambda: sim.v_ref == pytest.approx(375.0, abs=0.05), 20,
-                       "v_ref back to nominal under the fault")
         await wait_for(lambda: ALARM in run.daemon.cycle.decision.alarms, 20, "the alarm")
-        assert sim.bus_v == pytest.approx(IN_BAND_V + FAULT_V, abs=0.1)
+        assert sim.v_ref == pytest.approx(shifted, abs=0.25)  # not chased up to +5 %
+        assert sim.bus_v < 337.5  # out of band, where the fault puts it
 
         sim.clear_bus_fault()
         await wait_for(lambda: abs(sim.bus_v - 375.0) < 0.2, 20, "restored again")
