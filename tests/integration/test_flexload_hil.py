@@ -90,11 +90,16 @@ async def test_loads_shed_by_priority_hold_the_import_limit_and_come_back_one_at
         return (datetime.fromisoformat(m["ts"]) - run.clock.start).total_seconds()
 
     over = [(round(sim_s(m)), m["grid_kw"], m["bess_kw"], m["flex_loads_on"]) for m in msgs
-            if sim_s(m) > shed_at + 60 and m["grid_kw"] > LIMIT_KW + SLACK_KW]
+            if sim_s(m) > shed_at + 60 and (m["grid_kw"] or 0.0) > LIMIT_KW + SLACK_KW]
     assert not over, (over, ops, [(round(sim_s(m)), m["grid_kw"], m["bess_kw"], m["flex_loads_on"],
                                    m["stale"], m["mode"]) for m in msgs
                                   if over and abs(sim_s(m) - over[0][0]) < 30])
-    counts = [m["flex_loads_on"] for m in msgs]
+    # A cycle whose load polls timed out (a loaded CI machine) publishes the loads as null,
+    # never as a partial sum; those messages say nothing about the counts.
+    read = [m for m in msgs if m["flex_loads_on"] is not None]
+    assert all(m["flex_load_kw"] is None for m in msgs if m["flex_loads_on"] is None)
+    assert len(read) >= len(msgs) - 3
+    counts = [m["flex_loads_on"] for m in read]
     assert counts[0] == 3 and 1 in counts and counts[-1] == 3
-    for m in msgs:
+    for m in read:
         assert abs(m["flex_load_kw"] - 10 * m["flex_loads_on"]) <= 0.1, m
