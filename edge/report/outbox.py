@@ -22,13 +22,14 @@ fsync), fine to make from a coroutine.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from edge.sqlitefile import open_durable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -61,20 +62,11 @@ class OutboxRow:
 class Outbox:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._listeners: list[Callable[[int], None]] = []
-        try:
-            # autocommit mode: transactions are explicit below
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise RuntimeError(
-                f"cannot open outbox {self.path}: {exc}; check that the storage dir is writable "
-                "and the file is not corrupt (move it aside to start a fresh outbox)"
-            ) from exc
+        self._db = open_durable(self.path, _SCHEMA, "outbox",
+                                "check that the storage dir is writable and the file is not "
+                                "corrupt (move it aside to start a fresh outbox)")
 
     # -- writing -------------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ clock (simulated under HIL), as the handler keeps them.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.instructions import Instruction
+from edge.sqlitefile import open_durable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS active (
@@ -91,11 +91,10 @@ def _ins_from(d: dict[str, Any]) -> Instruction:
 
 class CommandStore:
     def __init__(self, path: Path, seen_max: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_durable(path, _SCHEMA, "the park command store",
+                                "check that the storage dir is writable (move a corrupt file "
+                                "aside: accepted dispatches are then forgotten until the "
+                                "platform sends them again)")
         self._lock = threading.Lock()  # saved from a worker thread, loaded at start
         self._seen_max = seen_max
 

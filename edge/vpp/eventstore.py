@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import threading
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
+
+from edge.sqlitefile import open_durable
 
 OPT_IN, OPT_OUT = "optIn", "optOut"
 ENDED = ("completed", "cancelled")
@@ -115,19 +116,11 @@ def jsonable(value: Any) -> Any:
 class EventStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise RuntimeError(
-                f"cannot open the DR event store {self.path}: {exc}; check that the storage "
-                "dir is writable (move a corrupt file aside: live events are then forgotten "
-                "until the VTN sends them again)"
-            ) from exc
+        self._db = open_durable(self.path, _SCHEMA, "the DR event store",
+                                "check that the storage dir is writable (move a corrupt file "
+                                "aside: live events are then forgotten until the VTN sends "
+                                "them again)")
 
     def put(self, ev: StoredEvent, now: datetime) -> None:
         row = (
