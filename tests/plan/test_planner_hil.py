@@ -17,6 +17,7 @@ from site_harness import device, running_site, site_dict  # noqa: E402
 from edge.instructions import Instruction  # noqa: E402
 
 SPEED = 240.0
+TOL_KW = 1.0  # one control cycle (4.8 simulated s here) of load ripple and meter quantisation
 
 
 async def test_planner_and_kernel_keep_every_limit_on_the_demo_site(tmp_path, mosquitto):
@@ -49,8 +50,8 @@ async def test_planner_and_kernel_keep_every_limit_on_the_demo_site(tmp_path, mo
     assert samples[-1].soc_pct > 33
     # Every limit held, every simulated minute.
     settled = samples[2:]
-    assert max(s.grid_kw for s in settled) <= 80.5  # control.import_limit_kw
-    assert min(s.grid_kw for s in settled) >= -0.5  # zero export
+    assert max(s.grid_kw for s in settled) <= 80 + TOL_KW  # control.import_limit_kw
+    assert min(s.grid_kw for s in settled) >= -TOL_KW  # zero export
     assert all(10 - 0.1 <= s.soc_pct <= 95 + 0.1 for s in samples)
     during = [s for s in samples if dr_start + timedelta(minutes=1) <= s.t < dr_end]
-    assert during and max(s.grid_kw for s in during) <= 30.5
+    assert during and max(s.grid_kw for s in during) <= 30 + TOL_KW
