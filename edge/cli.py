@@ -127,9 +127,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge.clock import Clock
-    from edge.dispatch import KernelUnavailable
-    from edge.runtime import Daemon
+    from edge.app.clock import Clock
+    from edge.control.kernel import KernelUnavailable
+    from edge.app.daemon import Daemon
 
     cfg = _load(args.config)
     _logging(args.log_level)
@@ -217,8 +217,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edge.demo import run_demo
-    from edge.dispatch import KernelUnavailable
+    from tools.demo import run_demo
+    from edge.control.kernel import KernelUnavailable
 
     cfg = _load(args.config)
     _logging(args.log_level)
@@ -231,8 +231,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from edge.dispatch import KernelUnavailable
-    from edge.simulate import command
+    from edge.control.kernel import KernelUnavailable
+    from tools.simulate import command
 
     cfg = _load(args.config)
     _logging(args.log_level)

@@ -19,13 +19,13 @@ from datetime import datetime
 import numpy as np
 
 from drivers.base import Device, DeviceError, Quality, Reading
-from edge import dispatch
-from edge.clock import Clock
+from edge.control import kernel as dispatch
+from edge.app.clock import Clock
 from edge.config import BatteryDevice, Config, FlexLoadDevice, PvDevice, poll_deadline_s
-from edge.control import SiteBounds, run_functions
-from edge.dcbus import DcBusMonitor, DcBusRestore
-from edge.image import DeviceState, ProcessImage
-from edge.instructions import InstructionBook
+from edge.control.bounds import SiteBounds, run_functions
+from edge.control.dcbus import DcBusMonitor, DcBusRestore
+from edge.image.image import DeviceState, ProcessImage
+from edge.control.instructions import InstructionBook
 
 log = logging.getLogger(__name__)
 

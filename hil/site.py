@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from pymodbus.server import ModbusTcpServer
 
-from edge.clock import Clock
+from edge.app.clock import Clock
 from edge.config import Config, MeterDevice, TariffConfig
 from hil.devices import Dlt645SimMeter, Env, Fault, MapSimDevice, SimulatedDevice, build
 from hil.dlt645_server import MeterBus, meter_bus, meter_bus_key

@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 import pytest
 
 from drivers.base import DeviceError, Quality, Reading
-from edge import control, dispatch
-from edge.clock import Clock
+from edge.control import bounds as control
+from edge.control import kernel as dispatch
+from edge.app.clock import Clock
 from edge.config import parse
 from edge.cycle import ControlCycle, Decision
 
@@ -376,7 +377,7 @@ async def test_slow_value_not_refreshed_in_time_is_stale_while_fast_values_stay_
     cannot act on it, while the device's fresh power reading is still GOOD."""
     import time as _time
 
-    from edge.image import StaleValue
+    from edge.image.image import StaleValue
 
     rig = make()
     old = _time.monotonic() - 10 * 300 * rig.cycle.period_wall_s

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 import pytest
 
 from drivers.base import DeviceError, Reading
-from edge import dispatch
-from edge.clock import Clock
+from edge.control import kernel as dispatch
+from edge.app.clock import Clock
 from edge.config import parse
 from edge.cycle import ControlCycle, Decision
 

@@ -3,8 +3,8 @@
 import math
 from datetime import UTC, datetime, timedelta
 
-from edge.control import SiteBounds, apply_instructions
-from edge.instructions import Instruction, InstructionBook
+from edge.control.bounds import SiteBounds, apply_instructions
+from edge.control.instructions import Instruction, InstructionBook
 
 T0 = datetime(2026, 6, 22, 8, tzinfo=UTC)
 H = timedelta(hours=1)

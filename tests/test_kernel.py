@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge import dispatch as layout
-from edge.dispatch import KernelUnavailable, load_kernel
+from edge.control import kernel as layout
+from edge.control.kernel import KernelUnavailable, load_kernel
 
 INF = math.inf
 NAN = math.nan

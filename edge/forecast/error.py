@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from edge.history import INTERVAL_S, Interval
+from edge.report.history import INTERVAL_S, Interval
 
 
 @dataclass(slots=True)

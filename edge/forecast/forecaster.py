@@ -14,8 +14,8 @@ from edge.config import Config, PvDevice
 from edge.forecast.error import ForecastErrors
 from edge.forecast.load import LoadForecaster
 from edge.forecast.pv import Array, PvForecaster
-from edge.history import History, SitePower
-from edge.image import ProcessImage, Quality
+from edge.report.history import History, SitePower
+from edge.image.image import ProcessImage, Quality
 from edge.vpp.baseline import Calendar
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from datetime import date, datetime, timedelta, tzinfo
 
 import numpy as np
 
-from edge.history import INTERVAL_S, History
+from edge.report.history import INTERVAL_S, History
 from edge.vpp.baseline import Calendar
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from edge.config import BatteryDevice, Config, TariffConfig
-from edge.instructions import PRIORITY, Instruction
+from edge.control.instructions import PRIORITY, Instruction
 
 inf = math.inf
 COMMITMENT_SOURCES = ("grid_operator", "park")

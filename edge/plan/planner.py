@@ -52,9 +52,9 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from edge.clock import Clock
+from edge.app.clock import Clock
 from edge.config import BatteryDevice, Config
-from edge.instructions import Instruction
+from edge.control.instructions import Instruction
 from edge.plan.model import build_input
 from edge.plan.solve import Plan, PlanInfeasible, solve
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.sqlitefile import open_durable
+from edge.app.sqlitefile import open_durable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (

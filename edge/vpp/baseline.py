@@ -25,7 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edge.history import INTERVAL_S, PER_DAY, interval_start
+from edge.report.history import INTERVAL_S, PER_DAY, interval_start
 
 QUARTER = timedelta(seconds=INTERVAL_S)
 METHODS = ("avg5", "realtime", "high5of10")

@@ -41,10 +41,10 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from edge.clock import Clock
+from edge.app.clock import Clock
 from edge.config import BatteryDevice, Config
 from edge.cycle import ControlCycle
-from edge.instructions import Instruction
+from edge.control.instructions import Instruction
 from edge.report.mqtt import MqttLink
 from edge.report.outbox import Outbox
 from edge.vpp.cmdstore import CommandStore, SavedCommand, Snapshot

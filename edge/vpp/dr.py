@@ -11,7 +11,7 @@ daemon owns one `DrManager` (`Daemon.dr`), calls `tick` periodically and sends w
 returns on `dr/<event_id>` (edge/vpp/schemas.py `DrReport`, plus projected_ratio, alarm, band).
 
 Instructions carry the event's source (grid_operator or park) and combine in the book by
-priority with park dispatch and the plan (edge/instructions.py); the planner reads the
+priority with park dispatch and the plan (edge/control/instructions.py); the planner reads the
 grid-operator and park ones as commitments. The baseline is computed until the response
 begins (ramp-in start) and frozen from then on; a realtime baseline waits for its reference
 quarter hour. Events, frozen baselines and final results persist in `dr.sqlite` in the state
@@ -31,8 +31,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from edge.config import BatteryDevice, Config, PvDevice
-from edge.history import History, interval_start
-from edge.instructions import Instruction, InstructionBook
+from edge.report.history import History, interval_start
+from edge.control.instructions import Instruction, InstructionBook
 from edge.vpp.baseline import (
     Baseline,
     BaselineError,

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from edge.sqlitefile import open_durable
+from edge.app.sqlitefile import open_durable
 
 OPT_IN, OPT_OUT = "optIn", "optOut"
 ENDED = ("completed", "cancelled")

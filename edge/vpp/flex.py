@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edge.config import BatteryDevice, Config, PvDevice
-from edge.image import ProcessImage
+from edge.image.image import ProcessImage
 
 INTERVAL_S = 900
 

@@ -47,10 +47,10 @@ from typing import Any
 
 from openleadr import OpenADRClient, enums, objects
 
-from edge.clock import Clock
+from edge.app.clock import Clock
 from edge.config import BatteryDevice, Config, ControlConfig, PvDevice
 from edge.cycle import ControlCycle
-from edge.image import ProcessImage
+from edge.image.image import ProcessImage
 from edge.vpp.dr import DrEvent, DrManager, DrRejected, Segment
 from edge.vpp.eventstore import ENDED, OPT_IN, OPT_OUT, DrRequest, EventStore, StoredEvent
 

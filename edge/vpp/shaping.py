@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 
 from edge.config import ControlConfig, DrConfig
-from edge.instructions import Instruction
+from edge.control.instructions import Instruction
 from edge.vpp.baseline import QUARTER, event_intervals
 
 Direction = Literal["reduce", "increase"]

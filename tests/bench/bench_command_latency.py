@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from edge import config as config_mod  # noqa: E402
-from edge.clock import Clock  # noqa: E402
+from edge.app.clock import Clock  # noqa: E402
 from hil.site import SimSite  # noqa: E402
 
 MOSQUITTO = shutil.which("mosquitto") or (

@@ -30,12 +30,12 @@ import numpy as np
 from benchlib import free_port
 
 from edge import config as config_mod
-from edge.clock import Clock
+from edge.app.clock import Clock
 from edge.config import Config
-from edge.history import History
-from edge.report.broker import ensure_broker
-from edge.runtime import Daemon
-from edge.simulate import seed_history
+from edge.report.history import History
+from tools.broker import ensure_broker
+from edge.app.daemon import Daemon
+from tools.simulate import seed_history
 from edge.vpp.baseline import METHODS, BaselineError, Calendar, baseline
 from edge.vpp.dr import DrEvent, DrExecution
 from edge.vpp.execution import LiveHistory

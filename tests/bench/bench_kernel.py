@@ -1,4 +1,4 @@
-"""Time one dispatch call for 64-device sites: the compiled kernel, the edge.dispatch wrapper
+"""Time one dispatch call for 64-device sites: the compiled kernel, the edge.control.kernel wrapper
 around it (allocation included), and the pure-Python twin.
 
 Sites: 48 batteries + 16 PV (no loads); and 24 batteries + 16 PV + 24 flexible loads, once
@@ -24,7 +24,7 @@ sys.path[:0] = [str(TESTS.parent), str(TESTS)]
 import kernel_twin as twin  # noqa: E402
 from benchlib import environment  # noqa: E402
 
-from edge import dispatch as layout  # noqa: E402
+from edge.control import kernel as layout  # noqa: E402
 
 REPEATS = 7
 
@@ -103,7 +103,7 @@ def main() -> None:
     print("dispatch per call, 64 devices, median of", REPEATS)
     for line in environment():
         print(line)
-    print("| site | compiled µs | edge.dispatch µs | twin µs | twin / compiled "
+    print("| site | compiled µs | edge.control.kernel µs | twin µs | twin / compiled "
           "| loads switched | status |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     print(measure(kernel, "48 batteries + 16 PV", -150.0, 200.0, *no_loads))

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from edge import config as config_mod  # noqa: E402
-from edge import simulate  # noqa: E402
+from tools import simulate  # noqa: E402
 from hil import scenario as scenario_mod  # noqa: E402
 
 
@@ -89,7 +89,7 @@ def main() -> int:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     print()
     print(f"Costs in {docs[0]['currency'] if docs else 'CNY'}, adjusted for the energy left in "
-          "the battery (see edge/simulate.py).")
+          "the battery (see tools/simulate.py).")
     print(" | ".join(h.ljust(w) for h, w in zip(head, widths)))
     print("-|-".join("-" * w for w in widths))
     for r in rows:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from drivers.dlt645 import poll_round_s
 from drivers.registry import build_devices
-from edge.clock import Clock
+from edge.app.clock import Clock
 from edge.config import parse
 from hil.site import SimSite
 

@@ -16,7 +16,7 @@ from conftest import free_port
 from drivers.base import DcConverter, DeviceError
 from drivers.modbus_map import MapDcConverter, MapError, load_map, load_map_file
 from drivers.registry import build_devices
-from edge.clock import Clock
+from edge.app.clock import Clock
 from edge.config import ConfigError, parse
 from hil.dcbus import EFFICIENCY, MapDcBusSim
 from hil.site import SimSite

@@ -33,9 +33,9 @@ from drivers.modbus_map import (
 )
 from drivers.registry import build_devices
 from drivers.sunspec_tcp import Endpoint
-from edge import dispatch
+from edge.control import kernel as dispatch
 from edge.cli import main as cli_main
-from edge.clock import Clock
+from edge.app.clock import Clock
 from edge.config import parse
 from edge.cycle import ControlCycle
 from hil.devices import MapBatteryPcs, MapSimDevice, MapThreePhaseMeter, build

@@ -18,8 +18,8 @@ from drivers.base import DeviceError, Reading
 from drivers.modbus_map import BACKOFF_MAX_S, BACKOFF_MIN_S, MapBattery, MapMeter
 from drivers.modbus_serial import SerialEndpoint
 from drivers.registry import build_devices
-from edge import dispatch
-from edge.clock import Clock
+from edge.control import kernel as dispatch
+from edge.app.clock import Clock
 from edge.config import Config, parse
 from edge.cycle import ControlCycle
 from hil.site import SimSite

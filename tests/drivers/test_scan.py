@@ -18,7 +18,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.scan import BROKEN_CHAIN, NO_ANSWER, NOT_SUNSPEC, OK, render_text, scan
 from drivers.sunspec import SUNS
-from edge.clock import Clock
+from edge.app.clock import Clock
 from edge.config import Config, parse
 from hil.site import SimSite
 

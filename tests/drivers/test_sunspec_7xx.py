@@ -22,7 +22,7 @@ from drivers import sunspec
 from drivers.base import DeviceError
 from drivers.scan import OK, render_text, scan
 from drivers.sunspec_tcp import Endpoint, SunSpecBattery, SunSpecMeter, SunSpecPv
-from edge.clock import Clock
+from edge.app.clock import Clock
 from edge.config import Config, parse
 from hil.site import SimSite
 

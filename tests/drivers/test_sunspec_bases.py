@@ -16,7 +16,7 @@ from conftest import free_port
 from drivers.scan import OK, render_text, scan
 from drivers.sunspec import layout
 from drivers.sunspec_tcp import Endpoint, SunSpecBattery, SunSpecPv
-from edge.clock import Clock
+from edge.app.clock import Clock
 from edge.config import Config, parse
 from hil.site import SimSite
 

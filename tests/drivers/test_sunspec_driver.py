@@ -29,7 +29,7 @@ from drivers.sunspec_tcp import (
     SunSpecMeter,
     SunSpecPv,
 )
-from edge.clock import Clock
+from edge.app.clock import Clock
 from edge.config import Config, parse
 from hil.site import SimSite
 

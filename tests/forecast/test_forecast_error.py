@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edge.forecast.error import ForecastErrors
-from edge.history import INTERVAL_S, Interval
+from edge.report.history import INTERVAL_S, Interval
 
 T0 = datetime(2026, 6, 22, tzinfo=UTC)
 

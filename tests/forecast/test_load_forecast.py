@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edge.forecast.load import LoadForecaster
-from edge.history import INTERVAL_S, History, Interval
+from edge.report.history import INTERVAL_S, History, Interval
 
 TZ = ZoneInfo("Asia/Shanghai")
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from drivers.base import Reading
 from edge.config import PvDevice
 from edge.forecast import pv_held_back
-from edge.image import DeviceState, ProcessImage, Quality
+from edge.image.image import DeviceState, ProcessImage, Quality
 
 PV = PvDevice(id="pv1", role="pv", protocol="sunspec-tcp", host="127.0.0.1", port=1502,
               rated_kw=100.0)

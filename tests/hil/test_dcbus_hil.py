@@ -50,7 +50,7 @@ def devices(sub: Subscriber) -> list[dict]:
 
 async def test_telemetry_carries_the_bus_voltage_and_an_excursion_raises_then_clears_the_alarm(
         tmp_path, mosquitto, caplog):
-    caplog.set_level(logging.INFO, logger="edge.dcbus")
+    caplog.set_level(logging.INFO, logger="edge.control.dcbus")
     async with running_site(site(tmp_path, mosquitto.port), mosquitto, SPEED) as run:
         sim, sub = run.site, run.sub
         await wait_for(lambda: any(m["dc_bus_v"] is not None for m in telemetry(sub)), 20,
@@ -82,7 +82,7 @@ async def test_telemetry_carries_the_bus_voltage_and_an_excursion_raises_then_cl
     assert back["dc_bus_v"] == pytest.approx(IN_BAND_V, abs=0.1)
 
     warnings = [r.getMessage() for r in caplog.records
-                if r.name == "edge.dcbus" and r.levelno == logging.WARNING]
+                if r.name == "edge.control.dcbus" and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "dcdc1 out of band: 307.5 V" in warnings[0]
     assert sum("back in band" in r.getMessage() for r in caplog.records) == 1
 

@@ -11,7 +11,7 @@ from conftest import free_port, wait_for
 from pymodbus.client import AsyncModbusTcpClient
 
 from drivers.sunspec import END_ID, SUNS, decode, model
-from edge.clock import Clock
+from edge.app.clock import Clock
 from edge.config import Config, parse
 from hil.site import SimSite
 

@@ -16,7 +16,7 @@ from conftest import free_port
 from drivers import dlt645 as d
 from drivers.base import DeviceError
 from drivers.registry import build_devices
-from edge.clock import Clock
+from edge.app.clock import Clock
 from edge.config import Config, parse
 from hil.dlt645_server import encode_value, format_limit
 from hil.site import SimSite

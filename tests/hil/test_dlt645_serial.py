@@ -18,7 +18,7 @@ from conftest import free_port
 from drivers import dlt645 as d
 from drivers.base import DeviceError, Reading
 from drivers.registry import build_devices
-from edge.clock import Clock
+from edge.app.clock import Clock
 from edge.config import Config, parse
 from hil.site import SimSite
 

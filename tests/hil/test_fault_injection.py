@@ -22,8 +22,8 @@ from conftest import free_port
 
 from drivers.base import Quality
 from drivers.registry import build_devices
-from edge import dispatch
-from edge.clock import Clock
+from edge.control import kernel as dispatch
+from edge.app.clock import Clock
 from edge.config import Config, parse
 from edge.cycle import ControlCycle, Decision
 from hil.devices import Fault

@@ -13,7 +13,7 @@ from conftest import free_port
 from drivers.base import DeviceError, FlexLoad
 from drivers.modbus_map import MapError, MapFlexLoad, map_for
 from drivers.registry import build_devices
-from edge.clock import Clock
+from edge.app.clock import Clock
 from edge.config import parse
 from hil.site import SimSite
 

@@ -20,8 +20,8 @@ from drivers.base import DeviceError
 from drivers.registry import build_devices
 from drivers.sunspec import SunSpecError
 from drivers.sunspec_tcp import Endpoint, SunSpecBattery, SunSpecPv
-from edge import dispatch
-from edge.clock import Clock
+from edge.control import kernel as dispatch
+from edge.app.clock import Clock
 from edge.config import SIM_SUNSPEC_MODELS, Config, ConfigError, parse
 from edge.cycle import ControlCycle
 from hil.site import SimSite

@@ -15,9 +15,9 @@ import yaml
 from conftest import Subscriber, free_port
 
 from edge import config as config_mod
-from edge.clock import Clock
+from edge.app.clock import Clock
 from edge.config import Config
-from edge.runtime import Daemon
+from edge.app.daemon import Daemon
 from hil.site import SimSite
 
 ROOT = Path(__file__).resolve().parents[2]

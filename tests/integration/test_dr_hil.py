@@ -18,7 +18,7 @@ import pytest
 from conftest import Subscriber, wait_for
 from site_harness import device, running_site, site_dict
 
-from edge.history import History, Interval
+from edge.report.history import History, Interval
 from edge.vpp.dr import DrEvent
 from hil.physics import clear_sky_kw, office_load_kw
 

@@ -16,7 +16,7 @@ from site_harness import device, running_site, site_dict, write_config
 
 from drivers.base import Quality
 from edge import config as config_mod
-from edge.clock import Clock
+from edge.app.clock import Clock
 from hil.site import SimSite
 
 SPEED = 120.0

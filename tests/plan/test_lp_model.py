@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge.config import parse
-from edge.instructions import Instruction
+from edge.control.instructions import Instruction
 from edge.plan.model import PlanBattery, PlanInput, build, build_input, demand_blocks
 from edge.plan.solve import PlanInfeasible, solve
 

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
 from site_harness import device, running_site, site_dict  # noqa: E402
 
-from edge.instructions import Instruction  # noqa: E402
+from edge.control.instructions import Instruction  # noqa: E402
 
 SPEED = 240.0
 TOL_KW = 1.0  # one control cycle (4.8 simulated s here) of load ripple and meter quantisation

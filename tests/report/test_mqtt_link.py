@@ -10,7 +10,7 @@ import pytest
 from conftest import Subscriber, free_port, wait_for
 
 from edge.config import MqttConfig
-from edge.report.broker import ensure_broker
+from tools.broker import ensure_broker
 from edge.report.mqtt import MqttLink
 from edge.report.outbox import Outbox
 

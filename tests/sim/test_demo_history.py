@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from edge import config as config_mod
-from edge.demo import seed_history
+from tools.demo import seed_history
 from edge.forecast.forecaster import Forecaster
-from edge.history import History
+from edge.report.history import History
 from hil.site import SimSite
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""The HTML report (edge/report_html.py) and the `simulate` command around it: the command
+"""The HTML report (tools/report_html.py) and the `simulate` command around it: the command
 writes the KPI JSON the issue lists and a self-contained report with the four figures per
 day; a bad scenario exits 2 naming the field; the demo writes its report too."""
 
@@ -18,8 +18,9 @@ import yaml
 from conftest import free_port
 
 from edge import config as config_mod
-from edge import report_html, simulate
-from edge.demo import run_demo
+from tools import report_html
+from tools import simulate
+from tools.demo import run_demo
 from hil.site import Sample
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""Scenarios (hil/scenario.py) and the simulate runner (edge/simulate.py): every shipped
+"""Scenarios (hil/scenario.py) and the simulate runner (tools/simulate.py): every shipped
 scenario loads, fits the demo site and runs (HIL + daemon with the planner on the simulated
 clock, truncated to 2 h; full days are the benchmark); bad files are refused naming the
 field; the KPIs of a run add up; the references are ordered as they must be (nothing beats
@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from edge import config as config_mod
-from edge import simulate
+from tools import simulate
 from hil import scenario as scenario_mod
 from hil.site import SimSite
 

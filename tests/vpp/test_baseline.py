@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from edge.history import History, Interval
+from edge.report.history import History, Interval
 from edge.vpp.baseline import (
     BaselineError,
     BaselineNotYet,

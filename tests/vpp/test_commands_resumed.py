@@ -6,8 +6,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from edge import config as config_mod
-from edge.clock import Clock
-from edge.instructions import InstructionBook
+from edge.app.clock import Clock
+from edge.control.instructions import InstructionBook
 from edge.vpp.commands import CommandHandler
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +51,7 @@ def test_cancel_of_an_unknown_event_is_rejected_with_a_reason():
 
 
 def test_an_event_id_from_outside_becomes_one_plain_topic_level():
-    from edge.runtime import topic_level
+    from edge.app.daemon import topic_level
 
     assert topic_level("oadr:vtn/ev#1+x y") == "oadr:vtn_ev_1_x_y"
     assert topic_level("ev-1") == "ev-1"

@@ -15,9 +15,9 @@ import yaml
 
 from drivers.base import Quality, Reading
 from edge import config as config_mod
-from edge.history import Accumulator, History, Interval, SitePower
-from edge.image import DeviceState, ProcessImage
-from edge.instructions import InstructionBook
+from edge.report.history import Accumulator, History, Interval, SitePower
+from edge.image.image import DeviceState, ProcessImage
+from edge.control.instructions import InstructionBook
 from edge.vpp.dr import DrEvent, DrManager, DrRejected
 from edge.vpp.schemas import DrReport
 

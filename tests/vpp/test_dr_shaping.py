@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from edge.config import ControlConfig, DrConfig
-from edge.instructions import Instruction, InstructionBook
+from edge.control.instructions import Instruction, InstructionBook
 from edge.vpp.baseline import event_intervals
 from edge.vpp.shaping import (
     DrEvent,

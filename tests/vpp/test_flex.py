@@ -12,7 +12,7 @@ import yaml
 
 from drivers.base import Quality, Reading
 from edge import config as config_mod
-from edge.image import DeviceState, ProcessImage
+from edge.image.image import DeviceState, ProcessImage
 from edge.vpp import flex
 from edge.vpp.schemas import Flex, undeclared
 

@@ -16,7 +16,7 @@ import yaml
 from conftest import free_port, wait_for
 
 from edge import config as config_mod
-from edge.runtime import Daemon
+from edge.app.daemon import Daemon
 
 ROOT = Path(__file__).resolve().parents[2]
 

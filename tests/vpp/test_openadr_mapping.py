@@ -14,9 +14,9 @@ from openleadr.messaging import create_message, parse_message
 
 from drivers.base import Quality, Reading
 from edge import config as config_mod
-from edge.clock import Clock
+from edge.app.clock import Clock
 from edge.config import ControlConfig
-from edge.image import DeviceState, ProcessImage
+from edge.image.image import DeviceState, ProcessImage
 from edge.vpp.eventstore import DrRequest, EventStore, StoredEvent
 from edge.vpp.openadr import Flexibility, decide, dr_events, flexibility, needed_kw, normalise
 

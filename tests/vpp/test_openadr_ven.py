@@ -23,10 +23,10 @@ import yaml
 from conftest import free_port, wait_for
 
 from edge import config as config_mod
-from edge.clock import Clock
+from edge.app.clock import Clock
 from edge.config import Config
 from edge.cycle import Decision
-from edge.runtime import Daemon
+from edge.app.daemon import Daemon
 from edge.vpp.eventstore import EventStore
 from hil.site import SimSite
 from hil.vtn import EventSpec, GridOperator, IntervalSpec, Tls

@@ -13,7 +13,7 @@ from conftest import Subscriber, wait_for
 from pydantic import ValidationError
 
 from edge.cli import main
-from edge.history import History, Interval
+from edge.report.history import History, Interval
 from edge.vpp.schemas import MESSAGES, Dispatch, DrEvent, undeclared
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 from edge.config import BatteryDevice, Config, FlexLoadDevice, MeterDevice, PvDevice
 from edge.cycle import ControlCycle, Decision
-from edge.dcbus import bus_v
-from edge.image import ProcessImage
+from edge.control.dcbus import bus_v
+from edge.image.image import ProcessImage
 
 
 def _r(x: float | None, nd: int = 3) -> float | None:

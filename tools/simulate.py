@@ -47,13 +47,13 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from edge import dispatch
-from edge.clock import Clock
+from edge.control import kernel as dispatch
+from edge.app.clock import Clock
 from edge.config import BatteryDevice, Config, PvDevice
-from edge.control import run_functions
-from edge.history import INTERVAL_S, History, Interval
-from edge.image import ProcessImage
-from edge.instructions import Instruction, InstructionBook
+from edge.control.bounds import run_functions
+from edge.report.history import INTERVAL_S, History, Interval
+from edge.image.image import ProcessImage
+from edge.control.instructions import Instruction, InstructionBook
 from hil.physics import Battery, ramp_toward
 from hil.scenario import BILLING_S, DeviceOffline, DrEvent, Scenario, Truth, Window
 from hil.site import Ledger, Sample, SimSite
@@ -342,8 +342,8 @@ async def run(scenario: Scenario, config: Config, *, forecast: str = "perfect",
               state_dir: Path | None = None, progress=None) -> RunResult:
     """One HIL + daemon run of `scenario` on `config` (as given: not yet applied).
     `progress(t_s, total_s, status)` is called ~10 times per wall second."""
-    from edge.report.broker import ensure_broker  # the daemon's modules: only for a run
-    from edge.runtime import Daemon
+    from tools.broker import ensure_broker  # the daemon's modules: only for a run
+    from edge.app.daemon import Daemon
 
     if forecast not in ("perfect", "own"):
         raise ValueError("forecast must be 'perfect' or 'own'")
@@ -669,7 +669,7 @@ def write_json(kpis: dict, path: Path) -> None:
 # -- report -----------------------------------------------------------------------------------
 def report_data(res: RunResult):
     """The HTML report's content for a run (after `evaluate`)."""
-    from edge.report_html import ReportData, Steps
+    from tools.report_html import ReportData, Steps
 
     k, sc, cfg = res.kpis, res.scenario, res.config
     refs = k["references"]
@@ -807,7 +807,7 @@ def command(config: Config, scenario_path: str, *, out: Path | None, report: Pat
         write_json(kpis, out)
         console.print(f"KPIs written to {out}")
     if report is not None:
-        from edge.report_html import write
+        from tools.report_html import write
 
         write(report_data(res), report)
         console.print(f"report written to {report}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from drivers.base import Quality
 from edge.config import Config, DcConverterDevice
-from edge.image import ProcessImage
+from edge.image.image import ProcessImage
 
 log = logging.getLogger(__name__)
 

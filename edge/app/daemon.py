@@ -14,13 +14,15 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from drivers.base import DeviceError
 from drivers.registry import build_devices
-from edge import carbon, dispatch, telemetry
-from edge.clock import Clock
+from edge.report import carbon
+from edge.control import kernel as dispatch
+from edge.report import telemetry
+from edge.app.clock import Clock
 from edge.config import Config
 from edge.cycle import ControlCycle
 from edge.forecast import Forecaster, pv_held_back
-from edge.history import Accumulator, History, site_power
-from edge.notify import Notifier
+from edge.report.history import Accumulator, History, site_power
+from edge.app.notify import Notifier
 from edge.report.mqtt import MqttLink
 from edge.report.outbox import Outbox
 from edge.vpp import flex

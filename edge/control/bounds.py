@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from edge.config import ControlConfig
-from edge.image import ProcessImage
-from edge.instructions import Combined
+from edge.image.image import ProcessImage
+from edge.control.instructions import Combined
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 
 from edge.config import CarbonConfig
-from edge.history import INTERVAL_S, Interval
+from edge.report.history import INTERVAL_S, Interval
 
 
 @dataclass(frozen=True, slots=True)

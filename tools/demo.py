@@ -15,14 +15,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edge import report_html
-from edge.clock import Clock
+from tools import report_html
+from edge.app.clock import Clock
 from edge.config import Config
-from edge.history import INTERVAL_S, PER_DAY, History, Interval, interval_start
-from edge.report.broker import ensure_broker
-from edge.report_html import Steps
-from edge.runtime import Daemon, state_dir
-from edge.simulate import PlanTrack
+from edge.report.history import INTERVAL_S, PER_DAY, History, Interval, interval_start
+from tools.broker import ensure_broker
+from tools.report_html import Steps
+from edge.app.daemon import Daemon, state_dir
+from tools.simulate import PlanTrack
 from hil.site import SimSite
 
 log = logging.getLogger(__name__)
