@@ -10,14 +10,18 @@ from datetime import UTC, datetime, timedelta
 
 
 class Clock:
-    def __init__(self, start: datetime | None = None, speed: float = 1.0) -> None:
+    def __init__(self, start: datetime | None = None, speed: float = 1.0,
+                 t0: float | None = None) -> None:
+        """`t0`: the monotonic instant simulated time starts (default: now). CLOCK_MONOTONIC
+        is one clock for every process of a machine, so a simulator in another process given
+        the same start, speed and t0 keeps the same simulated time."""
         if speed <= 0:
             raise ValueError("speed must be > 0")
         if start is not None and start.tzinfo is None:
             raise ValueError("start must carry a UTC offset")
         self.speed = speed
         self.start = (start or datetime.now(UTC)).astimezone(UTC)
-        self._t0 = time.monotonic()
+        self.t0 = time.monotonic() if t0 is None else t0
         # A real-time daemon follows the wall clock (NTP may correct it after boot on a box
         # without an RTC); only a HIL run with its own start and speed is pure simulation.
         self._wall = start is None and speed == 1.0
@@ -33,7 +37,7 @@ class Clock:
 
     def elapsed_s(self) -> float:
         """Simulated seconds since start (monotonic)."""
-        return (time.monotonic() - self._t0) * self.speed
+        return (time.monotonic() - self.t0) * self.speed
 
     def now(self) -> datetime:
         """Current (simulated) time, aware, in UTC."""
