@@ -128,8 +128,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from edge.app.clock import Clock
-    from edge.control.kernel import KernelUnavailable
     from edge.app.daemon import Daemon
+    from edge.control.kernel import KernelUnavailable
 
     cfg = _load(args.config)
     _logging(args.log_level)
@@ -217,8 +217,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from tools.demo import run_demo
     from edge.control.kernel import KernelUnavailable
+    from tools.demo import run_demo
 
     cfg = _load(args.config)
     _logging(args.log_level)

@@ -59,8 +59,8 @@ from pydantic import (
 )
 
 from edge.config import BatteryDevice, Config, TariffConfig, TariffPeriod, read_yaml
-from edge.config import _message as _config_message
-from edge.config import _path as _config_path
+from edge.config import error_message as _config_message
+from edge.config import error_path as _config_path
 
 BILLING_S = 900  # demand is metered, and the optimum solved, on 15-min means
 

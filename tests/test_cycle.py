@@ -280,16 +280,16 @@ async def test_raising_control_function_keeps_its_static_limit_and_others_still_
 async def test_crash_in_decide_applies_safe_state_and_next_cycle_continues(monkeypatch):
     rig = make(load_kw=30.0)
     await rig.step()
-    real = rig.cycle.decide
+    real = rig.cycle.controller.decide
     calls = []
 
-    def crash_once(image):
+    def crash_once(image, book, memory, now_s):
         calls.append(image)
         if len(calls) == 1:
             raise RuntimeError("bug in decide")
-        return real(image)
+        return real(image, book, memory, now_s)
 
-    monkeypatch.setattr(rig.cycle, "decide", crash_once)
+    monkeypatch.setattr(rig.cycle.controller, "decide", crash_once)
     rig.clear_writes()
     d = await rig.step()
     assert d.mode == "safe" and rig.cycle.stats.crashes == 1

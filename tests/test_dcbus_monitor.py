@@ -1,4 +1,4 @@
-"""The DC bus alarm and voltage (edge/control/dcbus.py) on hand-made process images: raised after
+"""The DC bus alarm and voltage (edge/roles/dcbus.py) on hand-made process images: raised after
 N consecutive fresh readings out of band, logged once per excursion, cleared by the first
 fresh reading back in band; bridged or stale readings neither raise nor clear it; the bus
 voltage is the mean of the GOOD converters and null without one."""
@@ -13,7 +13,7 @@ import pytest
 from drivers.base import Quality, Reading
 from edge.report import telemetry
 from edge.config import parse
-from edge.control.dcbus import DcBusMonitor, bus_v
+from edge.roles.dcbus import DcBusMonitor, bus_v
 from edge.image.image import DeviceState, ProcessImage
 
 TS = datetime(2026, 6, 22, 4, tzinfo=UTC)
@@ -41,7 +41,7 @@ def image(volts: dict[str, float], quality=Quality.GOOD, failed_polls: int = 0) 
 
 def test_alarm_needs_n_consecutive_cycles_out_of_band_and_clears_in_band(caplog):
     mon = DcBusMonitor(config(after=3))
-    caplog.set_level(logging.INFO, logger="edge.control.dcbus")
+    caplog.set_level(logging.INFO, logger="edge.roles.dcbus")
     assert mon.observe(image({"dc1": 330.0})) == ()
     assert mon.observe(image({"dc1": 330.0})) == ()
     assert mon.observe(image({"dc1": 370.0})) == ()  # back in band: the count starts over

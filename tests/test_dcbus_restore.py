@@ -1,4 +1,4 @@
-"""Secondary control of the DC bus droop (edge/dcbus.DcBusRestore) against a hand-made
+"""Secondary control of the DC bus droop (edge/roles/dcbus.DcBusRestore) against a hand-made
 droop converter: bus = v_ref − slope × load, one poll behind. The shift closes the sag,
 within its ramp, its ±max_shift_pct and the converter's own v_ref range; it integrates on
 the reference the converter reports, holds on a missed poll and out of band, ramps back to
@@ -12,7 +12,7 @@ import pytest
 
 from drivers.base import Quality, Reading
 from edge.config import parse
-from edge.control.dcbus import DcBusRestore
+from edge.roles.dcbus import DcBusRestore
 from edge.image.image import DeviceState, ProcessImage
 
 TS = datetime(2026, 6, 22, 4, tzinfo=UTC)

@@ -15,15 +15,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tools import report_html
 from edge.app.clock import Clock
+from edge.app.daemon import Daemon, state_dir
 from edge.config import Config
 from edge.report.history import INTERVAL_S, PER_DAY, History, Interval, interval_start
+from hil.site import SimSite
+from tools import report_html
 from tools.broker import ensure_broker
 from tools.report_html import Steps
-from edge.app.daemon import Daemon, state_dir
 from tools.simulate import PlanTrack
-from hil.site import SimSite
 
 log = logging.getLogger(__name__)
 

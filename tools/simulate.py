@@ -47,13 +47,13 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from edge.control import kernel as dispatch
 from edge.app.clock import Clock
 from edge.config import BatteryDevice, Config, PvDevice
+from edge.control import kernel as dispatch
 from edge.control.bounds import run_functions
-from edge.report.history import INTERVAL_S, History, Interval
-from edge.image.image import ProcessImage
 from edge.control.instructions import Instruction, InstructionBook
+from edge.image.image import ProcessImage
+from edge.report.history import INTERVAL_S, History, Interval
 from hil.physics import Battery, ramp_toward
 from hil.scenario import BILLING_S, DeviceOffline, DrEvent, Scenario, Truth, Window
 from hil.site import Ledger, Sample, SimSite
@@ -342,8 +342,8 @@ async def run(scenario: Scenario, config: Config, *, forecast: str = "perfect",
               state_dir: Path | None = None, progress=None) -> RunResult:
     """One HIL + daemon run of `scenario` on `config` (as given: not yet applied).
     `progress(t_s, total_s, status)` is called ~10 times per wall second."""
-    from tools.broker import ensure_broker  # the daemon's modules: only for a run
     from edge.app.daemon import Daemon
+    from tools.broker import ensure_broker  # the daemon's modules: only for a run
 
     if forecast not in ("perfect", "own"):
         raise ValueError("forecast must be 'perfect' or 'own'")

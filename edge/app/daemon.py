@@ -14,15 +14,19 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from drivers.base import DeviceError
 from drivers.registry import build_devices
-from edge.report import carbon
-from edge.control import kernel as dispatch
-from edge.report import telemetry
 from edge.app.clock import Clock
+from edge.app.fanout import SiteView
+from edge.app.notify import Notifier
 from edge.config import Config
+from edge.control import kernel as dispatch
+from edge.control.decide import Decision
+from edge.control.instructions import InstructionBook
 from edge.cycle import ControlCycle
 from edge.forecast import Forecaster, pv_held_back
-from edge.report.history import Accumulator, History, site_power
-from edge.app.notify import Notifier
+from edge.image.balance import site_power
+from edge.image.image import ProcessImage
+from edge.report import carbon, telemetry
+from edge.report.history import Accumulator, History
 from edge.report.mqtt import MqttLink
 from edge.report.outbox import Outbox
 from edge.vpp import flex
@@ -58,26 +62,31 @@ class Daemon:
         self.outbox = Outbox(directory / "outbox.sqlite")
         self.link = MqttLink(mqtt, config.site.id, self.outbox)
         self.devices = build_devices(config)
-        self.cycle = ControlCycle(config, self.devices, self.kernel, self.clock)
+        self.book = InstructionBook()  # fed by DR, park dispatch and the planner
+        self.cycle = ControlCycle(config, self.devices, self.kernel, self.clock, self.book)
+        # Services read the last cycle's image and decision from the view, never the cycle.
+        self.view = SiteView(self.book, self.cycle.wake)
+        self.cycle.subscribe(self.view.publish)
+        self.cycle.subscribe(self._after_cycle)
         self.history = History(directory / "history.sqlite")
         self.meter = Accumulator(self.history.counters(),
                                  max_dt_s=max(60.0, 10 * config.control.cycle_s),
                                  co2_kg_per_import_kwh=config.carbon.import_factor)
         # DR events: baselines from the history, instructions in the book, M&V reports.
-        self.dr = DrManager(config, self.cycle.book, self.history, self.meter,
+        self.dr = DrManager(config, self.book, self.history, self.meter,
                             directory / "dr.sqlite", self.clock.now())
         self.commands = None
         if config.vpp.commands:
             store = CommandStore(directory / "commands.sqlite", SEEN_MAX)
-            self.commands = CommandHandler(config, self.clock, self.cycle, self.outbox, self.link,
-                                           wake=self.cycle.wake, dr=self.dr, store=store)
+            self.commands = CommandHandler(config, self.clock, self.view, self.outbox, self.link,
+                                           wake=self.view.wake, dr=self.dr, store=store)
             self.commands.restore()
         self._commands_task: asyncio.Task | None = None
         self.ven = None  # OpenADR 2.0b VEN, only with openadr.vtn_url; its events run on self.dr
         if config.openadr.vtn_url:
             from edge.vpp.openadr import Ven  # openleadr takes ~0.5 s to import: only when used
 
-            self.ven = Ven(config, self.cycle, self.clock, directory, self.dr)
+            self.ven = Ven(config, self.view, self.clock, directory, self.dr)
             self.ven.restore()
         self.green_share_today: float | None = None
         self.forecaster = Forecaster(config, self.history)
@@ -86,7 +95,7 @@ class Daemon:
         if config.planner.enabled:
             from edge.plan.planner import Planner  # HiGHS + scipy.sparse: only when used
 
-            self.planner = Planner(config, self.cycle, self.clock, self.forecaster, self.history)
+            self.planner = Planner(config, self.view, self.clock, self.forecaster, self.history)
         self.scheduler: AsyncIOScheduler | None = None
         self.ready = asyncio.Event()
         self.undelivered = 0  # outbox rows left at shutdown; they go out on the next start
@@ -100,10 +109,10 @@ class Daemon:
         await asyncio.gather(*(one(d) for d in self.devices))
 
     async def publish_telemetry(self) -> None:
-        image = self.cycle.image
+        image = self.view.image
         if image is None:
             return
-        payload = telemetry.build(self.config, image, self.cycle.decision)
+        payload = telemetry.build(self.config, image, self.view.decision)
         self.history.save_counters(self.meter.counters)  # before anyone sees them
         payload["counters"] = {k: round(v, 4) for k, v in self.meter.counters.items()
                                if k != "co2_kg"}
@@ -111,18 +120,14 @@ class Daemon:
         payload["green_share"] = self.green_share_today
         self.outbox.enqueue(self.link.topic("telemetry"), payload)
 
-    def _after_cycle(self) -> None:
+    def _after_cycle(self, image: ProcessImage, decision: Decision) -> None:
         """Runs after every cycle: watchdog, then integrate the image into the history.
         The history never takes the cycle down: a full disk is logged, control goes on."""
         self.notifier.watchdog()
-        image = self.cycle.image
-        if image is None:
-            return
         try:
             power = site_power(self.config, image)
             self.forecaster.observe(image.ts, power, self._pv_curtailed(), image.dt_s)
-            if self.cycle.decision is not None:
-                self._pv_limits = dict(self.cycle.decision.pv_limit_kw)
+            self._pv_limits = dict(decision.pv_limit_kw)
             closed = self.meter.add(image.ts, image.dt_s, power)
             if closed is not None:
                 self.history.put(closed, self.meter.counters, merge=True)
@@ -135,7 +140,7 @@ class Daemon:
             log.exception("recording the site history failed; control continues")
 
     async def publish_flex(self) -> None:
-        image = self.cycle.image
+        image = self.view.image
         if image is None:
             return
         plan = getattr(getattr(self, "planner", None), "plan", None)
@@ -145,11 +150,13 @@ class Daemon:
     async def dr_tick(self) -> None:
         """DR events: late baselines, expired instructions, and the `dr/<event_id>`
         reports that are due (every dr.report_s, at phase changes, the final one)."""
-        for msg in self.dr.tick(self.clock.now(), self.cycle.image):
+        for msg in self.dr.tick(self.clock.now(), self.view.image):
             self.outbox.enqueue(self.link.topic(f"dr/{topic_level(msg['event_id'])}"), msg)
 
     async def publish_devices(self) -> None:
-        payload = telemetry.device_health(self.config, self.cycle, self.clock.now(), self.clock.speed)
+        payload = telemetry.device_health(
+            self.config, self.view.image, self.cycle.health, self.devices, self.clock.now(),
+            self.clock.speed)
         self.outbox.enqueue(self.link.topic("devices"), payload)
 
     def _save_open_interval(self) -> None:
@@ -163,8 +170,8 @@ class Daemon:
             log.exception("saving the open history interval failed")
 
     def _pv_curtailed(self) -> bool:
-        image = self.cycle.image
-        return image is not None and pv_held_back(self.cycle.pvs, self._pv_limits, image)
+        image = self.view.image
+        return image is not None and pv_held_back(self.forecaster.pvs, self._pv_limits, image)
 
     async def housekeeping(self) -> None:
         d = self.cycle.stats.durations_ms
@@ -222,7 +229,7 @@ class Daemon:
                 self._commands_task = asyncio.create_task(self.commands.run(), name="commands")
                 self._commands_task.add_done_callback(_log_if_failed)
             cycle_task = asyncio.create_task(
-                self.cycle.run(stop, on_cycle=self._after_cycle), name="control-cycle"
+                self.cycle.run(stop), name="control-cycle"
             )
             self.notifier.ready(f"controlling {len(self.devices)} devices")
             self.ready.set()

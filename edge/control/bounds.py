@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from edge.config import ControlConfig
-from edge.image.image import ProcessImage
 from edge.control.instructions import Combined
+from edge.image.image import ProcessImage
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,9 @@ from edge.config import Config, PvDevice
 from edge.forecast.error import ForecastErrors
 from edge.forecast.load import LoadForecaster
 from edge.forecast.pv import Array, PvForecaster
-from edge.report.history import History, SitePower
+from edge.image.balance import SitePower
 from edge.image.image import ProcessImage, Quality
+from edge.report.history import History
 from edge.vpp.baseline import Calendar
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def pv_held_back(pvs: list[PvDevice], limits: dict[str, float], image: ProcessIm
 class Forecaster:
     def __init__(self, config: Config, history: History) -> None:
         f = config.forecast
-        pvs = [d for d in config.devices if isinstance(d, PvDevice)]
+        self.pvs = pvs = config.of_role("pv")
         self.pv = PvForecaster(
             config.site.latitude, config.site.longitude,
             [Array(p.rated_kw, p.tilt_deg, p.azimuth_deg) for p in pvs],

@@ -18,20 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.image.balance import SitePower
+
 INTERVAL_S = 900
 PER_DAY = 86400 // INTERVAL_S
 ENERGY = ("import_kwh", "export_kwh", "pv_kwh", "load_kwh", "charge_kwh", "discharge_kwh")
 _COV_TERMS = ("covered_s", "covered_load_s", "covered_pv_s", "covered_bess_s")
-
-
-@dataclass(frozen=True, slots=True)
-class SitePower:
-    """Site balance terms of one cycle, kW; None where a needed device is not GOOD."""
-
-    grid_kw: float | None
-    pv_kw: float | None
-    bess_kw: float | None
-    load_kw: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,32 +61,6 @@ class Interval:
 
 _COVER = {"load": "covered_load_s", "pv": "covered_pv_s", "charge": "covered_bess_s",
           "discharge": "covered_bess_s"}
-
-
-def site_power(config, image) -> SitePower:
-    """The balance terms of one process image. A sum over a role is None when any of its
-    devices is not GOOD (a partial sum would look real); load comes from load meters when
-    the site has them, else from the balance load = grid + pv + battery (DOMAIN.md §2)."""
-    from edge.config import BatteryDevice, MeterDevice, PvDevice
-
-    def total(cls, key="power_kw", pick=lambda d: True):
-        devs = [d for d in config.devices if isinstance(d, cls) and pick(d)]
-        if not all(image.good(d.id) for d in devs):
-            return None
-        return sum(image.value(d.id, key) for d in devs)
-
-    grid = config.grid_meter.id
-    grid_kw = image.value(grid, "power_kw") if image.good(grid) else None
-    pv_kw = total(PvDevice)
-    bess_kw = total(BatteryDevice)
-    loads = [d for d in config.devices if isinstance(d, MeterDevice) and d.measures == "load"]
-    if loads:
-        load_kw = total(MeterDevice, pick=lambda d: d.measures == "load")
-    elif None not in (grid_kw, pv_kw, bess_kw):
-        load_kw = grid_kw + pv_kw + bess_kw
-    else:
-        load_kw = None
-    return SitePower(grid_kw, pv_kw, bess_kw, load_kw)
 
 
 def interval_start(ts: datetime) -> datetime:

@@ -17,8 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from edge.control.instructions import Instruction
 from edge.app.sqlitefile import open_durable
+from edge.control.instructions import Instruction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS active (

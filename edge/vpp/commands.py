@@ -43,8 +43,8 @@ from pydantic import ValidationError
 
 from edge.app.clock import Clock
 from edge.config import BatteryDevice, Config
-from edge.cycle import ControlCycle
 from edge.control.instructions import Instruction
+from edge.cycle import ControlCycle
 from edge.report.mqtt import MqttLink
 from edge.report.outbox import Outbox
 from edge.vpp.cmdstore import CommandStore, SavedCommand, Snapshot

@@ -31,8 +31,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from edge.config import BatteryDevice, Config, PvDevice
-from edge.report.history import History, interval_start
 from edge.control.instructions import Instruction, InstructionBook
+from edge.report.history import History, interval_start
 from edge.vpp.baseline import (
     Baseline,
     BaselineError,

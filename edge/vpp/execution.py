@@ -9,8 +9,8 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 
 from edge.config import BatteryDevice, Config, DrConfig
-from edge.report.history import INTERVAL_S, History, Interval, interval_start
 from edge.control.instructions import Instruction
+from edge.report.history import INTERVAL_S, History, Interval, interval_start
 from edge.vpp import mv
 from edge.vpp.baseline import QUARTER, Baseline, event_intervals
 from edge.vpp.shaping import (

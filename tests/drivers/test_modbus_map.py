@@ -431,7 +431,7 @@ async def test_self_consumption_discharges_a_map_driven_battery_against_a_map_dr
     assert image.value("pcc", "power_kw") == pytest.approx(pcc["power_kw"], abs=1.0)
     assert image.value("bess", "soc_pct") < 60.0
     assert cycle.health["bess"].errors == 0 and cycle.health["pcc"].errors == 0
-    assert not cycle._written["bess"].failed  # every write passed its read-back
+    assert not cycle.memory.written["bess"].failed  # every write passed its read-back
     assert held["enable"] == 1.0 and held["revert"] == 60.0
     assert decision.bess_kw["bess"] == pytest.approx(held["setpoint"], abs=0.05)
     assert safe["setpoint"] == 0.0  # the safe state (0 kW) went out through the map too

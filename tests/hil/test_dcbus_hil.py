@@ -50,7 +50,7 @@ def devices(sub: Subscriber) -> list[dict]:
 
 async def test_telemetry_carries_the_bus_voltage_and_an_excursion_raises_then_clears_the_alarm(
         tmp_path, mosquitto, caplog):
-    caplog.set_level(logging.INFO, logger="edge.control.dcbus")
+    caplog.set_level(logging.INFO, logger="edge.roles.dcbus")
     async with running_site(site(tmp_path, mosquitto.port), mosquitto, SPEED) as run:
         sim, sub = run.site, run.sub
         await wait_for(lambda: any(m["dc_bus_v"] is not None for m in telemetry(sub)), 20,

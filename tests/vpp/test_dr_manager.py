@@ -15,7 +15,8 @@ import yaml
 
 from drivers.base import Quality, Reading
 from edge import config as config_mod
-from edge.report.history import Accumulator, History, Interval, SitePower
+from edge.report.history import Accumulator, History, Interval
+from edge.image.balance import SitePower
 from edge.image.image import DeviceState, ProcessImage
 from edge.control.instructions import InstructionBook
 from edge.vpp.dr import DrEvent, DrManager, DrRejected

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from drivers.base import Quality
-from edge.config import Config, DcConverterDevice
 from edge.image.image import ProcessImage
+
+if TYPE_CHECKING:
+    from edge.config import Config
+    from edge.roles.dcdc import DcConverterDevice
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +44,7 @@ def bus_v(config: Config, image: ProcessImage) -> float | None:
     """The DC bus voltage: the mean over the GOOD converters (in parallel they measure one
     bus, so one converter's reading stands for it); None without a GOOD converter."""
     values = [image.value(d.id, "bus_v") for d in config.devices
-              if isinstance(d, DcConverterDevice) and image.good(d.id)]
+              if d.role == "dcdc" and image.good(d.id)]
     return sum(values) / len(values) if values else None
 
 
@@ -55,9 +59,19 @@ class DcBusMonitor:
     """Called once per cycle with the new image; returns the alarms standing after it."""
 
     def __init__(self, config: Config) -> None:
-        self.converters = [d for d in config.devices if isinstance(d, DcConverterDevice)]
+        self.converters = [d for d in config.devices if d.role == "dcdc"]
         self._state = {d.id: _Excursion() for d in self.converters}
         self._nameplate_seen: set[str] = set()
+
+    def clone(self) -> DcBusMonitor:
+        other = object.__new__(DcBusMonitor)
+        other.converters = self.converters
+        other._state = {k: replace(e) for k, e in self._state.items()}
+        other._nameplate_seen = set(self._nameplate_seen)
+        return other
+
+    def alarms(self) -> tuple[str, ...]:
+        return tuple(f"{ALARM}:{c.id}" for c in self.converters if self._state[c.id].raised)
 
     def observe(self, image: ProcessImage) -> tuple[str, ...]:
         for conv in self.converters:
@@ -69,7 +83,7 @@ class DcBusMonitor:
             v = values.get("bus_v")
             if v is not None and math.isfinite(v):
                 self._see(conv, v)
-        return tuple(f"{ALARM}:{c.id}" for c in self.converters if self._state[c.id].raised)
+        return self.alarms()
 
     def _check_nominal(self, conv: DcConverterDevice, device_v: float | None) -> None:
         """Say once when the converter's own nameplate names another bus: the band (and the
@@ -120,9 +134,13 @@ class DcBusRestore:
       get their nominal reference at once, as their own revert timers would."""
 
     def __init__(self, config: Config) -> None:
-        self.converters = [d for d in config.devices
-                           if isinstance(d, DcConverterDevice) and d.restore_v]
+        self.converters = [d for d in config.devices if d.role == "dcdc" and d.restore_v]
         self.shift_v = 0.0
+
+    def clone(self) -> DcBusRestore:
+        other = object.__new__(DcBusRestore)
+        other.converters, other.shift_v = self.converters, self.shift_v
+        return other
 
     def nominal(self) -> dict[str, float]:
         self.shift_v = 0.0

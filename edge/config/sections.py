@@ -1,0 +1,170 @@
+"""The site-wide sections of the configuration: control, tariff, MQTT link, state storage,
+planner and forecasts."""
+
+from __future__ import annotations
+
+from datetime import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from edge.config.model import Pct, _Model
+
+FunctionName = Literal["self_consumption", "peak_shaving", "export_limit"]
+
+
+class ControlConfig(_Model):
+    cycle_s: float = Field(1.0, ge=0.05, le=60)
+    functions: list[FunctionName] = ["self_consumption", "peak_shaving", "export_limit"]
+    import_limit_kw: float | None = Field(None, gt=0)
+    export_limit_kw: float | None = Field(None, ge=0, description="0 = zero export")
+    deadband_kw: float = Field(0.5, ge=0)
+    stale_after_cycles: int = Field(2, ge=1, le=100)
+    slow_stale_after_cycles: int = Field(
+        300, ge=10, le=100_000, description="a slow-class value (nameplate, energy counter) "
+        "not re-read for this many cycles is STALE")
+    rewrite_margin: float = Field(
+        0.5, gt=0, lt=1, description="re-write a setpoint after this share of its revert time"
+    )
+
+    @field_validator("functions")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("each control function may be listed once")
+        return value
+
+
+class TariffPeriod(_Model):
+    name: str
+    start: time
+    end: time
+    price: float = Field(ge=0, description="per kWh imported")
+
+
+class TariffConfig(_Model):
+    currency: str = "CNY"
+    periods: list[TariffPeriod] = Field(min_length=1)
+    export_price: float = Field(0.0, ge=0)
+    demand_charge_per_kw: float = Field(0.0, ge=0, description="on the period's 15-min peak")
+
+    @model_validator(mode="after")
+    def _covers_day(self) -> TariffConfig:
+        minutes = [False] * 1440
+        for p in self.periods:
+            a = p.start.hour * 60 + p.start.minute
+            b = p.end.hour * 60 + p.end.minute or 1440
+            rng = range(a, b) if a < b else [*range(a, 1440), *range(0, b)]
+            for m in rng:
+                if minutes[m]:
+                    raise ValueError(f"period {p.name!r} overlaps another at {m // 60:02d}:{m % 60:02d}")
+                minutes[m] = True
+        if not all(minutes):
+            gap = minutes.index(False)
+            raise ValueError(f"periods leave {gap // 60:02d}:{gap % 60:02d} uncovered; cover 24 h")
+        return self
+
+    def price_at(self, local: time) -> float:
+        m = local.hour * 60 + local.minute
+        for p in self.periods:
+            a = p.start.hour * 60 + p.start.minute
+            b = p.end.hour * 60 + p.end.minute or 1440
+            if (a <= m < b) if a < b else (m >= a or m < b):
+                return p.price
+        raise AssertionError("tariff validated to cover the day")
+
+
+
+class MqttConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = Field(
+        None, description="read the password from this file (e.g. a systemd credential)")
+    tls: bool = False
+    ca_file: Path | None = Field(None, description="CA bundle; the system's CAs when empty")
+    cert_file: Path | None = Field(None, description="client certificate (mutual TLS)")
+    key_file: Path | None = Field(None, description="client private key, with cert_file")
+    tls_insecure: bool = Field(
+        False, description="skip the check of the broker's host name (testing only)")
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    topic_prefix: str = "pedf/v1"
+    telemetry_s: float = Field(5.0, gt=0)
+    devices_s: float = Field(60.0, gt=0, description="device health report period")
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _plain_topic(cls, value: str) -> str:
+        if not value or value[0] == "/" or value[-1] == "/" or any(c in value for c in "#+\0"):
+            raise ValueError("must be a topic without wildcards (+ #) or a leading/trailing "
+                             "slash, e.g. pedf/v1")
+        return value
+
+    @model_validator(mode="after")
+    def _credentials(self) -> MqttConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("mutual TLS needs both cert_file and key_file")
+        tls_only = [n for n in ("ca_file", "cert_file", "key_file") if getattr(self, n)]
+        tls_only += ["tls_insecure"] if self.tls_insecure else []
+        if tls_only and not self.tls:
+            raise ValueError(f"{', '.join(tls_only)} only apply with tls: true; set it")
+        return self
+
+
+class StorageConfig(_Model):
+    dir: Path = Path("var")
+
+
+
+class PlannerConfig(_Model):
+    """The rolling-horizon optimiser (edge/plan): an LP re-solved every `replan_min` and on
+    events; its plan reaches the cycle as grid targets and bounds inside every limit."""
+
+    enabled: bool = False
+    horizon_h: float = Field(24.0, gt=0, le=168, description="planning horizon")
+    step_min: int = Field(15, ge=1, le=60, description="plan resolution; divides 60")
+    replan_min: float = Field(15.0, gt=0, le=1440, description="re-plan period")
+    follow: Literal["battery", "grid"] = Field(
+        "battery", description="what the cycle follows between re-plans: the planned battery "
+        "power (forecast error goes to the grid at today's price; the planned grid power where "
+        "the plan sits on an import/export limit or its peak cap) or always the planned grid "
+        "power (error goes into the battery's energy)")
+    time_limit_s: float = Field(
+        10.0, gt=0, le=20, description="HiGHS time limit per solve; at most 20 s so a solve "
+        "in progress ends well inside systemd's 30 s TimeoutStopSec (48 h @ 5 min takes "
+        "0.02 s as an LP, ~4 s as a MILP on 2 cores)")
+    degradation_cost_per_kwh: float = Field(
+        0.0, ge=0, description="cost per kWh of battery throughput (charge + discharge)")
+    reserve_soc_pct: Pct = Field(0.0, description="SoC kept for critical loads (soft floor)")
+    terminal_value_per_kwh: float | None = Field(
+        None, ge=0, description="value of energy left at the horizon's end; none: keep the "
+        "starting SoC")
+
+    @model_validator(mode="after")
+    def _steps(self) -> PlannerConfig:
+        if 60 % self.step_min:
+            raise ValueError("step_min must divide 60 (1, 5, 10, 15, 30, 60 ...)")
+        steps = self.horizon_h * 60 / self.step_min
+        if abs(steps - round(steps)) > 1e-9:
+            raise ValueError("horizon_h must be a whole number of steps of step_min")
+        return self
+
+
+class ForecastConfig(_Model):
+    """PV and load forecasts (edge/forecast) and the local 15-min history they learn from."""
+
+    history_days: int = Field(28, ge=1, le=400, description="days of 15-min history kept")
+    similar_days: int = Field(5, ge=1, le=60, description="past days of the same kind averaged "
+                              "for the load profile")
+    pv_derate: float = Field(0.85, gt=0, le=1, description="DC/AC, soiling, temperature losses")
+    linke_turbidity: float = Field(3.0, gt=0, le=10, description="clear-sky haze; ~3 rural, "
+                                   "~4-5 hazy urban")
+    correction_tau_h: float = Field(2.0, gt=0, le=48, description="how fast the correction "
+                                    "from recent measurements fades over the horizon")
+
+

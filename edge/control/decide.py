@@ -1,0 +1,203 @@
+"""The decision of one cycle as a function: `(image, book, memory, now_s) -> (decision,
+memory)`. No I/O and no clock: the daemon's cycle, the scenario runner's rule-based replay
+and the unit tests call the same code.
+
+The cycle is in one of four modes, each with one handler:
+- normal: instructions and control functions bound the grid, the kernel sets the devices;
+- hold: the PCC reading was missed (bridged by the last value): deciding on it would count
+  the last battery step twice, so the setpoints stand until a fresh reading;
+- settling: a load just switched and the readings may straddle the switch: the setpoints
+  computed with the switch stand until a second fresh poll confirms it;
+- safe: the PCC meter is lost: every device to its configured safe state.
+Every role is asked through edge/roles; nothing here knows a concrete role.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from drivers.base import Quality
+from edge.control import kernel as kernel_mod
+from edge.control.bounds import SiteBounds, run_functions
+from edge.control.instructions import Combined, InstructionBook
+from edge.image.image import ProcessImage
+from edge.roles import ROLES, Memory, Written, grouped
+
+log = logging.getLogger(__name__)
+
+_BLOCK_WIDTH = {"bess": kernel_mod.NB, "pv": kernel_mod.NV, "loads": kernel_mod.NL}
+
+
+class Mode(enum.Enum):
+    NORMAL = "normal"
+    HOLD = "hold"
+    SETTLING = "settling"
+    SAFE = "safe"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    ts: datetime
+    mode: str  # what telemetry calls it: the functions in force, "hold", "safe", "idle"
+    bounds: SiteBounds
+    setpoints: dict[str, dict[str, float]]  # role -> device id -> setpoint
+    expected_grid_kw: float
+    status: int
+    failed_functions: tuple[str, ...] = ()
+    instructions: tuple[str, ...] = ()  # ids of the DR/dispatch/plan instructions in force
+    alarms: tuple[str, ...] = ()  # standing alarms, e.g. dc_bus_out_of_band:<converter id>
+
+    @property
+    def bess_kw(self) -> dict[str, float]:
+        return self.setpoints.get("battery", {})
+
+    @property
+    def pv_limit_kw(self) -> dict[str, float]:
+        return self.setpoints.get("pv", {})
+
+    @property
+    def load_on(self) -> dict[str, bool]:
+        return {k: v >= 0.5 for k, v in self.setpoints.get("load", {}).items()}
+
+    @property
+    def v_ref(self) -> dict[str, float]:
+        return self.setpoints.get("dcdc", {})
+
+    def value(self, dev_id: str) -> float | None:
+        for values in self.setpoints.values():
+            if dev_id in values:
+                return values[dev_id]
+        return None
+
+
+@dataclass
+class Controller:
+    """The site's fixed context for deciding: its configuration, the compiled kernel and the
+    devices of each role. Holds no state between cycles; that is the Memory."""
+
+    config: Any
+    kernel: Any
+    groups: dict[str, list] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.groups = grouped(self.config.devices)
+
+    def initial_memory(self) -> Memory:
+        writers = [d for name, devs in self.groups.items() if ROLES[name].writes for d in devs]
+        return Memory({d.id: Written() for d in writers},
+                      {name: ROLES[name].new_state(devs) for name, devs in self.groups.items()})
+
+    # -- the decision ---------------------------------------------------------------------
+    def decide(self, image: ProcessImage, book: InstructionBook | None, memory: Memory,
+               now_s: float) -> tuple[Decision, Memory]:
+        mem = memory.clone()
+        for name, devs in self.groups.items():
+            ROLES[name].observe(devs, image, mem, now_s)
+        mode = self.mode(image, mem)
+        decision = _HANDLERS[mode](self, image, book, mem, now_s)
+        decision = replace(decision, alarms=self._alarms(mem))
+        mem.last, mem.alarms = decision, decision.alarms
+        return decision, mem
+
+    def mode(self, image: ProcessImage, mem: Memory) -> Mode:
+        grid = self.config.grid_meter.id
+        if not image.good(grid):
+            return Mode.SAFE
+        for dev_id, state in image.devices.items():
+            if state.quality is not Quality.GOOD and dev_id in mem.written:
+                # Its revert timer may have moved it since: ramp from what it reports next.
+                mem.written[dev_id].value = None
+        if mem.last is None:
+            return Mode.NORMAL
+        if image.devices[grid].failed_polls:
+            return Mode.HOLD
+        if any(ROLES[n].settling(devs, image, mem) for n, devs in self.groups.items()):
+            return Mode.SETTLING
+        return Mode.NORMAL
+
+    def _normal(self, image: ProcessImage, book: InstructionBook | None, mem: Memory,
+                now_s: float) -> Decision:
+        cfg = self.config.control
+        grid_id = self.config.grid_meter.id
+        combined = (book or InstructionBook()).combine(image.ts)
+        natural = image.value(grid_id, "power_kw") + sum(
+            ROLES[n].idle_offset_kw(devs, image) for n, devs in self.groups.items())
+        bounds, failed = run_functions(cfg.functions, image, cfg, combined, natural)
+        self._report_trouble(mem, bounds, combined)
+        blocks = {}
+        for name, devs in self.groups.items():
+            role = ROLES[name]
+            if role.block is not None:
+                blocks[role.block] = out = np.zeros((len(devs), _BLOCK_WIDTH[role.block]))
+                role.rows(devs, image, mem, now_s, self.config, out)
+        result = kernel_mod.dispatch(
+            self.kernel, grid_kw=image.value(grid_id, "power_kw"),
+            import_limit_kw=bounds.import_limit_kw, export_limit_kw=bounds.export_limit_kw,
+            grid_target_kw=bounds.grid_target_kw, dt_s=image.dt_s, **blocks)
+        outputs = {"bess": result.bess_kw, "pv": result.pv_limit_kw, "loads": result.load_on}
+        setpoints = {}
+        for name, devs in self.groups.items():
+            role = ROLES[name]
+            if role.writes:
+                setpoints[name] = role.setpoints(devs, image, mem, self.config,
+                                                 outputs.get(role.block))
+        mode = "+".join(n for n in cfg.functions if n not in failed) or "idle"
+        return Decision(image.ts, mode, bounds, setpoints, result.expected_grid_kw,
+                        result.status, tuple(failed), combined.active)
+
+    def _hold(self, image, book, mem, now_s) -> Decision:
+        return replace(mem.last, ts=image.ts, mode="hold")
+
+    def _safe(self, image, book, mem, now_s) -> Decision:
+        return self.safe(image, mem, now_s)
+
+    def safe(self, image: ProcessImage, mem: Memory, now_s: float, mode: str = "safe",
+             failed: tuple[str, ...] = (), final: bool = False) -> Decision:
+        """Every device's safe state (also what a crashed cycle and the shutdown write)."""
+        setpoints = {name: ROLES[name].safe(devs, image, mem, now_s, self.config, final)
+                     for name, devs in self.groups.items() if ROLES[name].writes}
+        return Decision(image.ts, mode, SiteBounds(), setpoints, math.nan, 0, tuple(failed),
+                        alarms=self._alarms(mem))
+
+    def _alarms(self, mem: Memory) -> tuple[str, ...]:
+        return tuple(a for n, devs in self.groups.items() for a in ROLES[n].alarms(devs, mem))
+
+    # -- after the write phase ------------------------------------------------------------
+    def after_writes(self, memory: Memory, outcomes: dict[str, float | None],
+                     now_s: float) -> Memory:
+        """Record what reached each device (a value) and what failed (None): a failed write
+        is re-sent next cycle and the device ramps from what it reports."""
+        by_id = {d.id: (name, d) for name, devs in self.groups.items() for d in devs}
+        for dev_id, value in outcomes.items():
+            w = memory.written[dev_id]
+            if value is None:
+                w.failed, w.value = True, None
+                continue
+            w.value, w.at_s, w.failed = value, now_s, False
+            name, dev = by_id[dev_id]
+            ROLES[name].wrote(dev, value, memory, now_s)
+        return memory
+
+    def _report_trouble(self, mem: Memory, bounds: SiteBounds, combined: Combined) -> None:
+        """Say once (not every cycle) when instructions cannot all be honoured."""
+        trouble = (bounds.clipped, combined.conflicts)
+        if trouble == mem.trouble:
+            return
+        mem.trouble = trouble
+        if bounds.clipped:
+            log.warning("instruction bounds [%.1f, %.1f] kW fall outside the site limits; the "
+                        "site limits hold", combined.grid_min_kw, combined.grid_max_kw)
+        if combined.conflicts:
+            log.warning("instructions %s conflict with higher-priority ones and are not in "
+                        "force", ", ".join(combined.conflicts))
+
+
+_HANDLERS = {Mode.NORMAL: Controller._normal, Mode.HOLD: Controller._hold,
+             Mode.SETTLING: Controller._hold, Mode.SAFE: Controller._safe}

@@ -1,0 +1,45 @@
+"""The site balance of one process image, the one place it is computed: load = grid + pv +
+battery (docs/domain.md §2). Each device's role says which term its power is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edge.image.image import ProcessImage
+from edge.roles import role_of
+
+
+@dataclass(frozen=True, slots=True)
+class SitePower:
+    """Site balance terms of one cycle, kW; None where a needed device is not GOOD."""
+
+    grid_kw: float | None
+    pv_kw: float | None
+    bess_kw: float | None
+    load_kw: float | None
+
+
+def site_power(config, image: ProcessImage) -> SitePower:
+    """A term summed over its devices is None when any of them is not GOOD (a partial sum
+    would look real); load comes from load meters when the site has them, else from the
+    balance."""
+    terms: dict[str, list] = {"grid": [], "pv": [], "bess": [], "load": []}
+    for d in config.devices:
+        term = role_of(d).balance_term(d)
+        if term is not None:
+            terms[term].append(d)
+
+    def total(term: str) -> float | None:
+        devs = terms[term]
+        if not all(image.good(d.id) for d in devs):
+            return None
+        return sum(image.value(d.id, "power_kw") for d in devs)
+
+    grid_kw, pv_kw, bess_kw = total("grid"), total("pv"), total("bess")
+    if terms["load"]:
+        load_kw = total("load")
+    elif None not in (grid_kw, pv_kw, bess_kw):
+        load_kw = grid_kw + pv_kw + bess_kw
+    else:
+        load_kw = None
+    return SitePower(grid_kw, pv_kw, bess_kw, load_kw)

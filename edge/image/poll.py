@@ -1,0 +1,98 @@
+"""Poll every device at once and freeze what came back into one timestamped process image,
+with each device's quality: a device whose poll fails `stale_after_cycles` times in a row is
+STALE, and a slow value (nameplate, energy counter) not re-read for a while is STALE on its
+own. A failing device is that device's problem, never the cycle's."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from drivers.base import Device, DeviceError, Quality, Reading
+from edge.app.clock import Clock
+from edge.config import Config, poll_deadline_s
+from edge.image.image import DeviceState, ProcessImage
+from edge.roles import role_of
+
+log = logging.getLogger("edge.cycle")
+
+
+@dataclass(slots=True)
+class DeviceHealth:
+    reading: Reading | None = None
+    failed_polls: int = 0
+    errors: int = 0
+    last_error: str = ""
+
+
+class Poller:
+    def __init__(self, config: Config, devices: dict[str, Device], clock: Clock) -> None:
+        self.config = config
+        self.devices = devices
+        self.clock = clock
+        self.health = {d.id: DeviceHealth() for d in config.devices}
+        self._cfg = {d.id: d for d in config.devices}
+        self._last_sim_s: float | None = None
+
+    async def poll(self, period_wall_s: float) -> None:
+        timeout = poll_deadline_s(period_wall_s)
+        await asyncio.gather(*(self._poll_one(d, timeout) for d in self.devices))
+
+    async def _poll_one(self, dev_id: str, timeout: float) -> None:
+        h = self.health[dev_id]
+        try:
+            reading = await asyncio.wait_for(self.devices[dev_id].poll(), timeout)
+            if h.reading is None:
+                self._check_nameplate(dev_id, reading)
+            h.reading = reading
+            h.failed_polls = 0
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any device fault is that device's, not the cycle's
+            h.failed_polls += 1
+            h.errors += 1
+            msg = str(exc) or type(exc).__name__
+            if not isinstance(exc, (DeviceError, TimeoutError, OSError)):
+                msg = f"{type(exc).__name__}: {msg}"
+            if h.failed_polls == 1 or msg != h.last_error:
+                log.warning("device %s: poll failed: %s", dev_id, msg)
+            h.last_error = msg
+
+    def _check_nameplate(self, dev_id: str, reading: Reading) -> None:
+        """Say once when the config asks more than the device's own nameplate: the device
+        caps the setpoint, and the site would plan on power it does not have."""
+        cfg = self._cfg[dev_id]
+        for name, configured, key in role_of(cfg).nameplate_checks(cfg):
+            device = reading.values.get(key)
+            if device is not None and configured > device + 1e-6:
+                log.warning("device %s: config %s %.1f kW exceeds the device's %.1f kW; "
+                            "the device caps it - fix the config", dev_id, name, configured, device)
+
+    def build_image(self, period_wall_s: float) -> ProcessImage:
+        now_s = self.clock.elapsed_s()
+        dt = 0.0 if self._last_sim_s is None else now_s - self._last_sim_s
+        self._last_sim_s = now_s
+        limit = self.config.control.stale_after_cycles
+        slow_limit = self.config.control.slow_stale_after_cycles * period_wall_s
+        states = {}
+        for dev_id, h in self.health.items():
+            if h.reading is None:
+                q = Quality.INVALID
+            elif h.failed_polls >= limit:
+                q = Quality.STALE
+            else:
+                q = Quality.GOOD
+            states[dev_id] = DeviceState(h.reading, q, h.failed_polls,
+                                         _old_slow(h.reading, slow_limit))
+        return ProcessImage(self.clock.now(), dt or self.config.control.cycle_s, states)
+
+
+def _old_slow(reading: Reading | None, limit_s: float) -> frozenset[str]:
+    """Slow values not refreshed within `limit_s` wall seconds (counted in wall periods, so an
+    accelerated HIL clock does not age them faster than they are read)."""
+    if reading is None or not reading.stamps:
+        return frozenset()
+    now = time.monotonic()
+    return frozenset(k for k in reading.stamps if reading.value_age_s(k, now) > limit_s)

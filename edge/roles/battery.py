@@ -1,0 +1,142 @@
+"""Batteries (PCS + BMS): charge and discharge within SoC, power and ramp limits."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from edge.config.base import DeviceBase, Pct, PositiveKw, _Model
+from edge.control import kernel as layout
+from edge.roles.role import Capability, Role, rounded, total
+
+
+class BmsParams(_Model):
+    """A battery's BMS on its own unit id behind the same connection or bus (where the PCS
+    does not relay it): cell voltages, temperatures and limits, read through its register
+    map for monitoring (`bms.` keys in the battery's reading); control uses the PCS."""
+
+    map: str = Field(pattern=r"^[a-z0-9_-]+$", description="drivers/maps/<map>.yaml")
+    unit_id: int = Field(ge=0, le=247)
+
+
+class BatteryDevice(DeviceBase):
+    role: Literal["battery"]
+    capacity_kwh: PositiveKw
+    max_charge_kw: PositiveKw
+    max_discharge_kw: PositiveKw
+    soc_min_pct: Pct = 10.0
+    soc_max_pct: Pct = 95.0
+    charge_efficiency: float = Field(0.95, gt=0, le=1)
+    discharge_efficiency: float = Field(0.95, gt=0, le=1)
+    ramp_kw_per_s: PositiveKw = 1000.0
+    revert_s: int = Field(60, ge=5, le=3600)
+    safe_power_kw: float = 0.0
+    bms: BmsParams | None = Field(None, description="a BMS on its own unit id, read for "
+                                  "monitoring (map-driven batteries)")
+
+    def deliverable_kwh(self, soc_pct: float) -> float:
+        """AC energy the battery can still give before soc_min (after discharge losses)."""
+        return max(soc_pct - self.soc_min_pct, 0.0) / 100 * self.capacity_kwh * self.discharge_efficiency
+
+    def absorbable_kwh(self, soc_pct: float) -> float:
+        """AC energy the battery can still take before soc_max (before charge losses)."""
+        return max(self.soc_max_pct - soc_pct, 0.0) / 100 * self.capacity_kwh / self.charge_efficiency
+
+    @model_validator(mode="after")
+    def _soc_window(self) -> BatteryDevice:
+        if self.soc_min_pct >= self.soc_max_pct:
+            raise ValueError("soc_min_pct must be below soc_max_pct")
+        if not -self.max_charge_kw <= self.safe_power_kw <= self.max_discharge_kw:
+            raise ValueError("safe_power_kw must lie within [-max_charge_kw, max_discharge_kw]")
+        return self
+
+    @model_validator(mode="after")
+    def _bms_beside(self) -> BatteryDevice:
+        if self.bms is not None:
+            if self.protocol not in ("modbus-tcp", "modbus-rtu"):
+                raise ValueError(f"bms: needs a map-driven battery (protocol modbus-tcp or "
+                                 f"modbus-rtu), not {self.protocol}")
+            if self.bms.unit_id == self.unit_id:
+                raise ValueError(f"bms.unit_id: {self.unit_id} is the PCS's own unit_id; give "
+                                 "the BMS its own")
+        return self
+
+
+def safe_power(image, b: BatteryDevice) -> float:
+    """The configured safe power, but never discharging an empty or charging a full one."""
+    p = b.safe_power_kw
+    if p and image.good(b.id):
+        soc = image.value(b.id, "soc_pct")
+        if (p > 0 and soc <= b.soc_min_pct) or (p < 0 and soc >= b.soc_max_pct):
+            return 0.0
+    return p
+
+
+class Battery(Role):
+    name = "battery"
+    model = BatteryDevice
+    block = "bess"
+    writes = True
+
+    def summary(self, d: BatteryDevice) -> str:
+        detail = (f"{d.capacity_kwh:g} kWh, -{d.max_charge_kw:g}/+{d.max_discharge_kw:g} kW, "
+                  f"SoC {d.soc_min_pct:g}-{d.soc_max_pct:g} %")
+        if d.bms is not None:
+            detail += f", BMS unit {d.bms.unit_id} map {d.bms.map}"
+        return detail
+
+    def nameplate_checks(self, dev: BatteryDevice):
+        return [("max_charge_kw", dev.max_charge_kw, "max_charge_kw")]
+
+    def balance_term(self, dev) -> str:
+        return "bess"
+
+    def idle_offset_kw(self, devs, image) -> float:
+        return sum(image.value(b.id, "power_kw") for b in devs if image.good(b.id))
+
+    def rows(self, devs, image, mem, now_s, config, out: np.ndarray) -> None:
+        for i, b in enumerate(devs):
+            w = mem.written[b.id].value
+            if image.good(b.id):
+                p = image.value(b.id, "power_kw")
+                if image.devices[b.id].failed_polls and w is not None:
+                    # The reading predates our last write: trust the setpoint, not the old
+                    # power, or we would undo the last step and spike the grid.
+                    p = w
+                out[i] = (p, p if w is None else w, image.value(b.id, "soc_pct"), b.soc_min_pct,
+                          b.soc_max_pct, b.max_charge_kw, b.max_discharge_kw, b.ramp_kw_per_s, 1.0)
+            else:
+                out[i] = (b.safe_power_kw, b.safe_power_kw, 0, b.soc_min_pct, b.soc_max_pct,
+                          b.max_charge_kw, b.max_discharge_kw, b.ramp_kw_per_s, 0.0)
+        assert out.shape[1] == layout.NB
+
+    def setpoints(self, devs, image, mem, config, kernel_out) -> dict[str, float]:
+        out = {}
+        for i, b in enumerate(devs):
+            # Defence in depth: the kernel already clamps; this catches a broken build.
+            v = float(kernel_out[i]) if image.good(b.id) else safe_power(image, b)
+            out[b.id] = min(max(v, -b.max_charge_kw), b.max_discharge_kw)
+        return out
+
+    def safe(self, devs, image, mem, now_s, config, final) -> dict[str, float]:
+        return {b.id: safe_power(image, b) for b in devs}
+
+    def write(self, driver, value: float, revert_s: int):
+        return driver.write_power(value, revert_s)
+
+    def telemetry(self, devs, image) -> dict:
+        cap = sum(b.capacity_kwh for b in devs)
+        soc_x_cap = total(image, devs, "soc_pct", lambda b: b.capacity_kwh)
+        soc = soc_x_cap / cap if cap and soc_x_cap is not None else None
+        return {"soc_pct": rounded(soc, 2)}
+
+    def capability(self, b: BatteryDevice, image, hours: float) -> Capability:
+        if not image.good(b.id):
+            return Capability()
+        soc, p = image.value(b.id, "soc_pct"), image.value(b.id, "power_kw")
+        give, take = b.deliverable_kwh(soc), b.absorbable_kwh(soc)
+        return Capability(down_kw=max(b.max_discharge_kw - p, 0.0) if give > 0 else max(-p, 0.0),
+                          up_kw=max(b.max_charge_kw + p, 0.0) if take > 0 else max(p, 0.0),
+                          down_kwh=give, up_kwh=take, detail={"soc_pct": soc})

@@ -1,0 +1,158 @@
+"""A device role as one unit of code: everything the daemon knows about one kind of device
+(PV inverter, battery, meter, switchable load, DC converter ...) behind one small interface.
+
+The config union, the `check` summary, the cycle's kernel rows, safe state and writes, the
+telemetry fields and the site balance are all built by asking each role; nothing else in
+the control path branches on a concrete role. A new role is a subclass in its own module,
+registered in edge/roles/__init__.py (see docs/adding-a-role.md).
+
+Hooks receive the devices of their role in config order, the frozen process image and the
+controller's memory; they never perform I/O. Defaults describe a role that is only read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from edge.config.base import DeviceBase
+from edge.image.image import ProcessImage
+
+if TYPE_CHECKING:
+    from edge.config import Config
+
+
+@dataclass(slots=True)
+class Written:
+    """The last setpoint that reached a device, and when (simulated s)."""
+
+    value: float | None = None
+    at_s: float = -math.inf
+    failed: bool = False
+
+
+@dataclass(slots=True)
+class Memory:
+    """What the controller carries from one cycle to the next: the setpoints that reached
+    each device, each role's own state (load switching, DC bus excursions ...), the last
+    decision and the instruction trouble last reported. `decide` works on a clone."""
+
+    written: dict[str, Written]
+    roles: dict[str, Any]
+    last: Any = None  # the previous Decision
+    trouble: tuple = (False, ())
+    alarms: tuple[str, ...] = ()
+
+    def clone(self) -> Memory:
+        return Memory(
+            {k: Written(w.value, w.at_s, w.failed) for k, w in self.written.items()},
+            {k: (s.clone() if s is not None else None) for k, s in self.roles.items()},
+            self.last, self.trouble, self.alarms)
+
+
+@dataclass(frozen=True, slots=True)
+class Capability:
+    """What one device can change at the PCC from where it is now: `down_kw` lowers import
+    (discharge, shed, curtail less), `up_kw` raises it; the energy bounds say for how long."""
+
+    down_kw: float = 0.0
+    up_kw: float = 0.0
+    down_kwh: float = math.inf
+    up_kwh: float = math.inf
+    detail: dict[str, float] = field(default_factory=dict)
+
+
+class Role:
+    name: ClassVar[str]  # the YAML `role:` value
+    model: ClassVar[type[DeviceBase]]  # its config model
+    block: ClassVar[str | None] = None  # the kernel block its devices fill, if any
+    writes: ClassVar[bool] = False  # has setpoints (and a revert timer on the device)
+
+    # -- configuration ------------------------------------------------------------------
+    def summary(self, dev: Any) -> str:
+        """Its part of a device's line in `pedf-edge check`."""
+        return ""
+
+    def site_problems(self, devs: list[Any]) -> list[str]:
+        """Rules across the devices of this role (e.g. exactly one PCC meter)."""
+        return []
+
+    # -- process image ------------------------------------------------------------------
+    def nameplate_checks(self, dev: Any) -> list[tuple[str, float, str]]:
+        """(setting, configured value, reading key) the device's own nameplate must cover."""
+        return []
+
+    def balance_term(self, dev: Any) -> str | None:
+        """Which term of the site balance (grid, pv, bess, load) its power_kw is."""
+        return None
+
+    # -- control ------------------------------------------------------------------------
+    def new_state(self, devs: list[Any]) -> Any:
+        """The role's own memory (an object with clone()), or None."""
+        return None
+
+    def observe(self, devs: list[Any], image: ProcessImage, mem: Memory, now_s: float) -> None:
+        """Update the role's memory from a new image, before anything is decided."""
+
+    def settling(self, devs: list[Any], image: ProcessImage, mem: Memory) -> bool:
+        """True while readings may mix before and after a switch of this role's devices."""
+        return False
+
+    def idle_offset_kw(self, devs: list[Any], image: ProcessImage) -> float:
+        """What the grid would change by with this role's devices idle (natural grid)."""
+        return 0.0
+
+    def rows(self, devs: list[Any], image: ProcessImage, mem: Memory, now_s: float,
+             config: Config, out: np.ndarray) -> None:
+        """Fill the kernel block `out` (one row per device)."""
+
+    def setpoints(self, devs: list[Any], image: ProcessImage, mem: Memory, config: Config,
+                  kernel_out: np.ndarray | None) -> dict[str, float]:
+        """This cycle's setpoints, clamped to each device's limits."""
+        return {}
+
+    def safe(self, devs: list[Any], image: ProcessImage, mem: Memory, now_s: float,
+             config: Config, final: bool) -> dict[str, float]:
+        """Each device's configured safe state (`final`: the daemon is stopping)."""
+        return {}
+
+    def alarms(self, devs: list[Any], mem: Memory) -> tuple[str, ...]:
+        return ()
+
+    # -- writes -------------------------------------------------------------------------
+    def deadband(self, configured_kw: float) -> float:
+        return configured_kw
+
+    def write(self, driver: Any, value: float, revert_s: int) -> Awaitable[None]:
+        raise NotImplementedError(f"role {self.name} has no setpoint")
+
+    def write_phase(self, dev: Any, value: float, mem: Memory) -> int:
+        """0: before the others (making room), 1: with them, 2: after them."""
+        return 1
+
+    def wrote(self, dev: Any, value: float, mem: Memory, now_s: float) -> None:
+        """A write reached the device."""
+
+    # -- reporting ----------------------------------------------------------------------
+    def telemetry(self, devs: list[Any], image: ProcessImage) -> dict[str, Any]:
+        """The telemetry fields this role contributes (present even with no device)."""
+        return {}
+
+    def capability(self, dev: Any, image: ProcessImage, hours: float) -> Capability:
+        return Capability()
+
+
+def total(image: ProcessImage, devs: list[Any], key: str, weight=lambda d: 1.0) -> float | None:
+    """Sum over devices, or None if any is not GOOD: a partial sum would look like a real
+    figure to whoever reads it."""
+    if not all(image.good(d.id) for d in devs):
+        return None
+    return sum(image.value(d.id, key) * weight(d) for d in devs)
+
+
+def rounded(x: float | None, nd: int = 3) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(x, nd)

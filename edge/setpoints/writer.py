@@ -1,0 +1,69 @@
+"""The write phase: a setpoint goes to its device when it changed by more than the role's
+deadband, when the last write failed, or before the device's revert timer would expire;
+writes that make room (a shed) go first and writes that add load (a restore) last."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from drivers.base import Device
+from edge.control.decide import Decision
+from edge.roles import Memory, role_of
+
+log = logging.getLogger("edge.cycle")
+
+LIMIT_SLACK_KW = 0.05  # below this a limit excursion is measurement noise, not a violation
+
+
+class Writer:
+    def __init__(self, config, devices: dict[str, Device],
+                 on_error: Callable[[str], None] = lambda dev_id: None) -> None:
+        self.config = config
+        self.devices = devices
+        self.on_error = on_error
+        self.writers = [d for d in config.devices if role_of(d).writes]
+
+    def due(self, mem: Memory, dev_id: str, value: float, revert_s: int, now_s: float,
+            deadband: float) -> bool:
+        w = mem.written[dev_id]
+        if w.failed or w.value is None:
+            return True
+        if abs(value - w.value) > deadband:
+            return True
+        return now_s - w.at_s >= revert_s * self.config.control.rewrite_margin
+
+    async def write(self, decision: Decision, mem: Memory, now_s: float, timeout: float,
+                    limit_violated: bool, force: bool = False) -> dict[str, float | None]:
+        """Send what is due; returns per device the value that reached it, or None."""
+        # The deadband saves writes, but a limit being broken right now outranks that: then
+        # any correction larger than measurement noise is written (DOMAIN §3, duty 4).
+        configured = LIMIT_SLACK_KW if limit_violated else self.config.control.deadband_kw
+        phases: list[list] = [[], [], []]
+        for d in self.writers:
+            role = role_of(d)
+            v = decision.setpoints.get(d.role, {}).get(d.id)
+            if v is None or not (force or self.due(mem, d.id, v, d.revert_s, now_s,
+                                                     role.deadband(configured))):
+                continue
+            phases[role.write_phase(d, v, mem)].append((d, v))
+        outcomes: dict[str, float | None] = {}
+        for jobs in phases:
+            results = await asyncio.gather(*(self._write_one(d, v, timeout, mem)
+                                             for d, v in jobs))
+            outcomes.update(zip((d.id for d, _ in jobs), results, strict=True))
+        return outcomes
+
+    async def _write_one(self, dev, value: float, timeout: float, mem: Memory) -> float | None:
+        try:
+            await asyncio.wait_for(role_of(dev).write(self.devices[dev.id], value, dev.revert_s),
+                                   timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one device's fault must not stop the others
+            if not mem.written[dev.id].failed:
+                log.warning("device %s: write %.2f kW failed: %s", dev.id, value, exc)
+            self.on_error(dev.id)
+            return None
+        return value
