@@ -13,11 +13,11 @@ from zoneinfo import ZoneInfo
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from drivers.base import DeviceError
-from drivers.registry import build_devices
 from edge.report import carbon
 from edge.control import kernel as dispatch
 from edge.report import telemetry
 from edge.app.clock import Clock
+from edge.app.devices import build_devices
 from edge.config import Config
 from edge.cycle import ControlCycle
 from edge.forecast import Forecaster, pv_held_back
