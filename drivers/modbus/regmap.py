@@ -33,12 +33,13 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from drivers.spec import Role
+
 MAPS_DIR = Path(__file__).resolve().parents[1] / "maps"
 _ROOT = MAPS_DIR.parents[1]
 
 Order = Literal["big", "little"]
 PointType = Literal["uint16", "int16", "uint32", "int32", "float32"]
-Role = Literal["meter", "battery", "pv", "load", "dcdc"]
 
 # The values control reads per role (drivers/base.py), and the controls each role writes.
 ROLE_KEYS: dict[str, tuple[str, ...]] = {
