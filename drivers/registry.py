@@ -1,86 +1,97 @@
-"""Build role drivers from the site config: one builder per protocol, one shared endpoint
-per TCP host:port or serial port. A new protocol registers a builder here."""
+"""Build role drivers from device specs: one builder per protocol, one shared endpoint per
+TCP host:port or serial port. A new protocol registers a builder here."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from drivers import dlt645
 from drivers.base import Device
-from drivers.modbus_map import modbus_builder as _modbus_map
-from drivers.modbus_serial import SerialEndpoint
-from drivers.sunspec_tcp import Endpoint, SunSpecBattery, SunSpecMeter, SunSpecPv
-from edge.config import BatteryDevice, Config, MeterDevice, PvDevice
+from drivers.dlt645.bus import Dlt645Bus, Serial, Tcp
+from drivers.dlt645.meter import Dlt645Meter
+from drivers.modbus.endpoint import Endpoint, ModbusEndpoint
+from drivers.modbus.mapped import ROLES as MAP_ROLES
+from drivers.modbus.mapped import MapBattery, MapDevice
+from drivers.modbus.regmap import load_map, map_for
+from drivers.modbus.serial import SerialEndpoint
+from drivers.spec import DeviceSpec
+from drivers.sunspec.roles import SunSpecBattery, SunSpecMeter, SunSpecPv
 
-_SUNSPEC_ROLES = {PvDevice: SunSpecPv, BatteryDevice: SunSpecBattery, MeterDevice: SunSpecMeter}
-
-# protocol -> (device config, shared endpoints keyed by config.endpoint) -> driver
-Builder = Callable[[PvDevice | BatteryDevice | MeterDevice, dict], Device]
-
-
-def _sunspec(dev, endpoint) -> Device:
-    if isinstance(dev, PvDevice):
-        # build_devices resolved safe_limit_pct: where a 704 inverter reverts when we go quiet
-        return SunSpecPv(dev.id, endpoint, dev.unit_id, revert_pct=dev.safe_limit_pct)
-    return _SUNSPEC_ROLES[type(dev)](dev.id, endpoint, dev.unit_id)
+# protocol -> (device spec, shared endpoints keyed by spec.endpoint) -> driver
+Builder = Callable[[DeviceSpec, dict], Device]
 
 
-def _sunspec_tcp(dev, endpoints: dict) -> Device:
-    key = dev.endpoint
+def _modbus_endpoint(spec: DeviceSpec, endpoints: dict) -> ModbusEndpoint:
+    """The one Modbus master of the device's host:port or serial port (sunspec-* and
+    modbus-* units there share it)."""
+    key = spec.endpoint
     if key not in endpoints:
-        endpoints[key] = Endpoint(dev.host, dev.port, dev.timeout_s)
-    return _sunspec(dev, endpoints[key])
+        if spec.serial is not None:
+            endpoints[key] = SerialEndpoint(spec.serial, spec.timeout_s)
+        else:
+            endpoints[key] = Endpoint(spec.host, spec.port, spec.timeout_s)
+    return endpoints[key]
 
 
-def _dlt645(dev, endpoints: dict) -> Device:
+def _sunspec(spec: DeviceSpec, endpoints: dict) -> Device:
+    endpoint = _modbus_endpoint(spec, endpoints)
+    if spec.role == "pv":
+        return SunSpecPv(spec.id, endpoint, spec.unit_id, revert_pct=spec.revert_pct)
+    if spec.role == "battery":
+        return SunSpecBattery(spec.id, endpoint, spec.unit_id)
+    if spec.role == "meter":
+        return SunSpecMeter(spec.id, endpoint, spec.unit_id)
+    raise ValueError(f"device {spec.id}: no SunSpec driver for role {spec.role}")
+
+
+def _modbus_map(spec: DeviceSpec, endpoints: dict) -> Device:
+    regmap = map_for(spec)
+    endpoint = _modbus_endpoint(spec, endpoints)
+    if spec.bms_map is not None and spec.bms_unit_id is not None:
+        bms = MapDevice(f"{spec.id}.bms", endpoint, spec.bms_unit_id, load_map(spec.bms_map),
+                        spec.protocol)
+        return MapBattery(spec.id, endpoint, spec.unit_id, regmap, spec.protocol, bms=bms)
+    return MAP_ROLES[spec.role](spec.id, endpoint, spec.unit_id, regmap, spec.protocol)
+
+
+def _dlt645(spec: DeviceSpec, endpoints: dict) -> Device:
     """Every meter on one serial port or gateway shares one bus (one connection, one request
     on the wire at a time, one slow read per poll round)."""
-    if not isinstance(dev, MeterDevice):
-        raise ValueError(f"device {dev.id}: DL/T 645 is a meter protocol; role must be meter")
-    key = ("dlt645", *dev.endpoint)
+    if spec.role != "meter":
+        raise ValueError(f"device {spec.id}: DL/T 645 is a meter protocol; role must be meter")
+    if spec.address is None:
+        raise ValueError(f"device {spec.id}: DL/T 645 needs the meter address")
+    key = ("dlt645", *spec.endpoint)
     if key not in endpoints:
-        if dev.protocol == "dlt645-tcp":
-            opener = dlt645.Tcp(dev.host, dev.port)
+        if (s := spec.serial) is not None:
+            opener: Tcp | Serial = Serial(s.port, s.baudrate, s.parity, s.bytesize, s.stopbits)
         else:
-            s = dev.serial  # 2400 8E1 unless the config says otherwise (edge/config.py)
-            opener = dlt645.Serial(s.port, s.baudrate, s.parity, s.bytesize, s.stopbits)
-        endpoints[key] = dlt645.Dlt645Bus(opener, dev.timeout_s)
-    return dlt645.Dlt645Meter(dev.id, dev.address, endpoints[key],
-                              ct_ratio=dev.ct_ratio, pt_ratio=dev.pt_ratio)
-
-
-def _sunspec_rtu(dev, endpoints: dict) -> Device:
-    key = dev.endpoint  # ("serial", port): every unit on the bus shares one master
-    if key not in endpoints:
-        endpoints[key] = SerialEndpoint(dev.serial, dev.timeout_s)
-    return _sunspec(dev, endpoints[key])
+            opener = Tcp(spec.host, spec.port)
+        endpoints[key] = Dlt645Bus(opener, spec.timeout_s)
+    return Dlt645Meter(spec.id, spec.address, endpoints[key],
+                       ct_ratio=spec.ct_ratio, pt_ratio=spec.pt_ratio)
 
 
 BUILDERS: dict[str, Builder] = {
-    "sunspec-tcp": _sunspec_tcp,
+    "sunspec-tcp": _sunspec,
+    "sunspec-rtu": _sunspec,  # shares the port's SerialEndpoint with modbus-rtu units
     "modbus-tcp": _modbus_map,
-    "modbus-rtu": _modbus_map,  # shares the port's SerialEndpoint with sunspec-rtu units
-    "sunspec-rtu": _sunspec_rtu,
+    "modbus-rtu": _modbus_map,
     "dlt645-tcp": _dlt645,
     "dlt645-serial": _dlt645,
 }
 
 
 class UnsupportedProtocol(ValueError):
-    """The config names a protocol no driver is built for yet."""
+    """The spec names a protocol no driver is built for yet."""
 
 
-def build_devices(config: Config) -> dict[str, Device]:
-    endpoints: dict = {}
-    devices: dict[str, Device] = {}
-    for dev in config.devices:
-        builder = BUILDERS.get(dev.protocol)
-        if builder is None:
-            raise UnsupportedProtocol(
-                f"device {dev.id}: protocol {dev.protocol} has no driver yet "
-                f"(available: {', '.join(sorted(BUILDERS))})"
-            )
-        if isinstance(dev, PvDevice):
-            dev = dev.model_copy(update={"safe_limit_pct": 100.0 * config.pv_safe_kw(dev) / dev.rated_kw})
-        devices[dev.id] = builder(dev, endpoints)
-    return devices
+def build_device(spec: DeviceSpec, endpoints: dict) -> Device:
+    """The driver of one device; `endpoints` (shared across a site's calls) holds one
+    connection per host:port or serial port."""
+    builder = BUILDERS.get(spec.protocol)
+    if builder is None:
+        raise UnsupportedProtocol(
+            f"device {spec.id}: protocol {spec.protocol} has no driver yet "
+            f"(available: {', '.join(sorted(BUILDERS))})"
+        )
+    return builder(spec, endpoints)

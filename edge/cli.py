@@ -34,8 +34,8 @@ EXIT_NO_ANSWER, EXIT_NOT_SUNSPEC = 4, 5
 
 
 def _load(path: str) -> Config:
-    from drivers.modbus_map import check_config as check_maps
     from drivers.registry import BUILDERS
+    from edge.app.devices import check_maps
 
     try:
         cfg = config_mod.load(path)
@@ -269,7 +269,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     answered at all (wrong protocol or broken device), 4 if nothing did (wrong address)."""
     import json
 
-    from drivers.scan import NO_ANSWER, OK, render_text, scan
+    from drivers.sunspec.scan import NO_ANSWER, OK, render_text, scan
 
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # failures are in the report
     host, port = args.target

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from pymodbus.constants import ExcCodes
 
-from drivers.modbus_map import RegisterMap
+from drivers.modbus.regmap import RegisterMap
 from edge.config import DcConverterDevice
 from hil.devices import Env, MapSimDevice, _expired, register
 from hil.physics import clear_sky_kw, load_kw

@@ -10,7 +10,7 @@ meter models: hil/sunspec_variants.py). Each device:
   AC bus (+ supplies: PV, discharging battery; − consumes: loads, charging battery);
   a *balancing* device (the PCC meter) instead gets `measure(kW, dt_s)` with the residual;
 - `values()` gives engineering values per model (scale factors included), encoded with the
-  same codec the driver decodes with (drivers/sunspec.py), so both sides share one truth;
+  same codec the driver decodes with (drivers/sunspec/models.py), so both sides share one truth;
 - RW points accept writes, validated by `validate` and acted on in `on_write`; every
   accepted RW value is remembered and read back. RO points reject writes with
   ILLEGAL_ADDRESS (pymodbus enforces it from the per-register `readonly` flag).
@@ -28,9 +28,9 @@ from typing import ClassVar
 from pymodbus.constants import ExcCodes
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from drivers.dlt645 import transformer_factor
-from drivers.modbus_map import RegisterMap, load_map
-from drivers.sunspec import (
+from drivers.dlt645.frame import transformer_factor
+from drivers.modbus.regmap import RegisterMap, load_map
+from drivers.sunspec.models import (
     BASES,
     SunSpecError,
     chain_registers,

@@ -3,7 +3,7 @@ asyncio TCP server per host:port answers for every meter, by address, configured
 like a transparent gateway in front of an RS-485 bus) or on a serial port (`Dlt645SerialBus`:
 a real adapter, or the HIL's end of a virtual cable, hil/serial_server.py).
 
-Frames are built and parsed with the driver's own codec (drivers/dlt645.py), so both sides
+Frames are built and parsed with the driver's own codec (drivers/dlt645/frame.py), so both sides
 share one truth. Behaviour, as a real bus meter:
 
 - read (C=0x11) of a data identifier the meter knows -> normal reply C=0x91, data = DI +
@@ -38,7 +38,7 @@ import logging
 from collections.abc import Iterable
 from typing import Protocol
 
-from drivers.dlt645 import (
+from drivers.dlt645.frame import (
     BLOCKS,
     POINTS,
     READ,
@@ -88,7 +88,7 @@ class Source(Protocol):
 def encode_value(value: float, size: int, decimals: int, signed: bool,
                  wrap: bool = False) -> tuple[bytes, bool]:
     """Engineering value -> `size` value bytes (BCD, least significant first, no 0x33
-    offset), the inverse of drivers.dlt645.decode_value. Returns (bytes, clamped): a value
+    offset), the inverse of drivers.dlt645.frame.decode_value. Returns (bytes, clamped): a value
     outside the format is clamped to its limit, or, with `wrap`, taken modulo the format
     (an energy register rolling over)."""
     counts = round(abs(value) * 10**decimals)

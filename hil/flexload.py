@@ -14,7 +14,7 @@ import math
 
 from pymodbus.constants import ExcCodes
 
-from drivers.modbus_map import RegisterMap
+from drivers.modbus.regmap import RegisterMap
 from edge.config import FlexLoadDevice
 from hil.devices import Env, MapSimDevice, _expired, register
 

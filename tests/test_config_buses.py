@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from drivers.registry import build_devices
+from edge.app.devices import build_devices
 from edge.cli import main as cli_main
 from edge.config import ConfigError, default_timeout_s, parse
 

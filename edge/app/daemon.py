@@ -13,8 +13,8 @@ from zoneinfo import ZoneInfo
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from drivers.base import DeviceError
-from drivers.registry import build_devices
 from edge.app.clock import Clock
+from edge.app.devices import build_devices
 from edge.app.fanout import SiteView
 from edge.app.notify import Notifier
 from edge.config import Config

@@ -82,7 +82,7 @@ def bus_problems(devices: list, cycle_s: float) -> list[str]:
                     "control.cycle_s")
         if key[0] == "serial" and first.protocol == "dlt645-serial" and not any(
                 "cannot share" in p and where in p for p in problems):
-            from drivers.dlt645 import poll_round_s
+            from drivers.dlt645.frame import poll_round_s
 
             need = poll_round_s(len(members), first.serial.baudrate, first.serial.bytesize,
                                 first.serial.parity != "N", first.serial.stopbits)

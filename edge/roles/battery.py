@@ -87,6 +87,11 @@ class Battery(Role):
             detail += f", BMS unit {d.bms.unit_id} map {d.bms.map}"
         return detail
 
+    def driver_options(self, dev: BatteryDevice, config) -> dict:
+        if dev.bms is None:
+            return {}
+        return {"bms_map": dev.bms.map, "bms_unit_id": dev.bms.unit_id}
+
     def nameplate_checks(self, dev: BatteryDevice):
         return [("max_charge_kw", dev.max_charge_kw, "max_charge_kw")]
 

@@ -40,6 +40,9 @@ class Meter(Role):
             detail += f", CT {d.ct_ratio:g} × PT {d.pt_ratio:g}"
         return detail
 
+    def driver_options(self, dev: MeterDevice, config) -> dict:
+        return {"ct_ratio": dev.ct_ratio, "pt_ratio": dev.pt_ratio}
+
     def site_problems(self, devs: list[MeterDevice]) -> list[str]:
         grid = [d for d in devs if d.measures == "grid"]
         if len(grid) != 1:

@@ -34,6 +34,10 @@ class Pv(Role):
     def summary(self, dev: PvDevice) -> str:
         return f"{dev.rated_kw:g} kW rated"
 
+    def driver_options(self, dev: PvDevice, config) -> dict:
+        """Where a 704 inverter reverts when the controller goes quiet: the site's safe level."""
+        return {"revert_pct": 100.0 * config.pv_safe_kw(dev) / dev.rated_kw}
+
     def nameplate_checks(self, dev: PvDevice):
         return [("rated_kw", dev.rated_kw, "rated_kw")]
 

@@ -81,6 +81,10 @@ class Role:
         """Rules across the devices of this role (e.g. exactly one PCC meter)."""
         return []
 
+    def driver_options(self, dev: Any, config: Config) -> dict[str, Any]:
+        """Role-specific fields of the driver's DeviceSpec (drivers/spec.py)."""
+        return {}
+
     # -- process image ------------------------------------------------------------------
     def nameplate_checks(self, dev: Any) -> list[tuple[str, float, str]]:
         """(setting, configured value, reading key) the device's own nameplate must cover."""

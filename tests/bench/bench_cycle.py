@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 import benchlib  # noqa: E402
 from benchlib import connect_all, pct, start_hil, stop_process, wait_listening  # noqa: E402
 
-from drivers.registry import build_devices  # noqa: E402
 from edge.app.clock import Clock  # noqa: E402
+from edge.app.devices import build_devices  # noqa: E402
 from edge.config import Config, parse  # noqa: E402
 from edge.cycle import ControlCycle  # noqa: E402
 from edge.control.kernel import load_kernel  # noqa: E402

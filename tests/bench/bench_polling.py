@@ -4,7 +4,7 @@ For each N (`--n 10 50 100`) the site is a realistic mix: 40 % PV inverters, 40 
 the rest meters - exactly one grid (PCC) meter, the others load meters (N = 10: 4 PV,
 4 batteries, 1 grid + 1 load meter). The HIL serves them from its own process
 (`python -m edge.cli hil -c site.yaml --speed 1`), so this process is the controller alone:
-the ControlCycle the daemon builds (drivers.registry.build_devices, edge.control.kernel.load_kernel,
+the ControlCycle the daemon builds (edge.app.devices.build_devices, edge.control.kernel.load_kernel,
 edge.app.clock.Clock), every device connected, then `cycle.run(stop)` at its 1 s cycle. After
 `--warmup` seconds, this process's CPU time (time.process_time) is taken over a `--seconds`
 window: CPU % of one core = CPU seconds / wall seconds x 100. Cycles, p50/p99 cycle duration
@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT))
 import benchlib  # noqa: E402
 from benchlib import connect_all, pct, start_hil, stop_process, wait_listening  # noqa: E402
 
-from drivers.registry import build_devices  # noqa: E402
 from edge.app.clock import Clock  # noqa: E402
+from edge.app.devices import build_devices  # noqa: E402
 from edge.config import Config, parse  # noqa: E402
 from edge.cycle import ControlCycle  # noqa: E402
 from edge.control.kernel import load_kernel  # noqa: E402

@@ -5,7 +5,7 @@ meters costs, next to the wire-time estimate the config check uses at real baud 
     PYTHONPATH=. python tests/bench/bench_serial.py
 
 A pseudo-terminal has no baud rate, so these are the software and t3.5-gap costs; on a real
-bus add the wire time (`drivers.dlt645.poll_round_s`, Modbus: 11 bits per character).
+bus add the wire time (`drivers.dlt645.frame.poll_round_s`, Modbus: 11 bits per character).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from drivers.dlt645 import poll_round_s
-from drivers.registry import build_devices
+from drivers.dlt645.frame import poll_round_s
 from edge.app.clock import Clock
+from edge.app.devices import build_devices
 from edge.config import parse
 from hil.site import SimSite
 

@@ -29,8 +29,8 @@ sys.path[:0] = [str(TESTS.parent), str(TESTS / "bench")]
 from benchlib import environment  # noqa: E402
 
 from drivers.base import DeviceError  # noqa: E402
-from drivers.registry import build_devices  # noqa: E402
 from edge.app.clock import Clock  # noqa: E402
+from edge.app.devices import build_devices  # noqa: E402
 from edge.config import parse, poll_deadline_s  # noqa: E402
 from hil.site import SimSite  # noqa: E402
 

@@ -24,7 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchlib import environment, free_port, pct  # noqa: E402
 
-from drivers.sunspec_tcp import SLOW_EVERY, Endpoint, SunSpecBattery, SunSpecPv  # noqa: E402
+from drivers.modbus.endpoint import Endpoint  # noqa: E402
+from drivers.sunspec.device import SLOW_EVERY  # noqa: E402
+from drivers.sunspec.roles import SunSpecBattery, SunSpecPv  # noqa: E402
 from edge.app.clock import Clock  # noqa: E402
 from edge.config import parse  # noqa: E402
 from hil.site import SimSite  # noqa: E402

@@ -14,9 +14,10 @@ import yaml
 from conftest import free_port
 
 from drivers.base import DcConverter, DeviceError
-from drivers.modbus_map import MapDcConverter, MapError, load_map, load_map_file
-from drivers.registry import build_devices
+from drivers.modbus.mapped import MapDcConverter
+from drivers.modbus.regmap import MapError, load_map, load_map_file
 from edge.app.clock import Clock
+from edge.app.devices import build_devices
 from edge.config import ConfigError, parse
 from hil.dcbus import EFFICIENCY, MapDcBusSim
 from hil.site import SimSite

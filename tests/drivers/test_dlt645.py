@@ -12,8 +12,10 @@ import pytest
 from conftest import free_port, wait_for
 from dlt645.aio import AsyncMeterServerService
 
-from drivers import dlt645 as d
 from drivers.base import DeviceError, Meter
+from drivers.dlt645 import bus as dlt_bus
+from drivers.dlt645 import frame as dlt
+from drivers.dlt645 import meter as dlt_meter
 from edge.vpp.schemas import DeviceReport, undeclared
 
 ADDRESS = "123456789012"
@@ -28,55 +30,55 @@ NO_DATA_REPLY = bytes.fromhex("68129078563412 68 d1 01 35 8d 16")  # error bit1:
 # --- codec -------------------------------------------------------------------------------
 
 def test_address_goes_on_the_wire_lowest_digits_first():
-    assert d.encode_address(ADDRESS) == WIRE_ADDRESS
+    assert dlt.encode_address(ADDRESS) == WIRE_ADDRESS
     with pytest.raises(ValueError, match="12 digits"):
-        d.encode_address("12345")
+        dlt.encode_address("12345")
 
 
 def test_read_request_matches_hand_computed_frame():
-    assert d.read_request(WIRE_ADDRESS, 0x02030000) == READ_POWER
+    assert dlt.read_request(WIRE_ADDRESS, 0x02030000) == READ_POWER
 
 
 def test_decode_removes_0x33_and_reads_negative_power():
-    frame = d.decode_frame(POWER_REPLY)
-    assert (frame.address, frame.control) == (WIRE_ADDRESS, d.READ_REPLY)
+    frame = dlt.decode_frame(POWER_REPLY)
+    assert (frame.address, frame.control) == (WIRE_ADDRESS, dlt.READ_REPLY)
     assert frame.data == bytes.fromhex("00000302 563492")
-    value = d.read_reply_value(frame, 0x02030000)
-    assert d.decode_value(value, 3, 4, signed=True) == -12.3456
+    value = dlt.read_reply_value(frame, 0x02030000)
+    assert dlt.decode_value(value, 3, 4, signed=True) == -12.3456
 
 
 def test_encode_decode_round_trip():
-    frame = d.decode_frame(d.encode_frame(WIRE_ADDRESS, 0x91, b"\x00\xcd\xff")[4:])
-    assert frame == d.Frame(WIRE_ADDRESS, 0x91, b"\x00\xcd\xff")
+    frame = dlt.decode_frame(dlt.encode_frame(WIRE_ADDRESS, 0x91, b"\x00\xcd\xff")[4:])
+    assert frame == dlt.Frame(WIRE_ADDRESS, 0x91, b"\x00\xcd\xff")
 
 
 def test_bcd_both_ways_and_non_bcd_rejected():
-    assert d.bcd_encode(1234567, 4) == bytes.fromhex("67452301")
-    assert d.bcd_decode(bytes.fromhex("67452301")) == 1234567
-    with pytest.raises(d.FrameError, match="not BCD"):
-        d.bcd_decode(b"\x1a")
+    assert dlt.bcd_encode(1234567, 4) == bytes.fromhex("67452301")
+    assert dlt.bcd_decode(bytes.fromhex("67452301")) == 1234567
+    with pytest.raises(dlt.FrameError, match="not BCD"):
+        dlt.bcd_decode(b"\x1a")
     with pytest.raises(ValueError):
-        d.bcd_encode(100, 1)
+        dlt.bcd_encode(100, 1)
 
 
 def test_unsigned_value_keeps_digit_8_in_top_byte():
-    assert d.decode_value(bytes.fromhex("00000080"), 4, 2, signed=False) == 800000.0
-    assert d.decode_value(bytes.fromhex("000080"), 3, 3, signed=True) == -0.0
+    assert dlt.decode_value(bytes.fromhex("00000080"), 4, 2, signed=False) == 800000.0
+    assert dlt.decode_value(bytes.fromhex("000080"), 3, 3, signed=True) == -0.0
 
 
 def test_bad_checksum_rejected():
     broken = POWER_REPLY[:-2] + b"\xa5\x16"
-    with pytest.raises(d.FrameError, match="checksum"):
-        d.decode_frame(broken)
+    with pytest.raises(dlt.FrameError, match="checksum"):
+        dlt.decode_frame(broken)
 
 
 def test_error_reply_raises_with_di_and_reason():
     with pytest.raises(DeviceError, match="DI 02030000.*no such data"):
-        d.read_reply_value(d.decode_frame(NO_DATA_REPLY), 0x02030000)
+        dlt.read_reply_value(dlt.decode_frame(NO_DATA_REPLY), 0x02030000)
 
 
 def test_reply_for_another_di_is_not_the_answer():
-    assert d.read_reply_value(d.decode_frame(POWER_REPLY), 0x02010100) is None
+    assert dlt.read_reply_value(dlt.decode_frame(POWER_REPLY), 0x02010100) is None
 
 
 # --- against the dlt645 package's server -------------------------------------------------
@@ -96,7 +98,7 @@ async def start_peer(port: int) -> AsyncMeterServerService:
     # set_address("1234...") would store them in nameplate order; give it the wire order.
     server.set_address(WIRE_ADDRESS)
     for key, value in VALUES.items():
-        di = d.POINTS[key][0]
+        di = dlt.POINTS[key][0]
         assert (server.set_00 if di >> 24 == 0 else server.set_02)(di, value), key
     await server.start()
     return server
@@ -112,7 +114,7 @@ async def peer():
 
 async def test_connect_reads_every_value_one_by_one_where_the_package_server_has_no_blocks(peer):
     server, port = peer
-    meter = d.Dlt645Meter("pcc", ADDRESS, d.Tcp("127.0.0.1", port), timeout_s=1.0)
+    meter = dlt_meter.Dlt645Meter("pcc", ADDRESS, dlt_bus.Tcp("127.0.0.1", port), timeout_s=1.0)
     assert isinstance(meter, Meter)
     assert meter.describe() == {"protocol": "dlt645", "endpoint": f"tcp://127.0.0.1:{port}",
                                 "address": ADDRESS}
@@ -130,7 +132,7 @@ async def test_connect_reads_every_value_one_by_one_where_the_package_server_has
 
 async def test_stopped_server_raises_then_meter_recovers_after_restart(peer):
     server, port = peer
-    meter = d.Dlt645Meter("pcc", ADDRESS, d.Tcp("127.0.0.1", port), timeout_s=1.0)
+    meter = dlt_meter.Dlt645Meter("pcc", ADDRESS, dlt_bus.Tcp("127.0.0.1", port), timeout_s=1.0)
     await meter.poll()
     await server.stop()
     with pytest.raises(DeviceError, match="pcc: DI [0-9A-F]{8}: connection lost"):
@@ -140,7 +142,7 @@ async def test_stopped_server_raises_then_meter_recovers_after_restart(peer):
     with pytest.raises(DeviceError, match="reconnect backoff"):  # not re-opened on every poll
         await meter.poll()
     server = await start_peer(port)
-    await asyncio.sleep(d.BACKOFF_MIN_S)
+    await asyncio.sleep(dlt_bus.BACKOFF_MIN_S)
     try:
         await meter.connect()
         assert (await meter.poll()).values["import_kwh"] == 12345.67
@@ -152,7 +154,7 @@ async def test_stopped_server_raises_then_meter_recovers_after_restart(peer):
 async def test_wrong_address_gets_no_valid_answer(peer):
     # A real meter stays silent; the package's server answers with an error reply.
     _, port = peer
-    meter = d.Dlt645Meter("pcc", "000000000001", d.Tcp("127.0.0.1", port), timeout_s=0.5)
+    meter = dlt_meter.Dlt645Meter("pcc", "000000000001", dlt_bus.Tcp("127.0.0.1", port), timeout_s=0.5)
     try:
         with pytest.raises(DeviceError, match="DI [0-9A-F]{8}.*error"):
             await meter.poll()
@@ -164,7 +166,7 @@ async def test_ct_and_pt_ratios_turn_the_secondary_values_into_primary_ones(peer
     """A meter behind 400/5 A CTs and 10 kV/100 V PTs reports secondary values; the driver
     hands on primary ones: power and energy x 8000, current x 80, voltage x 100."""
     _, port = peer
-    meter = d.Dlt645Meter("pcc", ADDRESS, d.Tcp("127.0.0.1", port), timeout_s=1.0,
+    meter = dlt_meter.Dlt645Meter("pcc", ADDRESS, dlt_bus.Tcp("127.0.0.1", port), timeout_s=1.0,
                           ct_ratio=80, pt_ratio=100)
     try:
         await meter.connect()
@@ -190,7 +192,7 @@ def site_with_meter(**meter) -> dict:
 
 
 def test_config_passes_the_ratios_to_the_dlt645_driver():
-    from drivers.registry import build_devices
+    from edge.app.devices import build_devices
     from edge.config import parse
 
     cfg = parse(site_with_meter(protocol="dlt645-tcp", address="000000000001", ct_ratio=400,
@@ -229,11 +231,11 @@ def test_ratios_belong_to_dlt645_meters_and_are_at_least_one(fields, message):
 
 # --- a scripted peer for faults the package's server does not produce ---------------------
 
-async def scripted_peer(answer: Callable[[d.Frame], bytes]):
+async def scripted_peer(answer: Callable[[dlt.Frame], bytes]):
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                writer.write(answer(await d.read_frame(reader)))
+                writer.write(answer(await dlt.read_frame(reader)))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
@@ -243,23 +245,23 @@ async def scripted_peer(answer: Callable[[d.Frame], bytes]):
 
 
 def reply(address: bytes, di_bytes: bytes, value: bytes) -> bytes:
-    return d.encode_frame(address, d.READ_REPLY, di_bytes + value)
+    return dlt.encode_frame(address, dlt.READ_REPLY, di_bytes + value)
 
 
-async def read_power_via(answer: Callable[[d.Frame], bytes], timeout_s: float = 0.3) -> float:
+async def read_power_via(answer: Callable[[dlt.Frame], bytes], timeout_s: float = 0.3) -> float:
     server, port = await scripted_peer(answer)
-    meter = d.Dlt645Meter("pcc", ADDRESS, d.Tcp("127.0.0.1", port), timeout_s=timeout_s)
+    meter = dlt_meter.Dlt645Meter("pcc", ADDRESS, dlt_bus.Tcp("127.0.0.1", port), timeout_s=timeout_s)
     try:
-        return d.decode_value(await meter.read(0x02030000), 3, 4, signed=True)
+        return dlt.decode_value(await meter.read(0x02030000), 3, 4, signed=True)
     finally:
         await meter.close()
         server.close()
 
 
 async def test_frames_for_other_addresses_and_stale_replies_are_skipped():
-    other = d.encode_address("000000000002")
+    other = dlt.encode_address("000000000002")
 
-    def answer(req: d.Frame) -> bytes:
+    def answer(req: dlt.Frame) -> bytes:
         return (reply(other, req.data, b"\x00\x00\x01")  # another meter on the bus
                 + reply(req.address, b"\x00\x01\x01\x02", b"\x01\x23")  # late voltage reply
                 + reply(req.address, req.data, bytes.fromhex("000015")))
@@ -268,13 +270,13 @@ async def test_frames_for_other_addresses_and_stale_replies_are_skipped():
 
 
 async def test_only_frames_for_another_address_time_out():
-    other = d.encode_address("000000000002")
+    other = dlt.encode_address("000000000002")
     with pytest.raises(DeviceError, match="DI 02030000: no reply within 0.3 s"):
         await read_power_via(lambda req: reply(other, req.data, b"\x00\x00\x01"))
 
 
 async def test_bad_checksum_raises_with_di():
-    def answer(req: d.Frame) -> bytes:
+    def answer(req: dlt.Frame) -> bytes:
         good = reply(req.address, req.data, b"\x00\x00\x01")
         return good[:-2] + bytes([good[-2] ^ 0xFF, 0x16])
 
@@ -304,11 +306,11 @@ async def test_poll_over_serial_pty_against_the_package_rtu_server(pty_pair):
     meter_end, edge_end = pty_pair
     server = AsyncMeterServerService.new_rtu_server(meter_end, baud_rate=2400, parity="N")
     server.set_address(WIRE_ADDRESS)
-    for key, (di, *_) in d.POINTS.items():
+    for key, (di, *_) in dlt.POINTS.items():
         (server.set_00 if di >> 24 == 0 else server.set_02)(di, VALUES[key])
     server.set_02(0x02030000, 3.25)
     assert await server.start()
-    meter = d.Dlt645Meter("pcc", ADDRESS, d.Serial(edge_end, parity="N"), timeout_s=1.0)
+    meter = dlt_meter.Dlt645Meter("pcc", ADDRESS, dlt_bus.Serial(edge_end, parity="N"), timeout_s=1.0)
     try:
         assert (await meter.poll()).values["power_kw"] == 3.25
         assert meter.describe()["endpoint"] == f"serial://{edge_end}?2400-8N1"
@@ -318,7 +320,7 @@ async def test_poll_over_serial_pty_against_the_package_rtu_server(pty_pair):
 
 
 def test_config_builds_a_dlt645_meter_through_the_registry():
-    from drivers.registry import build_devices
+    from edge.app.devices import build_devices
     from edge.config import parse
 
     cfg = parse({
@@ -333,7 +335,8 @@ def test_config_builds_a_dlt645_meter_through_the_registry():
 
 async def test_cancelled_read_drops_the_link_so_a_late_reply_cannot_pass_as_fresh():
     """A peer that answers only after the caller gave up: the next read must not see it."""
-    from drivers.dlt645 import Dlt645Meter, Tcp
+    from drivers.dlt645.bus import Tcp
+    from drivers.dlt645.meter import Dlt645Meter
 
     replies: list[asyncio.StreamWriter] = []
 
@@ -357,20 +360,20 @@ async def test_cancelled_read_drops_the_link_so_a_late_reply_cannot_pass_as_fres
 async def test_a_slow_value_the_meter_refuses_never_fails_its_poll():
     """Blocks refused -> single reads; export 'no such data' -> dropped; import 'other
     error' -> kept trying, logged; power, what control needs, polls on regardless."""
-    def answer(req: d.Frame) -> bytes:
+    def answer(req: dlt.Frame) -> bytes:
         di = int.from_bytes(req.data[:4], "little")
-        if di in d.BLOCKS or di == 0x00020000:
-            return d.encode_frame(req.address, d.READ_ERROR, bytes([d.ERR_NO_DATA]))
+        if di in dlt.BLOCKS or di == 0x00020000:
+            return dlt.encode_frame(req.address, dlt.READ_ERROR, bytes([dlt.ERR_NO_DATA]))
         if di == 0x00010000:
-            return d.encode_frame(req.address, d.READ_ERROR, b"\x01")
-        size = next(s for di_, s, *_ in d.POINTS.values() if di_ == di)
+            return dlt.encode_frame(req.address, dlt.READ_ERROR, b"\x01")
+        size = next(s for di_, s, *_ in dlt.POINTS.values() if di_ == di)
         return reply(req.address, req.data, b"\x00" * (size - 1) + b"\x01")
 
     server, port = await scripted_peer(answer)
-    meter = d.Dlt645Meter("pcc", ADDRESS, d.Tcp("127.0.0.1", port), timeout_s=0.3)
+    meter = dlt_meter.Dlt645Meter("pcc", ADDRESS, dlt_bus.Tcp("127.0.0.1", port), timeout_s=0.3)
     try:
         await meter.connect()
-        for _ in range(2 * len(d.POINTS)):  # every slow turn comes round at least once
+        for _ in range(2 * len(dlt.POINTS)):  # every slow turn comes round at least once
             values = (await meter.poll()).values
         assert values["power_kw"] == 1.0 and values["voltage_c_v"] == 10.0  # 00 01 -> 10.0 V
         assert "import_kwh" not in values and "export_kwh" not in values

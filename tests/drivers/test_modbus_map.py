@@ -15,28 +15,23 @@ from conftest import free_port
 from pymodbus.server import ModbusTcpServer
 
 from drivers.base import DeviceError
-from drivers.modbus_map import (
+from drivers.modbus.endpoint import Endpoint
+from drivers.modbus.mapped import MapBattery, MapDevice, MapMeter, MapPv, plan_reads
+from drivers.modbus.regmap import (
     MAPS_DIR,
-    MapBattery,
-    MapDevice,
     MapError,
-    MapMeter,
     MapPoint,
-    MapPv,
     RegisterMap,
-    check_config,
     load_map,
     load_map_file,
     map_for,
     parse_map,
-    plan_reads,
 )
-from drivers.registry import build_devices
-from drivers.sunspec_tcp import Endpoint
-from edge.control import kernel as dispatch
-from edge.cli import main as cli_main
 from edge.app.clock import Clock
+from edge.app.devices import build_devices, check_maps
+from edge.cli import main as cli_main
 from edge.config import parse
+from edge.control import kernel as dispatch
 from edge.cycle import ControlCycle
 from hil.devices import MapBatteryPcs, MapSimDevice, MapThreePhaseMeter, build
 from hil.site import SimSite
@@ -147,7 +142,7 @@ def test_device_role_must_be_served_by_its_map():
     bess = next(d for d in cfg.devices if d.role == "battery")
     with pytest.raises(MapError, match="device bess: map: meter3p_generic serves meter, not a battery"):
         map_for(bess)
-    assert check_config(cfg) == [
+    assert check_maps(cfg) == [
         "devices[0].map: device bess: map: meter3p_generic serves meter, not a battery; choose "
         "a map for role battery (it needs keys power_kw, soc_pct, setpoint)"]
     with pytest.raises(MapError, match="bms_generic serves no control role"):
@@ -444,5 +439,5 @@ def test_check_accepts_a_config_using_the_maps(tmp_path, capsys):
     assert cli_main(["check", "-c", str(path)]) == 0
     out = capsys.readouterr().out
     assert "bess" in out and "modbus-tcp" in out and "configuration OK" in out
-    assert check_config(parse(yaml.safe_load(path.read_text()))) == []
+    assert check_maps(parse(yaml.safe_load(path.read_text()))) == []
     assert {f.stem for f in MAPS_DIR.glob("*.yaml")} >= set(SHIPPED)

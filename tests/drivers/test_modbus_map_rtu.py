@@ -15,12 +15,13 @@ import pytest
 from conftest import wait_for
 
 from drivers.base import DeviceError, Reading
-from drivers.modbus_map import BACKOFF_MAX_S, BACKOFF_MIN_S, MapBattery, MapMeter
-from drivers.modbus_serial import SerialEndpoint
-from drivers.registry import build_devices
-from edge.control import kernel as dispatch
+from drivers.modbus.mapped import MapBattery, MapMeter
+from drivers.modbus.serial import SerialEndpoint
+from drivers.modbus.unit import BACKOFF_MAX_S, BACKOFF_MIN_S
 from edge.app.clock import Clock
+from edge.app.devices import build_devices
 from edge.config import Config, parse
+from edge.control import kernel as dispatch
 from edge.cycle import ControlCycle
 from hil.site import SimSite
 

@@ -24,12 +24,13 @@ import pytest
 import yaml
 from conftest import wait_for
 
-from drivers import modbus_serial
 from drivers.base import DeviceError
-from drivers.modbus_serial import SerialEndpoint, frame_gap_s
-from drivers.registry import build_devices
-from drivers.sunspec_tcp import BACKOFF_MAX_S, ConnectFailed
+from drivers.modbus import serial as modbus_serial
+from drivers.modbus.endpoint import ConnectFailed
+from drivers.modbus.serial import SerialEndpoint, frame_gap_s
+from drivers.modbus.unit import BACKOFF_MAX_S
 from edge import config as config_mod
+from edge.app.devices import build_devices
 from edge.config import Config, SerialParams
 from hil.site import SimSite
 

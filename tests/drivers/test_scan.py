@@ -16,8 +16,8 @@ from conftest import free_port
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from drivers.scan import BROKEN_CHAIN, NO_ANSWER, NOT_SUNSPEC, OK, render_text, scan
-from drivers.sunspec import SUNS
+from drivers.sunspec.models import SUNS
+from drivers.sunspec.scan import BROKEN_CHAIN, NO_ANSWER, NOT_SUNSPEC, OK, render_text, scan
 from edge.app.clock import Clock
 from edge.config import Config, parse
 from hil.site import SimSite

@@ -14,15 +14,16 @@ from datetime import datetime
 
 import pytest
 from conftest import free_port
+from fakes import ManualClock
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 from sunspec2 import device as pysunspec
 
-from drivers import sunspec
 from drivers.base import DeviceError
-from drivers.scan import OK, render_text, scan
-from drivers.sunspec_tcp import Endpoint, SunSpecBattery, SunSpecMeter, SunSpecPv
-from edge.app.clock import Clock
+from drivers.modbus.endpoint import Endpoint
+from drivers.sunspec import models as sunspec
+from drivers.sunspec.roles import SunSpecBattery, SunSpecMeter, SunSpecPv
+from drivers.sunspec.scan import OK, render_text, scan
 from edge.config import Config, parse
 from hil.site import SimSite
 
@@ -37,15 +38,6 @@ CHAINS = {
     "bess_713": ("battery", [1, 113, 124, 713]),
     "meter_204": ("meter", [1, 204]),
 }
-
-
-class ManualClock(Clock):
-    def __init__(self, start: datetime) -> None:
-        super().__init__(start=start)
-        self.t = 0.0
-
-    def elapsed_s(self) -> float:
-        return self.t
 
 
 def variants_config() -> Config:

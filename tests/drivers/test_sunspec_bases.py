@@ -12,25 +12,17 @@ from datetime import datetime
 
 import pytest
 from conftest import free_port
+from fakes import ManualClock
 
-from drivers.scan import OK, render_text, scan
-from drivers.sunspec import layout
-from drivers.sunspec_tcp import Endpoint, SunSpecBattery, SunSpecPv
-from edge.app.clock import Clock
+from drivers.modbus.endpoint import Endpoint
+from drivers.sunspec.models import layout
+from drivers.sunspec.roles import SunSpecBattery, SunSpecPv
+from drivers.sunspec.scan import OK, render_text, scan
 from edge.config import Config, parse
 from hil.site import SimSite
 
 NOON = datetime.fromisoformat("2026-06-22T12:00:00+08:00")
 BASE_OF = {"pv1": 0, "bess1": 50000, "pcc": 40000}  # device -> register of its "SunS" marker
-
-
-class ManualClock(Clock):
-    def __init__(self, start: datetime) -> None:
-        super().__init__(start=start)
-        self.t = 0.0
-
-    def elapsed_s(self) -> float:
-        return self.t
 
 
 def gateway_config() -> Config:

@@ -20,15 +20,9 @@ import pytest
 from conftest import free_port, wait_for
 
 from drivers.base import DeviceError, Reading
-from drivers.sunspec_tcp import (
-    BACKOFF_MAX_S,
-    BACKOFF_MIN_S,
-    Endpoint,
-    ModbusExceptionReply,
-    SunSpecBattery,
-    SunSpecMeter,
-    SunSpecPv,
-)
+from drivers.modbus.endpoint import Endpoint, ModbusExceptionReply
+from drivers.modbus.unit import BACKOFF_MAX_S, BACKOFF_MIN_S
+from drivers.sunspec.roles import SunSpecBattery, SunSpecMeter, SunSpecPv
 from edge.app.clock import Clock
 from edge.config import Config, parse
 from hil.site import SimSite

@@ -8,9 +8,10 @@ from conftest import free_port
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from drivers import sunspec
 from drivers.base import DeviceError
-from drivers.sunspec_tcp import Endpoint, SunSpecMeter
+from drivers.modbus.endpoint import Endpoint
+from drivers.sunspec import models as sunspec
+from drivers.sunspec.roles import SunSpecMeter
 
 
 def meter_image(model_id: int, watts: int, wh_imp: int, wh_exp: int) -> list[int]:

@@ -10,7 +10,7 @@ import pytest
 from conftest import free_port, wait_for
 from pymodbus.client import AsyncModbusTcpClient
 
-from drivers.sunspec import END_ID, SUNS, decode, model
+from drivers.sunspec.models import END_ID, SUNS, decode, model
 from edge.app.clock import Clock
 from edge.config import Config, parse
 from hil.site import SimSite
@@ -274,7 +274,8 @@ async def wait_async(predicate: Callable[[], object], timeout: float, what: str)
 
 
 async def test_driver_reads_the_scale_factor_before_its_first_limit_write(make_site) -> None:
-    from drivers.sunspec_tcp import Endpoint, SunSpecPv
+    from drivers.modbus.endpoint import Endpoint
+    from drivers.sunspec.roles import SunSpecPv
 
     site = await make_site(NOON, 1)
     cfg = next(d for d in site.config.devices if d.id == "pv1")

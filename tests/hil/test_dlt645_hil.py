@@ -1,4 +1,4 @@
-"""DL/T 645 meters in the HIL: the driver (drivers/dlt645.py, built from the config by the
+"""DL/T 645 meters in the HIL: the driver (drivers/dlt645/, built from the config by the
 registry) polls simulated meters over real loopback TCP and reads what the site simulated;
 foreign addresses stay silent, unknown identifiers get error replies, fault injection
 closes and reopens the gateway, and values beyond the XX.XXXX kW format clamp loudly."""
@@ -13,10 +13,12 @@ from datetime import datetime
 import pytest
 from conftest import free_port
 
-from drivers import dlt645 as d
 from drivers.base import DeviceError
-from drivers.registry import build_devices
+from drivers.dlt645 import bus as dlt_bus
+from drivers.dlt645 import frame as dlt
+from drivers.dlt645 import meter as dlt_meter
 from edge.app.clock import Clock
+from edge.app.devices import build_devices
 from edge.config import Config, parse
 from hil.dlt645_server import encode_value, format_limit
 from hil.site import SimSite
@@ -85,15 +87,15 @@ def advance(site: SimSite, t_s: float) -> None:
 def test_encoded_values_decode_with_the_driver_codec(value, fmt) -> None:
     raw, clamped = encode_value(value, *fmt)
     assert not clamped
-    assert d.decode_value(raw, *fmt) == pytest.approx(value)
+    assert dlt.decode_value(raw, *fmt) == pytest.approx(value)
 
 
 def test_power_beyond_the_xx_xxxx_format_clamps_and_counters_roll_over() -> None:
     assert format_limit(3, 4, True) == 79.9999
     raw, clamped = encode_value(-123.4, 3, 4, True)
-    assert clamped and d.decode_value(raw, 3, 4, True) == -79.9999
+    assert clamped and dlt.decode_value(raw, 3, 4, True) == -79.9999
     raw, clamped = encode_value(1_000_012.34, 4, 2, False, wrap=True)
-    assert not clamped and d.decode_value(raw, 4, 2, False) == pytest.approx(12.34)
+    assert not clamped and dlt.decode_value(raw, 4, 2, False) == pytest.approx(12.34)
 
 
 # --- the driver against the HIL ------------------------------------------------------------
@@ -123,7 +125,7 @@ async def test_foreign_address_is_silent_and_unknown_identifier_gets_an_error_re
         make_site) -> None:
     site, drivers = await make_site(config())
     cfg = site.devices["pcc"].cfg
-    stranger = d.Dlt645Meter("stranger", "202600000099", d.Tcp(cfg.host, cfg.port), 0.3)
+    stranger = dlt_meter.Dlt645Meter("stranger", "202600000099", dlt_bus.Tcp(cfg.host, cfg.port), 0.3)
     try:
         with pytest.raises(DeviceError, match="stranger: DI [0-9A-F]{8}: no reply within 0.3 s"):
             await stranger.poll()
@@ -140,12 +142,12 @@ async def test_read_address_answers_and_broadcast_stays_silent(make_site) -> Non
     site.devices["load"].online = False  # one meter on the bus, so the wildcard has one answer
     reader, writer = await asyncio.open_connection(cfg.host, cfg.port)
     try:
-        writer.write(d.encode_frame(b"\xaa" * 6, 0x13, b""))
-        frame = await asyncio.wait_for(d.read_frame(reader), 1)
-        assert (frame.control, frame.data) == (0x93, d.encode_address(PCC))
-        writer.write(d.read_request(b"\x99" * 6, 0x02030000))
+        writer.write(dlt.encode_frame(b"\xaa" * 6, 0x13, b""))
+        frame = await asyncio.wait_for(dlt.read_frame(reader), 1)
+        assert (frame.control, frame.data) == (0x93, dlt.encode_address(PCC))
+        writer.write(dlt.read_request(b"\x99" * 6, 0x02030000))
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(d.read_frame(reader), 0.3)
+            await asyncio.wait_for(dlt.read_frame(reader), 0.3)
     finally:
         writer.close()
 
@@ -168,16 +170,16 @@ async def test_stopped_meter_is_silent_and_the_last_one_stopped_closes_the_gatew
         await pcc.poll()
     advance(site, 600)  # physics and counters keep running while the meters are away
     await site.start_device("pcc")
-    await asyncio.sleep(d.BACKOFF_MIN_S)  # the bus re-opens after its reconnect backoff
+    await asyncio.sleep(dlt_bus.BACKOFF_MIN_S)  # the bus re-opens after its reconnect backoff
     await pcc.connect()
     r = (await pcc.poll()).values
     assert r["import_kwh"] > 0
     assert r["import_kwh"] == pytest.approx(site.state("pcc")["import_kwh"], abs=0.005)
-    await asyncio.sleep(d.BACKOFF_MIN_S)  # load's first backoff is over: it is probed again
+    await asyncio.sleep(dlt_bus.BACKOFF_MIN_S)  # load's first backoff is over: it is probed again
     with pytest.raises(DeviceError, match="no reply within"):
         await load.poll()  # still stopped: silent on the reopened bus
     await site.start_device("load")
-    await asyncio.sleep(2 * d.BACKOFF_MIN_S)  # silent twice in a row: the backoff doubled
+    await asyncio.sleep(2 * dlt_bus.BACKOFF_MIN_S)  # silent twice in a row: the backoff doubled
     assert (await load.poll()).values["power_kw"] == pytest.approx(20.0)
 
 
@@ -207,7 +209,7 @@ async def test_pcc_above_80_kw_on_ct_ratio_reads_in_full_and_the_wire_carries_se
         raw = await drivers["pcc"].read(0x02030000)
         await drivers["pcc"].connect()
         r = (await drivers["pcc"].poll()).values
-    assert d.decode_value(raw, 3, 4, signed=True) == pytest.approx(6.0, abs=0.0001)
+    assert dlt.decode_value(raw, 3, 4, signed=True) == pytest.approx(6.0, abs=0.0001)
     assert r["power_kw"] == pytest.approx(120.0, abs=20 * 0.00005)
     assert r["import_kwh"] == pytest.approx(pcc["import_kwh"], abs=20 * 0.005)
     assert r["current_a_a"] == pytest.approx(120_000 / 690, abs=20 * 0.0005)

@@ -15,17 +15,19 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
-from drivers import dlt645 as d
 from drivers.base import DeviceError, Reading
-from drivers.registry import build_devices
+from drivers.dlt645 import bus as dlt_bus
+from drivers.dlt645 import frame as dlt
+from drivers.dlt645 import meter as dlt_meter
 from edge.app.clock import Clock
+from edge.app.devices import build_devices
 from edge.config import Config, parse
 from hil.site import SimSite
 
 PCC, LOAD = "202600000001", "202600000002"
 # The slow requests of a meter, by the keys each one refreshes.
-SLOW_GROUPS = [frozenset(d.BLOCKS.get(di) or (d._KEY_OF[di],)) for di in d.SLOW]
-SINGLE_GROUPS = [frozenset({k}) for k in d.POINTS if k not in d.FAST]
+SLOW_GROUPS = [frozenset(dlt.BLOCKS.get(di) or (dlt.KEY_OF[di],)) for di in dlt.SLOW]
+SINGLE_GROUPS = [frozenset({k}) for k in dlt.POINTS if k not in dlt.FAST]
 
 
 class ManualClock(Clock):
@@ -107,7 +109,7 @@ async def test_each_round_reads_every_power_and_one_slow_request_in_rotation(rig
     await asyncio.gather(pcc.connect(), load.connect())
     last = dict(zip(("pcc", "load"), await asyncio.gather(pcc.poll(), load.poll()), strict=True))
     seen: dict[str, set[frozenset[str]]] = {"pcc": set(), "load": set()}
-    rounds = 2 * len(d.SLOW)
+    rounds = 2 * len(dlt.SLOW)
     for i in range(rounds):
         advance(site, 60.0 * (i + 1))
         now = dict(zip(("pcc", "load"), await asyncio.gather(pcc.poll(), load.poll()), strict=True))
@@ -129,7 +131,7 @@ async def test_meter_without_block_identifiers_is_read_one_identifier_at_a_time(
     pcc, load = drivers["pcc"], drivers["load"]
     await asyncio.gather(pcc.connect(), load.connect())  # blocks refused: single reads
     last = await pcc.poll()
-    assert set(d.POINTS) <= last.values.keys()
+    assert set(dlt.POINTS) <= last.values.keys()
     seen = set()
     for _ in range(2 * len(SINGLE_GROUPS)):  # the two meters take turns
         now, _ = await asyncio.gather(pcc.poll(), load.poll())
@@ -140,7 +142,7 @@ async def test_meter_without_block_identifiers_is_read_one_identifier_at_a_time(
     assert seen - {frozenset()} == set(SINGLE_GROUPS)
 
 
-def bus_log(bus: d.Dlt645Bus) -> list[bytes]:
+def bus_log(bus: dlt_bus.Dlt645Bus) -> list[bytes]:
     """Addresses of the meters the bus master sends a request to from now on, in order."""
     sent: list[bytes] = []
     read = bus.read
@@ -153,7 +155,7 @@ def bus_log(bus: d.Dlt645Bus) -> list[bytes]:
     return sent
 
 
-async def until_recovered(meter: d.Dlt645Meter, within_s: float) -> tuple[Reading, list[str]]:
+async def until_recovered(meter: dlt_meter.Dlt645Meter, within_s: float) -> tuple[Reading, list[str]]:
     """Poll until `meter` answers: its reading and the errors on the way. `within_s` only
     bounds the wait."""
     errors: list[str] = []
@@ -193,14 +195,14 @@ async def test_silent_meter_backs_off_and_its_neighbour_is_read_every_round(rig)
             assert "no reply within" in str(r_load), r_load
             assert sent.count(load.address) == 1  # one request, no retry
             probes += 1
-            assert load._backoff_s == min(d.BACKOFF_MIN_S * 2 ** (probes - 1), d.BACKOFF_MAX_S)
+            assert load._backoff_s == min(dlt_bus.BACKOFF_MIN_S * 2 ** (probes - 1), dlt_bus.BACKOFF_MAX_S)
         if probes >= 2 and skips >= probes:
             break
         await asyncio.sleep(0.1)
     assert probes >= 2 and skips >= probes, (probes, skips)
     await site.start_device("load")
     advance(site, 60)
-    reading, errors = await until_recovered(load, within_s=d.BACKOFF_MAX_S + 5)
+    reading, errors = await until_recovered(load, within_s=dlt_bus.BACKOFF_MAX_S + 5)
     assert all("backing off" in e for e in errors), errors  # no further timeout
     assert reading.values["power_kw"] == pytest.approx(20.0)
 
@@ -216,5 +218,5 @@ async def test_stopped_bus_goes_silent_but_the_cable_stays_plugged_in(rig) -> No
         await pcc.poll()
     assert Path(pcc.bus.opener.port).is_symlink()
     await site.start_device("pcc")
-    await asyncio.sleep(d.BACKOFF_MIN_S)
+    await asyncio.sleep(dlt_bus.BACKOFF_MIN_S)
     assert "power_kw" in (await pcc.poll()).values

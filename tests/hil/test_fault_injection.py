@@ -21,9 +21,9 @@ import yaml
 from conftest import free_port
 
 from drivers.base import Quality
-from drivers.registry import build_devices
 from edge.control import kernel as dispatch
 from edge.app.clock import Clock
+from edge.app.devices import build_devices
 from edge.config import Config, parse
 from edge.cycle import ControlCycle, Decision
 from hil.devices import Fault

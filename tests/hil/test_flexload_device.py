@@ -11,9 +11,10 @@ import pytest
 from conftest import free_port
 
 from drivers.base import DeviceError, FlexLoad
-from drivers.modbus_map import MapError, MapFlexLoad, map_for
-from drivers.registry import build_devices
+from drivers.modbus.mapped import MapFlexLoad
+from drivers.modbus.regmap import MapError, map_for
 from edge.app.clock import Clock
+from edge.app.devices import build_devices
 from edge.config import parse
 from hil.site import SimSite
 

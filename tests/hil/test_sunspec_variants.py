@@ -17,11 +17,12 @@ import yaml
 from conftest import free_port
 
 from drivers.base import DeviceError
-from drivers.registry import build_devices
-from drivers.sunspec import SunSpecError
-from drivers.sunspec_tcp import Endpoint, SunSpecBattery, SunSpecPv
+from drivers.modbus.endpoint import Endpoint
+from drivers.sunspec.models import SunSpecError
+from drivers.sunspec.roles import SunSpecBattery, SunSpecPv
 from edge.control import kernel as dispatch
 from edge.app.clock import Clock
+from edge.app.devices import build_devices
 from edge.config import SIM_SUNSPEC_MODELS, Config, ConfigError, parse
 from edge.cycle import ControlCycle
 from hil.site import SimSite

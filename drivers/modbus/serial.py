@@ -1,5 +1,5 @@
 """Modbus RTU on an RS-485 bus: the serial counterpart of the TCP `Endpoint`, so the same
-SunSpec role drivers run over either.
+drivers (SunSpec, register maps) run over either.
 
 One bus is one half-duplex wire with one master: every unit id on a port shares one
 `SerialEndpoint` (one client, one lock), so a request is answered or timed out before the
@@ -20,11 +20,11 @@ import time
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient
 
-from drivers.sunspec_tcp import ModbusEndpoint
-from edge.config import SerialParams
+from drivers.modbus.endpoint import ModbusEndpoint
+from drivers.spec import SerialSpec
 
 
-def frame_gap_s(serial: SerialParams) -> float:
+def frame_gap_s(serial: SerialSpec) -> float:
     """The minimum silence between two RTU frames (t3.5) for this line setting."""
     if serial.baudrate > 19200:
         return 0.00175
@@ -40,7 +40,7 @@ class SerialEndpoint(ModbusEndpoint):
         "cannot open the serial port (missing, no permission, or held by another program)"
     )
 
-    def __init__(self, serial: SerialParams, timeout_s: float) -> None:
+    def __init__(self, serial: SerialSpec, timeout_s: float) -> None:
         super().__init__(timeout_s)
         self.serial = serial
         self.gap_s = frame_gap_s(serial)

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from drivers import sunspec
 from drivers.base import DeviceError
-from drivers.sunspec_tcp import ConnectFailed, Endpoint, ModbusExceptionReply
+from drivers.modbus.endpoint import (
+    GATEWAY_NO_REPLY,
+    ConnectFailed,
+    Endpoint,
+    ModbusExceptionReply,
+)
+from drivers.sunspec import models as sunspec
 
 OK, NO_ANSWER, NOT_SUNSPEC, BROKEN_CHAIN = "ok", "no_answer", "not_sunspec", "broken_chain"
 
-# Gateway exception codes: the gateway answered for a slave that did not (Modbus spec 0x0A/0x0B).
-_GATEWAY_SILENT = {10, 11}
 _MAX_MODELS = 64
 
 # What an integrator looks at first: power, energy, grid, state, ratings, SoC, limits.
@@ -171,7 +174,7 @@ async def _find_marker(ep: Endpoint, unit: int, timeout_s: float) -> int:
                         "host and port, that Modbus TCP is enabled on the device, and that no firewall "
                         f"blocks port {ep.port}") from None
         except ModbusExceptionReply as exc:
-            if exc.code in _GATEWAY_SILENT:
+            if exc.code in GATEWAY_NO_REPLY:
                 raise _Stop(NO_ANSWER, f"the gateway answered but unit {unit} did not "
                             f"(Modbus exception {exc.code}); check the unit id and the bus "
                             "behind the gateway") from None

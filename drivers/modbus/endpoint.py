@@ -1,0 +1,214 @@
+"""The Modbus transport every Modbus driver here runs over: one client shared by every unit
+behind a TCP host:port or an RS-485 bus, one lock, reconnect backoff, and the errors that tell
+a unit that answered with an exception from one that did not answer at all.
+
+Field lessons applied (DOMAIN.md §5): many devices accept a single TCP client, so every
+unit behind an endpoint shares one client and one lock; after a connection-level failure
+the connection is dropped and re-opened with backoff, while a single unit that does not
+answer only backs off itself (`drivers.modbus.unit.ModbusUnit`) so its neighbours keep polling.
+
+`ModbusEndpoint` is the transport-neutral part (shared client, lock, backoff, read/write);
+`Endpoint` is its TCP form and `drivers.modbus.serial.SerialEndpoint` its RTU form.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from pymodbus.client import AsyncModbusTcpClient, ModbusBaseClient
+from pymodbus.exceptions import ModbusException, ModbusIOException
+
+from drivers.base import DeviceError
+
+_MAX_READ = 120  # registers per request (Modbus allows 125)
+
+
+ILLEGAL_ADDRESS = 2
+GATEWAY_NO_REPLY = (10, 11)  # gateway path unavailable / target device failed to respond
+
+
+class ModbusExceptionReply(DeviceError):
+    """The device answered, with a Modbus exception. `code` tells callers such as the scanner
+    an unknown register (2) from a gateway whose slave is silent (10, 11)."""
+
+    def __init__(self, message: str, code: int | None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ConnectFailed(DeviceError):
+    """The endpoint could not be opened (TCP refused or timed out, serial port missing or
+    busy, or still backing off): nothing behind it was reached, as opposed to a unit that
+    is reachable but silent."""
+
+
+class ModbusEndpoint:
+    """One Modbus client shared by every unit id behind it (a TCP host:port or an RS-485
+    bus), with one lock so requests to different units never overlap, and reconnect backoff.
+
+    Subclasses say how to build the client (`_new_client`) and may pace requests
+    (`_pace`, e.g. the RTU inter-frame gap); the SunSpec drivers see only read/write."""
+
+    transport = "modbus"  # "tcp" / "rtu": names the protocol variant in describe()
+    _drop_on_no_reply = True  # re-open after a unit stays silent (RTU: flushes a late reply)
+    _connect_failed_hint = "could not connect"
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._client: ModbusBaseClient | None = None
+        self._lock = asyncio.Lock()
+        self._retry_at = 0.0
+        self._backoff = 0.0
+        self._unanswered: set[int] = set()
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.connected
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    def _new_client(self) -> ModbusBaseClient:
+        raise NotImplementedError
+
+    async def _pace(self) -> None:
+        """Called (under the lock) before every request."""
+
+    def _done(self) -> None:
+        """Called (under the lock) after every request, answered or not."""
+
+    async def _ensure(self) -> ModbusBaseClient:
+        if self._client is not None and self._client.connected:
+            return self._client
+        now = time.monotonic()
+        if now < self._retry_at:
+            raise ConnectFailed(f"{self.name}: reconnect backoff ({self._retry_at - now:.1f} s left)")
+        self._drop()
+        client = self._new_client()
+        try:
+            connected = await client.connect()
+        except BaseException:  # cancelled by the cycle's deadline: don't leak a half-open client
+            client.close()
+            self._arm_backoff()
+            raise
+        if not connected:
+            client.close()
+            self._arm_backoff()
+            raise ConnectFailed(f"{self.name}: {self._connect_failed_hint}")
+        self._backoff = 0.0
+        self._client = client
+        return client
+
+    def _arm_backoff(self) -> None:
+        self._backoff = min(max(self._backoff * 2, 0.5), 10.0)
+        self._retry_at = time.monotonic() + self._backoff
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def unanswered(self, unit: int) -> bool:
+        """True when the last request to `unit` got no reply (timed out, or was abandoned by
+        its caller's deadline while in flight); cleared by the unit's next reply."""
+        return unit in self._unanswered
+
+    def _failed(self, unit: int, what: str, exc: BaseException) -> DeviceError:
+        """Classify a failed request. A missing reply is the unit's fault: over TCP the
+        connection stays up for the other units (pymodbus matches replies by transaction id,
+        so a late reply is discarded); a serial port is re-opened (`_drop_on_no_reply`) to
+        flush it. A connection-level error drops the shared client."""
+        no_reply = isinstance(exc, (TimeoutError, ModbusIOException))
+        if no_reply:
+            self._unanswered.add(unit)
+        client_lost = self._client is None or not self._client.connected
+        if client_lost or not no_reply or self._drop_on_no_reply:
+            self._drop()
+        return DeviceError(f"{self.name} unit {unit}: {what}: {exc}")
+
+    def _abandoned(self, unit: int, sent: bool) -> None:
+        """The caller's deadline cancelled a request: if it was on the wire, it is unanswered."""
+        if sent:
+            self._unanswered.add(unit)
+            if self._drop_on_no_reply:
+                self._drop()  # a reply may still arrive for the abandoned request
+
+    async def read(self, unit: int, address: int, count: int,
+                   input_registers: bool = False) -> list[int]:
+        """Holding registers (function 3); input registers (4) for register maps that say so."""
+        async with self._lock:
+            client = await self._ensure()
+            fc = client.read_input_registers if input_registers else client.read_holding_registers
+            regs: list[int] = []
+            sent = False
+            try:
+                while count > 0:
+                    n = min(count, _MAX_READ)
+                    await self._pace()
+                    sent = True
+                    try:
+                        rr = await fc(address, count=n, device_id=unit)
+                    finally:
+                        self._done()
+                    sent = False
+                    self._unanswered.discard(unit)
+                    if rr.isError():
+                        raise ModbusExceptionReply(f"{self.name} unit {unit}: read {address}+{n}: {rr}",
+                                                   getattr(rr, "exception_code", None))
+                    regs += rr.registers
+                    address += n
+                    count -= n
+            except (TimeoutError, ModbusException, OSError) as exc:
+                raise self._failed(unit, f"read {address}", exc) from exc
+            except asyncio.CancelledError:
+                self._abandoned(unit, sent)
+                raise
+            return regs
+
+    async def write(self, unit: int, address: int, values: list[int]) -> None:
+        async with self._lock:
+            client = await self._ensure()
+            sent = False
+            try:
+                await self._pace()
+                sent = True
+                try:
+                    rr = await client.write_registers(address, values, device_id=unit)
+                finally:
+                    self._done()
+                self._unanswered.discard(unit)
+            except (TimeoutError, ModbusException, OSError) as exc:
+                raise self._failed(unit, f"write {address}", exc) from exc
+            except asyncio.CancelledError:
+                self._abandoned(unit, sent)
+                raise
+            if rr.isError():
+                raise ModbusExceptionReply(f"{self.name} unit {unit}: write {address} rejected: {rr}",
+                                           getattr(rr, "exception_code", None))
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._drop()
+
+
+class Endpoint(ModbusEndpoint):
+    """One Modbus TCP connection shared by every unit id behind host:port."""
+
+    transport = "tcp"
+    _drop_on_no_reply = False  # replies carry the transaction id: a late one is discarded
+    _connect_failed_hint = "connection refused or timed out"
+
+    def __init__(self, host: str, port: int, timeout_s: float) -> None:
+        super().__init__(timeout_s)
+        self.host, self.port = host, port
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _new_client(self) -> AsyncModbusTcpClient:
+        return AsyncModbusTcpClient(
+            self.host, port=self.port, timeout=self.timeout_s, retries=0, reconnect_delay=0
+        )

@@ -1,0 +1,299 @@
+"""The role drivers of register-map devices (drivers.modbus.regmap): read by poll class,
+commands written with their `enable` and `revert` points and verified by read-back, every
+request under the unit's silence backoff (drivers.modbus.unit)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+from drivers.base import DeviceError, Reading
+from drivers.modbus.endpoint import ModbusEndpoint
+from drivers.modbus.regmap import CONTROL_KEYS, ROLE_KEYS, MapPoint, RegisterMap
+from drivers.modbus.unit import ModbusUnit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One read request: contiguous readable points of one function."""
+
+    function: str
+    address: int
+    count: int
+    points: tuple[MapPoint, ...]
+
+
+def plan_reads(points: list[MapPoint], max_read: int = 120) -> list[Block]:
+    """Contiguous points (no gaps: unmapped registers may answer ILLEGAL_ADDRESS) merged into
+    as few requests as `max_read` allows."""
+    blocks: list[Block] = []
+    for fn in ("holding", "input"):
+        run: list[MapPoint] = []
+        for p in sorted((p for p in points if p.function == fn and p.readable),
+                        key=lambda p: p.address):
+            if run and (p.address != run[-1].end or p.end - run[0].address > max_read):
+                blocks.append(Block(fn, run[0].address, run[-1].end - run[0].address, tuple(run)))
+                run = []
+            run.append(p)
+        if run:
+            blocks.append(Block(fn, run[0].address, run[-1].end - run[0].address, tuple(run)))
+    return blocks
+
+
+_WRITE_ORDER = {"revert": 0, "setpoint": 1, "limit": 1, "enable": 2}
+
+
+class MapDevice(ModbusUnit):
+    """A Modbus device read and written through its register map. Fast points are read every
+    poll, slow points on the first poll and every `slow_every` polls; every poll returns the
+    latest of both, the slow ones with their own read time (`Reading.stamps`). Writes are
+    read back where the points are readable. A unit that does not answer backs off
+    (drivers.modbus.unit), so it cannot hold the shared endpoint for a timeout on every poll
+    while its neighbours wait."""
+
+    role: ClassVar[str | None] = None
+
+    def __init__(self, device_id: str, endpoint: ModbusEndpoint, unit: int, regmap: RegisterMap,
+                 protocol: str = "modbus-tcp") -> None:
+        super().__init__(endpoint, unit)
+        self.id, self.map, self.protocol = device_id, regmap, protocol
+        self._fast = plan_reads([p for p in regmap.points if p.poll == "fast"], regmap.max_read)
+        self._slow = plan_reads([p for p in regmap.points if p.poll == "slow"], regmap.max_read)
+        self._polls = 0
+        self._slow_values: dict[str, float] = {}
+        self._slow_at = 0.0
+
+    @property
+    def _who(self) -> str:
+        return f"{self.id}: "
+
+    async def _read_block(self, b: Block) -> dict[str, float]:
+        regs = await self._read_regs(b.address, b.count, input_registers=b.function == "input")
+        if len(regs) < b.count:
+            raise DeviceError(f"{self.id}: read {b.address}+{b.count} returned {len(regs)} registers")
+        return {p.key: self.map.decode(p, regs[p.address - b.address:]) for p in b.points}
+
+    async def _read(self, blocks: list[Block]) -> dict[str, float]:
+        values: dict[str, float] = {}
+        for b in blocks:
+            values.update(await self._read_block(b))
+        return values
+
+    async def connect(self) -> None:
+        """Read every point once: the device answers and the map fits it."""
+        self._slow_values = await self._read(self._slow)
+        self._slow_at = time.monotonic()
+        await self._read(self._fast)
+        self._polls = 1
+
+    async def poll(self) -> Reading:
+        if not self._slow_values and self._slow or self._polls % self.map.slow_every == 0:
+            self._slow_values = await self._read(self._slow)
+            self._slow_at = time.monotonic()
+        fast = await self._read(self._fast)
+        at = time.monotonic()
+        self._polls += 1
+        values = self._values({**self._slow_values, **fast})
+        return Reading(self.id, values, monotonic=at,
+                       stamps={k: self._slow_at for k in self._slow_values})
+
+    def _values(self, values: dict[str, float]) -> dict[str, float]:
+        """Role values from the decoded points (subclasses add derived keys)."""
+        for key in ROLE_KEYS.get(self.role or "", ()):
+            if key in CONTROL_KEYS:
+                continue
+            v = values.get(key)
+            if v is None or not math.isfinite(v):
+                raise DeviceError(f"{self.id}: {key} is not a number ({v}); map {self.map.name}")
+        return values
+
+    async def write(self, values: dict[str, float]) -> None:
+        """Write control points (engineering units), contiguous ones in one request, then
+        read back the readable ones; a mismatch raises DeviceError."""
+        items = []
+        for key, v in values.items():
+            p = self.map.point(key)
+            if p is None or not p.writable:
+                raise DeviceError(f"{self.id}: map {self.map.name} has no writable point {key!r}")
+            try:
+                items.append((p, self.map.encode(p, v)))
+            except ValueError as exc:
+                raise DeviceError(f"{self.id}: cannot write {exc}") from None
+        items.sort(key=lambda it: it[0].address)
+        groups: list[list[tuple[MapPoint, list[int]]]] = []
+        for p, regs in items:
+            if groups and groups[-1][-1][0].end == p.address:
+                groups[-1].append((p, regs))
+            else:
+                groups.append([(p, regs)])
+        # The command last: a device that runs on `enable` should see its setpoint first.
+        groups.sort(key=lambda g: max(_WRITE_ORDER.get(p.key, 1) for p, _ in g))
+        for g in groups:
+            address = g[0][0].address
+            regs = [r for _, rr in g for r in rr]
+            await self._write_regs(address, regs)
+            if all(p.readable for p, _ in g):
+                back = await self._read_regs(address, len(regs))
+                if list(back[: len(regs)]) != regs:
+                    keys = ", ".join(p.key for p, _ in g)
+                    raise DeviceError(
+                        f"{self.id}: read-back of {keys} at {address} gave {list(back)}, "
+                        f"wrote {regs} (map {self.map.name}); the device did not take the command")
+
+    async def command(self, key: str, value: float, revert_s: int) -> None:
+        """Write one control point, with the map's `enable` value and `revert` timer alongside
+        where it has them."""
+        cmd = {key: value}
+        if (en := self.map.point("enable")) is not None:
+            cmd["enable"] = float(en.value or 0)
+        if self.map.point("revert") is not None:
+            cmd["revert"] = float(revert_s)
+        await self.write(cmd)
+
+    async def close(self) -> None:
+        await self.endpoint.close()
+
+    def describe(self) -> dict:
+        return {
+            "protocol": self.protocol,
+            "endpoint": f"{self.endpoint.name}/{self.unit}",
+            "map": self.map.name,
+            "vendor": self.map.vendor,
+            "description": self.map.description,
+        }
+
+
+class MapMeter(MapDevice):
+    """values: power_kw (+import on a grid meter), import_kwh, export_kwh (+ extras)."""
+
+    role = "meter"
+
+
+class MapBattery(MapDevice):
+    """values: power_kw (+discharge/-charge), soc_pct (+ extras). Control: `setpoint` in kW,
+    with `revert` and `enable` written alongside when the map has them.
+
+    With a `bms` (a read-only unit of its own behind the same endpoint) its values come along
+    as `bms.<key>`, each stamped with its read time. The BMS is monitoring: when it does not
+    answer, the battery still polls, and its last BMS values age in `Reading.stamps`."""
+
+    role = "battery"
+
+    def __init__(self, device_id: str, endpoint: ModbusEndpoint, unit: int, regmap: RegisterMap,
+                 protocol: str = "modbus-tcp", bms: MapDevice | None = None) -> None:
+        super().__init__(device_id, endpoint, unit, regmap, protocol)
+        self.bms = bms
+        self._bms: Reading | None = None
+        self._bms_error = ""
+
+    async def connect(self) -> None:
+        await super().connect()
+        if self.bms is not None:
+            await self._poll_bms()
+
+    async def _poll_bms(self) -> None:
+        assert self.bms is not None
+        try:
+            self._bms = await self.bms.poll()
+            self._bms_error = ""
+        except DeviceError as exc:
+            if str(exc) != self._bms_error:
+                log.warning("%s: BMS unit %d: %s; its last values are carried with their age",
+                            self.id, self.bms.unit, exc)
+            self._bms_error = str(exc)
+
+    async def poll(self) -> Reading:
+        if self.bms is not None:
+            await self._poll_bms()
+        reading = await super().poll()
+        if self._bms is None:
+            return reading
+        b = self._bms
+        values = {**reading.values, **{f"bms.{k}": v for k, v in b.values.items()}}
+        stamps = {**reading.stamps, **{f"bms.{k}": b.stamps.get(k, b.monotonic) for k in b.values}}
+        return Reading(self.id, values, monotonic=reading.monotonic, stamps=stamps)
+
+    def describe(self) -> dict:
+        out = super().describe()
+        if self.bms is not None:
+            out["bms"] = f"unit {self.bms.unit} ({self.bms.map.name})"
+        return out
+
+    async def write_power(self, kw: float, revert_s: int) -> None:
+        await self.command("setpoint", kw, revert_s)
+
+
+class MapPv(MapDevice):
+    """values: power_kw, rated_kw, limit_kw (rated when no limit is active). Control: `limit`
+    in % of rated or kW, as its unit says."""
+
+    role = "pv"
+    _rated_kw = 0.0
+
+    def _values(self, values: dict[str, float]) -> dict[str, float]:
+        values = super()._values(values)
+        rated = self._rated_kw = values["rated_kw"]
+        limit_pt = self.map.point("limit")
+        en = self.map.point("enable")
+        limit = values.get("limit")
+        active = limit is not None and (en is None or values.get("enable") == en.value)
+        if not active:
+            values["limit_kw"] = rated
+        elif limit_pt is not None and limit_pt.unit == "%":
+            values["limit_kw"] = rated * limit / 100.0
+        else:
+            values["limit_kw"] = limit
+        values["power_kw"] = max(0.0, values["power_kw"])
+        return values
+
+    async def write_limit(self, kw: float, revert_s: int) -> None:
+        if self._rated_kw <= 0:
+            slow = await self._read(self._slow) if self._slow else {}
+            fast = await self._read(self._fast)
+            self._rated_kw = {**slow, **fast}.get("rated_kw", 0.0)
+        if self._rated_kw <= 0:
+            raise DeviceError(f"{self.id}: rated power unknown (rated_kw reads 0)")
+        kw = min(max(kw, 0.0), self._rated_kw)
+        limit_pt = self.map.point("limit")
+        assert limit_pt is not None  # validated: role pv needs it
+        await self.command("limit", 100.0 * kw / self._rated_kw if limit_pt.unit == "%" else kw,
+                           revert_s)
+
+
+class MapFlexLoad(MapDevice):
+    """values: power_kw (>= 0), on (1.0 / 0.0: the contactor's `relay_feedback` where the
+    map has it, else the relay command's read-back). Control: `relay` 1 / 0, with `revert`
+    and `enable` written alongside when the map has them."""
+
+    role = "load"
+
+    def _values(self, values: dict[str, float]) -> dict[str, float]:
+        values = super()._values(values)
+        state = values.get("relay_feedback", values.get("relay"))
+        if state is None or not math.isfinite(state):
+            raise DeviceError(f"{self.id}: on/off state is not a number ({state}); map {self.map.name}")
+        values["on"] = 1.0 if state >= 0.5 else 0.0
+        values["power_kw"] = max(0.0, values["power_kw"])
+        return values
+
+    async def write_on(self, on: bool, revert_s: int) -> None:
+        await self.command("relay", 1.0 if on else 0.0, revert_s)
+
+
+class MapDcConverter(MapDevice):
+    """values: bus_v (V), power_kw (+ into the DC bus), v_ref (V) (+ extras). Control:
+    `v_ref` in V, with `revert` and `enable` written alongside when the map has them."""
+
+    role = "dcdc"
+
+    async def write_v_ref(self, v: float, revert_s: int) -> None:
+        await self.command("v_ref", v, revert_s)
+
+
+ROLES: dict[str, type[MapDevice]] = {"meter": MapMeter, "battery": MapBattery, "pv": MapPv,
+                                     "load": MapFlexLoad, "dcdc": MapDcConverter}

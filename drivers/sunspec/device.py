@@ -1,0 +1,302 @@
+"""SunSpec over Modbus: a unit's model chain (discovery, decoded reads, verified writes) and
+what every SunSpec role driver does on top of it (poll classes, controller heartbeats).
+
+Writes are verified by read-back; a device that comes back is rediscovered, because a
+restart may have moved its models. The role drivers (drivers.sunspec.roles) run over any
+`ModbusEndpoint`: Modbus TCP or RTU.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from drivers.base import DeviceError, Reading
+from drivers.modbus.endpoint import ILLEGAL_ADDRESS, ModbusEndpoint, ModbusExceptionReply
+from drivers.modbus.unit import ModbusUnit
+from drivers.sunspec import models as sunspec
+
+log = logging.getLogger(__name__)
+
+
+class SunSpecUnit(ModbusUnit):
+    """A SunSpec device at one unit id: discovers its chain, reads and writes models, each
+    request under the unit's silence backoff (drivers.modbus.unit)."""
+
+    def __init__(self, endpoint: ModbusEndpoint, unit: int) -> None:
+        super().__init__(endpoint, unit)
+        self.models: dict[int, int] = {}  # model id -> address of its ID register
+        self.common: dict[str, object] = {}
+        self._sf: dict[int, dict[str, int | None]] = {}  # model id -> scale factors read
+
+    async def discover(self) -> dict[int, int]:
+        base = None
+        for candidate in sunspec.BASES:
+            try:
+                marker = await self._read_regs(candidate, 2)
+            except DeviceError:
+                if not self.endpoint.connected or self.backing_off:
+                    raise  # nothing answered: not a "no marker here"
+                continue
+            if tuple(marker) == sunspec.SUNS:
+                base = candidate
+                break
+        if base is None:
+            raise DeviceError(f"{self.endpoint.name} unit {self.unit}: no SunSpec marker at 40000/0/50000")
+        models: dict[int, int] = {}
+        addr = base + 2
+        for _ in range(64):
+            mid, length = await self._read_regs(addr, 2)
+            if mid == sunspec.END_ID:
+                break
+            models[mid] = addr
+            addr += 2 + length
+        else:
+            raise DeviceError(f"{self.endpoint.name} unit {self.unit}: model chain does not end")
+        self.models = models
+        self._sf.clear()
+        if 1 in models:
+            self.common = await self.read(1)
+        return models
+
+    async def read(self, model_id: int, through: str | None = None) -> dict:
+        """Decoded values of one model. With `through`, only the registers from ID up to that
+        point are read (one short request instead of one or two long ones, which counts on
+        RS-485) once the scale factors those points need are known; the ID register is always
+        read, so a chain that moved under us is still noticed."""
+        mdef = sunspec.model(model_id)
+        if model_id not in self.models:
+            raise DeviceError(f"unit {self.unit}: model {model_id} not present")
+        count = mdef.length + 2
+        sfs = self._sf.get(model_id, {})
+        if through is not None:
+            end = mdef.through(through)
+            needed = {p.sf for p in mdef.points.values()
+                      if isinstance(p.sf, str) and p.offset + p.size <= end}
+            if all(s in sfs or mdef.through(s) <= end for s in needed):
+                count = end
+        try:
+            regs = await self._read_regs(self.models[model_id], count)
+        except ModbusExceptionReply as exc:
+            if exc.code == ILLEGAL_ADDRESS:
+                # A known model's address no longer exists: the device restarted with a
+                # shorter chain. Rediscover rather than stay stale forever.
+                self.models = {}
+            raise
+        if regs[0] != model_id:
+            self.models = {}  # the chain moved under us (device restarted): rediscover
+            raise DeviceError(f"unit {self.unit}: expected model {model_id}, found {regs[0]}")
+        values = sunspec.decode(mdef, regs, sfs)
+        for name, value in values.items():
+            if mdef.points[name].type == "sunssf":  # None: known to be "not implemented"
+                self._sf.setdefault(model_id, {})[name] = None if value is None else int(value)
+        return values
+
+    async def write(self, model_id: int, values: dict[str, float | int],
+                    verify: bool = True) -> None:
+        """Write the given points of one model, each contiguous run of them in one request
+        (in register order), each verified by read-back unless `verify` is False: then the
+        caller checks the value in a read it makes anyway (a heartbeat)."""
+        if model_id not in self.models:
+            raise DeviceError(f"unit {self.unit}: model {model_id} unknown; not (re)discovered yet")
+        mdef = sunspec.model(model_id)
+        points = sorted((mdef.point(n) for n in values), key=lambda p: p.offset)
+        sfs = self._sf.get(model_id, {})
+        if any(isinstance(p.sf, str) and sfs.get(p.sf) is None for p in points):
+            await self.read(model_id)  # never scale a setpoint by a factor we have not read
+            sfs = self._sf.get(model_id, {})
+        runs: list[list[sunspec.Point]] = []
+        for p in points:
+            if runs and p.offset == runs[-1][-1].offset + runs[-1][-1].size:
+                runs[-1].append(p)
+            else:
+                runs.append([p])
+        for run in runs:
+            regs: list[int] = []
+            for p in run:
+                if isinstance(p.sf, str) and sfs.get(p.sf) is None:
+                    raise DeviceError(f"unit {self.unit}: model {model_id} reports no {p.sf}; "
+                                      f"cannot scale {p.name}")
+                sf = int(sfs[p.sf] or 0) if isinstance(p.sf, str) else p.sf or 0
+                regs += sunspec.encode_point(p, values[p.name], sf)
+            address = self.models[model_id] + run[0].offset
+            await self._write_regs(address, regs)
+            if not verify:
+                continue
+            # Verify by read-back (issue 3): a device may accept a write and store something
+            # else (clamp, round, ignore a point it does not implement).
+            back = await self._read_regs(address, len(regs))
+            if back != regs:
+                raise DeviceError(
+                    f"{self.endpoint.name} unit {self.unit}: model {model_id} write of "
+                    f"{[p.name for p in run]} at {address} not taken: wrote {regs}, "
+                    f"read back {back}")
+
+
+# Polls between two reads of the slow models (identity, nameplates, settings, the static part
+# of a model whose live part is read as a prefix): at 1 s cycles, once a minute.
+SLOW_EVERY = 60
+
+
+@dataclass(slots=True)
+class _Beat:
+    """A controller heartbeat the device watches (715 ControllerHb, 802 CtrlHb): incremented
+    on every poll and every control write, so the device knows its controller is alive.
+    Written without a read-back request: the next poll reads its model anyway."""
+
+    model: int
+    point: str
+    modulus: int  # the all-ones value means "not implemented": the counter wraps before it
+    value: int = 0  # last written (at connect: as read)
+    verified: bool = False  # read back as written at least once since connect
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}.{self.point}"
+
+
+class SunSpecDevice:
+    """What every SunSpec role driver does: discover, plan which models serve the role
+    (`_plan`), poll them by class, and keep the device's controller heartbeats beating.
+
+    Poll classes: `_fast` models (measurements, control state, storage state, heartbeats)
+    are read every poll, some only as a prefix up to their last live point; `_slow` models
+    (model 1, nameplates 120/702, settings 121, the whole of 802 with its static ratings
+    and scale factors) at (re)discovery and then every `slow_every` polls, and carried
+    forward in between. Values derived only from slow models (`_slow_keys`) carry their own
+    read time in `Reading.stamps`. Energy counters that live in the same model as power
+    (103 WH, 701 TotWhInj/TotWhAbs, 203 TotWhImp/TotWhExp) stay in the fast read: one
+    request either way."""
+
+    slow_every = SLOW_EVERY
+
+    def __init__(self, device_id: str, endpoint: ModbusEndpoint, unit: int) -> None:
+        self.id = device_id
+        self.sunspec = SunSpecUnit(endpoint, unit)
+        self._fast: dict[int, str | None] = {}  # model id -> read through this point (None: all)
+        self._slow: tuple[int, ...] = ()
+        self._slow_keys: frozenset[str] = frozenset()
+        self._uses: dict[str, int | list[int]] = {}  # for describe(): what serves the role
+        self._slow_values: dict[int, dict] = {}
+        self._slow_at = 0.0
+        self._since_slow = 0
+        self._beats: list[_Beat] = []
+        self._latest: dict[int, dict] = {}  # model id -> values as of the last poll
+
+    def _plan(self, models: dict[int, int]) -> None:
+        """Choose the models that serve the role; DeviceError naming what is missing."""
+        raise NotImplementedError
+
+    def _on_slow(self, values: dict[int, dict]) -> None:
+        """Slow models were just read (nameplates: ratings the writes scale by)."""
+
+    async def connect(self) -> None:
+        models = await self.sunspec.discover()
+        try:
+            await self._prepare(models)
+        except BaseException:
+            self.sunspec.models = {}  # half planned: the next poll starts over
+            raise
+        log.info("%s: SunSpec models %s (%s %s), using %s, heartbeats %s", self.id, sorted(models),
+                 self.sunspec.common.get("Mn"), self.sunspec.common.get("Md"), self._uses,
+                 [b.name for b in self._beats] or "none")
+
+    async def _prepare(self, models: dict[int, int]) -> None:
+        self._latest = {}
+        self._plan(models)
+        await self._read_slow(skip=(1,))  # discover() has just read model 1
+        self._beats = []
+        for mid, point in ((715, "ControllerHb"), (802, "CtrlHb")):
+            if mid not in models:
+                continue
+            current = (await self.sunspec.read(mid, through=point)).get(point)
+            if current is None:
+                continue  # the device does not watch this heartbeat
+            size = sunspec.model(mid).point(point).size
+            self._beats.append(_Beat(mid, point, (1 << 16 * size) - 1, int(current)))
+            self._fast.setdefault(mid, point)  # read every poll: verifies the beat
+
+    async def _read_slow(self, skip: tuple[int, ...] = ()) -> None:
+        values = {mid: await self.sunspec.read(mid) for mid in self._slow if mid not in skip}
+        serial = self.sunspec.common.get("SN")
+        if 1 in values:
+            if serial is not None and values[1].get("SN") != serial:
+                self.sunspec.models = {}
+                raise DeviceError(f"{self.id}: serial number changed from {serial} to "
+                                  f"{values[1].get('SN')}: another device answers; rediscovering")
+            self.sunspec.common = values[1]
+        values[1] = self.sunspec.common
+        self._slow_values, self._slow_at, self._since_slow = values, time.monotonic(), 0
+        self._on_slow(values)
+
+    async def _beat(self) -> None:
+        """Advance every heartbeat. One the device refuses to take (answered with ILLEGAL
+        ADDRESS or VALUE while its model was just read where we expect it) is not watched
+        by this device: it is dropped, with a warning, rather than failing every poll."""
+        for b in list(self._beats):
+            value = (b.value + 1) % b.modulus
+            try:
+                await self.sunspec.write(b.model, {b.point: value}, verify=False)
+            except ModbusExceptionReply as exc:
+                if exc.code not in (ILLEGAL_ADDRESS, 3):
+                    raise
+                log.warning("%s: device refuses heartbeat %s (%s); not sending it", self.id,
+                            b.name, exc)
+                self._beats.remove(b)
+                continue
+            b.value = value
+
+    def _check_beats(self, latest: dict[int, dict]) -> None:
+        """The read-back of the last heartbeat written, from this poll's read of its model."""
+        for b in list(self._beats):
+            got = latest[b.model].get(b.point)
+            if got in (b.value, (b.value + 1) % b.modulus):  # +1: a write cut off by a deadline
+                b.value, b.verified = int(got), True  # may still have landed
+            elif b.verified:
+                self.sunspec.models = {}
+                raise DeviceError(f"{self.id}: heartbeat {b.name} went from {b.value} to {got} "
+                                  "by itself: device restarted? rediscovering")
+            else:
+                log.warning("%s: device does not keep heartbeat %s (wrote %d, read back %s); "
+                            "not sending it", self.id, b.name, b.value, got)
+                self._beats.remove(b)
+
+    async def poll(self) -> Reading:
+        """Read (a moved chain shows in the model IDs before anything is written), then beat."""
+        if not self.sunspec.models:
+            await self.connect()
+        elif self._since_slow >= self.slow_every:
+            await self._read_slow()
+        latest = dict(self._slow_values)
+        for mid, through in self._fast.items():
+            latest[mid] = {**self._slow_values.get(mid, {}), **await self.sunspec.read(mid, through)}
+        self._check_beats(latest)
+        self._latest = latest
+        self._since_slow += 1
+        values = await self._values(latest)
+        reading = Reading(self.id, values,
+                          stamps={k: self._slow_at for k in self._slow_keys if k in values})
+        await self._beat()
+        return reading
+
+    async def _values(self, m: dict[int, dict]) -> dict[str, float]:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        await self.sunspec.endpoint.close()
+
+    def describe(self) -> dict:
+        common = self.sunspec.common
+        return {
+            "protocol": f"sunspec-{self.sunspec.endpoint.transport}",
+            "endpoint": f"{self.sunspec.endpoint.name}/{self.sunspec.unit}",
+            "manufacturer": common.get("Mn"),
+            "model": common.get("Md"),
+            "serial": common.get("SN"),
+            "models": sorted(self.sunspec.models),
+            "uses": dict(self._uses),
+            "heartbeats": [b.name for b in self._beats],
+            "poll": {"fast": sorted(self._fast), "slow": sorted(self._slow),
+                     "slow_every": self.slow_every},
+        }
