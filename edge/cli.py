@@ -232,7 +232,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from edge.control.kernel import KernelUnavailable
-    from tools.simulate import command
+    from tools.simulate.command import command
 
     cfg = _load(args.config)
     _logging(args.log_level)

@@ -47,7 +47,8 @@ async def _answers(host: str, port: int) -> bool:
     return True
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on (at the time of asking)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -63,7 +64,7 @@ async def ensure_broker(host: str, port: int) -> BrokerHandle:
     from amqtt.broker import Broker  # imported late: only demos without a broker need it
 
     for attempt in range(3):  # the free port may be taken between probe and bind
-        bind_port = _free_port()
+        bind_port = free_port()
         broker = Broker(
             {
                 "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{bind_port}"}},

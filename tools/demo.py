@@ -18,12 +18,14 @@ from rich.table import Table
 from edge.app.clock import Clock
 from edge.app.daemon import Daemon, state_dir
 from edge.config import Config
-from edge.report.history import INTERVAL_S, PER_DAY, History, Interval, interval_start
+from edge.report.history import INTERVAL_S, PER_DAY, History, interval_start
 from hil.site import SimSite
 from tools import report_html
 from tools.broker import ensure_broker
 from tools.report_html import Steps
-from tools.simulate import PlanTrack
+from tools.simulate.kpis import self_consumption_pct
+from tools.simulate.run import put_intervals
+from tools.simulate.tracks import PlanTrack
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +44,9 @@ def seed_history(config: Config, days: int = HISTORY_DAYS) -> int:
     local = end.astimezone(site.tz).date() - timedelta(days=days)
     first = datetime.combine(local, datetime.min.time(), site.tz)
     kw = site.history_kw(first, end, INTERVAL_S)
-    h = INTERVAL_S / 3600
     history = History(state_dir(config) / "history.sqlite")
     try:
-        for i, (pv, load, grid) in enumerate(zip(kw["pv_kw"], kw["load_kw"], kw["grid_kw"])):
-            history.put(Interval(first + timedelta(seconds=i * INTERVAL_S),
-                                 import_kwh=max(grid, 0.0) * h, export_kwh=max(-grid, 0.0) * h,
-                                 pv_kwh=pv * h, load_kwh=load * h, covered_s=INTERVAL_S))
+        put_intervals(history, first, kw["load_kw"], kw["pv_kw"], kw["grid_kw"])
     finally:
         history.close()
     return len(kw["pv_kw"])
@@ -79,10 +77,6 @@ class _Counter:
 def kpi_table(kpis: dict, console: Console) -> None:
     cur = kpis["currency"]
     a, b = kpis["with_battery"], kpis["no_battery"]
-
-    def self_consumption(k: dict) -> float:
-        return 100.0 * (k["pv_kwh"] - k["export_kwh"]) / k["pv_kwh"] if k["pv_kwh"] else 0.0
-
     rows = [
         ("Energy imported", "kWh", a["import_kwh"], b["import_kwh"]),
         ("Energy exported", "kWh", a["export_kwh"], b["export_kwh"]),
@@ -90,7 +84,8 @@ def kpi_table(kpis: dict, console: Console) -> None:
         ("PV curtailed", "kWh", a["pv_curtailed_kwh"], b["pv_curtailed_kwh"]),
         ("Peak import (15-min mean)", "kW", a["peak_15min_import_kw"], b["peak_15min_import_kw"]),
         ("Max import (instantaneous)", "kW", a["max_import_kw"], b["max_import_kw"]),
-        ("Self-consumption ratio", "%", self_consumption(a), self_consumption(b)),
+        ("Self-consumption ratio", "%", self_consumption_pct(a) or 0.0,
+         self_consumption_pct(b) or 0.0),
         ("Import cost", cur, a["import_cost"], b["import_cost"]),
         ("Export revenue", cur, a["export_revenue"], b["export_revenue"]),
         ("Demand charge", cur, a["demand_cost"], b["demand_cost"]),

@@ -18,6 +18,8 @@ import numpy as np
 from matplotlib.dates import DateFormatter
 from matplotlib.figure import Figure
 
+from tools.simulate.kpis import self_consumption_pct
+
 FIGURES = ("power", "soc", "prices", "plan")  # ids per day: fig-<name>-<YYYY-MM-DD>
 _C = {"load": "#444444", "pv": "#e0a000", "pv_av": "#e0a000", "bess": "#2a7ab0",
       "grid": "#c0392b", "plan": "#7b3fa0", "opt": "#2e8b57", "export": "#888888"}
@@ -230,15 +232,12 @@ def from_site(config, site, kpis: dict, plan: Steps | None = None,
     a, b = kpis["with_battery"], kpis["no_battery"]
     cur = kpis["currency"]
 
-    def self_consumption(k: dict) -> float | None:
-        return 100.0 * (k["pv_kwh"] - k["export_kwh"]) / k["pv_kwh"] if k["pv_kwh"] else None
-
     rows = [("Total cost", cur, "total_cost"), ("Energy cost", cur, "energy_cost"),
             ("Demand charge", cur, "demand_cost"), ("Energy imported", "kWh", "import_kwh"),
             ("Energy exported", "kWh", "export_kwh"), ("PV curtailed", "kWh", "pv_curtailed_kwh"),
             ("Peak import (15-min mean)", "kW", "peak_15min_import_kw")]
     kpi_rows = [(n, u, [a[k], b[k]]) for n, u, k in rows]
-    kpi_rows.append(("Self-consumption", "%", [self_consumption(a), self_consumption(b)]))
+    kpi_rows.append(("Self-consumption", "%", [self_consumption_pct(a), self_consumption_pct(b)]))
     c = config.control
     return ReportData(
         actual=quarter_hours(samples),

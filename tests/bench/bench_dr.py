@@ -35,7 +35,7 @@ from edge.config import Config
 from edge.report.history import History
 from tools.broker import ensure_broker
 from edge.app.daemon import Daemon
-from tools.simulate import seed_history
+from tools.simulate.run import seed_history
 from edge.vpp.baseline import METHODS, BaselineError, Calendar, baseline
 from edge.vpp.dr import DrEvent, DrExecution
 from edge.vpp.execution import LiveHistory

@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from edge import config as config_mod  # noqa: E402
-from tools import simulate  # noqa: E402
+from tools.simulate.kpis import evaluate  # noqa: E402
+from tools.simulate.run import DEFAULT_SPEED, run  # noqa: E402
 from hil import scenario as scenario_mod  # noqa: E402
 
 
@@ -38,8 +39,8 @@ def one(path: Path, forecast: str, speed: float) -> dict:
     cfg = config_mod.load(ROOT / "configs/demo.yaml")
     sc = scenario_mod.load(path)
     t0 = time.monotonic()
-    res = asyncio.run(simulate.run(sc, cfg, forecast=forecast, speed=speed))
-    k = simulate.evaluate(res)
+    res = asyncio.run(run(sc, cfg, forecast=forecast, speed=speed))
+    k = evaluate(res)
     k["bench_wall_s"] = time.monotonic() - t0
     return k
 
@@ -50,7 +51,7 @@ def fmt(x, spec=".2f") -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--speed", type=float, default=simulate.DEFAULT_SPEED)
+    ap.add_argument("--speed", type=float, default=DEFAULT_SPEED)
     ap.add_argument("--only", nargs="*", help="scenario names (default: all shipped)")
     ap.add_argument("--forecast", nargs="*", default=["own", "perfect"],
                     choices=["own", "perfect"])
@@ -89,7 +90,7 @@ def main() -> int:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     print()
     print(f"Costs in {docs[0]['currency'] if docs else 'CNY'}, adjusted for the energy left in "
-          "the battery (see tools/simulate.py).")
+          "the battery (see tools/simulate/kpis.py).")
     print(" | ".join(h.ljust(w) for h, w in zip(head, widths)))
     print("-|-".join("-" * w for w in widths))
     for r in rows:

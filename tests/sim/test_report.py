@@ -19,7 +19,7 @@ from conftest import free_port
 
 from edge import config as config_mod
 from tools import report_html
-from tools import simulate
+from tools.simulate.run import isolated
 from tools.demo import run_demo
 from hil.site import Sample
 
@@ -103,7 +103,7 @@ def test_report_has_four_figures_for_each_local_day() -> None:
 
 
 async def test_demo_writes_its_report(tmp_path: Path) -> None:
-    cfg = simulate.isolated(config_mod.load(ROOT / "configs/demo.yaml"))
+    cfg = isolated(config_mod.load(ROOT / "configs/demo.yaml"))
     data = cfg.model_dump()
     data["mqtt"]["port"] = free_port()  # nothing answers: the demo starts its own broker
     data["storage"]["dir"] = tmp_path / "state"

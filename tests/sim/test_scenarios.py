@@ -1,4 +1,4 @@
-"""Scenarios (hil/scenario.py) and the simulate runner (tools/simulate.py): every shipped
+"""Scenarios (hil/scenario.py) and the simulate runner (tools/simulate/): every shipped
 scenario loads, fits the demo site and runs (HIL + daemon with the planner on the simulated
 clock, truncated to 2 h; full days are the benchmark); bad files are refused naming the
 field; the KPIs of a run add up; the references are ordered as they must be (nothing beats
@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from edge import config as config_mod
-from tools import simulate
+from tools.simulate.kpis import evaluate
+from tools.simulate.run import RunResult, billing_notes, run
 from hil import scenario as scenario_mod
 from hil.site import SimSite
 
@@ -40,7 +41,7 @@ def demo() -> config_mod.Config:
 
 
 @pytest.fixture(scope="module")
-def short_runs(demo) -> dict[str, simulate.RunResult]:
+def short_runs(demo) -> dict[str, RunResult]:
     """Each shipped scenario for its first 2 h on the demo site, evaluated. Solves are
     capped at 1 s so a slow plan cannot starve the cycle on a busy 2-core machine."""
     data = demo.model_dump()
@@ -49,9 +50,9 @@ def short_runs(demo) -> dict[str, simulate.RunResult]:
     out = {}
     for path in SHIPPED:
         sc = scenario_mod.load(path).truncated(2)
-        res = asyncio.run(simulate.run(sc, site, forecast=FORECAST.get(sc.name, "own"),
+        res = asyncio.run(run(sc, site, forecast=FORECAST.get(sc.name, "own"),
                                        speed=SPEED))
-        simulate.evaluate(res)
+        evaluate(res)
         out[sc.name] = res
     return out
 
@@ -74,7 +75,7 @@ def test_shipped_scenario_loads_and_fits_the_demo_site(path: Path, demo) -> None
     truth = sc.truth(cfg)
     prices = truth.import_prices(sc.start, 96, 900)
     assert prices.min() > 0 and prices.max() > 2 * prices.min()  # a real TOU spread
-    assert simulate.billing_notes(sc, cfg) == []  # demand charges start a billing month
+    assert billing_notes(sc, cfg) == []  # demand charges start a billing month
 
 
 def _scenario(**patch) -> dict:
@@ -244,8 +245,8 @@ def test_events_reach_the_controller_and_the_bill(tmp_path, demo) -> None:
             {"type": "price_spike", "at": "00:45", "duration_min": 15, "import_price": 3.0},
         ]}))
     sc = scenario_mod.load(path)
-    res = asyncio.run(simulate.run(sc, demo, planner=False, speed=SPEED))
-    k = simulate.evaluate(res)
+    res = asyncio.run(run(sc, demo, planner=False, speed=SPEED))
+    k = evaluate(res)
     # the spike is on the bill: 0.25 h at each step's load, the last quarter at 3.0
     nb = k["references"]["no_battery"]
     assert nb["import_cost"] == pytest.approx(0.25 * (0.5 * (30 + 32 + 10) + 3.0 * 30), rel=1e-6)

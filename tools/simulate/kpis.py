@@ -1,0 +1,157 @@
+"""The KPI document of a run: the controller next to its references, and how close it came.
+
+Energy left in the batteries at the end is worth `terminal_value_per_kwh` (the scenario's,
+default its lowest import price): every strategy's `adjusted_cost` = total_cost − value ×
+(stored energy at the end − at the start), and the optimum maximises exactly that, so
+strategies that end fuller or emptier compare fairly.
+
+cost_ratio_vs_optimum = 1 + (adjusted controller cost − adjusted optimum) / scale, where
+scale is the adjusted optimum when it is > 0 (then the ratio is simply controller/optimum)
+and otherwise the no-battery site's gross import cost (a site that earns money overall has
+no meaningful cost ratio; the gap is then measured against what the site buys).
+`cost_gap_vs_optimum` (money) and `savings_capture` ((no battery − controller) /
+(no battery − optimum)) are reported too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from hil.scenario import BILLING_S
+from tools.simulate.references import optimum
+from tools.simulate.replay import replay_rules
+from tools.simulate.run import RunResult
+from tools.simulate.tracks import VIOLATION_TOL_KW, PlanTrack
+
+log = logging.getLogger(__name__)
+
+
+def self_consumption_pct(k: dict) -> float | None:
+    """The share of the PV energy used on site, from ledger KPIs; None without PV."""
+    pv = k["pv_kwh"]
+    return 100 * (pv - k["export_kwh"]) / pv if pv > 0 else None
+
+
+def strategies(k: dict) -> list[tuple[str, dict]]:
+    """The columns of a KPI document that have figures: the controller, then the references
+    in the order the tables show them."""
+    refs = k["references"]
+    cols = [("controller", k["controller"]), ("rule-based", refs.get("rule_based")),
+            ("no battery", refs["no_battery"]), ("optimum", refs.get("optimum"))]
+    return [(name, c) for name, c in cols if c is not None and "error" not in c]
+
+
+def _costs(k: dict, value: float) -> dict:
+    """The comparable figures of one strategy: costs and the end-of-run adjustment."""
+    d_e = k.get("stored_kwh_end", 0.0) - k.get("stored_kwh_start", 0.0)
+    out = {key: k[key] for key in ("total_cost", "energy_cost", "demand_cost", "import_cost",
+                                   "export_revenue", "import_kwh", "export_kwh",
+                                   "peak_15min_import_kw", "pv_curtailed_kwh") if key in k}
+    out["stored_energy_change_kwh"] = d_e
+    out["adjusted_cost"] = k["total_cost"] - value * d_e
+    for key in ("soc_min_pct", "soc_max_pct", "status", "solve_s"):
+        if key in k:
+            out[key] = k[key]
+    return out
+
+
+def ratio(controller: float, opt: float, no_battery: float, nb_import_cost: float) -> dict:
+    """cost_ratio_vs_optimum and its companions (see the module docstring)."""
+    gap = controller - opt
+    basis, scale = ("optimum", opt) if opt > 1e-9 else ("no_battery_import_cost", nb_import_cost)
+    r = 1 + gap / scale if scale > 1e-9 else None
+    room = no_battery - opt
+    return {"cost_ratio_vs_optimum": r, "ratio_basis": basis, "cost_gap_vs_optimum": gap,
+            "savings_capture": (no_battery - controller) / room if room > 1e-6 else None}
+
+
+def _solve_stats(plans: PlanTrack) -> dict:
+    times = np.array([p.solve_s for p in plans.plans if math.isfinite(p.solve_s)])
+    statuses: dict[str, int] = {}
+    for p in plans.plans:
+        statuses[p.status] = statuses.get(p.status, 0) + 1
+    if not len(times):
+        return {"plans": 0, "status": statuses}
+    return {"plans": len(plans.plans), "status": statuses, "mean_s": float(times.mean()),
+            "p50_s": float(np.percentile(times, 50)), "p95_s": float(np.percentile(times, 95)),
+            "max_s": float(times.max())}
+
+
+def evaluate(res: RunResult, *, with_optimum: bool = True, with_rules: bool = True) -> dict:
+    """The KPI document of a run (also stored in `res.kpis`)."""
+    sc, cfg, truth = res.scenario, res.config, res.truth
+    value = sc.spec.terminal_value_per_kwh
+    if value is None:
+        value = float(truth.import_prices(truth.start, int(sc.duration_s // BILLING_S),
+                                          BILLING_S).min())
+    real, nb = res.site_kpis["with_battery"], res.site_kpis["no_battery"]
+    e0, e1 = res.stored_kwh
+    ctrl = dict(real, stored_kwh_start=e0, stored_kwh_end=e1,
+                soc_min_pct=res.recorder.soc_min if math.isfinite(res.recorder.soc_min) else None,
+                soc_max_pct=res.recorder.soc_max if math.isfinite(res.recorder.soc_max) else None)
+    controller = _costs(ctrl, value)
+    controller.update(
+        pv_kwh=real["pv_kwh"], load_kwh=real["load_kwh"], max_import_kw=real["max_import_kw"],
+        max_export_kw=real["max_export_kw"], self_consumption_pct=self_consumption_pct(real))
+    refs: dict = {"no_battery": _costs(nb, value)}
+    if with_rules:
+        refs["rule_based"] = _costs(
+            replay_rules(cfg, truth, sc.duration_s, sc.dr_windows(), sc.initial_soc(cfg)), value)
+    k: dict = {
+        "scenario": sc.name, "site": cfg.site.id, "start": sc.start.isoformat(),
+        "hours": sc.duration_s / 3600, "forecast": res.forecast if res.planner else None,
+        "planner": res.planner, "speed": res.speed, "wall_s": res.wall_s,
+        "currency": cfg.tariff.currency, "terminal_value_per_kwh": value,
+        "controller": controller,
+        "limit_violations": {"import": res.recorder.imports.as_dict(),
+                             "export": res.recorder.exports.as_dict(),
+                             "dr": res.recorder.dr_excess.as_dict(),
+                             "tolerance_kw": VIOLATION_TOL_KW},
+        "solve_times": _solve_stats(res.plans), "planner_rounds": res.planner_stats,
+        "forecast_error": (res.forecast_log.errors(truth, sc.end) if res.forecast_log else None),
+        "forecaster_own_error": res.forecaster_errors,
+        "cycles": res.cycles, "crashes": res.crashes, "device_errors": res.device_errors,
+        "references": refs,
+        "notes": res.notes,
+    }
+    if with_optimum:
+        try:
+            opt, plan = optimum(cfg, sc, truth, value)
+            refs["optimum"] = _costs(opt, value)
+            res.optimum_plan = plan
+        except Exception as exc:  # noqa: BLE001 - report it, the run's own KPIs still stand
+            log.warning("perfect-foresight optimum failed: %s", exc)
+            refs["optimum"] = {"error": f"{type(exc).__name__}: {exc}"}
+    opt_cost = refs.get("optimum", {}).get("adjusted_cost")
+    if opt_cost is not None:
+        k.update(ratio(controller["adjusted_cost"], opt_cost, refs["no_battery"]["adjusted_cost"],
+                       nb["import_cost"]))
+        if "rule_based" in refs:
+            refs["rule_based"]["cost_ratio_vs_optimum"] = ratio(
+                refs["rule_based"]["adjusted_cost"], opt_cost,
+                refs["no_battery"]["adjusted_cost"], nb["import_cost"])["cost_ratio_vs_optimum"]
+    else:
+        k.update(cost_ratio_vs_optimum=None, ratio_basis=None, cost_gap_vs_optimum=None,
+                 savings_capture=None)
+    res.kpis = k
+    return k
+
+
+def write_json(kpis: dict, path: Path) -> None:
+    def clean(x):
+        if isinstance(x, float):
+            return round(x, 4) if math.isfinite(x) else None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+
+    path.write_text(json.dumps(clean(kpis), indent=2) + "\n", encoding="utf-8")
+
+

@@ -1,0 +1,240 @@
+"""One run of `pedf-edge simulate`: the HIL and the daemon on one accelerated clock through
+a scenario, with what the run records (tools/simulate/tracks.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from edge.app.clock import Clock
+from edge.config import Config
+from edge.report.history import INTERVAL_S, History, Interval
+from hil.scenario import Scenario, Truth
+from hil.site import Sample, SimSite
+from tools.broker import ensure_broker, free_port
+from tools.simulate.events import fire_events
+from tools.simulate.tracks import ForecastLog, PlanTrack, Recorder
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SPEED = 720.0  # a day in ~2 min; one cycle (50 Hz wall cap) spans ~15 simulated s
+
+
+class RunClock(Clock):
+    """The run's clock: simulated time stands still until `release()` (the controller
+    connects and takes its first cycle before the scenario's first second) and stops at
+    `end_s` (the HIL meters exactly the scenario, whatever the teardown takes)."""
+
+    def __init__(self, start: datetime, speed: float, end_s: float) -> None:
+        super().__init__(start, speed)
+        self.end_s = end_s
+        self._released = False
+
+    def release(self) -> None:
+        self._t0 = time.monotonic()
+        self._released = True
+
+    def elapsed_s(self) -> float:
+        return min(super().elapsed_s(), self.end_s) if self._released else 0.0
+
+
+@dataclass
+class RunResult:
+    scenario: Scenario
+    config: Config
+    truth: Truth
+    forecast: str
+    planner: bool
+    speed: float
+    wall_s: float
+    site_kpis: dict
+    recorder: Recorder
+    samples: list[Sample]
+    plans: PlanTrack
+    forecast_log: ForecastLog | None
+    forecaster_errors: dict | None
+    stored_kwh: tuple[float, float]  # at start, at end
+    cycles: int
+    crashes: int
+    device_errors: dict[str, int]  # failed polls and writes per device, over the run
+    planner_stats: dict | None  # rounds adopted / fallen back, the last reason
+    kpis: dict = field(default_factory=dict)
+    optimum_plan: object | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def billing_notes(scenario: Scenario, cfg: Config) -> list[str]:
+    """What makes the run's demand charge differ from what the planner optimises: the HIL
+    bills the run's own peak, the planner the billing month's (from the site history)."""
+    if cfg.tariff.demand_charge_per_kw <= 0 or not scenario.spec.history_days:
+        return []
+    local = scenario.start.astimezone(ZoneInfo(cfg.site.timezone))
+    first = local - timedelta(days=scenario.spec.history_days)
+    if (first.year, first.month) != (local.year, local.month):
+        return []
+    return [f"history_days reach back into the billing month of the start ({first:%Y-%m-%d}): "
+            "the planner counts their peak as already billed, the HIL bills the run's own "
+            "peak; start the scenario on the first of a month for a fair demand charge"]
+
+
+def isolated(cfg: Config) -> Config:
+    """The site with every TCP device on its own free loopback port: the HIL stands in for
+    all of them, so a simulation never collides with a running HIL or reaches a real
+    device, whatever the config says. Units that share an endpoint keep sharing one."""
+    data = cfg.model_dump()
+    ports: dict[tuple[str, int], int] = {}
+    for d in data["devices"]:
+        if d.get("serial") is not None and d["protocol"] in ("sunspec-rtu", "modbus-rtu",
+                                                             "dlt645-serial"):
+            continue
+        d["port"] = ports.setdefault((d["host"], d["port"]), free_port())
+        d["host"] = "127.0.0.1"
+    return Config.model_validate(data)
+
+
+def _stored_kwh(site: SimSite) -> float:
+    return sum(d.battery.soc_pct / 100 * d.battery.capacity_kwh
+               for d in site.devices.values() if d.role == "battery")
+
+
+def seed_history(history: History, scenario: Scenario) -> int:
+    """The `history_days` before the start as the site's 15-min history (load and PV as
+    the scenario says; grid as if no battery had run), so the controller's forecasts start
+    the run the way they would on a site that has been running."""
+    if not len(scenario.history_load_kw):
+        return 0
+    step = scenario.step_s
+    first = scenario.start - timedelta(seconds=len(scenario.history_load_kw) * step)
+    per = max(1, INTERVAL_S // step)
+    load = scenario.history_load_kw.reshape(-1, per).mean(1) if step < INTERVAL_S else \
+        np.repeat(scenario.history_load_kw, step // INTERVAL_S)
+    pv = scenario.history_pv_kw.reshape(-1, per).mean(1) if step < INTERVAL_S else \
+        np.repeat(scenario.history_pv_kw, step // INTERVAL_S)
+    put_intervals(history, first, load, pv, load - pv)
+    return len(load)
+
+
+def put_intervals(history: History, first: datetime, load_kw, pv_kw, grid_kw) -> None:
+    """Mean kW of load, PV and grid (+ import) per 15 min from `first` as stored intervals:
+    a history for the controller's forecasts to start from."""
+    h = INTERVAL_S / 3600
+    for i, (load, pv, grid) in enumerate(zip(load_kw, pv_kw, grid_kw)):
+        history.put(Interval(first + timedelta(seconds=i * INTERVAL_S),
+                             import_kwh=max(grid, 0.0) * h, export_kwh=max(-grid, 0.0) * h,
+                             pv_kwh=pv * h, load_kwh=load * h, covered_s=INTERVAL_S))
+
+
+async def run(scenario: Scenario, config: Config, *, forecast: str = "perfect",
+              planner: bool = True, speed: float = DEFAULT_SPEED,
+              state_dir: Path | None = None, progress=None) -> RunResult:
+    """One HIL + daemon run of `scenario` on `config` (as given: not yet applied).
+    `progress(t_s, total_s, status)` is called ~10 times per wall second."""
+    from edge.app.daemon import Daemon  # the daemon's modules: only for a run
+
+    if forecast not in ("perfect", "own"):
+        raise ValueError("forecast must be 'perfect' or 'own'")
+    with tempfile.TemporaryDirectory(prefix="pedf-sim-") as tmp:
+        state = Path(state_dir or tmp)
+        cfg = isolated(scenario.apply(config, planner=planner, storage_dir=state))
+        truth = scenario.truth(cfg)
+        notes = billing_notes(scenario, cfg)
+        for n in notes:
+            log.warning("scenario %s: %s", scenario.name, n)
+        history = History(state / "history.sqlite")
+        seed_history(history, scenario)
+        history.close()
+        clock = RunClock(scenario.start, speed, scenario.duration_s)
+        site = SimSite(cfg, clock, truth=truth)
+        recorder = Recorder(cfg, scenario.start, scenario.duration_s, scenario.dr_windows())
+        site.on_substep = recorder
+        e0 = _stored_kwh(site)
+        await site.start()  # before the broker: its free port must not be a device's port
+        # Never the configured broker: simulated telemetry must not reach a real platform
+        # under the site's id. A broker of its own keeps the daemon's whole path real.
+        try:
+            broker = await ensure_broker("127.0.0.1", free_port())
+        except BaseException:
+            await site.stop()
+            raise
+        try:
+            daemon = Daemon(cfg, clock, mqtt_host=broker.host, mqtt_port=broker.port)
+            flog = None
+            if daemon.planner is not None:
+                inner = truth.forecast if forecast == "perfect" else daemon.planner.forecast
+                flog = daemon.planner.forecast = ForecastLog(inner)
+            result = await _drive(scenario, clock, site, daemon, progress)
+        finally:
+            await site.stop()
+            await broker.close()
+        wall_s, plans = result
+        errors = None
+        if forecast == "own" and daemon.planner is not None:
+            errors = {"load": daemon.forecaster.errors.load.figures(),
+                      "pv": daemon.forecaster.errors.pv.figures()}
+        return RunResult(
+            scenario, cfg, truth, forecast, planner, speed, wall_s, site.kpis(), recorder,
+            list(site.samples), plans, flog, errors, (e0, _stored_kwh(site)),
+            daemon.cycle.stats.cycles, daemon.cycle.stats.crashes,
+            {d: h.errors for d, h in daemon.cycle.health.items()},
+            _planner_stats(daemon.planner), notes=notes)
+
+
+def _planner_stats(planner) -> dict | None:
+    if planner is None:
+        return None
+    s = planner.stats
+    return {"solves": s.solves, "failures": s.failures, "last_status": s.last_status,
+            "last_reason": s.last_reason}
+
+
+async def _drive(scenario: Scenario, clock: RunClock, site: SimSite, daemon, progress):
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop), name="daemon")
+    events: asyncio.Task | None = None
+    plans = PlanTrack()
+    try:
+        ready = asyncio.create_task(daemon.ready.wait())
+        await asyncio.wait({task, ready}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if task.done():
+            task.result()  # the daemon died while starting: surface why
+            raise RuntimeError("the daemon stopped before it was ready")
+        if not daemon.ready.is_set():
+            raise RuntimeError("the daemon was not ready after 60 s (devices unreachable?)")
+        clock.release()
+        t_wall = time.monotonic()
+        events = asyncio.create_task(fire_events(scenario, clock, site, daemon), name="events")
+        total = scenario.duration_s
+        while (t := clock.elapsed_s()) < total and not task.done():
+            if daemon.planner is not None:
+                plans.see(daemon.planner.last)
+            if events.done() and events.exception():
+                raise events.exception()
+            if progress is not None:
+                progress(t, total, site.status_line())
+            await asyncio.sleep(0.02)
+        if task.done():
+            task.result()
+            raise RuntimeError("the daemon stopped before the end of the scenario")
+        site.step_to(total)
+        if daemon.planner is not None:
+            plans.see(daemon.planner.last)
+        if progress is not None:
+            progress(total, total, site.status_line())
+        return time.monotonic() - t_wall, plans
+    finally:
+        if events is not None:
+            events.cancel()
+            await asyncio.gather(events, return_exceptions=True)
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+
+
