@@ -19,7 +19,7 @@ from edge.control.decide import Controller, Decision
 from edge.control.instructions import InstructionBook
 from edge.image.image import ProcessImage
 from edge.image.poll import DeviceHealth, Poller
-from edge.setpoints.writer import LIMIT_SLACK_KW, Writer
+from edge.setpoints.writer import Writer, limit_violated
 
 log = logging.getLogger(__name__)
 
@@ -75,22 +75,11 @@ class ControlCycle:
     def _write_failed(self, dev_id: str) -> None:
         self.health[dev_id].errors += 1
 
-    def _limit_violated(self, decision: Decision) -> bool:
-        """The PCC reading of this cycle is beyond an import or export bound, or above the
-        plan's peak cap (a 15-min peak is paid on every tenth of a kW)."""
-        image, b = self.image, decision.bounds
-        grid = self.config.grid_meter.id
-        if image is None or not image.good(grid) or image.devices[grid].failed_polls:
-            return False
-        kw = image.value(grid, "power_kw")
-        cap = min(b.import_limit_kw, b.soft_import_cap_kw)
-        return kw > cap + LIMIT_SLACK_KW or kw < -b.export_limit_kw - LIMIT_SLACK_KW
-
     async def write(self, decision: Decision, force: bool = False) -> None:
         now_s = self.clock.elapsed_s()
         outcomes = await self.writer.write(
             decision, self.memory, now_s, poll_deadline_s(self.period_wall_s),
-            self._limit_violated(decision), force)
+            limit_violated(self.image, decision, self.config.grid_meter.id), force)
         self.memory = self.controller.after_writes(self.memory, outcomes, now_s)
 
     async def step(self) -> Decision:

@@ -17,6 +17,17 @@ log = logging.getLogger("edge.cycle")
 LIMIT_SLACK_KW = 0.05  # below this a limit excursion is measurement noise, not a violation
 
 
+def limit_violated(image, decision: Decision, grid_id: str) -> bool:
+    """The PCC reading of this cycle is beyond an import or export bound, or above the
+    plan's peak cap (a 15-min peak is paid on every tenth of a kW)."""
+    b = decision.bounds
+    if image is None or not image.good(grid_id) or image.devices[grid_id].failed_polls:
+        return False
+    kw = image.value(grid_id, "power_kw")
+    cap = min(b.import_limit_kw, b.soft_import_cap_kw)
+    return kw > cap + LIMIT_SLACK_KW or kw < -b.export_limit_kw - LIMIT_SLACK_KW
+
+
 class Writer:
     def __init__(self, config, devices: dict[str, Device],
                  on_error: Callable[[str], None] = lambda dev_id: None) -> None:
@@ -34,12 +45,12 @@ class Writer:
             return True
         return now_s - w.at_s >= revert_s * self.config.control.rewrite_margin
 
-    async def write(self, decision: Decision, mem: Memory, now_s: float, timeout: float,
-                    limit_violated: bool, force: bool = False) -> dict[str, float | None]:
-        """Send what is due; returns per device the value that reached it, or None."""
+    def jobs(self, decision: Decision, mem: Memory, now_s: float, violated: bool,
+             force: bool = False) -> list[list[tuple]]:
+        """The (device, value) pairs due now, in three phases (see Role.write_phase)."""
         # The deadband saves writes, but a limit being broken right now outranks that: then
         # any correction larger than measurement noise is written (DOMAIN §3, duty 4).
-        configured = LIMIT_SLACK_KW if limit_violated else self.config.control.deadband_kw
+        configured = LIMIT_SLACK_KW if violated else self.config.control.deadband_kw
         phases: list[list] = [[], [], []]
         for d in self.writers:
             role = role_of(d)
@@ -48,6 +59,12 @@ class Writer:
                                                      role.deadband(configured))):
                 continue
             phases[role.write_phase(d, v, mem)].append((d, v))
+        return phases
+
+    async def write(self, decision: Decision, mem: Memory, now_s: float, timeout: float,
+                    violated: bool, force: bool = False) -> dict[str, float | None]:
+        """Send what is due; returns per device the value that reached it, or None."""
+        phases = self.jobs(decision, mem, now_s, violated, force)
         outcomes: dict[str, float | None] = {}
         for jobs in phases:
             results = await asyncio.gather(*(self._write_one(d, v, timeout, mem)

@@ -1,9 +1,14 @@
-"""The rule-based reference: the controller without the planner - the configured control
-functions and the same compiled kernel, replayed in Python on the series each
-`control.cycle_s` with the HIL's battery physics. A replay, not a second HIL run: it takes
+"""The rule-based reference: the daemon's own decision (edge/control/decide.py, planner off)
+replayed in Python on the scenario's true series each `control.cycle_s`, with the write
+rules of the daemon (deadband, revert re-writes, shed before restore) and the HIL's physics
+for batteries, PV ramps and switchable loads. A replay, not a second HIL run: it takes
 seconds instead of doubling the wall time of every run, and without Modbus latency or the
 accelerated clock's coarse cycles it is the rules at their best, so the planner is compared
-with a fair baseline (`--no-planner` gives the HIL figure for the rules when wanted)."""
+with a fair baseline (`--no-planner` gives the HIL figure for the rules when wanted).
+
+Switchable loads draw their rating while on, on top of the scenario's load, as in the HIL.
+The replay has no DC-bus physics: converters read their nominal voltage and draw nothing
+beyond the scenario's load, so their reference stays at nominal."""
 
 from __future__ import annotations
 
@@ -11,86 +16,106 @@ from datetime import timedelta
 
 import numpy as np
 
-from edge.config import BatteryDevice, Config, PvDevice
-from edge.control import kernel as dispatch
-from edge.control.bounds import run_functions
+from drivers.base import Quality, Reading
+from edge.config import Config
+from edge.control.decide import Controller
 from edge.control.instructions import InstructionBook
-from edge.image.image import ProcessImage
+from edge.control.kernel import load_kernel
+from edge.image.image import DeviceState, ProcessImage
+from edge.setpoints.writer import Writer, limit_violated
 from hil.physics import Battery, ramp_toward
 from hil.scenario import Truth, Window
 from hil.site import Ledger
 from tools.simulate.events import dr_instruction
 
 
+class _Site:
+    """The replay's physics: what each device does with the setpoints that reached it."""
+
+    def __init__(self, cfg: Config, groups: dict[str, list], soc0: dict[str, float]) -> None:
+        self.bats, self.pvs = groups["battery"], groups["pv"]
+        self.loads, self.convs = groups["load"], groups["dcdc"]
+        self.meters = groups["meter"]
+        self.grid_id = cfg.grid_meter.id
+        self.phys = {b.id: Battery(capacity_kwh=b.capacity_kwh, max_charge_kw=b.max_charge_kw,
+                                   max_discharge_kw=b.max_discharge_kw, soc_pct=soc0[b.id],
+                                   charge_efficiency=b.charge_efficiency,
+                                   discharge_efficiency=b.discharge_efficiency,
+                                   ramp_kw_per_s=b.ramp_kw_per_s) for b in self.bats}
+        rated = sum(p.rated_kw for p in self.pvs)
+        self.share = np.array([p.rated_kw / rated for p in self.pvs])
+        self.pv_kw = {p.id: 0.0 for p in self.pvs}
+        self.setpoint = {b.id: 0.0 for b in self.bats}
+        self.setpoint.update({p.id: p.rated_kw for p in self.pvs})
+        self.setpoint.update({d.id: float(d.safe_state == "on") for d in self.loads})
+        self.setpoint.update({c.id: c.bus_nominal_v for c in self.convs})
+
+    def stored_kwh(self) -> float:
+        return sum(b.soc_pct / 100 * b.capacity_kwh for b in self.phys.values())
+
+    def flex_kw(self) -> float:
+        return sum(d.rated_kw for d in self.loads if self.setpoint[d.id] >= 0.5)
+
+    def image(self, t, dt: float, load: float) -> ProcessImage:
+        bess = sum(ph.power_kw for ph in self.phys.values())
+        values = {self.grid_id: {"power_kw": load - sum(self.pv_kw.values()) - bess}}
+        values.update({m.id: {"power_kw": load} for m in self.meters if m.id != self.grid_id})
+        values.update({b.id: {"power_kw": self.phys[b.id].power_kw,
+                              "soc_pct": self.phys[b.id].soc_pct} for b in self.bats})
+        values.update({p.id: {"power_kw": self.pv_kw[p.id], "limit_kw": self.setpoint[p.id]}
+                       for p in self.pvs})
+        values.update({d.id: {"power_kw": d.rated_kw * self.setpoint[d.id],
+                              "on": self.setpoint[d.id]} for d in self.loads})
+        values.update({c.id: {"bus_v": c.bus_nominal_v, "power_kw": 0.0,
+                              "v_ref": self.setpoint[c.id]} for c in self.convs})
+        return ProcessImage(t, dt, {k: DeviceState(Reading(k, v), Quality.GOOD, 0)
+                                    for k, v in values.items()})
+
+    def step(self, avail: np.ndarray, dt: float) -> tuple[float, float]:
+        bess = sum(ph.step(self.setpoint[k], dt) for k, ph in self.phys.items())
+        for j, p in enumerate(self.pvs):
+            want = min(avail[j], self.setpoint[p.id])
+            self.pv_kw[p.id] = ramp_toward(self.pv_kw[p.id], want, p.ramp_kw_per_s, dt)
+        return bess, sum(self.pv_kw.values())
+
+
 def replay_rules(cfg: Config, truth: Truth, duration_s: float, dr: list[Window],
                  soc0: dict[str, float]) -> dict:
-    """The rule-based controller (no planner) replayed on the true series: the configured
-    control functions and the compiled kernel each `control.cycle_s`, writing on the same
-    deadband, with the HIL's battery and PV-ramp physics. Returns ledger KPIs plus the
-    stored energy at the start and end and the SoC range."""
-    kernel = dispatch.load_kernel()
-    ctl = cfg.control
-    dt = ctl.cycle_s
-    bats = [d for d in cfg.devices if isinstance(d, BatteryDevice)]
-    pvs = [d for d in cfg.devices if isinstance(d, PvDevice)]
-    phys = [Battery(capacity_kwh=b.capacity_kwh, max_charge_kw=b.max_charge_kw,
-                    max_discharge_kw=b.max_discharge_kw, soc_pct=soc0[b.id],
-                    charge_efficiency=b.charge_efficiency,
-                    discharge_efficiency=b.discharge_efficiency, ramp_kw_per_s=b.ramp_kw_per_s)
-            for b in bats]
-    share = [p.rated_kw / sum(q.rated_kw for q in pvs) for p in pvs]
-    pv_kw = np.zeros(len(pvs))
-    pv_limit = np.array([p.rated_kw for p in pvs])
-    written = [0.0] * len(bats)
-    bess_m = np.zeros((len(bats), dispatch.NB))
-    pv_m = np.zeros((len(pvs), dispatch.NV))
+    """The daemon's rules (no planner) replayed on the true series. Returns ledger KPIs plus
+    the stored energy at the start and end and the SoC range."""
+    controller = Controller(cfg, load_kernel())
+    memory = controller.initial_memory()
+    writer = Writer(cfg, {})  # its rules of what is due; the replay's physics take the values
+    site = _Site(cfg, controller.groups, soc0)
     book = InstructionBook()
     for w in dr:
         book.put(dr_instruction(w))
+    rated = np.array([p.rated_kw for p in site.pvs])
     ledger = Ledger(cfg.tariff)
-    stored = lambda: sum(b.soc_pct / 100 * b.capacity_kwh for b in phys)  # noqa: E731
-    e0 = stored()
-    socs = []
+    e0, socs = site.stored_kwh(), []
+    dt = cfg.control.cycle_s
     price_minute, price = -1, 0.0
-    steps = int(round(duration_s / dt))
-    for k in range(steps):
-        t = truth.start + timedelta(seconds=k * dt)
-        minute = int(k * dt // 60)
+    for k in range(int(round(duration_s / dt))):
+        t, now_s = truth.start + timedelta(seconds=k * dt), k * dt
+        minute = int(now_s // 60)
         if minute != price_minute:
             price_minute, price = minute, truth.price_at(t)
-        load = truth.load_at(t)
-        avail = np.minimum([p.rated_kw for p in pvs], truth.pv_at(t) * np.array(share))
-        grid_meas = load - pv_kw.sum() - sum(b.power_kw for b in phys)
-        image = ProcessImage(t, dt, {})
-        bounds, _ = run_functions(ctl.functions, image, ctl, book.combine(t))
-        for i, (b, ph) in enumerate(zip(bats, phys)):
-            bess_m[i] = (ph.power_kw, written[i], ph.soc_pct, b.soc_min_pct, b.soc_max_pct,
-                         b.max_charge_kw, b.max_discharge_kw, b.ramp_kw_per_s, 1.0)
-        for j, p in enumerate(pvs):
-            pv_m[j] = (pv_kw[j], p.rated_kw, pv_limit[j], p.ramp_kw_per_s, 1.0)
-        res = dispatch.dispatch(kernel, grid_kw=grid_meas, import_limit_kw=bounds.import_limit_kw,
-                                export_limit_kw=bounds.export_limit_kw,
-                                grid_target_kw=bounds.grid_target_kw, dt_s=dt, bess=bess_m,
-                                pv=pv_m)
-        violated = grid_meas > bounds.import_limit_kw or -grid_meas > bounds.export_limit_kw
-        band = 0.05 if violated else ctl.deadband_kw
-        for i in range(len(bats)):
-            if abs(res.bess_kw[i] - written[i]) > band:
-                written[i] = float(res.bess_kw[i])
-        for j in range(len(pvs)):
-            if abs(res.pv_limit_kw[j] - pv_limit[j]) > band:
-                pv_limit[j] = float(res.pv_limit_kw[j])
-        bess = sum(ph.step(written[i], dt) for i, ph in enumerate(phys))
-        for j, p in enumerate(pvs):
-            pv_kw[j] = ramp_toward(pv_kw[j], min(avail[j], pv_limit[j]), p.ramp_kw_per_s, dt)
-        pv = float(pv_kw.sum())
+        load = truth.load_at(t) + site.flex_kw()
+        avail = np.minimum(rated, truth.pv_at(t) * site.share)
+        image = site.image(t, dt, load)
+        decision, memory = controller.decide(image, book, memory, now_s)
+        violated = limit_violated(image, decision, site.grid_id)
+        due = {d.id: v for phase in writer.jobs(decision, memory, now_s, violated)
+               for d, v in phase}
+        memory = controller.after_writes(memory, due, now_s)
+        site.setpoint.update(due)
+        load = truth.load_at(t) + site.flex_kw()
+        bess, pv = site.step(avail, dt)
         ledger.add(t, price, dt, load, pv, float(avail.sum()), bess, load - pv - bess)
-        if phys:
-            socs.append(sum(b.soc_pct * b.capacity_kwh for b in phys)
-                        / sum(b.capacity_kwh for b in phys))
+        if site.phys:
+            socs.append(sum(b.soc_pct * b.capacity_kwh for b in site.phys.values())
+                        / sum(b.capacity_kwh for b in site.phys.values()))
     out = ledger.kpis()
-    out.update(stored_kwh_start=e0, stored_kwh_end=stored(),
+    out.update(stored_kwh_start=e0, stored_kwh_end=site.stored_kwh(),
                soc_min_pct=min(socs, default=None), soc_max_pct=max(socs, default=None))
     return out
-
-
