@@ -1,4 +1,4 @@
-"""Scenarios (hil/scenario.py) and the simulate runner (tools/simulate.py): every shipped
+"""Scenarios (hil/scenario/) and the simulate runner (tools/simulate.py): every shipped
 scenario loads, fits the demo site and runs (HIL + daemon with the planner on the simulated
 clock, truncated to 2 h; full days are the benchmark); bad files are refused naming the
 field; the KPIs of a run add up; the references are ordered as they must be (nothing beats
@@ -18,6 +18,7 @@ import yaml
 from edge import config as config_mod
 from tools import simulate
 from hil import scenario as scenario_mod
+from hil.scenario.spec import LimitsOverride
 from hil.site import SimSite
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,7 +138,7 @@ def test_scenario_overrides_reach_the_site_config(demo) -> None:
     assert cfg.control.import_limit_kw == demo.control.import_limit_kw  # not overridden
     assert cfg.planner.enabled and cfg.storage.dir == Path("/tmp/x")
     assert cfg.devices[1].sim.initial_soc_pct == 30
-    nolimit = sc.spec.model_copy(update={"limits": scenario_mod.LimitsOverride(
+    nolimit = sc.spec.model_copy(update={"limits": LimitsOverride(
         export_limit_kw=None)})
     assert scenario_mod.Scenario(sc.path, nolimit, sc.pv_kw, sc.load_kw, sc.history_pv_kw,
                                  sc.history_load_kw, ()).apply(demo).control.export_limit_kw is None
