@@ -60,7 +60,8 @@ class SimSite:
         self.devices: dict[str, SimulatedDevice] = {
             d.id: kinds[d.id](d, self._range_kw) for d in config.devices
         }
-        pvs = {d.id: kinds[d.id].rating_kw(d) for d in config.devices if kinds[d.id].account == "pv"}
+        pvs = {d.id: kinds[d.id].rating_kw(d) for d in config.devices
+               if kinds[d.id].account == "pv"}
         self._pv_share = {k: kw / sum(pvs.values()) for k, kw in pvs.items()}
         day = sum(p.day_kw for p in loads.values())
         self._load_share = {k: p.day_kw / day if day else 1 / len(loads) for k, p in loads.items()}
