@@ -155,7 +155,7 @@ def cmd_hil(args: argparse.Namespace) -> int:
     _logging(args.log_level)
     plan = None
     if args.vtn is not None:  # the grid-operator emulator too (an OpenADR VTN)
-        from hil.vtn import DEMO_EVENTS, address, load_events, run_vtn
+        from hil.emulators.vtn import DEMO_EVENTS, address, load_events, run_vtn
 
         source = Path(args.vtn) if args.vtn else DEMO_EVENTS
         try:
@@ -166,7 +166,7 @@ def cmd_hil(args: argparse.Namespace) -> int:
             return EXIT_CONFIG
     script, passed = None, []
     if args.platform:  # the park-platform emulator's script; built-in without FILE
-        from hil.platform import load_script
+        from hil.emulators.script import load_script
 
         try:
             script = load_script(Path(args.platform))
@@ -176,7 +176,7 @@ def cmd_hil(args: argparse.Namespace) -> int:
 
     async def platform(stop: asyncio.Event) -> None:
         """The script is the run: when it ends, the simulator stops with it."""
-        from hil.platform import run_platform
+        from hil.emulators.platform import run_platform
 
         task = asyncio.create_task(run_platform(cfg.mqtt, cfg.site.id, script))
         stopped = asyncio.create_task(stop.wait())

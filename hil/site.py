@@ -1,5 +1,5 @@
 """The simulated site: devices stepped on the shared clock, served on loopback Modbus TCP
-(DL/T 645 meters through hil/dlt645_server.py, Modbus RTU units on serial buses), with a
+(DL/T 645 meters through hil/serve/dlt645.py, Modbus RTU units on serial buses), with a
 KPI ledger for the real site and for the same site without its battery.
 
 Physics runs in ≤1 s simulated sub-steps aligned on whole simulated seconds, so heartbeats,
@@ -13,106 +13,23 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
-from pymodbus.server import ModbusTcpServer
 
 from edge.app.clock import Clock
-from edge.config import Config, MeterDevice, TariffConfig
-from hil.devices import Dlt645SimMeter, Env, Fault, MapSimDevice, SimulatedDevice, build
-from hil.dlt645_server import MeterBus, meter_bus, meter_bus_key
-from hil.flexload import MapFlexLoadSim  # noqa: F401 - registers the flexible-load simulator
+from edge.config import Config, SimParams
+from hil.devices import build, simulator_for
+from hil.devices.base import Env, Fault, SimulatedDevice
+from hil.ledger import Ledger, Sample
 from hil.physics import load_kw
-from hil.serial_server import RTU_PROTOCOLS, RtuBus
+from hil.serve import dlt645
+from hil.serve.dlt645 import MeterBus, meter_bus, meter_bus_key
+from hil.serve.rtu import RTU_PROTOCOLS, RtuBus
+from hil.serve.tcp import Endpoint
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """Site state at one instant (kW, %); one is kept per simulated minute."""
-
-    t: datetime
-    load_kw: float
-    pv_kw: float
-    pv_available_kw: float
-    bess_kw: float
-    grid_kw: float
-    soc_pct: float | None
-
-
-@dataclass
-class Ledger:
-    """Energy and money of one site over the run. Demand is the 15-min mean of net import."""
-
-    tariff: TariffConfig
-    import_kwh: float = 0.0
-    export_kwh: float = 0.0
-    pv_kwh: float = 0.0
-    pv_available_kwh: float = 0.0
-    load_kwh: float = 0.0
-    charge_kwh: float = 0.0
-    discharge_kwh: float = 0.0
-    import_cost: float = 0.0
-    export_revenue: float = 0.0
-    max_import_kw: float = 0.0
-    max_export_kw: float = 0.0
-    peak_15min_import_kw: float = 0.0
-    _interval: int | None = field(default=None, repr=False)
-    _interval_kwh: float = field(default=0.0, repr=False)
-
-    def add(self, t_utc: datetime, price: float, dt_s: float, load: float, pv: float,
-            pv_available: float, bess: float, grid: float) -> None:
-        h = dt_s / 3600
-        imp, exp = max(grid, 0.0) * h, max(-grid, 0.0) * h
-        self.import_kwh += imp
-        self.export_kwh += exp
-        self.pv_kwh += pv * h
-        self.pv_available_kwh += pv_available * h
-        self.load_kwh += load * h
-        self.charge_kwh += max(-bess, 0.0) * h
-        self.discharge_kwh += max(bess, 0.0) * h
-        self.import_cost += imp * price
-        self.export_revenue += exp * self.tariff.export_price
-        self.max_import_kw = max(self.max_import_kw, grid)
-        self.max_export_kw = max(self.max_export_kw, -grid)
-        interval = int(t_utc.timestamp() // 900)
-        if interval != self._interval:
-            self._close_interval()
-            self._interval = interval
-        self._interval_kwh += grid * h
-
-    def _close_interval(self) -> None:
-        self.peak_15min_import_kw = max(self.peak_15min_import_kw, self._interval_kwh / 0.25)
-        self._interval_kwh = 0.0
-
-    def kpis(self) -> dict[str, float]:
-        peak = max(self.peak_15min_import_kw, self._interval_kwh / 0.25)  # open interval counts
-        energy_cost = self.import_cost - self.export_revenue
-        demand_cost = peak * self.tariff.demand_charge_per_kw
-        return {
-            "import_kwh": self.import_kwh, "export_kwh": self.export_kwh, "pv_kwh": self.pv_kwh,
-            "pv_available_kwh": self.pv_available_kwh,
-            "pv_curtailed_kwh": self.pv_available_kwh - self.pv_kwh, "load_kwh": self.load_kwh,
-            "charge_kwh": self.charge_kwh, "discharge_kwh": self.discharge_kwh,
-            "import_cost": self.import_cost, "export_revenue": self.export_revenue,
-            "energy_cost": energy_cost, "peak_15min_import_kw": peak, "demand_cost": demand_cost,
-            "total_cost": energy_cost + demand_cost, "max_import_kw": self.max_import_kw,
-            "max_export_kw": self.max_export_kw,
-        }
-
-
-@dataclass
-class _Endpoint:
-    """One listening socket (host, port) serving one or more unit ids."""
-
-    host: str
-    port: int
-    devices: list[SimulatedDevice]
-    server: ModbusTcpServer | None = None
 
 
 class SimSite:
@@ -130,41 +47,43 @@ class SimSite:
         self.tz = ZoneInfo(config.site.timezone)
         self.truth = truth
         self.on_substep: Callable[[Sample, float], None] | None = None
-        self._range_kw = self._meter_range_kw(config)
+        kinds = {d.id: simulator_for(d) for d in config.devices}
+        # The building-load profiles: the load meters', or the PCC meter's when it stands in
+        # for them (without a load submeter the building still consumes).
+        loads = {d.id: p for d in config.devices if (p := kinds[d.id].building_load(d)) is not None}
+        self._hidden_load = None if loads else config.grid_meter.sim
+        profiles = list(loads.values()) or [config.grid_meter.sim]
+        self._range_kw = self._meter_range_kw(config, kinds, profiles)
         if truth is not None:  # room for the scenario's load beyond what the profiles allow
-            metered = [d for d in config.devices if d.role == "meter" and d.measures == "load"]
-            allowed = sum(max(d.sim.base_kw * 1.2, d.sim.day_kw) * 1.05
-                          for d in metered or [config.grid_meter])
+            allowed = sum(_headroom_kw(p) for p in profiles)
             self._range_kw += max(0.0, float(truth.load_kw.max()) * 1.05 - allowed)
         self.devices: dict[str, SimulatedDevice] = {
-            d.id: build(d, self._range_kw) for d in config.devices
+            d.id: kinds[d.id](d, self._range_kw) for d in config.devices
         }
-        loads = [d for d in config.devices if isinstance(d, MeterDevice) and d.measures == "load"]
-        # Without a load submeter the building still consumes: the PCC meter's profile is the load.
-        self._hidden_load = None if loads else config.grid_meter.sim
-        pvs = [d for d in config.devices if d.role == "pv"]
-        self._pv_share = {d.id: d.rated_kw / sum(p.rated_kw for p in pvs) for d in pvs}
-        day = sum(d.sim.day_kw for d in loads)
-        self._load_share = {d.id: d.sim.day_kw / day if day else 1 / len(loads) for d in loads}
+        pvs = {d.id: kinds[d.id].rating_kw(d) for d in config.devices
+               if kinds[d.id].account == "pv"}
+        self._pv_share = {k: kw / sum(pvs.values()) for k, kw in pvs.items()}
+        day = sum(p.day_kw for p in loads.values())
+        self._load_share = {k: p.day_kw / day if day else 1 / len(loads) for k, p in loads.items()}
         if not loads:
             self._load_share = {config.grid_meter.id: 1.0}
-        self._endpoints: dict[tuple[str, int], _Endpoint] = {}
+        self._endpoints: dict[tuple[str, int], Endpoint] = {}
         self._buses: dict[str, RtuBus] = {}  # serial port -> the RTU units on that bus
         self._dlt645: dict[tuple, MeterBus] = {}  # gateway or serial port -> its meters
         for d in config.devices:
             dev = self.devices[d.id]
-            units = dev.bus_units() if isinstance(dev, MapSimDevice) else [dev]  # PCS + BMS
+            units = dev.bus_units()  # a PCS with its BMS: two
             if d.protocol in RTU_PROTOCOLS and d.serial is not None:
                 for unit in units:
                     self._buses.setdefault(d.serial.port, RtuBus(d.serial)).add(unit)
                 continue
-            if isinstance(dev, Dlt645SimMeter):
+            if d.protocol in dlt645.PROTOCOLS:
                 self._dlt645.setdefault(meter_bus_key(d), meter_bus(d)).add(dev)
                 continue
-            ep = self._endpoints.setdefault((d.host, d.port), _Endpoint(d.host, d.port, []))
+            ep = self._endpoints.setdefault((d.host, d.port), Endpoint(d.host, d.port, []))
             for unit in units:
                 ep.devices.append(unit)
-                unit.on_drop = lambda ep=ep: self._drop_connections(ep)
+                unit.on_drop = ep.drop_connections
         if clash := self._dlt645.keys() & self._endpoints.keys():
             host, port = sorted(clash)[0]
             raise ValueError(f"{host}:{port} serves both Modbus and DL/T 645 devices; one port "
@@ -177,21 +96,15 @@ class SimSite:
         self._task: asyncio.Task[None] | None = None
 
     @staticmethod
-    def _meter_range_kw(config: Config) -> float:
-        """Upper bound of any meter reading, to choose the meters' W_SF."""
+    def _meter_range_kw(config: Config, kinds: dict[str, type[SimulatedDevice]],
+                        profiles: list[SimParams]) -> float:
+        """Upper bound of any meter reading, to choose the meters' W_SF: every unit's rating,
+        and the building-load profiles that really draw power."""
         total = 0.0
-        loads = [d for d in config.devices if d.role == "meter" and d.measures == "load"]
         for d in config.devices:
-            if d.role == "pv":
-                total += d.rated_kw
-            elif d.role == "battery":
-                total += max(d.max_charge_kw, d.max_discharge_kw)
-            elif d.role in ("load", "dcdc"):  # a DC bus converter draws up to its rating
-                total += d.rated_kw
-        # Only the profiles that really draw power count: the load meters', or the PCC
-        # meter's when it stands in for the building load.
-        for d in loads or [config.grid_meter]:
-            total += max(d.sim.base_kw * 1.2, d.sim.day_kw) * 1.05  # ripple headroom
+            total += kinds[d.id].rating_kw(d)
+        for p in profiles:
+            total += _headroom_kw(p)
         return total
 
     # -- physics ------------------------------------------------------------------------
@@ -206,7 +119,7 @@ class SimSite:
                 self.samples.append(self.last)
 
     def _soc(self) -> float | None:
-        bats = [d.battery for d in self.devices.values() if d.role == "battery"]
+        bats = [b for d in self.devices.values() if (b := d.stored()) is not None]
         cap = sum(b.capacity_kwh for b in bats)
         return sum(b.soc_pct * b.capacity_kwh for b in bats) / cap if bats else None
 
@@ -220,19 +133,14 @@ class SimSite:
             series = {k: f * pv_t for k, f in self._pv_share.items()}
             series.update({k: f * load_t for k, f in self._load_share.items()})
         env = Env(self.t_s, t_utc, t_local, site.latitude, site.longitude, series)
-        pv = pv_av = bess = other = 0.0
+        flows = {"pv": 0.0, "battery": 0.0, "load": 0.0}  # by ledger account; loads − consume
+        pv_av = 0.0
         for d in self.devices.values():
             if d.balancing:
                 continue
-            kw = d.step(env, dt_s)
-            if d.role == "pv":  # by role, so map-driven devices count like SunSpec ones
-                pv += kw
-                pv_av += d.available_kw
-            elif d.role == "battery":
-                bess += kw
-            else:
-                other += kw  # loads and future consumers: − consume
-        load = -other
+            flows[d.account] += d.step(env, dt_s)
+            pv_av += d.available_kw
+        pv, bess, load = flows["pv"], flows["battery"], -flows["load"]
         if self._hidden_load is not None:
             s = self._hidden_load
             load += (series[self.config.grid_meter.id] if series is not None
@@ -264,26 +172,11 @@ class SimSite:
             raise
 
     # -- serving ------------------------------------------------------------------------
-    async def _listen(self, ep: _Endpoint) -> None:
-        server = ModbusTcpServer([d.sim_device() for d in ep.devices], address=(ep.host, ep.port))
-        ids = ", ".join(d.id for d in ep.devices)
-        try:
-            await server.serve_forever(background=True)  # returns once create_server is done
-        except RuntimeError:
-            raise OSError(
-                f"HIL cannot listen on {ep.host}:{ep.port} for device(s) {ids}; "
-                "is the port taken (another HIL, a real device server)? change `port` in the config"
-            ) from None
-        if not (server.transport and server.transport.is_serving()):
-            raise OSError(f"HIL listener on {ep.host}:{ep.port} ({ids}) is not serving")
-        ep.server = server
-        log.info("HIL serving %s on %s:%d", ids, ep.host, ep.port)
-
     async def start(self) -> None:
         """Listen on every endpoint (listening when this returns), then run physics."""
         try:
             for ep in self._endpoints.values():
-                await self._listen(ep)
+                await ep.listen()
             for bus in self._buses.values():
                 await bus.start()
             for gateway in self._dlt645.values():
@@ -303,9 +196,7 @@ class SimSite:
                 pass
             self._task = None
         for ep in self._endpoints.values():
-            if ep.server:
-                await ep.server.shutdown()
-                ep.server = None
+            await ep.shutdown()
         for bus in self._buses.values():
             await bus.close()  # unplugs a virtual cable too
         for gateway in self._dlt645.values():
@@ -323,10 +214,10 @@ class SimSite:
         return self._buses.get(serial.port) if serial and dev.cfg.protocol in RTU_PROTOCOLS else None
 
     def _gateway(self, dev: SimulatedDevice) -> MeterBus | None:
-        return self._dlt645.get(meter_bus_key(dev.cfg)) if isinstance(
-            dev, Dlt645SimMeter) else None
+        return (self._dlt645.get(meter_bus_key(dev.cfg))
+                if dev.cfg.protocol in dlt645.PROTOCOLS else None)
 
-    def _endpoint(self, dev: SimulatedDevice) -> _Endpoint:
+    def _endpoint(self, dev: SimulatedDevice) -> Endpoint:
         return self._endpoints[(dev.cfg.host, dev.cfg.port)]
 
     async def stop_device(self, device_id: str) -> None:
@@ -346,9 +237,8 @@ class SimSite:
                 await gateway.stop()
             return
         ep = self._endpoint(dev)
-        if ep.server and not any(d.online for d in ep.devices):
-            await ep.server.shutdown()
-            ep.server = None
+        if not any(d.online for d in ep.devices):
+            await ep.shutdown()
 
     async def start_device(self, device_id: str) -> None:
         dev = self._device(device_id)
@@ -361,29 +251,21 @@ class SimSite:
             return
         ep = self._endpoint(dev)
         if ep.server is None:
-            await self._listen(ep)
+            await ep.listen()
 
-    def _tcp_endpoint(self, dev: SimulatedDevice, what: str) -> _Endpoint:
+    def _tcp_endpoint(self, dev: SimulatedDevice, what: str) -> Endpoint:
         if self._bus(dev) or self._gateway(dev):
             raise ValueError(f"device {dev.id}: {what} needs a Modbus TCP device")
         return self._endpoint(dev)
 
-    @staticmethod
-    def _drop_connections(ep: _Endpoint) -> None:
-        """Close every client connection of the endpoint's server; it keeps listening."""
-        if ep.server is None:
-            return
-        for handler in list(ep.server.active_connections.values()):
-            handler.close()
-
     def inject(self, device_id: str, fault: Fault) -> None:
-        """Fault injection on the wire (see `hil.devices.Fault`): slow answers, Modbus
+        """Fault injection on the wire (see `hil.devices.base.Fault`): slow answers, Modbus
         exception replies, or a dropped TCP connection on the next request. Replaces any
         fault already injected on that device; `clear` ends it. Physics keeps running."""
         dev = self._device(device_id)
         if fault.drop:
             self._tcp_endpoint(dev, "a dropped connection")
-        if isinstance(dev, Dlt645SimMeter):
+        if self._gateway(dev) is not None:
             raise ValueError(f"device {device_id}: fault injection needs a Modbus device")
         dev.fault = fault
 
@@ -401,15 +283,13 @@ class SimSite:
         dev = self._device(device_id)
         ep = self._tcp_endpoint(dev, "a restart with another model chain")
         dev.check_chain(models)  # before the server goes down: a bad chain changes nothing
-        if ep.server is not None:
-            await ep.server.shutdown()
-            ep.server = None
+        await ep.shutdown()
         if not keep_settings:
             fresh = build(dev.cfg, self._range_kw)
             dev.rw = {m: dict(v) for m, v in fresh.rw.items()}
         dev.rechain(models)
         if any(d.online for d in ep.devices):
-            await self._listen(ep)
+            await ep.listen()
 
     # -- the site before the run ---------------------------------------------------------
     def history_kw(self, start: datetime, end: datetime, step_s: int = 900) -> dict[str, np.ndarray]:
@@ -435,14 +315,14 @@ class SimSite:
             env = Env(i * sub, t_utc, t_local, site.latitude, site.longitude)
             used = metered = 0.0
             for d in devices:
-                if d.balancing or d.role == "battery":
+                if d.balancing or d.account == "battery":
                     continue
                 kw = d.step(env, sub)
-                if d.role == "pv":
+                if d.account == "pv":
                     pv[i] += d.available_kw
                 else:
                     used -= kw
-                    metered -= kw if d.role == "meter" else 0.0
+                    metered -= kw if d.building_load(d.cfg) is not None else 0.0
             if s is not None:
                 used += load_kw(s.profile, t_local, s.base_kw, s.day_kw)
             load[i] = used if s is not None else metered
@@ -476,6 +356,11 @@ class SimSite:
             f"imp {k.import_kwh:.1f} exp {k.export_kwh:.1f} kWh "
             f"cost {k.import_cost - k.export_revenue:.2f}"
         )
+
+
+def _headroom_kw(profile: SimParams) -> float:
+    """The most a building-load profile draws, with headroom for its ripple."""
+    return max(profile.base_kw * 1.2, profile.day_kw) * 1.05
 
 
 async def run_hil(config: Config, speed: float | None, stop: asyncio.Event) -> None:

@@ -1,7 +1,7 @@
 """OpenADR event -> register written: latency from the moment the grid operator creates an
 event on its VTN to the moment the HIL battery's power register holds the new setpoint.
 
-In one process, on loopback: the grid-operator emulator (hil/vtn.py, a real openleadr VTN),
+In one process, on loopback: the grid-operator emulator (hil/emulators/vtn.py, a real openleadr VTN),
 the demo site served by the HIL over Modbus TCP, and the daemon with its OpenADR VEN, all in
 real time. Each round the VTN issues a SIMPLE level-2 event starting at once; the VEN picks
 it up on its next poll, opts in, and the cycle writes the battery. The write is timed where
@@ -40,7 +40,7 @@ from edge import config as config_mod  # noqa: E402
 from edge.app.clock import Clock  # noqa: E402
 from edge.app.daemon import Daemon  # noqa: E402
 from hil.site import SimSite  # noqa: E402
-from hil.vtn import EventSpec, GridOperator, IntervalSpec  # noqa: E402
+from hil.emulators.vtn import EventSpec, GridOperator, IntervalSpec  # noqa: E402
 
 LEVEL, SHED_KW = 2, 20.0
 

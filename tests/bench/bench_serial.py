@@ -1,4 +1,4 @@
-"""Bus time on a simulated RS-485 bus (virtual cable, hil/cable.py): what one Modbus RTU
+"""Bus time on a simulated RS-485 bus (virtual cable, hil/serve/cable.py): what one Modbus RTU
 poll of a map device and of a SunSpec unit costs, and what a DL/T 645 poll round of two
 meters costs, next to the wire-time estimate the config check uses at real baud rates.
 

@@ -3,7 +3,7 @@ tests/drivers/test_sunspec_driver.py and test_modbus_map_rtu.py, which prove the
 (the dead unit takes the bus for one request per backoff window, its neighbours are read
 every round) without timing anything.
 
-Three SunSpec RTU units on one simulated bus (a virtual cable, hil/cable.py): PV (1),
+Three SunSpec RTU units on one simulated bus (a virtual cable, hil/serve/cable.py): PV (1),
 battery (2), PCC meter (3). The battery stops answering; then for `--seconds` the three are
 polled together, every poll under the cycle's poll deadline at a 1 s cycle, as edge/cycle.py
 does. Printed: round times of the rounds where the dead unit was probed (one timeout on the

@@ -1,6 +1,6 @@
 """A DC bus converter end to end on loopback Modbus TCP: the map (drivers/maps/
 dcdc_generic.yaml) validates for role `dcdc`, the driver decodes scaled values from the
-wire, and a v_ref write moves the simulated bus (hil/dcbus.py) and expires with its revert
+wire, and a v_ref write moves the simulated bus (hil/devices/dcbus.py) and expires with its revert
 timer. Plus the config rules of the role."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from drivers.modbus.regmap import MapError, load_map, load_map_file
 from edge.app.clock import Clock
 from edge.app.devices import build_devices
 from edge.config import ConfigError, parse
-from hil.dcbus import EFFICIENCY, MapDcBusSim
+from hil.devices.dcbus import EFFICIENCY, MapDcBusSim
 from hil.site import SimSite
 
 START = "2026-06-22T12:00:00+08:00"

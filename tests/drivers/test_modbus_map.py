@@ -33,7 +33,8 @@ from edge.cli import main as cli_main
 from edge.config import parse
 from edge.control import kernel as dispatch
 from edge.cycle import ControlCycle
-from hil.devices import MapBatteryPcs, MapSimDevice, MapThreePhaseMeter, build
+from hil.devices import build
+from hil.devices.mapped import MapBatteryPcs, MapSimDevice, MapThreePhaseMeter
 from hil.site import SimSite
 
 SHIPPED = ("pcs_generic", "bms_generic", "meter3p_generic")
@@ -390,7 +391,7 @@ def test_pcs_reverts_to_standby_when_commands_stop():
 
 
 def _env(t_s: float):
-    from hil.devices import Env
+    from hil.devices.base import Env
     t = datetime.fromisoformat("2026-06-22T12:00:00+08:00")
     return Env(t_s, t, t, 31.2, 121.5)
 

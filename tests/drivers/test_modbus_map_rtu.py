@@ -1,6 +1,6 @@
 """Register-map devices over Modbus RTU, end to end: the HIL serves a map-driven PCS with
 its BMS on a unit of its own, a map-driven load meter and a SunSpec PCC meter as four units
-on one serial bus (its end of a virtual cable, hil/cable.py); the daemon's own drivers,
+on one serial bus (its end of a virtual cable, hil/serve/cable.py); the daemon's own drivers,
 built from the same config by the registry, open the other end by the configured path, read
 and write through the maps, and share one RTU master with the SunSpec unit."""
 

@@ -8,33 +8,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
 
 import pytest
 from conftest import free_port
+from fakes import ManualClock
 
 from drivers.base import DeviceError
 from drivers.dlt645 import bus as dlt_bus
 from drivers.dlt645 import frame as dlt
 from drivers.dlt645 import meter as dlt_meter
-from edge.app.clock import Clock
 from edge.app.devices import build_devices
 from edge.config import Config, parse
-from hil.dlt645_server import encode_value, format_limit
+from hil.serve.dlt645 import encode_value, format_limit
 from hil.site import SimSite
 
 PCC, LOAD = "202600000001", "202600000002"
-
-
-class ManualClock(Clock):
-    """Simulated time that moves only when the test says so: state and poll see one instant."""
-
-    def __init__(self, start: str) -> None:
-        super().__init__(datetime.fromisoformat(start), 1.0)
-        self.t = 0.0
-
-    def elapsed_s(self) -> float:
-        return self.t
 
 
 def config(load_kw: float = 20.0, **pcc: float) -> Config:
@@ -188,7 +176,7 @@ async def test_pcc_beyond_79_9999_kw_reads_the_format_limit_and_warns_once(
     site, drivers = await make_site(config(load_kw=120.0), start="2026-06-22T00:00:00+08:00")
     advance(site, 60)
     assert site.state("pcc")["power_kw"] == pytest.approx(120.0)
-    with caplog.at_level(logging.WARNING, logger="hil.dlt645_server"):
+    with caplog.at_level(logging.WARNING, logger="hil.serve.dlt645"):
         for _ in range(2):
             assert (await drivers["pcc"].poll()).values["power_kw"] == 79.9999
     warnings = [r.getMessage() for r in caplog.records if "outside what DL/T 645" in r.getMessage()]
@@ -205,7 +193,7 @@ async def test_pcc_above_80_kw_on_ct_ratio_reads_in_full_and_the_wire_carries_se
     advance(site, 600)
     pcc = site.state("pcc")
     assert pcc["power_kw"] == pytest.approx(120.0)
-    with caplog.at_level(logging.WARNING, logger="hil.dlt645_server"):
+    with caplog.at_level(logging.WARNING, logger="hil.serve.dlt645"):
         raw = await drivers["pcc"].read(0x02030000)
         await drivers["pcc"].connect()
         r = (await drivers["pcc"].poll()).values

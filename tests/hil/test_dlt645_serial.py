@@ -1,5 +1,5 @@
 """DL/T 645 meters on one RS-485 bus, end to end: the HIL serves two meters on a serial port
-(its end of a virtual cable, hil/cable.py) and the controller's drivers, built from the same
+(its end of a virtual cable, hil/serve/cable.py) and the controller's drivers, built from the same
 config by the registry, open the other end by the configured path. Both meters share one
 bus: one connection, one request on the wire at a time; every poll round reads the power of
 each meter and one slow value, in rotation across the meters."""
@@ -9,17 +9,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 from conftest import free_port
+from fakes import ManualClock
 
 from drivers.base import DeviceError, Reading
 from drivers.dlt645 import bus as dlt_bus
 from drivers.dlt645 import frame as dlt
 from drivers.dlt645 import meter as dlt_meter
-from edge.app.clock import Clock
 from edge.app.devices import build_devices
 from edge.config import Config, parse
 from hil.site import SimSite
@@ -28,17 +27,6 @@ PCC, LOAD = "202600000001", "202600000002"
 # The slow requests of a meter, by the keys each one refreshes.
 SLOW_GROUPS = [frozenset(dlt.BLOCKS.get(di) or (dlt.KEY_OF[di],)) for di in dlt.SLOW]
 SINGLE_GROUPS = [frozenset({k}) for k in dlt.POINTS if k not in dlt.FAST]
-
-
-class ManualClock(Clock):
-    """Simulated time that moves only when the test says so."""
-
-    def __init__(self, start: str) -> None:
-        super().__init__(datetime.fromisoformat(start), 1.0)
-        self.t = 0.0
-
-    def elapsed_s(self) -> float:
-        return self.t
 
 
 def config(port: Path) -> Config:

@@ -13,36 +13,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import free_port
+from fakes import ManualClock
 
 from drivers.base import Quality
-from edge.control import kernel as dispatch
-from edge.app.clock import Clock
 from edge.app.devices import build_devices
 from edge.config import Config, parse
+from edge.control import kernel as dispatch
 from edge.cycle import ControlCycle, Decision
-from hil.devices import Fault
+from hil.devices.base import Fault
 from hil.site import SimSite
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNEL = dispatch.load_kernel()
 NOON = "2026-06-22T12:00:00+08:00"  # PV producing, office load on, export limit 0
-
-
-class ManualClock(Clock):
-    """Simulated seconds advance only when the test steps the cycle."""
-
-    def __init__(self, start: datetime) -> None:
-        super().__init__(start=start)
-        self.t = 0.0
-
-    def elapsed_s(self) -> float:
-        return self.t
 
 
 def site_config(tmp_path: Path) -> Config:

@@ -15,18 +15,18 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import free_port
+from fakes import ManualClock
 
 from drivers.base import DeviceError
 from drivers.modbus.endpoint import Endpoint
 from drivers.sunspec.models import SunSpecError
 from drivers.sunspec.roles import SunSpecBattery, SunSpecPv
-from edge.control import kernel as dispatch
-from edge.app.clock import Clock
 from edge.app.devices import build_devices
 from edge.config import SIM_SUNSPEC_MODELS, Config, ConfigError, parse
+from edge.control import kernel as dispatch
 from edge.cycle import ControlCycle
+from hil.devices import CHAINS
 from hil.site import SimSite
-from hil.sunspec_variants import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[2]
 NOON = datetime.fromisoformat("2026-06-22T12:00:00+08:00")
@@ -34,15 +34,6 @@ DER_PV = [1, 701, 702, 704, 715]
 DER_BESS = [1, 701, 702, 704, 713, 715, 802]
 CLASSIC_BESS = [1, 103, 124, 802]
 WATCHDOG_S = 10
-
-
-class ManualClock(Clock):
-    def __init__(self, start: datetime) -> None:
-        super().__init__(start=start)
-        self.t = 0.0
-
-    def elapsed_s(self) -> float:
-        return self.t
 
 
 def tariff() -> dict:
@@ -309,7 +300,7 @@ async def test_restart_with_a_chain_the_device_cannot_serve_changes_nothing(site
 
 
 def test_the_config_allows_exactly_the_models_some_simulator_serves():
-    served = set().union(*(cls.supported for cls in VARIANTS.values()))  # type: ignore[attr-defined]
+    served = set().union(*(cls.supported for cls in CHAINS.values()))  # type: ignore[attr-defined]
     assert served == set(SIM_SUNSPEC_MODELS)
 
 

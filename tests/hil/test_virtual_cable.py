@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import serial_asyncio
 
-from hil.cable import VirtualCable, needs_cable
+from hil.serve.cable import VirtualCable, needs_cable
 
 
 async def test_missing_port_becomes_a_linked_cable_that_carries_bytes_both_ways(tmp_path):

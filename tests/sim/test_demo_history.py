@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from edge import config as config_mod
-from tools.demo import seed_history
 from edge.forecast.forecaster import Forecaster
 from edge.report.history import History
 from hil.site import SimSite
+from tools.demo import seed_history
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,10 +18,10 @@ import yaml
 from conftest import free_port
 
 from edge import config as config_mod
-from tools import report_html
-from tools.simulate.run import isolated
-from tools.demo import run_demo
 from hil.site import Sample
+from tools import report_html
+from tools.demo import run_demo
+from tools.simulate.run import isolated
 
 ROOT = Path(__file__).resolve().parents[2]
 TZ = ZoneInfo("Asia/Shanghai")

@@ -16,10 +16,11 @@ import pytest
 import yaml
 
 from edge import config as config_mod
+from hil import scenario as scenario_mod
+from hil.scenario.spec import LimitsOverride
+from hil.site import SimSite
 from tools.simulate.kpis import evaluate
 from tools.simulate.run import RunResult, billing_notes, run
-from hil import scenario as scenario_mod
-from hil.site import SimSite
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -138,7 +139,7 @@ def test_scenario_overrides_reach_the_site_config(demo) -> None:
     assert cfg.control.import_limit_kw == demo.control.import_limit_kw  # not overridden
     assert cfg.planner.enabled and cfg.storage.dir == Path("/tmp/x")
     assert cfg.devices[1].sim.initial_soc_pct == 30
-    nolimit = sc.spec.model_copy(update={"limits": scenario_mod.LimitsOverride(
+    nolimit = sc.spec.model_copy(update={"limits": LimitsOverride(
         export_limit_kw=None)})
     assert scenario_mod.Scenario(sc.path, nolimit, sc.pv_kw, sc.load_kw, sc.history_pv_kw,
                                  sc.history_load_kw, ()).apply(demo).control.export_limit_kw is None

@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from site_harness import device, running_site, site_dict  # noqa: E402
 
-from hil.platform import Platform  # noqa: E402
+from hil.emulators.platform import Platform  # noqa: E402
 
 SPEED = 20.0
 LOAD_KW = 40.0

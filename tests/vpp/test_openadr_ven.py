@@ -1,4 +1,4 @@
-"""The OpenADR VEN against a real openleadr VTN (the grid-operator emulator, hil/vtn.py) on
+"""The OpenADR VEN against a real openleadr VTN (the grid-operator emulator, hil/emulators/vtn.py) on
 loopback, controlling a HIL site over Modbus TCP: registration, events, opt decisions,
 TELEMETRY_USAGE reports, and a restart in the middle of an event.
 
@@ -29,7 +29,7 @@ from edge.cycle import Decision
 from edge.app.daemon import Daemon
 from edge.vpp.eventstore import EventStore
 from hil.site import SimSite
-from hil.vtn import EventSpec, GridOperator, IntervalSpec, Tls
+from hil.emulators.vtn import EventSpec, GridOperator, IntervalSpec, Tls
 
 ROOT = Path(__file__).resolve().parents[2]
 POLL_S = 0.3

@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 
 from edge.cli import main
-from hil.platform import Script, run_platform
+from hil.emulators.platform import run_platform
+from hil.emulators.script import Script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from site_harness import device, running_site, site_dict, write_config  # noqa: E402

@@ -1,7 +1,7 @@
 """Simulated DL/T 645-2007 meters on one bus: behind a serial-to-Ethernet gateway (one
 asyncio TCP server per host:port answers for every meter, by address, configured there,
 like a transparent gateway in front of an RS-485 bus) or on a serial port (`Dlt645SerialBus`:
-a real adapter, or the HIL's end of a virtual cable, hil/serial_server.py).
+a real adapter, or the HIL's end of a virtual cable, hil/serve/rtu.py).
 
 Frames are built and parsed with the driver's own codec (drivers/dlt645/frame.py), so both sides
 share one truth. Behaviour, as a real bus meter:
@@ -22,7 +22,7 @@ Value formats (DL/T 645-2007 appendix A) and their limits:
   digit can only be 0..7, so the format carries at most ±79.9999 kW. A meter on a larger
   feeder is CT-connected and reports *secondary* values that the master multiplies by the
   CT/PT ratio: a meter configured with `ct_ratio` / `pt_ratio` serves the site's values
-  divided by them (hil/devices.py `Dlt645SimMeter`), and the driver multiplies them back.
+  divided by them (hil/devices/dlt645.py `Dlt645SimMeter`), and the driver multiplies them back.
   What still falls outside the format is clamped to ±79.9999 kW, with a warning once per
   excursion: give the meter a CT ratio, or keep the simulated site within the range.
 - current XXX.XXX A signed (±799.999 A, clamped the same way), voltage XXX.X V (≤ 999.9 V),
@@ -51,7 +51,7 @@ from drivers.dlt645.frame import (
     read_frame,
 )
 from edge.config import SerialParams
-from hil.cable import VirtualCable, needs_cable
+from hil.serve.cable import VirtualCable, needs_cable
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ FORMATS: dict[int, tuple[str, int, int, bool]] = {
     0x02030300: ("power_c_kw", 3, 4, True),
     0x02800002: ("frequency_hz", 2, 2, False),
 }
+PROTOCOLS = ("dlt645-tcp", "dlt645-serial")  # behind a TCP gateway, on a serial bus
 ROLLS_OVER = {"import_kwh", "export_kwh"}  # counters wrap; measurements clamp
 
 

@@ -26,7 +26,8 @@ from pymodbus.constants import ExcCodes
 
 from drivers.modbus.regmap import RegisterMap
 from edge.config import DcConverterDevice
-from hil.devices import Env, MapSimDevice, _expired, register
+from hil.devices.base import Env, expired
+from hil.devices.mapped import MapSimDevice
 from hil.physics import clear_sky_kw, load_kw
 
 EFFICIENCY = 0.97  # AC <-> DC, either way
@@ -35,10 +36,13 @@ PROTECTION_BAND = 0.10  # the converter's own over/under-voltage alarm bits, ± 
 _OVER_V, _UNDER_V, _OVERLOAD = 1, 2, 4  # alarm_word bits
 
 
-@register
 class MapDcBusSim(MapSimDevice):
     role = "dcdc"
     cfg: DcConverterDevice
+
+    @classmethod
+    def rating_kw(cls, cfg: DcConverterDevice) -> float:
+        return cfg.rated_kw
 
     def __init__(self, cfg: DcConverterDevice, site_max_kw: float,
                  regmap: RegisterMap | None = None) -> None:
@@ -82,7 +86,7 @@ class MapDcBusSim(MapSimDevice):
     def step(self, env: Env, dt_s: float) -> float:
         self.t_s = env.t_s
         if (self.v_ref != self.nominal_v
-                and _expired(self._t_cmd, int(self.held.get("revert", 0)), env.t_s)):
+                and expired(self._t_cmd, int(self.held.get("revert", 0)), env.t_s)):
             self.held["v_ref"] = self.nominal_v
         s = self.cfg.sim
         given = env.series_kw.get(self.id) if env.series_kw else None

@@ -1,5 +1,5 @@
 """SunSpec devices served through other model chains (`sim.models` in the config): the same
-physics as hil/devices.py behind the combinations found in the field, so the drivers are
+physics as hil/devices/sunspec.py behind the combinations found in the field, so the drivers are
 tested against each: IEEE 1547-2018 "DER" devices (701 measurement, 702 capacity, 704
 controls, 713 storage, 715 heartbeat), float inverters (111-113), single-, split-phase and
 delta meters (201, 202, 204).
@@ -23,7 +23,8 @@ from typing import ClassVar
 from pymodbus.constants import ExcCodes
 
 from edge.config import BatteryDevice, MeterDevice, PvDevice
-from hil.devices import _AC, BatteryPcs, Env, Meter, PvInverter, SimulatedDevice, Value, _expired
+from hil.devices.base import Env, SimulatedDevice, Value, expired
+from hil.devices.sunspec import AC, BatteryPcs, Meter, PvInverter
 
 MEASURE = (101, 102, 103, 111, 112, 113, 701)
 HEARTBEATS = ((715, "ControllerHb"), (802, "CtrlHb"))
@@ -121,7 +122,7 @@ class _Variant:
         if 704 in self.starts:
             c = self.rw[704]
             for fn, ena, _, _, tms, _ in _FUNCTIONS:
-                if c.get(ena) == 1 and _expired(self._t_set.get(fn), int(c.get(tms) or 0), env.t_s):
+                if c.get(ena) == 1 and expired(self._t_set.get(fn), int(c.get(tms) or 0), env.t_s):
                     self._revert(fn)
 
     def _remaining(self, fn: str, ena: str, tms: str) -> int:
@@ -136,7 +137,7 @@ class _Variant:
         """All measurement models for an AC output of `kw` (+ delivered); the chain picks."""
         w = kw * 1000
         amps = abs(w) / (3 * 230.0)
-        integer = {**_AC, "W": w, "W_SF": self.w_sf, "A": amps, "AphA": amps / 3,
+        integer = {**AC, "W": w, "W_SF": self.w_sf, "A": amps, "AphA": amps / 3,
                    "AphB": amps / 3, "AphC": amps / 3, "A_SF": -1, "WH": int(self.wh_out),
                    "WH_SF": 0, "St": st_1xx}
         floats = {"W": w, "A": amps, "AphA": amps / 3, "AphB": amps / 3, "AphC": amps / 3,
@@ -151,10 +152,13 @@ class _Variant:
 
     def _controls(self) -> dict[int, dict[str, Value]]:
         rem = {rem: self._remaining(fn, ena, tms) for fn, ena, _, _, tms, rem in _FUNCTIONS}
-        ctl = {"WMaxLimPct_SF": -1, "WMaxLimPctRvrtRem": rem["WMaxLimPctRvrtRem"]}
-        if self.role == "battery":
-            ctl |= {"WSet_SF": self.w_sf, "WSetPct_SF": -1, "WSetRvrtRem": rem["WSetRvrtRem"]}
+        ctl = {"WMaxLimPct_SF": -1, "WMaxLimPctRvrtRem": rem["WMaxLimPctRvrtRem"],
+               **self._setpoint_controls(rem)}
         return {704: ctl, 715: {"LocRemCtl": 0, "DERHb": int(self.t_s) % 0xFFFFFFFF}}
+
+    def _setpoint_controls(self, rem: dict[str, int]) -> dict[str, Value]:
+        """704 points of an active-power setpoint (WSet), for a device that has one."""
+        return {}
 
     def variant_state(self) -> dict[str, float | int | None]:
         return {"fallbacks": self.fallbacks}
@@ -266,6 +270,9 @@ class BatteryVariant(_Variant, BatteryPcs):
             raise ValueError(f"device {device_id}: sim.models {list(models)} needs a state of "
                              "charge model (124, 713 or 802)")
 
+    def _setpoint_controls(self, rem: dict[str, int]) -> dict[str, Value]:
+        return {"WSet_SF": self.w_sf, "WSetPct_SF": -1, "WSetRvrtRem": rem["WSetRvrtRem"]}
+
     @property
     def command_kw(self) -> float:
         c = self.rw[704]
@@ -352,8 +359,3 @@ class MeterVariant(Meter):
         classic = super().values()
         return {1: classic[1], **dict.fromkeys((201, 202, 203, 204), classic[203])}
 
-
-# role -> the simulator used when the config gives `sim.models` (see hil.devices.build)
-VARIANTS: dict[str, type[SimulatedDevice]] = {
-    "pv": PvVariant, "battery": BatteryVariant, "meter": MeterVariant,
-}

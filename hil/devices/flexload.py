@@ -16,15 +16,19 @@ from pymodbus.constants import ExcCodes
 
 from drivers.modbus.regmap import RegisterMap
 from edge.config import FlexLoadDevice
-from hil.devices import Env, MapSimDevice, _expired, register
+from hil.devices.base import Env, expired
+from hil.devices.mapped import MapSimDevice
 
 _VOLTAGE_V = 400.0  # three-phase line voltage
 
 
-@register
 class MapFlexLoadSim(MapSimDevice):
     role = "load"
     cfg: FlexLoadDevice
+
+    @classmethod
+    def rating_kw(cls, cfg: FlexLoadDevice) -> float:
+        return cfg.rated_kw
 
     def __init__(self, cfg: FlexLoadDevice, site_max_kw: float,
                  regmap: RegisterMap | None = None) -> None:
@@ -56,7 +60,7 @@ class MapFlexLoadSim(MapSimDevice):
     def step(self, env: Env, dt_s: float) -> float:
         self.t_s = env.t_s
         if (self.held["relay"] != self.default
-                and _expired(self._t_cmd, int(self.held.get("revert", 0)), env.t_s)):
+                and expired(self._t_cmd, int(self.held.get("revert", 0)), env.t_s)):
             self.held["relay"] = self.default
         if self.relay_on != self.closed:
             self.closed = self.relay_on

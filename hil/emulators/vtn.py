@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 log = logging.getLogger(__name__)
 
 PATH_PREFIX = "/OpenADR2/Simple/2.0b"
-DEMO_EVENTS = Path(__file__).with_name("events") / "demo.yaml"
+DEMO_EVENTS = Path(__file__).resolve().parent.parent / "events" / "demo.yaml"
 
 SignalType = Literal["level", "delta", "setpoint", "x-loadControlCapacity",
                      "x-loadControlPercentOffset", "x-loadControlSetpoint"]

@@ -6,7 +6,7 @@ injection (`online` False), gets no answer at all: the master times out. (Over T
 answers a stopped unit with GATEWAY_NO_RESPONSE instead, as a gateway would.)
 
 SunSpec units (sunspec-rtu) and register-map units (modbus-rtu) share a bus as they would
-in the field. A configured port that does not exist becomes a virtual cable (hil/cable.py)
+in the field. A configured port that does not exist becomes a virtual cable (hil/serve/cable.py)
 whose controller end is linked at that path, so a simulated site needs no adapters.
 """
 
@@ -22,8 +22,8 @@ from pymodbus.server import ModbusSerialServer
 from pymodbus.simulator import SimDevice
 
 from edge.config import SerialParams
-from hil.cable import VirtualCable, needs_cable
-from hil.devices import SimulatedDevice
+from hil.serve.cable import VirtualCable, needs_cable
+from hil.devices.base import SimulatedDevice
 
 log = logging.getLogger(__name__)
 

@@ -37,276 +37,32 @@ available power, capped by each inverter's rating; the load is shared by the loa
 (by `sim.day_kw`) or drawn behind the PCC meter when the site has none.
 """
 
+
 from __future__ import annotations
 
 import csv
-import math
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from pathlib import Path
-from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
 import numpy as np
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import ValidationError
 
-from edge.config import BatteryDevice, Config, TariffConfig, TariffPeriod, read_yaml
+from edge.config import Config, DeviceConfig, read_yaml
 from edge.config import error_message as _config_message
 from edge.config import error_path as _config_path
-
-BILLING_S = 900  # demand is metered, and the optimum solved, on 15-min means
-
-
-class ScenarioError(Exception):
-    """Invalid scenario; `problems` holds one `path: message` line each."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        super().__init__(f"{source}: " + "; ".join(problems))
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SeriesSpec(_Model):
-    """One series: `values` inline, or `column` of `csv` (a path relative to the scenario
-    file); multiplied by `scale` (e.g. kW per kWp × the site's kWp)."""
-
-    values: list[float] | None = None
-    csv: str | None = None
-    column: str | None = None
-    scale: float = Field(1.0, ge=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _inline_list(cls, data: object) -> object:
-        return {"values": data} if isinstance(data, list) else data
-
-    @model_validator(mode="after")
-    def _one_source(self) -> SeriesSpec:
-        if (self.values is None) == (self.csv is None):
-            raise ValueError("give either values: [...] or csv: FILE with column: NAME")
-        if self.csv is not None and self.column is None:
-            raise ValueError("csv needs column: the name of the column to read")
-        if self.values is not None and self.column is not None:
-            raise ValueError("column only applies with csv")
-        return self
-
-
-class SeriesConfig(_Model):
-    pv_kw: SeriesSpec = Field(description="available PV, kW (before any curtailment)")
-    load_kw: SeriesSpec = Field(description="building load, kW")
-
-
-class TariffOverride(_Model):
-    """Replaces the given parts of the site's tariff for the run."""
-
-    currency: str | None = None
-    periods: list[TariffPeriod] | None = Field(None, min_length=1)
-    export_price: float | None = Field(None, ge=0)
-    demand_charge_per_kw: float | None = Field(
-        None, ge=0, description="on the run's 15-min peak: prorate a monthly charge to the run")
-
-
-class LimitsOverride(_Model):
-    """PCC limits for the run; a key given as null removes the site's limit."""
-
-    import_limit_kw: float | None = Field(None, gt=0)
-    export_limit_kw: float | None = Field(None, ge=0)
-
-
-class _Event(_Model):
-    at: str = Field(description="'HH:MM' (local time of the start day, at or after the start) "
-                    "or an ISO time with UTC offset")
-    duration_min: float = Field(gt=0)
-
-    @field_validator("at")
-    @classmethod
-    def _time(cls, value: str) -> str:
-        try:
-            if len(value) <= 5:
-                time.fromisoformat(value)
-            elif datetime.fromisoformat(value).tzinfo is None:
-                raise ValueError
-        except ValueError:
-            raise ValueError("expected 'HH:MM' or an ISO time with UTC offset, e.g. "
-                             "2026-07-15T14:00:00+08:00") from None
-        return value
-
-
-class DeviceOffline(_Event):
-    """The device stops answering on the wire (its physics keeps running)."""
-
-    type: Literal["device_offline"]
-    device: str
-
-
-class DrEvent(_Event):
-    """A grid-operator instruction on the PCC (import ≤ grid_max_kw, ≥ grid_min_kw, or a
-    target), announced `notice_min` before it starts."""
-
-    type: Literal["dr_event"]
-    id: str | None = None
-    grid_max_kw: float | None = None
-    grid_min_kw: float | None = None
-    grid_target_kw: float | None = None
-    notice_min: float = Field(60.0, ge=0)
-
-    @model_validator(mode="after")
-    def _some_bound(self) -> DrEvent:
-        if self.grid_max_kw is None and self.grid_min_kw is None and self.grid_target_kw is None:
-            raise ValueError("give grid_max_kw, grid_min_kw or grid_target_kw")
-        if (self.grid_max_kw is not None and self.grid_min_kw is not None
-                and self.grid_min_kw > self.grid_max_kw):
-            raise ValueError("grid_min_kw must not exceed grid_max_kw")
-        return self
-
-
-class PriceSpike(_Event):
-    """The import price is `import_price` for the window (a scarcity price, a critical-peak
-    day). The controller is not told: only the HIL bill and the references see it."""
-
-    type: Literal["price_spike"]
-    import_price: float = Field(ge=0)
-
-
-Event = Annotated[DeviceOffline | DrEvent | PriceSpike, Field(discriminator="type")]
-
-
-class ScenarioFile(_Model):
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    description: str = ""
-    start: datetime = Field(description="with UTC offset, e.g. 2026-07-15T00:00:00+08:00")
-    step_s: int = Field(900, ge=60, le=3600, description="one series value per step")
-    duration_h: float = Field(gt=0, le=24 * 14)
-    history_days: int = Field(0, ge=0, le=60, description="days of series before `start`: "
-                              "the site's history the controller's forecasts learn from")
-    series: SeriesConfig
-    tariff: TariffOverride | None = None
-    limits: LimitsOverride | None = None
-    initial_soc_pct: float | None = Field(None, ge=0, le=100, description="every battery")
-    terminal_value_per_kwh: float | None = Field(
-        None, ge=0, description="worth of energy left in the batteries at the end (all "
-        "strategies are charged/credited the same); default the lowest import price")
-    events: list[Event] = []
-
-    @field_validator("start")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("give an explicit UTC offset, e.g. 2026-07-15T00:00:00+08:00")
-        if value.timestamp() % BILLING_S:
-            raise ValueError("must fall on a quarter hour (the billing interval)")
-        return value
-
-    @field_validator("step_s")
-    @classmethod
-    def _step(cls, value: int) -> int:
-        if BILLING_S % value and value % BILLING_S:
-            raise ValueError("must divide 900 (60, 300, 900 ...) or be a multiple of it")
-        return value
-
-    @field_validator("duration_h")
-    @classmethod
-    def _whole(cls, value: float, info: ValidationInfo) -> float:
-        run_s = value * 3600
-        if abs(run_s / BILLING_S - round(run_s / BILLING_S)) > 1e-9:
-            raise ValueError("must be whole quarter hours (0.25, 0.5, ... 24)")
-        step = info.data.get("step_s")
-        if step and abs(run_s / step - round(run_s / step)) > 1e-9:
-            raise ValueError(f"must be a whole number of steps of step_s ({step} s)")
-        return value
-
-
-@dataclass(frozen=True)
-class Window:
-    """A resolved event: its kind, UTC window and the event it came from."""
-
-    start: datetime
-    end: datetime
-    event: DeviceOffline | DrEvent | PriceSpike
-    index: int
-
-    @property
-    def kind(self) -> str:
-        return self.event.type
-
-    @property
-    def id(self) -> str:
-        e = self.event
-        return (e.id if isinstance(e, DrEvent) and e.id else f"{e.type}-{self.index}")
-
-
-class Truth:
-    """What really happens: per-step PV and load (piecewise constant over each step) and the
-    import price of every instant. Times past the end wrap around to the start, so a planner
-    whose horizon reaches beyond the run sees another day like this one."""
-
-    def __init__(self, start: datetime, step_s: int, pv_kw: np.ndarray, load_kw: np.ndarray,
-                 tariff: TariffConfig, tz: ZoneInfo, spikes: list[Window]) -> None:
-        self.start = start
-        self.step_s = step_s
-        self.pv_kw = pv_kw
-        self.load_kw = load_kw
-        self.tariff = tariff
-        self.tz = tz
-        self.spikes = [(w.start, w.end, w.event.import_price) for w in spikes]
-        self._t0 = start.timestamp()
-
-    @property
-    def n(self) -> int:
-        return len(self.pv_kw)
-
-    @property
-    def end(self) -> datetime:
-        return self.start + timedelta(seconds=self.n * self.step_s)
-
-    def _index(self, t: datetime) -> int:
-        return int((t.timestamp() - self._t0 + 1e-6) // self.step_s) % self.n
-
-    def pv_at(self, t: datetime) -> float:
-        return float(self.pv_kw[self._index(t)])
-
-    def load_at(self, t: datetime) -> float:
-        return float(self.load_kw[self._index(t)])
-
-    def price_at(self, t: datetime) -> float:
-        for a, b, price in self.spikes:
-            if a <= t < b:
-                return price
-        return self.tariff.price_at(t.astimezone(self.tz).time())
-
-    def averages(self, start: datetime, n: int, step_s: int) -> tuple[np.ndarray, np.ndarray]:
-        """(load_kw, pv_kw) means over `n` steps of `step_s` from `start` (wrapping)."""
-        sub = math.gcd(step_s, self.step_s)
-        k = step_s // sub
-        offs = (start.timestamp() - self._t0) + np.arange(n * k) * sub
-        idx = (np.floor((offs + 1e-6) / self.step_s).astype(int)) % self.n
-        return self.load_kw[idx].reshape(n, k).mean(1), self.pv_kw[idx].reshape(n, k).mean(1)
-
-    def forecast(self, start: datetime, n: int, step_s: int) -> tuple[np.ndarray, np.ndarray]:
-        """The perfect forecast: the planner's callable `(start, n, step_s) -> (load, pv)`."""
-        return self.averages(start, n, step_s)
-
-    def import_prices(self, start: datetime, n: int, step_s: int) -> np.ndarray:
-        """Mean import price of each step (per-minute average: a step straddling a period
-        boundary or a spike pays the blend, as the metered bill does)."""
-        minutes = max(1, step_s // 60)
-        out = np.empty(n)
-        for i in range(n):
-            t0 = start + timedelta(seconds=i * step_s)
-            out[i] = np.mean([self.price_at(t0 + timedelta(minutes=m)) for m in range(minutes)])
-        return out
+from hil.devices import simulator_for
+from hil.scenario.spec import (
+    BILLING_S,
+    DeviceOffline,
+    DrEvent,
+    PriceSpike,
+    ScenarioError,
+    ScenarioFile,
+    SeriesSpec,
+)
+from hil.scenario.truth import Truth, Window
 
 
 @dataclass(frozen=True)
@@ -368,8 +124,8 @@ class Scenario:
             data["tariff"].update(s.tariff.model_dump(exclude_unset=True))
         if s.limits is not None:
             data["control"].update(s.limits.model_dump(exclude_unset=True))
-        for d in data["devices"]:
-            if d["role"] == "battery" and s.initial_soc_pct is not None:
+        for dev, d in zip(config.devices, data["devices"], strict=True):
+            if _stores(dev) and s.initial_soc_pct is not None:
                 d["sim"]["initial_soc_pct"] = s.initial_soc_pct
         if planner is not None:
             data["planner"]["enabled"] = planner
@@ -392,7 +148,13 @@ class Scenario:
         return [w for w in self.windows if isinstance(w.event, DrEvent)]
 
     def initial_soc(self, config: Config) -> dict[str, float]:
-        return {d.id: d.sim.initial_soc_pct for d in config.devices if isinstance(d, BatteryDevice)}
+        return {d.id: d.sim.initial_soc_pct for d in config.devices if _stores(d)}
+
+
+def _stores(cfg: DeviceConfig) -> bool:
+    """The device is an energy store (its simulator books on the battery account): the
+    scenario's initial state of charge is its."""
+    return simulator_for(cfg).account == "battery"
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -524,7 +286,7 @@ def load(path: str | Path) -> Scenario:
 
 def shipped() -> list[Path]:
     """The scenarios shipped with the project."""
-    return sorted((Path(__file__).resolve().parent / "scenarios").glob("*.yaml"))
+    return sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.yaml"))
 
 
 __all__ = ["BILLING_S", "Scenario", "ScenarioError", "Truth", "Window", "load",

@@ -1,0 +1,255 @@
+"""The simulators described by a register map (drivers/maps/*.yaml, protocol modbus-tcp or
+modbus-rtu): the map-driven base, the battery PCS (with its BMS on a unit id of its own) and
+the three-phase meter. The flexible load and the DC bus converter build on the same base
+(hil/devices/flexload.py, dcbus.py)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pymodbus.constants import ExcCodes
+from pymodbus.simulator import DataType, SimData
+
+from drivers.modbus.regmap import RegisterMap, load_map
+from edge.config import BatteryDevice, DeviceConfig, MeterDevice
+from hil.devices.base import Env, Fault, SimulatedDevice, expired, overlaps
+from hil.devices.roles import Metering, Storage
+
+class MapSimDevice(SimulatedDevice):
+    """Base of the map-driven devices (modbus-tcp or modbus-rtu, `map:` in the config): the
+    register image is the map's points, encoded from `point_values()` (engineering units,
+    our sign convention) by the map's own codec, the one the driver decodes with. rw/w points
+    hold what the client wrote and read back as written; unmapped addresses answer
+    ILLEGAL_ADDRESS; r points reject writes (pymodbus enforces the per-register readonly
+    flag). Holding and input registers are separate tables when the map uses both."""
+
+    models = ()
+    protocols: ClassVar[tuple[str, ...]] = ("modbus-tcp", "modbus-rtu")
+
+    def __init__(self, cfg: DeviceConfig, site_max_kw: float,
+                 regmap: RegisterMap | None = None) -> None:
+        self._init_unit(cfg)  # not SimulatedDevice.__init__: that builds a SunSpec chain image
+        self.map: RegisterMap = regmap or load_map(str(cfg.map))
+        self.held: dict[str, float] = {p.key: 0.0 for p in self.map.points if p.writable}
+        self._split = any(p.function == "input" for p in self.map.points)
+
+    # -- behaviour (subclasses) ---------------------------------------------------------
+    def point_values(self) -> dict[str, float]:
+        """Measured values by map key; keys the device does not know read as 0."""
+        raise NotImplementedError
+
+    def validate_points(self, changes: dict[str, float]) -> ExcCodes | None:
+        return None
+
+    def on_points(self, changes: dict[str, float], before: dict[str, float]) -> None:
+        """React to an accepted write; `self.held` already holds the new values."""
+
+    # -- register image -----------------------------------------------------------------
+    def _table(self, function: str) -> list:
+        return [p for p in self.map.points if p.function == function or not self._split]
+
+    def refresh(self, registers: list[int], start_address: int, function: str = "holding") -> None:
+        values = {**self.point_values(), **self.held}
+        for p in self._table(function):
+            at = p.address - start_address
+            registers[at : at + p.size] = self.map.encode(p, values.get(p.key, 0.0), clamp=True)
+
+    def _blocks(self, function: str) -> list[SimData]:
+        points = sorted(self._table(function), key=lambda p: p.address)
+        if not points:
+            return [SimData(address=0, datatype=DataType.INVALID)]
+        regs = {}
+        values = {**self.point_values(), **self.held}
+        for p in points:
+            for i, r in enumerate(self.map.encode(p, values.get(p.key, 0.0), clamp=True)):
+                regs[p.address + i] = (r, p.access == "r")
+        blocks: list[SimData] = []
+        run: list[int] = []
+        for addr in sorted(regs):
+            if run and (addr != run[-1] + 1 or regs[addr][1] != regs[run[0]][1]):
+                blocks.append(self._simdata(run, regs))
+                run = []
+            run.append(addr)
+        blocks.append(self._simdata(run, regs))
+        return blocks
+
+    @staticmethod
+    def _simdata(run: list[int], regs: dict) -> SimData:
+        return SimData(address=run[0], values=[regs[a][0] for a in run],
+                       datatype=DataType.REGISTERS, readonly=regs[run[0]][1])
+
+    def simdata(self):  # type: ignore[override]
+        if not self._split:
+            return self._blocks("holding")
+        bits = [SimData(address=0, values=False, datatype=DataType.BITS)]
+        return (bits, list(bits), self._blocks("holding"), self._blocks("input"))
+
+    def write_registers(self, address: int, values: list[int], registers: list[int],
+                        start_address: int) -> ExcCodes | None:
+        regs = list(registers)
+        regs[address - start_address : address - start_address + len(values)] = values
+        end = address + len(values)
+        touched: dict[str, float] = {}
+        for p in self._table("holding"):
+            if p.writable and overlaps(p.address, p.size, address, end):
+                at = p.address - start_address
+                touched[p.key] = self.map.decode(p, regs[at : at + p.size])
+        if rc := self.validate_points(touched):
+            return rc
+        before = dict(self.held)
+        self.held.update(touched)
+        self.on_points(touched, before)
+        return None
+
+    async def action(self, function_code: int, start_address: int, address: int, count: int,
+                     current_registers: list[int], set_values: list[int] | list[bool] | None
+                     ) -> ExcCodes | None:
+        if (rc := await self.gate(function_code)) is not None:
+            return rc
+        if set_values is None:
+            function = "input" if function_code == 4 and self._split else "holding"
+            self.refresh(current_registers, start_address, function)
+            return None
+        return self.write_registers(address, [int(v) for v in set_values],
+                                    current_registers, start_address)
+
+    def read_points(self) -> dict[str, float]:
+        """Decoded view of every readable point, as a client would see it (tests, logs)."""
+        values = {**self.point_values(), **self.held}
+        return {p.key: self.map.decode(p, self.map.encode(p, values.get(p.key, 0.0), clamp=True))
+                for p in self.map.points if p.readable}
+
+
+class MapBatteryPcs(Storage, MapSimDevice):
+    """Battery PCS (+ relayed BMS values) through its map: command = `setpoint` kW
+    (+ discharge) while `enable` holds its enabling value (always, when the map has no
+    enable point). When `revert` > 0 s and neither setpoint nor enable was re-written for
+    that long, the PCS falls back to standby (setpoint 0, enable 0). The BMS protects
+    itself at the SoC bounds whatever the command."""
+
+    role = "battery"
+    cfg: BatteryDevice
+
+    def __init__(self, cfg: BatteryDevice, site_max_kw: float,
+                 regmap: RegisterMap | None = None) -> None:
+        super().__init__(cfg, site_max_kw, regmap)
+        self._init_storage(cfg)
+        self._enable = self.map.point("enable")
+        if "revert" in self.held:
+            self.held["revert"] = float(cfg.revert_s)
+        self._t_cmd: float | None = None
+        self.charged_kwh = self.discharged_kwh = 0.0
+
+    @property
+    def command_kw(self) -> float:
+        if self._enable is not None and self.held["enable"] != self._enable.value:
+            return 0.0
+        return self.held.get("setpoint", 0.0)
+
+    def validate_points(self, changes: dict[str, float]) -> ExcCodes | None:
+        kw = changes.get("setpoint", 0.0)
+        if not -self.cfg.max_charge_kw - 1e-6 <= kw <= self.cfg.max_discharge_kw + 1e-6:
+            return ExcCodes.ILLEGAL_VALUE
+        if self._enable is not None and changes.get("enable", 0.0) not in (0.0, self._enable.value):
+            return ExcCodes.ILLEGAL_VALUE
+        if changes.get("revert", 0.0) < 0:
+            return ExcCodes.ILLEGAL_VALUE
+        return None
+
+    def on_points(self, changes: dict[str, float], before: dict[str, float]) -> None:
+        if {"setpoint", "enable"} & changes.keys():
+            self._t_cmd = self.t_s
+
+    def step(self, env: Env, dt_s: float) -> float:
+        self.t_s = env.t_s
+        if self.command_kw and expired(self._t_cmd, int(self.held.get("revert", 0)), env.t_s):
+            self.held["setpoint"] = 0.0
+            if self._enable is not None:
+                self.held["enable"] = 0.0
+        self.power_kw = self.battery.step(self.command_kw, dt_s)
+        self.charged_kwh += max(-self.power_kw, 0.0) * dt_s / 3600
+        self.discharged_kwh += max(self.power_kw, 0.0) * dt_s / 3600
+        return self.power_kw
+
+    def point_values(self) -> dict[str, float]:
+        b, cfg = self.battery, self.cfg
+        dc_v = 640.0 + 1.2 * b.soc_pct  # a 200-cell LFP string, roughly
+        dc_a = self.power_kw * 1000 / dc_v
+        running = abs(self.power_kw) > 1e-6
+        return {
+            "state": 2.0 if running else 1.0, "alarm_code": 0.0,
+            "power_kw": self.power_kw, "reactive_kvar": 0.0, "frequency_hz": 50.0,
+            "dc_voltage_v": dc_v, "dc_current_a": dc_a, "soc_pct": b.soc_pct, "soh_pct": 100.0,
+            "rated_kw": max(cfg.max_charge_kw, cfg.max_discharge_kw),
+            "max_charge_kw": cfg.max_charge_kw, "max_discharge_kw": cfg.max_discharge_kw,
+            "capacity_kwh": cfg.capacity_kwh, "charged_kwh": self.charged_kwh,
+            "discharged_kwh": self.discharged_kwh,
+            # BMS view (drivers/maps/bms_generic.yaml)
+            "pack_voltage_v": dc_v, "pack_current_a": dc_a, "dc_power_kw": self.power_kw,
+            "max_charge_current_a": cfg.max_charge_kw * 1000 / dc_v,
+            "max_discharge_current_a": cfg.max_discharge_kw * 1000 / dc_v,
+            "cell_voltage_max_v": dc_v / 200 + 0.005, "cell_voltage_min_v": dc_v / 200 - 0.005,
+            "temperature_max_c": 27.5, "temperature_min_c": 24.0,
+            "bms_state": 2.0 if running else 1.0, "alarm_bits": 0.0,
+            "cycle_count": (self.charged_kwh + self.discharged_kwh) / 2 / cfg.capacity_kwh,
+        }
+
+    def bus_units(self) -> list[SimulatedDevice]:
+        return [self, MapBmsView(self)] if self.cfg.bms is not None else [self]
+
+
+class MapBmsView(MapSimDevice):
+    """The BMS of a map-driven PCS on its own unit id (config `bms:`): the same battery seen
+    through the BMS's register map. It goes silent, and fails, with its PCS."""
+
+    role = "battery"
+
+    def __init__(self, pcs: MapBatteryPcs) -> None:
+        bms = pcs.cfg.bms
+        assert bms is not None
+        self.pcs = pcs
+        cfg = pcs.cfg.model_copy(update={"unit_id": bms.unit_id, "map": bms.map})
+        super().__init__(cfg, 0.0, load_map(bms.map))
+        self.id = f"{pcs.id}.bms"
+
+    @property  # type: ignore[override]
+    def online(self) -> bool:
+        return self.pcs.online
+
+    @online.setter
+    def online(self, value: bool) -> None:
+        self.pcs.online = value
+
+    @property  # type: ignore[override]
+    def fault(self) -> Fault | None:
+        return self.pcs.fault
+
+    @fault.setter
+    def fault(self, value: Fault | None) -> None:
+        self.pcs.fault = value
+
+    def point_values(self) -> dict[str, float]:
+        return self.pcs.point_values()
+
+
+class MapThreePhaseMeter(Metering, MapSimDevice):
+    """Three-phase meter through its map; `measures: grid` balances the site (+ import),
+    `measures: load` is the building load (its sim profile), as the SunSpec Meter."""
+
+    role = "meter"
+    cfg: MeterDevice
+
+    def __init__(self, cfg: MeterDevice, site_max_kw: float,
+                 regmap: RegisterMap | None = None) -> None:
+        super().__init__(cfg, site_max_kw, regmap)
+        self._init_metering(cfg)
+
+    def point_values(self) -> dict[str, float]:
+        v = 230.0
+        amps = abs(self.power_kw) * 1000 / (3 * v)
+        return {
+            "voltage_l1_v": v, "voltage_l2_v": v, "voltage_l3_v": v,
+            "current_l1_a": amps, "current_l2_a": amps, "current_l3_a": amps,
+            "power_kw": self.power_kw, "reactive_kvar": 0.0, "power_factor": 1.0,
+            "frequency_hz": 50.0, "import_kwh": self.import_kwh, "export_kwh": self.export_kwh,
+        }
