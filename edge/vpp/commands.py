@@ -35,18 +35,19 @@ import math
 import re
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from edge.app.clock import Clock
-from edge.config import BatteryDevice, Config
+from edge.config import Config
 from edge.cycle import ControlCycle
 from edge.control.instructions import Instruction
 from edge.report.mqtt import MqttLink
 from edge.report.outbox import Outbox
+from edge.vpp.capability import Capability, site_capability
 from edge.vpp.cmdstore import CommandStore, SavedCommand, Snapshot
 from edge.vpp.schemas import COMMANDS, ID_PATTERN, Cancel, Dispatch, DrEvent, ModeCommand
 from edge.vpp.shaping import DrEvent as DrRequest
@@ -149,6 +150,28 @@ def _validation_reason(exc: ValidationError) -> str:
     return "invalid: " + "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
+def reach(cap: Capability, grid_kw: float, target: float, hours: float) -> None:
+    """The batteries can move the PCC from `grid_kw` to `target` now and hold it for `hours`,
+    with load − PV as it is now (the kernel reports it later if the load moves away).
+    Batteries only: the cycle sheds loads and curtails PV for a grid bound, not a target."""
+    bats = cap.of("battery")
+    native = grid_kw + sum(b.push_kw for b in bats)  # the batteries at 0: load − PV
+    lo, hi = native - sum(b.max_kw for b in bats), native - sum(b.min_kw for b in bats)
+    if not lo - _REACH_SLACK_KW <= target <= hi + _REACH_SLACK_KW:
+        raise Rejected(f"grid target {target:g} kW is beyond what the batteries can reach "
+                       f"now ({lo:.1f}..{hi:.1f} kW with load - PV at {native:.1f} kW)")
+    need = (native - target) * hours  # + discharge / − charge, kWh
+    rest = [replace(b, push_kw=0.0) for b in bats]
+    if need > 0 and need > sum(b.up_kw(hours) for b in rest) * hours + _REACH_SLACK_KW:
+        raise Rejected(f"holding {target:g} kW for {hours:.2f} h needs {need:.1f} kWh of "
+                       f"discharge; the batteries hold {sum(b.up_kwh for b in bats):.1f} kWh "
+                       "above soc_min")
+    if need < 0 and -need > sum(b.down_kw(hours) for b in rest) * hours + _REACH_SLACK_KW:
+        raise Rejected(f"holding {target:g} kW for {hours:.2f} h needs {-need:.1f} kWh of "
+                       f"charge; the batteries have room for {sum(b.down_kwh for b in bats):.1f} "
+                       "kWh")
+
+
 class CommandHandler:
     """Turns platform commands into instructions in `cycle.book` and answers each one.
 
@@ -173,7 +196,6 @@ class CommandHandler:
         self.store = store
         self._unsaved: set[str] = set()  # cmd_ids whose answer changed since the last save
         self._prefix = link.topic("cmd/")
-        self._batteries = [d for d in config.devices if isinstance(d, BatteryDevice)]
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -397,37 +419,13 @@ class CommandHandler:
                                f"-{exp:g} kW (control.export_limit_kw)")
 
     def _reach(self, target: float, hours: float) -> None:
-        """The batteries can move the PCC to `target` now and hold it for the window, with
-        load − PV as it is now (the kernel reports it later if the load moves away)."""
         image = self.cycle.image
         pcc = self.config.grid_meter.id
         if image is None or not image.good(pcc):
             raise Rejected("a grid target needs the PCC power, but the PCC meter has no good "
                            "reading")
-        native = image.value(pcc, "power_kw")  # + the batteries' power read with it: load − PV
-        dis = ch = dis_kwh = ch_kwh = 0.0
-        for b in self._batteries:
-            if not image.good(b.id):
-                continue
-            native += image.value(b.id, "power_kw")
-            soc = image.value(b.id, "soc_pct")
-            if soc > b.soc_min_pct:
-                dis += b.max_discharge_kw
-                dis_kwh += b.deliverable_kwh(soc)
-            if soc < b.soc_max_pct:
-                ch += b.max_charge_kw
-                ch_kwh += b.absorbable_kwh(soc)
-        lo, hi = native - dis, native + ch
-        if not lo - _REACH_SLACK_KW <= target <= hi + _REACH_SLACK_KW:
-            raise Rejected(f"grid target {target:g} kW is beyond what the batteries can reach "
-                           f"now ({lo:.1f}..{hi:.1f} kW with load - PV at {native:.1f} kW)")
-        need = (native - target) * hours  # + discharge / − charge, kWh
-        if need > dis_kwh + _REACH_SLACK_KW:
-            raise Rejected(f"holding {target:g} kW for {hours:.2f} h needs {need:.1f} kWh of "
-                           f"discharge; the batteries hold {dis_kwh:.1f} kWh above soc_min")
-        if -need > ch_kwh + _REACH_SLACK_KW:
-            raise Rejected(f"holding {target:g} kW for {hours:.2f} h needs {-need:.1f} kWh of "
-                           f"charge; the batteries have room for {ch_kwh:.1f} kWh")
+        reach(site_capability(self.config, image, hours), image.value(pcc, "power_kw"), target,
+              hours)
 
     # -- commands ------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from edge.config import BatteryDevice, Config, PvDevice
+from edge.config import Config
 from edge.report.history import History, interval_start
 from edge.control.instructions import Instruction, InstructionBook
 from edge.vpp.baseline import (
@@ -41,6 +41,7 @@ from edge.vpp.baseline import (
     baseline,
     event_intervals,
 )
+from edge.vpp.capability import Capability, site_capability, total
 from edge.vpp.execution import DrExecution, LiveHistory, iso
 from edge.vpp.shaping import (
     DrEvent,
@@ -113,6 +114,36 @@ class Assessment:
     expected_ratio: float
     opt_in: bool
     reason: str
+
+
+def expected(cap: Capability, direction: str, declared_kw: np.ndarray, hours: np.ndarray,
+             min_ratio: float) -> Assessment:
+    """The share of the declared energy the site can deliver. Batteries count from rest (the
+    baseline is the building without them), each with its rating per interval and its
+    stored energy over the event; PV curtailment and load shedding count as they stand now
+    and do not run out, so they go first and the batteries make up the rest."""
+    up = direction == "reduce"
+    bats = [p for p in cap.parts if p.stores]
+    free = sum(p.up_kw(cap.hours) if up else p.down_kw(cap.hours) for p in cap.parts
+               if not p.stores)
+    rest = declared_kw - np.minimum(declared_kw, free)
+    delivered = float(np.sum((declared_kw - rest) * hours))
+    for b in bats:
+        take = np.minimum(rest, b.max_kw if up else -b.min_kw)
+        kwh, stored = float(np.sum(take * hours)), b.up_kwh if up else b.down_kwh
+        if kwh > stored:
+            take = take * (stored / kwh)  # its energy runs out: spread over the event
+        rest = rest - take
+        delivered += float(np.sum(take * hours))
+    declared_kwh = float(np.sum(declared_kw * hours))
+    ratio = delivered / declared_kwh
+    power = sum(b.max_kw if up else -b.min_kw for b in bats)
+    energy = sum(b.up_kwh if up else b.down_kwh for b in bats)
+    other = f", switchable loads {free:.1f} kW" if up else f", PV {free:.1f} kW curtailable"
+    why = (f"expects {ratio:.0%} of {declared_kwh:.1f} kWh: batteries {power:.1f} kW, "
+           f"{energy:.1f} kWh available" + (other if free else "")
+           + f"; opt-in needs {min_ratio:.0%} (dr.min_response_ratio)")
+    return Assessment(ratio, ratio >= min_ratio, why)
 
 
 @dataclass
@@ -193,8 +224,7 @@ class DrManager:
 
     def assess(self, event: DrEvent, now: datetime, image=None) -> Assessment:
         """Expected response ratio if the site takes the event, assuming the building draws
-        its baseline and the batteries (plus curtailable PV for an increase) make the whole
-        change: their power limit per interval, their energy over the event."""
+        its baseline: `expected` of what the site can deliver over it."""
         try:
             exe = DrExecution(event, self._baseline(event, now, allow_pending=False), self.cfg,
                               self.window)
@@ -202,30 +232,10 @@ class DrManager:
             return Assessment(0.0, False, f"no baseline: {exc}")
         if exe.declared_mean_kw <= 0:
             return Assessment(1.0, True, "the site is already at the requested level")
-        power = energy = 0.0
-        for b in (d for d in self.config.devices if isinstance(d, BatteryDevice)):
-            if image is None or not image.good(b.id):
-                continue
-            soc = image.value(b.id, "soc_pct")
-            if event.direction == "reduce":
-                power += b.max_discharge_kw
-                energy += b.deliverable_kwh(soc)
-            else:
-                power += b.max_charge_kw
-                energy += b.absorbable_kwh(soc)
-        pv = 0.0
-        if event.direction == "increase" and image is not None:
-            pv = sum(max(image.value(p.id, "power_kw"), 0.0) for p in self.config.devices
-                     if isinstance(p, PvDevice) and image.good(p.id))
-        battery_kwh = float(np.sum(np.minimum(exe.declared_kw, power) * exe.hours))
-        pv_kwh = float(np.sum(np.minimum(np.maximum(exe.declared_kw - power, 0), pv) * exe.hours))
-        declared_kwh = float(np.sum(exe.declared_kw * exe.hours))
-        ratio = (min(battery_kwh, energy) + pv_kwh) / declared_kwh
-        ok = ratio >= self.cfg.min_response_ratio
-        why = (f"expects {ratio:.0%} of {declared_kwh:.1f} kWh: batteries {power:.1f} kW, "
-               f"{energy:.1f} kWh available" + (f", PV {pv:.1f} kW curtailable" if pv else "")
-               + f"; opt-in needs {self.cfg.min_response_ratio:.0%} (dr.min_response_ratio)")
-        return Assessment(ratio, ok, why)
+        hours = float(np.sum(exe.hours))
+        cap = total((), hours) if image is None else site_capability(self.config, image, hours)
+        return expected(cap, event.direction, exe.declared_kw, exe.hours,
+                        self.cfg.min_response_ratio)
 
     def tick(self, now: datetime, image=None) -> list[dict]:
         """Advance every event: late baselines, freezing at the ramp start, dropping expired

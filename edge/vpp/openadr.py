@@ -48,9 +48,10 @@ from typing import Any
 from openleadr import OpenADRClient, enums, objects
 
 from edge.app.clock import Clock
-from edge.config import BatteryDevice, Config, ControlConfig, PvDevice
+from edge.config import Config, ControlConfig
 from edge.cycle import ControlCycle
 from edge.image.image import ProcessImage
+from edge.vpp.capability import site_capability
 from edge.vpp.dr import DrEvent, DrManager, DrRejected, Segment
 from edge.vpp.eventstore import ENDED, OPT_IN, OPT_OUT, DrRequest, EventStore, StoredEvent
 
@@ -211,34 +212,11 @@ class Flexibility:
 
 
 def flexibility(config: Config, image: ProcessImage, hours: float) -> Flexibility:
-    """From the batteries' headroom (power limit, and the energy in their SoC window spread
-    over the event), PV that could be curtailed, and what the switchable loads (role `load`)
-    draw now. How far the site's import/export limits let the grid move is the caller's cap:
-    it depends on the baseline."""
-    hours = max(hours, 1 / 60)
-    reduce = increase = 0.0
-    parts = []
-    for b in (d for d in config.devices if isinstance(d, BatteryDevice)):
-        if not image.good(b.id):
-            parts.append(f"{b.id} not readable")
-            continue
-        p, soc = image.value(b.id, "power_kw"), image.value(b.id, "soc_pct")
-        energy_out = b.deliverable_kwh(soc)
-        energy_in = b.absorbable_kwh(soc)
-        down = max(min(b.max_discharge_kw, energy_out / hours) - p, 0.0)
-        up = max(min(b.max_charge_kw, energy_in / hours) + p, 0.0)
-        reduce += down
-        increase += up
-        parts.append(f"{b.id} SoC {soc:.0f}% -{down:.1f}/+{up:.1f} kW")
-    for pv in (d for d in config.devices if isinstance(d, PvDevice)):
-        if image.good(pv.id):
-            increase += max(image.value(pv.id, "power_kw"), 0.0)  # curtailable
-    shed = sum(max(image.value(d.id, "power_kw"), 0.0) for d in config.of_role("load")
-               if image.good(d.id))  # switchable loads: the cycle sheds them to hold a bound
-    if shed:
-        reduce += shed
-        parts.append(f"switchable loads {shed:.1f} kW")
-    return Flexibility(reduce, increase, ", ".join(parts) or "no controllable device")
+    """What the site's devices can add from now, held over the event (edge/vpp/capability.py).
+    How far the site's import/export limits let the grid move is the caller's cap: it
+    depends on the baseline."""
+    cap = site_capability(config, image, hours)
+    return Flexibility(cap.up_kw, cap.down_kw, cap.detail)
 
 
 def decide(requests: list[DrRequest], ignored: list[str], baseline_kw: float, flex: Flexibility,
