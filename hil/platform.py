@@ -4,7 +4,7 @@ It connects to the site's broker, waits for the site (retained `status` online a
 `telemetry`), sends a script of commands, checks that each is answered as expected
 (accepted / rejected / done, a reason when asked) and, with `follow_kw`, that the
 telemetry's grid power followed the accepted target. Every message the site publishes
-meanwhile is validated against its schema (edge/vpp/schemas.py). Prints one line per check
+meanwhile is validated against its schema (edge/vpp/schemas/). Prints one line per check
 and a pass/fail summary; `pedf-edge hil --platform [FILE]` runs it beside the simulator.
 
 Script file (YAML); `{run}` in any string is replaced by a per-run id, so cmd_ids stay
@@ -44,7 +44,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge.config import MqttConfig
-from edge.vpp.schemas import MESSAGES, undeclared
+from edge.vpp.schemas.catalogue import MESSAGES, undeclared
 
 log = logging.getLogger(__name__)
 

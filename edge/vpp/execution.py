@@ -9,8 +9,8 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 
 from edge.config import Config, DrConfig
-from edge.report.history import INTERVAL_S, History, Interval, interval_start
 from edge.control.instructions import Instruction
+from edge.report.history import INTERVAL_S, History, Interval, interval_start
 from edge.vpp import mv
 from edge.vpp.baseline import QUARTER, Baseline, event_intervals
 from edge.vpp.capability import site_capability
@@ -170,7 +170,7 @@ class DrExecution:
         return out
 
     def report(self, m: mv.Measurement, now: datetime, final: bool) -> dict:
-        """The `dr/<event_id>` message (edge/vpp/schemas.py DrReport)."""
+        """The `dr/<event_id>` message (edge/vpp/schemas/reports.py DrReport)."""
         phase = self.phase(now)
         status = ("cancelled" if self.cancelled else "completed") if final else (
             "pending" if phase in ("scheduled", "ramp") else "active")

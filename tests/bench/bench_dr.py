@@ -37,8 +37,8 @@ from tools.broker import ensure_broker
 from edge.app.daemon import Daemon
 from tools.simulate import seed_history
 from edge.vpp.baseline import METHODS, BaselineError, Calendar, baseline
-from edge.vpp.dr import DrEvent, DrExecution
-from edge.vpp.execution import LiveHistory
+from edge.vpp.execution import DrExecution, LiveHistory
+from edge.vpp.shaping import DrEvent
 from hil.scenario import DrEvent as ScenarioDr
 from hil.scenario import load as load_scenario
 from hil.site import SimSite

@@ -14,7 +14,8 @@ from dlt645.aio import AsyncMeterServerService
 
 from drivers import dlt645 as d
 from drivers.base import DeviceError, Meter
-from edge.vpp.schemas import DeviceReport, undeclared
+from edge.vpp.schemas.catalogue import undeclared
+from edge.vpp.schemas.reports import DeviceReport
 
 ADDRESS = "123456789012"
 WIRE_ADDRESS = bytes.fromhex("129078563412")  # A0 (lowest two digits) first

@@ -18,9 +18,10 @@ from edge.image.image import DeviceState, ProcessImage
 from edge.report.history import History
 from edge.vpp import flex
 from edge.vpp.capability import site_capability
-from edge.vpp.commands import Rejected, reach
-from edge.vpp.dr import DrManager
-from edge.vpp.openadr import flexibility
+from edge.vpp.commands.checks import reach
+from edge.vpp.commands.parse import Rejected
+from edge.vpp.dr.manager import DrManager
+from edge.vpp.openadr.mapping import flexibility
 from edge.vpp.shaping import DrEvent
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from edge.app.clock import Clock
 from edge.config import ControlConfig
 from edge.image.image import DeviceState, ProcessImage
 from edge.vpp.eventstore import DrRequest, EventStore, StoredEvent
-from edge.vpp.openadr import Flexibility, decide, dr_events, flexibility, needed_kw, normalise
+from edge.vpp.openadr.mapping import Flexibility, decide, dr_events, flexibility, needed_kw, normalise
 
 ROOT = Path(__file__).resolve().parents[2]
 LEVELS = {1: 10.0, 2: 20.0, 3: 40.0}
