@@ -206,10 +206,10 @@ def cmd_hil(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from edge.vpp import schemas
+    from edge.vpp.schemas.catalogue import dumps
 
     try:
-        print(schemas.dumps(args.name))
+        print(dumps(args.name))
     except KeyError as exc:
         print(f"pedf-edge schema: {exc.args[0]}", file=sys.stderr)
         return EXIT_CONFIG

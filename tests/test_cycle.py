@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 import pytest
 
 from drivers.base import DeviceError, Quality, Reading
-from edge.control import bounds as control
-from edge.control import kernel as dispatch
 from edge.app.clock import Clock
 from edge.config import parse
+from edge.control import bounds as control
+from edge.control import kernel as dispatch
 from edge.cycle import ControlCycle, Decision
 
 KERNEL = dispatch.load_kernel()  # no fallback: a missing build errors, never skips

@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 import pytest
 
 from drivers.base import DeviceError, Reading
-from edge.control import kernel as dispatch
 from edge.app.clock import Clock
 from edge.config import parse
+from edge.control import kernel as dispatch
 from edge.cycle import ControlCycle, Decision
 
 KERNEL = dispatch.load_kernel()

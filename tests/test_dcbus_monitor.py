@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 import pytest
 
 from drivers.base import Quality, Reading
-from edge.report import telemetry
 from edge.config import parse
-from edge.roles.dcbus import DcBusMonitor, bus_v
 from edge.image.image import DeviceState, ProcessImage
+from edge.report import telemetry
+from edge.roles.dcbus import DcBusMonitor, bus_v
 
 TS = datetime(2026, 6, 22, 4, tzinfo=UTC)
 ALARM = "dc_bus_out_of_band:dc1"

@@ -12,8 +12,8 @@ import pytest
 
 from drivers.base import Quality, Reading
 from edge.config import parse
-from edge.roles.dcbus import DcBusRestore
 from edge.image.image import DeviceState, ProcessImage
+from edge.roles.dcbus import DcBusRestore
 
 TS = datetime(2026, 6, 22, 4, tzinfo=UTC)
 SLOPE = 0.375  # V/kW: 5 % of 375 V at 50 kW

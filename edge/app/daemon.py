@@ -31,8 +31,9 @@ from edge.report.mqtt import MqttLink
 from edge.report.outbox import Outbox
 from edge.vpp import flex
 from edge.vpp.cmdstore import CommandStore
-from edge.vpp.commands import SEEN_MAX, CommandHandler
-from edge.vpp.dr import DrManager
+from edge.vpp.commands.handler import CommandHandler
+from edge.vpp.commands.judge import SEEN_MAX
+from edge.vpp.dr.manager import DrManager
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class Daemon:
         self._commands_task: asyncio.Task | None = None
         self.ven = None  # OpenADR 2.0b VEN, only with openadr.vtn_url; its events run on self.dr
         if config.openadr.vtn_url:
-            from edge.vpp.openadr import Ven  # openleadr takes ~0.5 s to import: only when used
+            from edge.vpp.openadr.ven import Ven  # openleadr takes ~0.5 s to import: only when used
 
             self.ven = Ven(config, self.view, self.clock, directory, self.dr)
             self.ven.restore()

@@ -4,6 +4,8 @@ with their roles in edge/roles/), and a loader whose errors name the field and t
 Sign conventions (everywhere): grid +import/-export, battery +discharge/-charge, PV >= 0.
 """
 
+import importlib
+
 from edge.config.base import (
     DeviceBase,
     SerialParams,
@@ -12,7 +14,6 @@ from edge.config.base import (
     poll_deadline_s,
 )
 from edge.config.buses import bus_problems
-from edge.config.errors import ConfigError, error_message, error_path, load, parse, read_yaml
 from edge.config.sections import (
     ControlConfig,
     ForecastConfig,
@@ -23,17 +24,25 @@ from edge.config.sections import (
     TariffPeriod,
 )
 from edge.config.sim import SIM_SUNSPEC_MODELS, HilConfig, SimParams
-from edge.config.site import Config
 from edge.config.vpp import CarbonConfig, DrConfig, OpenAdrConfig, VppConfig
-from edge.roles import (
-    BatteryDevice,
-    BmsParams,
-    DcConverterDevice,
-    DeviceConfig,
-    FlexLoadDevice,
-    MeterDevice,
-    PvDevice,
-)
+
+# The root model and the device models come from the role registry, and the roles build on
+# the base models here: they are loaded on first use so that either side may be imported first.
+_LAZY = {
+    "Config": "edge.config.site", "ConfigError": "edge.config.errors",
+    "error_message": "edge.config.errors", "error_path": "edge.config.errors",
+    "load": "edge.config.errors", "parse": "edge.config.errors",
+    "read_yaml": "edge.config.errors", "BatteryDevice": "edge.roles",
+    "BmsParams": "edge.roles", "DcConverterDevice": "edge.roles", "DeviceConfig": "edge.roles",
+    "FlexLoadDevice": "edge.roles", "MeterDevice": "edge.roles", "PvDevice": "edge.roles",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'edge.config' has no attribute {name!r}")
+
 
 __all__ = [
     "SIM_SUNSPEC_MODELS", "BatteryDevice", "BmsParams", "CarbonConfig", "Config", "ConfigError",

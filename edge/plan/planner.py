@@ -90,15 +90,15 @@ def billing_peak_kw(history, now: datetime, tz: str) -> float:
 
 
 class Planner:
-    """`cycle` is the control cycle: the planner reads its process image (SoC) and writes
-    its instruction book. `forecast(start, n, step_s) -> (load_kw, pv_kw)` comes from the
+    """`view` is what the daemon publishes after each cycle (edge/app/fanout.py): the planner
+    reads its process image (SoC) and writes its instruction book. `forecast(start, n, step_s) -> (load_kw, pv_kw)` comes from the
     daemon (edge/forecast); `history` (optional) gives the billing peak so far."""
 
-    def __init__(self, config: Config, cycle, clock: Clock, forecast: Forecast,
+    def __init__(self, config: Config, view, clock: Clock, forecast: Forecast,
                  history=None) -> None:
         self.config = config
         self.cfg = config.planner
-        self.cycle = cycle
+        self.view = view
         self.clock = clock
         self.forecast = forecast
         self.history = history
@@ -134,7 +134,7 @@ class Planner:
 
     def _commitments(self) -> dict[str, tuple]:
         return {i.id: (i.start, i.end, i.grid_max_kw, i.grid_min_kw, i.grid_target_kw)
-                for i in self.cycle.book.all() if i.source != "plan"}
+                for i in self.view.book.all() if i.source != "plan"}
 
     async def _watch(self) -> None:
         """Re-plan when a DR event or dispatch arrives, changes or is cancelled, whoever put
@@ -208,7 +208,7 @@ class Planner:
         return await done
 
     def _input(self, now: datetime):
-        image = self.cycle.image
+        image = self.view.image
         if image is None:
             raise PlanInfeasible("no measurements yet (the first cycle has not run)")
         soc: dict[str, float] = {}
@@ -222,7 +222,7 @@ class Planner:
         epoch = now.timestamp()
         start = datetime.fromtimestamp(epoch - epoch % self.step_s, UTC)
         load, pv = self.forecast(start, self.n, self.step_s)
-        commitments = [i for i in self.cycle.book.all() if i.source != "plan"]
+        commitments = [i for i in self.view.book.all() if i.source != "plan"]
         peak = billing_peak_kw(self.history, now, self.config.site.timezone)
         return build_input(self.config, start, self.step_s, load, pv, soc, peak, commitments,
                            now=now, battery_ids=list(soc))
@@ -265,7 +265,7 @@ class Planner:
             lost = ("the previous plan expired at " + until.isoformat()
                     if prev is not None and until is not None else "no plan covers now")
             self.last = self.made_at = None
-            self.cycle.book.replace_source("plan", [])
+            self.view.book.replace_source("plan", [])
             s.last_status = "rule-based"
             log.warning("planning failed (%s): %s; %s: rule-based control (%s)",
                         s.last_trigger, why, lost,
@@ -336,4 +336,4 @@ class Planner:
         return plan.peak_kw - margin if plan.peak_kw > margin else plan.peak_kw
 
     def _publish(self, plan: Plan, now: datetime, until: datetime | None = None) -> None:
-        self.cycle.book.replace_source("plan", self.instructions(plan, now, until))
+        self.view.book.replace_source("plan", self.instructions(plan, now, until))

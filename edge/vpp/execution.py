@@ -8,11 +8,12 @@ from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 
-from edge.config import BatteryDevice, Config, DrConfig
+from edge.config import Config, DrConfig
 from edge.control.instructions import Instruction
 from edge.report.history import INTERVAL_S, History, Interval, interval_start
 from edge.vpp import mv
 from edge.vpp.baseline import QUARTER, Baseline, event_intervals
+from edge.vpp.capability import site_capability
 from edge.vpp.shaping import (
     Direction,
     DrEvent,
@@ -72,20 +73,12 @@ def _set_mean(out: np.ndarray, first: datetime, iv: Interval, key: str) -> None:
 def battery_state(config: Config, image, direction: Direction) -> tuple[float, float]:
     """What the batteries now put into the event (kW) and can still put in (kWh): discharge
     and energy above soc_min for a reduction, charge and room below soc_max for an increase."""
-    kw = kwh = 0.0
     if image is None:
         return 0.0, math.inf
-    for b in (d for d in config.devices if isinstance(d, BatteryDevice)):
-        if not image.good(b.id):
-            continue
-        p, soc = image.value(b.id, "power_kw"), image.value(b.id, "soc_pct")
-        if direction == "reduce":
-            kw += max(p, 0.0)
-            kwh += b.deliverable_kwh(soc)
-        else:
-            kw += max(-p, 0.0)
-            kwh += b.absorbable_kwh(soc)
-    return kw, kwh
+    bats = site_capability(config, image, QUARTER.total_seconds() / 3600).of("battery")
+    if direction == "reduce":
+        return sum(max(b.push_kw, 0.0) for b in bats), sum(b.up_kwh for b in bats)
+    return sum(max(-b.push_kw, 0.0) for b in bats), sum(b.down_kwh for b in bats)
 
 
 def _num(x, nd: int = 3) -> float | None:
@@ -177,7 +170,7 @@ class DrExecution:
         return out
 
     def report(self, m: mv.Measurement, now: datetime, final: bool) -> dict:
-        """The `dr/<event_id>` message (edge/vpp/schemas.py DrReport)."""
+        """The `dr/<event_id>` message (edge/vpp/schemas/reports.py DrReport)."""
         phase = self.phase(now)
         status = ("cancelled" if self.cancelled else "completed") if final else (
             "pending" if phase in ("scheduled", "ramp") else "active")

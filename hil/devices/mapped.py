@@ -15,6 +15,7 @@ from edge.config import BatteryDevice, DeviceConfig, MeterDevice
 from hil.devices.base import Env, Fault, SimulatedDevice, expired, overlaps
 from hil.devices.roles import Metering, Storage
 
+
 class MapSimDevice(SimulatedDevice):
     """Base of the map-driven devices (modbus-tcp or modbus-rtu, `map:` in the config): the
     register image is the map's points, encoded from `point_values()` (engineering units,

@@ -4,7 +4,7 @@ It connects to the site's broker, waits for the site (retained `status` online a
 `telemetry`), sends a script of commands, checks that each is answered as expected
 (accepted / rejected / done, a reason when asked) and, with `follow_kw`, that the
 telemetry's grid power followed the accepted target. Every message the site publishes
-meanwhile is validated against its schema (edge/vpp/schemas.py). Prints one line per check
+meanwhile is validated against its schema (edge/vpp/schemas/). Prints one line per check
 and a pass/fail summary; `pedf-edge hil --platform [FILE]` runs it beside the simulator.
 The script and its file format: hil/emulators/script.py.
 """
@@ -24,7 +24,7 @@ import paho.mqtt.client as paho
 from pydantic import ValidationError
 
 from edge.config import MqttConfig
-from edge.vpp.schemas import MESSAGES, undeclared
+from edge.vpp.schemas.catalogue import MESSAGES, undeclared
 from hil.emulators.script import Result, Script, Step, builtin_script
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from pymodbus.server import ModbusSerialServer
 from pymodbus.simulator import SimDevice
 
 from edge.config import SerialParams
-from hil.serve.cable import VirtualCable, needs_cable
 from hil.devices.base import SimulatedDevice
+from hil.serve.cable import VirtualCable, needs_cable
 
 log = logging.getLogger(__name__)
 

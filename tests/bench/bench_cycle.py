@@ -39,8 +39,8 @@ from benchlib import connect_all, pct, start_hil, stop_process, wait_listening  
 from edge.app.clock import Clock  # noqa: E402
 from edge.app.devices import build_devices  # noqa: E402
 from edge.config import Config, parse  # noqa: E402
-from edge.cycle import ControlCycle  # noqa: E402
 from edge.control.kernel import load_kernel  # noqa: E402
+from edge.cycle import ControlCycle  # noqa: E402
 
 N_PV, N_BESS, N_LOAD = 8, 8, 3
 

@@ -31,17 +31,17 @@ from benchlib import free_port
 
 from edge import config as config_mod
 from edge.app.clock import Clock
+from edge.app.daemon import Daemon
 from edge.config import Config
 from edge.report.history import History
-from tools.broker import ensure_broker
-from edge.app.daemon import Daemon
-from tools.simulate.run import seed_history
 from edge.vpp.baseline import METHODS, BaselineError, Calendar, baseline
-from edge.vpp.dr import DrEvent, DrExecution
-from edge.vpp.execution import LiveHistory
+from edge.vpp.execution import DrExecution, LiveHistory
+from edge.vpp.shaping import DrEvent
 from hil.scenario import DrEvent as ScenarioDr
 from hil.scenario import load as load_scenario
 from hil.site import SimSite
+from tools.broker import ensure_broker
+from tools.simulate.run import seed_history
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 from edge import config as config_mod  # noqa: E402
 from edge.app.clock import Clock  # noqa: E402
 from edge.app.daemon import Daemon  # noqa: E402
-from hil.site import SimSite  # noqa: E402
 from hil.emulators.vtn import EventSpec, GridOperator, IntervalSpec  # noqa: E402
+from hil.site import SimSite  # noqa: E402
 
 LEVEL, SHED_KW = 2, 20.0
 

@@ -45,8 +45,8 @@ from benchlib import connect_all, pct, start_hil, stop_process, wait_listening  
 from edge.app.clock import Clock  # noqa: E402
 from edge.app.devices import build_devices  # noqa: E402
 from edge.config import Config, parse  # noqa: E402
-from edge.cycle import ControlCycle  # noqa: E402
 from edge.control.kernel import load_kernel  # noqa: E402
+from edge.cycle import ControlCycle  # noqa: E402
 
 CYCLE_S = 1.0  # 1 Hz, the daemon's default
 GATEWAY_UNITS = 10  # units per gateway port in --layout gateway

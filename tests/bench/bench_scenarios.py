@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from edge import config as config_mod  # noqa: E402
+from hil import scenario as scenario_mod  # noqa: E402
 from tools.simulate.kpis import evaluate  # noqa: E402
 from tools.simulate.run import DEFAULT_SPEED, run  # noqa: E402
-from hil import scenario as scenario_mod  # noqa: E402
 
 
 def one(path: Path, forecast: str, speed: float) -> dict:

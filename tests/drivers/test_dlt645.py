@@ -16,7 +16,8 @@ from drivers.base import DeviceError, Meter
 from drivers.dlt645 import bus as dlt_bus
 from drivers.dlt645 import frame as dlt
 from drivers.dlt645 import meter as dlt_meter
-from edge.vpp.schemas import DeviceReport, undeclared
+from edge.vpp.schemas.catalogue import undeclared
+from edge.vpp.schemas.reports import DeviceReport
 
 ADDRESS = "123456789012"
 WIRE_ADDRESS = bytes.fromhex("129078563412")  # A0 (lowest two digits) first

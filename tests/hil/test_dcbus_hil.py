@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import Subscriber, free_port, wait_for
 
-from edge.vpp.schemas import Telemetry
+from edge.vpp.schemas.reports import Telemetry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from site_harness import running_site  # noqa: E402

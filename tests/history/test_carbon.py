@@ -5,8 +5,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from edge.report import carbon
 from edge.config import CarbonConfig
+from edge.report import carbon
 from edge.report.history import INTERVAL_S, History, Interval
 
 T0 = datetime(2026, 6, 22, 0, 0, tzinfo=ZoneInfo("Asia/Shanghai"))

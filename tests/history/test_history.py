@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from edge.report.history import INTERVAL_S, Accumulator, History, Interval, interval_start
 from edge.image.balance import SitePower
+from edge.report.history import INTERVAL_S, Accumulator, History, Interval, interval_start
 
 T0 = datetime(2026, 6, 22, 0, 0, tzinfo=UTC)
 

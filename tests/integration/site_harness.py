@@ -16,8 +16,8 @@ from conftest import Subscriber, free_port
 
 from edge import config as config_mod
 from edge.app.clock import Clock
-from edge.config import Config
 from edge.app.daemon import Daemon
+from edge.config import Config
 from hil.site import SimSite
 
 ROOT = Path(__file__).resolve().parents[2]

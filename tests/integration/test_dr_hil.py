@@ -19,7 +19,7 @@ from conftest import Subscriber, wait_for
 from site_harness import device, running_site, site_dict
 
 from edge.report.history import History, Interval
-from edge.vpp.dr import DrEvent
+from edge.vpp.shaping import DrEvent
 from hil.physics import clear_sky_kw, office_load_kw
 
 SPEED = 300.0

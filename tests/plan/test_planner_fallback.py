@@ -20,8 +20,8 @@ from conftest import wait_for
 
 from drivers.base import Quality, Reading
 from edge.config import ConfigError, parse
-from edge.image.image import DeviceState, ProcessImage
 from edge.control.instructions import Instruction, InstructionBook
+from edge.image.image import DeviceState, ProcessImage
 from edge.plan import planner as planner_mod
 from edge.plan.planner import Planner
 

@@ -10,9 +10,9 @@ import pytest
 from conftest import Subscriber, free_port, wait_for
 
 from edge.config import MqttConfig
-from tools.broker import ensure_broker
 from edge.report.mqtt import MqttLink
 from edge.report.outbox import Outbox
+from tools.broker import ensure_broker
 
 SITE = "site-1"
 

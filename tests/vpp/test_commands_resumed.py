@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from edge import config as config_mod
 from edge.app.clock import Clock
 from edge.control.instructions import InstructionBook
-from edge.vpp.commands import CommandHandler
+from edge.vpp.commands.handler import CommandHandler
 
 ROOT = Path(__file__).resolve().parents[2]
 

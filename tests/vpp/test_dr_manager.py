@@ -15,12 +15,13 @@ import yaml
 
 from drivers.base import Quality, Reading
 from edge import config as config_mod
-from edge.report.history import Accumulator, History, Interval
+from edge.control.instructions import InstructionBook
 from edge.image.balance import SitePower
 from edge.image.image import DeviceState, ProcessImage
-from edge.control.instructions import InstructionBook
-from edge.vpp.dr import DrEvent, DrManager, DrRejected
-from edge.vpp.schemas import DrReport
+from edge.report.history import Accumulator, History, Interval
+from edge.vpp.dr.manager import DrManager
+from edge.vpp.schemas.reports import DrReport
+from edge.vpp.shaping import DrEvent, DrRejected
 
 ROOT = Path(__file__).resolve().parents[2]
 SH = ZoneInfo("Asia/Shanghai")

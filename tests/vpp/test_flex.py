@@ -14,7 +14,8 @@ from drivers.base import Quality, Reading
 from edge import config as config_mod
 from edge.image.image import DeviceState, ProcessImage
 from edge.vpp import flex
-from edge.vpp.schemas import Flex, undeclared
+from edge.vpp.schemas.catalogue import undeclared
+from edge.vpp.schemas.reports import Flex
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 6, 22, 4, 7, 30, tzinfo=UTC)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from openleadr import objects
 from openleadr.messaging import create_message, parse_message
 
@@ -18,7 +19,14 @@ from edge.app.clock import Clock
 from edge.config import ControlConfig
 from edge.image.image import DeviceState, ProcessImage
 from edge.vpp.eventstore import DrRequest, EventStore, StoredEvent
-from edge.vpp.openadr import Flexibility, decide, dr_events, flexibility, needed_kw, normalise
+from edge.vpp.openadr.mapping import (
+    Flexibility,
+    decide,
+    dr_events,
+    flexibility,
+    needed_kw,
+    normalise,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 LEVELS = {1: 10.0, 2: 20.0, 3: 40.0}
@@ -250,7 +258,7 @@ def test_store_forgets_only_ended_events_older_than_the_cut(tmp_path):
     ({"simple_levels_kw": {4: 30}}, "simple_levels_kw[4].[key]: must be one of 1, 2 or 3"),
 ])
 def test_bad_openadr_config_names_the_field_and_the_fix(section, message):
-    data = config_mod.yaml.safe_load((ROOT / "configs/demo.yaml").read_text())
+    data = yaml.safe_load((ROOT / "configs/demo.yaml").read_text())
     data["openadr"] = section
     with pytest.raises(config_mod.ConfigError) as err:
         config_mod.parse(data)

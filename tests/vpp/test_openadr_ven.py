@@ -24,12 +24,12 @@ from conftest import free_port, wait_for
 
 from edge import config as config_mod
 from edge.app.clock import Clock
+from edge.app.daemon import Daemon
 from edge.config import Config
 from edge.cycle import Decision
-from edge.app.daemon import Daemon
 from edge.vpp.eventstore import EventStore
-from hil.site import SimSite
 from hil.emulators.vtn import EventSpec, GridOperator, IntervalSpec, Tls
+from hil.site import SimSite
 
 ROOT = Path(__file__).resolve().parents[2]
 POLL_S = 0.3

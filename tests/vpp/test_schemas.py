@@ -14,7 +14,8 @@ from pydantic import ValidationError
 
 from edge.cli import main
 from edge.report.history import History, Interval
-from edge.vpp.schemas import MESSAGES, Dispatch, DrEvent, undeclared
+from edge.vpp.schemas.catalogue import MESSAGES, undeclared
+from edge.vpp.schemas.commands import Dispatch, DrEvent
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from site_harness import device, running_site, site_dict  # noqa: E402

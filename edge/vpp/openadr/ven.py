@@ -1,37 +1,5 @@
-"""OpenADR 2.0b VEN (openleadr): registers with the grid operator's VTN, polls it, turns
-events into grid-operator DR events, decides optIn/optOut from what the site can really
-deliver, and reports the measured grid power (TELEMETRY_USAGE).
-
-Flow of one event: openleadr hands the parsed event to `Ven.on_event` -> its signals are
-normalised into protocol-free `DrRequest`s (one per signal interval) -> the site's
-flexibility over the event window, less what overlapping commitments already claim, decides
-the opt (`dr.min_response_ratio`) -> if opted in, the requests become `DrEvent`s (one per
-signal and direction, its intervals as segments) handed to DR execution (edge/vpp/dr.py:
-baseline, ramp-in / hold / staggered restore as instructions of source "grid_operator" in
-the cycle's book, M&V, its own persistence) -> the event, its signals and the opt decision
-are stored in SQLite (edge/vpp/eventstore.py). openleadr keeps events in memory only: after a
-restart the stores let the daemon resume the event before it has talked to the VTN again,
-and answer a re-sent event with the opt it gave before.
-
-Signals (DOMAIN.md §5):
-- SIMPLE level 1-3: shed `openadr.simple_levels_kw[level]` of grid import below the baseline
-  (level 0: normal operation, nothing to do).
-- LOAD_DISPATCH setpoint: follow that grid power (target, and a bound on the side it moves to);
-  delta: change the grid power by that much relative to the baseline (negative = reduce).
-- LOAD_CONTROL x-loadControlSetpoint: as a LOAD_DISPATCH setpoint; x-loadControlCapacity:
-  import at most that fraction of the baseline; x-loadControlPercentOffset: change by that
-  percentage of the baseline.
-Power values are kW unless the signal's itemBase says otherwise (W, kW, MW via siScaleCode).
-Other signals (prices, bids) are not acted on; an event with nothing actionable is opted out.
-
-Baselines: DR execution uses the configured method (`dr.baseline`); when the history cannot
-give one yet (a new site), the grid import measured when the event arrived stands in as a flat
-baseline. That measurement is also what the opt decision and the relative LOAD_CONTROL
-signals are based on, stored with the event so an update keeps the same reference.
-
-Times: OpenADR runs on the wall clock; the daemon may run on a faster simulated clock (HIL).
-Event windows are mapped onto the daemon's clock when they are handed to DR execution.
-"""
+"""The VEN of one site (openleadr's client): registration and polling, each event from the
+VTN to an opt decision and DR execution, TELEMETRY_USAGE reports."""
 
 from __future__ import annotations
 
@@ -40,240 +8,39 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from openleadr import OpenADRClient, enums, objects
 
 from edge.app.clock import Clock
-from edge.config import BatteryDevice, Config, ControlConfig, PvDevice
-from edge.cycle import ControlCycle
-from edge.image.image import ProcessImage
-from edge.vpp.dr import DrEvent, DrManager, DrRejected, Segment
-from edge.vpp.eventstore import ENDED, OPT_IN, OPT_OUT, DrRequest, EventStore, StoredEvent
+from edge.app.fanout import SiteView
+from edge.config import Config
+from edge.vpp.dr.manager import DrManager
+from edge.vpp.eventstore import ENDED, OPT_IN, OPT_OUT, EventStore, StoredEvent
+from edge.vpp.openadr.mapping import (
+    ID_PREFIX,
+    Flexibility,
+    active_window,
+    decide,
+    dr_event_id,
+    dr_events,
+    flexibility,
+    needed_kw,
+    normalise,
+    signals,
+    to_clock,
+    wall_now,
+)
+from edge.vpp.shaping import DrRejected
 
 # openleadr sets its logger to INFO when imported and logs every report sample at INFO;
 # the daemon's own lines say what matters (registration, events, opt decisions).
 logging.getLogger("openleadr").setLevel(logging.WARNING)
 
 log = logging.getLogger(__name__)
-
-OPEN_ENDED = timedelta(hours=24)  # an event of duration 0 runs until cancelled; re-sent updates extend it
-ID_PREFIX = "oadr:"
-
-
-def wall_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def to_clock(clock: Clock, wall: datetime) -> datetime:
-    """A wall-clock instant on the daemon's clock (identity in real time; under HIL the
-    simulated clock runs `speed` times faster from its own start)."""
-    if clock.wall:
-        return wall  # exactly: two instants converted apart must keep their order
-    return clock.now() + (wall - wall_now()) * clock.speed
-
-
-# -- normalising an openleadr event ---------------------------------------------------------
-_SCALE = {"none": 1.0, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9}  # siScaleCode
-_UNIT_KW = {"W": 1e-3, "kW": 1.0, "MW": 1e3}
-
-
-def _kw_factor(signal: dict[str, Any]) -> float:
-    """kW per signal unit, from the signal's itemBase; kW when there is none. openleadr 0.5
-    parses it as `measurement` {unit, scale}, except in signals after one without an itemBase,
-    which keep the raw element (`powerReal` {item_units, si_scale_code})."""
-    item = signal.get("measurement")
-    if not isinstance(item, dict):
-        item = next((v for v in signal.values() if isinstance(v, dict) and "item_units" in v), {})
-    unit = _UNIT_KW.get(str(item.get("unit", item.get("item_units"))))
-    if unit is None:
-        return 1.0  # no itemBase, or not a power unit (a level, a fraction): used as is
-    return unit * _SCALE.get(str(item.get("scale", item.get("si_scale_code")) or "none"), 1.0)
-
-
-def _signals(event: dict[str, Any]) -> list[dict[str, Any]]:
-    s = event.get("event_signals") or []
-    return s["event_signals"] if isinstance(s, dict) else list(s)
-
-
-def active_window(event: dict[str, Any]) -> tuple[datetime, datetime]:
-    ap = event["active_period"]
-    start = ap["dtstart"].astimezone(UTC)
-    duration = ap.get("duration") or timedelta(0)
-    return start, start + (duration if duration > timedelta(0) else OPEN_ENDED)
-
-
-def normalise(event: dict[str, Any], levels: dict[int, float], baseline_kw: float,
-              received: datetime) -> tuple[list[DrRequest], list[str]]:
-    """The event's signal intervals as `DrRequest`s, and the names of signals not acted on."""
-    event_id = event["event_descriptor"]["event_id"]
-    start, end = active_window(event)
-    requests: list[DrRequest] = []
-    ignored: list[str] = []
-    for si, signal in enumerate(_signals(event)):
-        name, typ = str(signal.get("signal_name")), str(signal.get("signal_type"))
-        factor = _kw_factor(signal)
-        cursor = start
-        for ii, interval in enumerate(signal.get("intervals") or []):
-            i_start = (interval.get("dtstart") or cursor).astimezone(UTC)
-            duration = interval.get("duration") or timedelta(0)
-            i_end = i_start + duration if duration > timedelta(0) else end
-            cursor = i_end
-            mapped = _map(name, typ, float(interval.get("signal_payload", 0.0)), factor, levels,
-                          baseline_kw)
-            if mapped is None:
-                ignored.append(f"{name}/{typ}")
-                break
-            direction, kw, target = mapped
-            notice = max((i_start - received).total_seconds(), 0.0)
-            requests.append(DrRequest(event_id, f"{si}.{ii}", direction, kw, target, i_start,
-                                      min(i_end, end), notice))
-    return requests, sorted(set(ignored))
-
-
-def _map(name: str, typ: str, value: float, factor: float, levels: dict[int, float],
-         baseline: float) -> tuple[str, float, float] | None:
-    """(direction, kw relative to baseline or NaN, absolute target or NaN); None: not acted on."""
-    nan = math.nan
-    name = name.upper()
-    if name == "SIMPLE" and typ == "level":
-        level = min(max(round(value), 0), 3)
-        return ("reduce", levels[level] if level else 0.0, nan)
-    if (name, typ) in (("LOAD_DISPATCH", "setpoint"), ("LOAD_CONTROL", "x-loadControlSetpoint")):
-        target = value * factor
-        return ("increase" if target > baseline else "reduce", nan, target)
-    if name == "LOAD_DISPATCH" and typ == "delta":
-        delta = value * factor
-        return ("increase", delta, nan) if delta > 0 else ("reduce", -delta, nan)
-    if name == "LOAD_CONTROL" and typ == "x-loadControlCapacity":
-        change = (value - 1.0) * max(baseline, 0.0)
-        return ("increase", change, nan) if change > 0 else ("reduce", -change, nan)
-    if name == "LOAD_CONTROL" and typ == "x-loadControlPercentOffset":
-        change = value / 100.0 * max(baseline, 0.0)
-        return ("increase", change, nan) if change > 0 else ("reduce", -change, nan)
-    return None
-
-
-def needed_kw(r: DrRequest, baseline_kw: float) -> float:
-    """How far the request moves the grid power from the baseline, in its direction."""
-    if not math.isnan(r.kw):
-        return r.kw
-    return baseline_kw - r.target_kw if r.direction == "reduce" else r.target_kw - baseline_kw
-
-
-# -- the seam with DR execution (edge/vpp/dr.py) -------------------------------------------
-def _notice(seconds: float) -> str:
-    """DOMAIN.md §4 notice classes from the time between receipt and start."""
-    if seconds >= 6 * 3600:
-        return "day_ahead"
-    if seconds >= 15 * 60:
-        return "hour"
-    return "minute" if seconds >= 60 else "second"
-
-
-def dr_events(event_id: str, requests: list[DrRequest] | tuple[DrRequest, ...],
-              clock: Clock) -> list[DrEvent]:
-    """One `DrEvent` per signal and direction, its intervals as segments, on the daemon's
-    clock; intervals asking for nothing (SIMPLE level 0) are left out."""
-    groups: dict[str, list[DrRequest]] = {}
-    for r in requests:
-        if math.isnan(r.target_kw) and r.kw <= 0:
-            continue
-        groups.setdefault(dr_event_id(event_id, r), []).append(r)
-    out = []
-    for did, rs in groups.items():
-        rs = sorted(rs, key=lambda r: r.start)
-        segments = tuple(Segment(to_clock(clock, r.start), to_clock(clock, r.end),
-                                 None if math.isnan(r.kw) else r.kw,
-                                 None if math.isnan(r.target_kw) else r.target_kw) for r in rs)
-        out.append(DrEvent(did, "grid_operator", rs[0].direction, segments[0].start,
-                           segments[-1].end, notice=_notice(rs[0].notice_s),
-                           segments=segments))
-    return out
-
-
-def dr_event_id(event_id: str, r: DrRequest) -> str:
-    signal = r.key.split(".")[0]
-    return f"{ID_PREFIX}{event_id}:{signal}{'-' if r.direction == 'reduce' else '+'}"
-
-
-# -- flexibility and the opt decision --------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Flexibility:
-    """What the site can add to a grid-power change, sustained over an event window (kW)."""
-
-    reduce_kw: float
-    increase_kw: float
-    detail: str
-
-
-def flexibility(config: Config, image: ProcessImage, hours: float) -> Flexibility:
-    """From the batteries' headroom (power limit, and the energy in their SoC window spread
-    over the event), PV that could be curtailed, and what the switchable loads (role `load`)
-    draw now. How far the site's import/export limits let the grid move is the caller's cap:
-    it depends on the baseline."""
-    hours = max(hours, 1 / 60)
-    reduce = increase = 0.0
-    parts = []
-    for b in (d for d in config.devices if isinstance(d, BatteryDevice)):
-        if not image.good(b.id):
-            parts.append(f"{b.id} not readable")
-            continue
-        p, soc = image.value(b.id, "power_kw"), image.value(b.id, "soc_pct")
-        energy_out = b.deliverable_kwh(soc)
-        energy_in = b.absorbable_kwh(soc)
-        down = max(min(b.max_discharge_kw, energy_out / hours) - p, 0.0)
-        up = max(min(b.max_charge_kw, energy_in / hours) + p, 0.0)
-        reduce += down
-        increase += up
-        parts.append(f"{b.id} SoC {soc:.0f}% -{down:.1f}/+{up:.1f} kW")
-    for pv in (d for d in config.devices if isinstance(d, PvDevice)):
-        if image.good(pv.id):
-            increase += max(image.value(pv.id, "power_kw"), 0.0)  # curtailable
-    shed = sum(max(image.value(d.id, "power_kw"), 0.0) for d in config.of_role("load")
-               if image.good(d.id))  # switchable loads: the cycle sheds them to hold a bound
-    if shed:
-        reduce += shed
-        parts.append(f"switchable loads {shed:.1f} kW")
-    return Flexibility(reduce, increase, ", ".join(parts) or "no controllable device")
-
-
-def decide(requests: list[DrRequest], ignored: list[str], baseline_kw: float, flex: Flexibility,
-           committed: dict[str, float], control: ControlConfig,
-           min_fraction: float) -> tuple[str, str]:
-    """optIn when the site can deliver at least `min_fraction` of every direction the event
-    asks for; optOut otherwise, with the reason in words."""
-    if not requests:
-        what = ", ".join(ignored) or "no signal"
-        return OPT_OUT, f"nothing the site can act on ({what})"
-    if math.isnan(baseline_kw):
-        return OPT_OUT, "no valid PCC reading: cannot tell what the site can deliver"
-    lines = []
-    for direction in ("reduce", "increase"):
-        asked = max((needed_kw(r, baseline_kw) for r in requests if r.direction == direction),
-                    default=0.0)
-        if asked <= 1e-9:
-            continue
-        if direction == "reduce":
-            room = math.inf if control.export_limit_kw is None else baseline_kw + control.export_limit_kw
-            avail = flex.reduce_kw
-        else:
-            room = math.inf if control.import_limit_kw is None else control.import_limit_kw - baseline_kw
-            avail = flex.increase_kw
-        claimed = committed.get(direction, 0.0)
-        can = max(min(avail - claimed, room), 0.0)
-        why = f"{direction} {asked:.1f} kW from a {baseline_kw:.1f} kW baseline: can deliver " \
-              f"{can:.1f} kW ({flex.detail}"
-        why += f"; {claimed:.1f} kW already committed" if claimed else ""
-        why += f"; site limits allow {max(room, 0):.1f} kW" if room < avail - claimed else ""
-        why += ")"
-        if can < min_fraction * asked:
-            return OPT_OUT, f"{why}, below {min_fraction:.0%} of the request"
-        lines.append(why)
-    return OPT_IN, "; ".join(lines) or "normal operation requested (nothing to change)"
 
 
 class _Client(OpenADRClient):
@@ -308,13 +75,13 @@ class Ven:
     """The VEN of one site, owned by the daemon: `restore()` before the first cycle,
     `start()` once devices are read, `stop()` on the way down."""
 
-    def __init__(self, config: Config, cycle: ControlCycle, clock: Clock, directory: Path,
+    def __init__(self, config: Config, view: SiteView, clock: Clock, directory: Path,
                  dr: DrManager) -> None:
         if config.openadr.vtn_url is None:
             raise ValueError("openadr.vtn_url is not set")
         self.config = config
         self.cfg = config.openadr
-        self.cycle = cycle
+        self.view = view
         self.clock = clock
         self.dr = dr
         self.store = EventStore(Path(directory) / "openadr.sqlite")
@@ -385,7 +152,7 @@ class Ven:
     # -- what the site can do --------------------------------------------------------------
     def grid_kw(self) -> float:
         """The PCC meter's measured power now (kW, + import); NaN while it is not readable."""
-        image, pcc = self.cycle.image, self.config.grid_meter.id
+        image, pcc = self.view.image, self.config.grid_meter.id
         if image is None or not image.good(pcc):
             return math.nan
         return image.value(pcc, "power_kw")
@@ -406,7 +173,7 @@ class Ven:
             return out
         c_start, c_end = to_clock(self.clock, start), to_clock(self.clock, end)
         claims: dict[str, dict[str, float]] = {}  # per event: its deepest step (ramp/hold/restore)
-        for i in self.cycle.book.all():
+        for i in self.view.book.all():
             if i.id.startswith(ID_PREFIX) or i.source == "plan":
                 continue
             if i.end <= c_start or i.start >= c_end:
@@ -452,7 +219,7 @@ class Ven:
         if status in ENDED:
             if known is not None and known.status not in ENDED:
                 if status == "cancelled" and self._cancel(self._taken(known)):
-                    self.cycle.wake()  # start releasing the site now, not at the next period
+                    self.view.wake()  # start releasing the site now, not at the next period
                 self.store.set_status(eid, status, now)
                 log.info("OpenADR event %s %s by the VTN", eid, status)
             return known.opt if known is not None else OPT_IN
@@ -463,7 +230,7 @@ class Ven:
         requests, ignored = normalise(event, self.cfg.simple_levels_kw, baseline, now)
         if ignored:
             log.warning("OpenADR event %s: signals not acted on: %s", eid, ", ".join(ignored))
-        image = self.cycle.image
+        image = self.view.image
         if image is None:
             flex = Flexibility(0.0, 0.0, "no process image yet")
         else:
@@ -474,7 +241,7 @@ class Ven:
         opt, reason = decide(requests, ignored, baseline, flex, self._committed(eid, start, end),
                              self.config.control, self.config.dr.min_response_ratio)
         ev = StoredEvent(eid, mod, status, opt, reason, start, end, baseline, tuple(requests),
-                         _signals(event), known.received if known else now)
+                         signals(event), known.received if known else now)
         n, taken = 0, set()
         if opt == OPT_IN:
             try:
@@ -486,7 +253,7 @@ class Ven:
         released = self._cancel(self._taken(known) - taken)  # what an update no longer asks
         self.store.put(ev, now)
         if (n or released) and start <= now < end:
-            self.cycle.wake()  # in force already: act within one cycle time, not one period
+            self.view.wake()  # in force already: act within one cycle time, not one period
         if opt == OPT_IN:
             log.info("OpenADR event %s (mod %d) %s - %s: optIn, %d instruction(s): %s", eid, mod,
                      start.isoformat(), end.isoformat(), n, reason)

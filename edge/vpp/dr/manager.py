@@ -1,26 +1,8 @@
-"""DR execution: events become shaped grid instructions (edge/vpp/shaping.py), each is
-tracked by live M&V (edge/vpp/execution.py, mv.py) on its baseline (baseline.py) until its
-final result, and everything about it survives a restart.
-
-The seam: commands.py (MQTT `cmd/dr_event`, `cmd/cancel`) and openadr.py (VTN events) build a
-`DrEvent` and call `DrManager.add(event, now)` (raises `DrRejected` with the reason, for the
-ack / optOut), `DrManager.cancel(event_id, now)` and `DrManager.assess(event, now, image)`
-(expected response ratio, for opt-in decisions against `dr.min_response_ratio`). Lower level:
-`event_instructions` shapes an event on a given baseline; `DrExecution` tracks one. The
-daemon owns one `DrManager` (`Daemon.dr`), calls `tick` periodically and sends what it
-returns on `dr/<event_id>` (edge/vpp/schemas.py `DrReport`, plus projected_ratio, alarm, band).
-
-Instructions carry the event's source (grid_operator or park) and combine in the book by
-priority with park dispatch and the plan (edge/control/instructions.py); the planner reads the
-grid-operator and park ones as commitments. The baseline is computed until the response
-begins (ramp-in start) and frozen from then on; a realtime baseline waits for its reference
-quarter hour. Events, frozen baselines and final results persist in `dr.sqlite` in the state
-dir: a restarted daemon resumes an event mid-way and keeps event days out of baselines.
-"""
+"""The daemon's DR manager: takes events, keeps their instructions in the book, ticks their
+M&V and persists them (edge/vpp/dr/store.py)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 from dataclasses import dataclass, field, replace
@@ -30,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from edge.config import BatteryDevice, Config, PvDevice
+from edge.config import Config
 from edge.control.instructions import Instruction, InstructionBook
 from edge.report.history import History, interval_start
 from edge.vpp.baseline import (
@@ -41,78 +23,15 @@ from edge.vpp.baseline import (
     baseline,
     event_intervals,
 )
+from edge.vpp.capability import site_capability, total
+from edge.vpp.dr.assess import Assessment, expected
+from edge.vpp.dr.store import DrStore
 from edge.vpp.execution import DrExecution, LiveHistory, iso
-from edge.vpp.shaping import (
-    DrEvent,
-    DrRejected,
-    Segment,
-    event_instructions,
-    limit_problems,
-    site_window,
-)
-
-__all__ = ["Assessment", "DrEvent", "DrExecution", "DrManager", "DrRejected", "Segment",
-           "event_instructions"]
+from edge.vpp.shaping import DrEvent, DrRejected, limit_problems, site_window
 
 log = logging.getLogger(__name__)
 
 _FINAL_GRACE = timedelta(minutes=5)  # final after the last interval closed, or this long after
-
-
-# -- persistence -------------------------------------------------------------------------
-class _Store:
-    """Events, their baselines and final reports in SQLite (WAL, synchronous=FULL)."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.db = sqlite3.connect(path)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("CREATE TABLE IF NOT EXISTS dr_event (id TEXT PRIMARY KEY, "
-                            "event TEXT NOT NULL, baseline TEXT, cancelled_at TEXT, final TEXT)")
-            self.db.commit()
-        except sqlite3.Error as exc:
-            raise RuntimeError(f"cannot open the DR store {path}: {exc}; check that the storage "
-                               "dir is writable (moving a corrupt file aside forgets past "
-                               "events)") from exc
-
-    def put(self, event: DrEvent, base: Baseline | None, cancelled_at: datetime | None,
-            final: dict | None) -> None:
-        with self.db:
-            self.db.execute("INSERT OR REPLACE INTO dr_event VALUES (?, ?, ?, ?, ?)", (
-                event.id, json.dumps(event.to_json()),
-                None if base is None else json.dumps(base.to_json()),
-                None if cancelled_at is None else cancelled_at.isoformat(),
-                None if final is None else json.dumps(final)))
-
-    def rows(self) -> list[tuple[DrEvent, Baseline | None, datetime | None, dict | None]]:
-        out = []
-        for ev, base, cancelled, final in self.db.execute("SELECT event, baseline, cancelled_at, "
-                                                          "final FROM dr_event"):
-            out.append((DrEvent.from_json(json.loads(ev)),
-                        None if base is None else Baseline.from_json(json.loads(base)),
-                        None if cancelled is None else datetime.fromisoformat(cancelled),
-                        None if final is None else json.loads(final)))
-        return out
-
-    def prune(self, before: datetime) -> list[str]:
-        """Forget final events that ended before `before`; returns their ids."""
-        gone = [ev.id for ev, _b, _c, final in self.rows() if final is not None and ev.end < before]
-        with self.db:
-            self.db.executemany("DELETE FROM dr_event WHERE id = ?", [(i,) for i in gone])
-        return gone
-
-    def close(self) -> None:
-        self.db.close()
-
-
-# -- the manager -------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Assessment:
-    expected_ratio: float
-    opt_in: bool
-    reason: str
 
 
 @dataclass
@@ -135,7 +54,7 @@ class DrManager:
         self.tz = ZoneInfo(config.site.timezone)
         self.window = site_window(config.control)
         self.view = LiveHistory(history, meter)
-        self._store = _Store(Path(path)) if path is not None else None
+        self._store = DrStore(Path(path)) if path is not None else None
         self._events: dict[str, _Tracked] = {}
         self.finals: dict[str, dict] = {}  # event id -> its final report
         self._outgoing: list[dict] = []  # reports made outside a tick, sent by the next one
@@ -193,8 +112,7 @@ class DrManager:
 
     def assess(self, event: DrEvent, now: datetime, image=None) -> Assessment:
         """Expected response ratio if the site takes the event, assuming the building draws
-        its baseline and the batteries (plus curtailable PV for an increase) make the whole
-        change: their power limit per interval, their energy over the event."""
+        its baseline: `expected` of what the site can deliver over it."""
         try:
             exe = DrExecution(event, self._baseline(event, now, allow_pending=False), self.cfg,
                               self.window)
@@ -202,30 +120,10 @@ class DrManager:
             return Assessment(0.0, False, f"no baseline: {exc}")
         if exe.declared_mean_kw <= 0:
             return Assessment(1.0, True, "the site is already at the requested level")
-        power = energy = 0.0
-        for b in (d for d in self.config.devices if isinstance(d, BatteryDevice)):
-            if image is None or not image.good(b.id):
-                continue
-            soc = image.value(b.id, "soc_pct")
-            if event.direction == "reduce":
-                power += b.max_discharge_kw
-                energy += b.deliverable_kwh(soc)
-            else:
-                power += b.max_charge_kw
-                energy += b.absorbable_kwh(soc)
-        pv = 0.0
-        if event.direction == "increase" and image is not None:
-            pv = sum(max(image.value(p.id, "power_kw"), 0.0) for p in self.config.devices
-                     if isinstance(p, PvDevice) and image.good(p.id))
-        battery_kwh = float(np.sum(np.minimum(exe.declared_kw, power) * exe.hours))
-        pv_kwh = float(np.sum(np.minimum(np.maximum(exe.declared_kw - power, 0), pv) * exe.hours))
-        declared_kwh = float(np.sum(exe.declared_kw * exe.hours))
-        ratio = (min(battery_kwh, energy) + pv_kwh) / declared_kwh
-        ok = ratio >= self.cfg.min_response_ratio
-        why = (f"expects {ratio:.0%} of {declared_kwh:.1f} kWh: batteries {power:.1f} kW, "
-               f"{energy:.1f} kWh available" + (f", PV {pv:.1f} kW curtailable" if pv else "")
-               + f"; opt-in needs {self.cfg.min_response_ratio:.0%} (dr.min_response_ratio)")
-        return Assessment(ratio, ok, why)
+        hours = float(np.sum(exe.hours))
+        cap = total((), hours) if image is None else site_capability(self.config, image, hours)
+        return expected(cap, event.direction, exe.declared_kw, exe.hours,
+                        self.cfg.min_response_ratio)
 
     def tick(self, now: datetime, image=None) -> list[dict]:
         """Advance every event: late baselines, freezing at the ramp start, dropping expired
