@@ -12,7 +12,7 @@ from edge.roles.dcdc import DcConverter, DcConverterDevice
 from edge.roles.flexload import FlexLoad, FlexLoadDevice
 from edge.roles.meter import Meter, MeterDevice
 from edge.roles.pv import Pv, PvDevice
-from edge.roles.role import Capability, Memory, Role, Written
+from edge.roles.role import Memory, Part, Role, Written
 
 # Order matters where roles meet: the kernel's blocks and the telemetry fields follow it.
 ROLES: dict[str, Role] = {r.name: r for r in (Pv(), Battery(), Meter(), FlexLoad(), DcConverter())}
@@ -35,6 +35,6 @@ def grouped(devices: list[Any]) -> dict[str, list[Any]]:
     return out
 
 
-__all__ = ["ROLES", "BatteryDevice", "BmsParams", "Capability", "DcConverterDevice",
+__all__ = ["ROLES", "BatteryDevice", "BmsParams", "Part", "DcConverterDevice",
            "DeviceConfig", "FlexLoadDevice", "Memory", "MeterDevice", "PvDevice", "Role",
            "Written", "grouped", "role_of"]

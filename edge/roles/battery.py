@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from edge.config.base import DeviceBase, Pct, PositiveKw, _Model
 from edge.control import kernel as layout
-from edge.roles.role import Capability, Role, rounded, total
+from edge.roles.role import Part, Role, rounded, total
 
 
 class BmsParams(_Model):
@@ -74,11 +74,20 @@ def safe_power(image, b: BatteryDevice) -> float:
     return p
 
 
+def part_at(b: BatteryDevice, power_kw: float, soc_pct: float) -> Part:
+    """A battery at this power (+ discharge) and SoC; its ratings count only while its SoC
+    window leaves energy (resp. room) for them."""
+    out, room = b.deliverable_kwh(soc_pct), b.absorbable_kwh(soc_pct)
+    return Part(b.id, "battery", power_kw, b.max_discharge_kw if out > 0 else 0.0,
+                -b.max_charge_kw if room > 0 else 0.0, out, room, soc_pct)
+
+
 class Battery(Role):
     name = "battery"
     model = BatteryDevice
     block = "bess"
     writes = True
+    stores_energy = True
 
     def summary(self, d: BatteryDevice) -> str:
         detail = (f"{d.capacity_kwh:g} kWh, -{d.max_charge_kw:g}/+{d.max_discharge_kw:g} kW, "
@@ -137,11 +146,7 @@ class Battery(Role):
         soc = soc_x_cap / cap if cap and soc_x_cap is not None else None
         return {"soc_pct": rounded(soc, 2)}
 
-    def capability(self, b: BatteryDevice, image, hours: float) -> Capability:
+    def capability(self, b: BatteryDevice, image) -> Part | None:
         if not image.good(b.id):
-            return Capability()
-        soc, p = image.value(b.id, "soc_pct"), image.value(b.id, "power_kw")
-        give, take = b.deliverable_kwh(soc), b.absorbable_kwh(soc)
-        return Capability(down_kw=max(b.max_discharge_kw - p, 0.0) if give > 0 else max(-p, 0.0),
-                          up_kw=max(b.max_charge_kw + p, 0.0) if take > 0 else max(p, 0.0),
-                          down_kwh=give, up_kwh=take, detail={"soc_pct": soc})
+            return None
+        return part_at(b, image.value(b.id, "power_kw"), image.value(b.id, "soc_pct"))

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from edge.config.base import DeviceBase, PositiveKw
 from edge.control import kernel as layout
-from edge.roles.role import Memory, Role, rounded, total
+from edge.roles.role import Memory, Part, Role, rounded, total
 
 log = logging.getLogger("edge.cycle")
 
@@ -73,6 +73,12 @@ def held_on(load: FlexLoadDevice, sw: Switching) -> bool:
     returns to its default, the configured safe_state). Commanding the safe state early
     would switch it, whenever a write got through, without the batteries knowing."""
     return load.safe_state == "on" if sw.on is None else sw.on
+
+
+def part_at(device_id: str, power_kw: float) -> Part:
+    """A switchable load drawing `power_kw`, which can be shed to nothing."""
+    p = -max(power_kw, 0.0)
+    return Part(device_id, "load", p, 0.0, p)
 
 
 class FlexLoad(Role):
@@ -177,3 +183,6 @@ class FlexLoad(Role):
         # Switchable loads: what they draw, and how many run (the rest are shed).
         return {"flex_load_kw": rounded(total(image, devs, "power_kw")),
                 "flex_loads_on": None if on is None else round(on)}
+
+    def capability(self, d: FlexLoadDevice, image) -> Part | None:
+        return part_at(d.id, image.value(d.id, "power_kw")) if image.good(d.id) else None

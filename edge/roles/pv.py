@@ -9,7 +9,7 @@ from pydantic import Field
 
 from edge.config.base import DeviceBase, Pct, PositiveKw
 from edge.control import kernel as layout
-from edge.roles.role import Role
+from edge.roles.role import Part, Role
 
 
 class PvDevice(DeviceBase):
@@ -23,6 +23,12 @@ class PvDevice(DeviceBase):
     )
     tilt_deg: float = Field(20.0, ge=0, le=90, description="array tilt, for the PV forecast")
     azimuth_deg: float = Field(180.0, ge=0, lt=360, description="array azimuth, 180 = south")
+
+
+def part_at(device_id: str, power_kw: float) -> Part:
+    """PV producing `power_kw`, which can be curtailed to nothing."""
+    p = max(power_kw, 0.0)
+    return Part(device_id, "pv", p, p, 0.0)
 
 
 class Pv(Role):
@@ -66,3 +72,6 @@ class Pv(Role):
 
     def write(self, driver, value: float, revert_s: int):
         return driver.write_limit(value, revert_s)
+
+    def capability(self, d: PvDevice, image) -> Part | None:
+        return part_at(d.id, image.value(d.id, "power_kw")) if image.good(d.id) else None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -55,15 +55,39 @@ class Memory:
 
 
 @dataclass(frozen=True, slots=True)
-class Capability:
-    """What one device can change at the PCC from where it is now: `down_kw` lowers import
-    (discharge, shed, curtail less), `up_kw` raises it; the energy bounds say for how long."""
+class Part:
+    """One device's reach on the PCC power. Its push is its effect on the PCC power: + lowers
+    it (battery discharge, PV output), − raises it (battery charge, a load's draw). Up means
+    a lower PCC power (import less / export more), down a higher one."""
 
-    down_kw: float = 0.0
-    up_kw: float = 0.0
-    down_kwh: float = math.inf
-    up_kwh: float = math.inf
-    detail: dict[str, float] = field(default_factory=dict)
+    id: str
+    role: str
+    push_kw: float  # now
+    max_kw: float  # the most push it can reach
+    min_kw: float  # the least
+    up_kwh: float = math.inf  # energy behind a push above 0 (a battery above soc_min)
+    down_kwh: float = math.inf  # room behind a push below 0 (a battery below soc_max)
+    soc_pct: float = math.nan
+
+    @property
+    def stores(self) -> bool:
+        """Its energy runs out (a battery), unlike shedding a load or curtailing PV."""
+        return math.isfinite(self.up_kwh) or math.isfinite(self.down_kwh)
+
+    def up_kw(self, hours: float) -> float:
+        """How far it can lower the PCC power from now and hold that for `hours`."""
+        return max(min(self.max_kw, self.up_kwh / hours) - self.push_kw, 0.0)
+
+    def down_kw(self, hours: float) -> float:
+        """How far it can raise the PCC power from now and hold that for `hours`."""
+        return max(self.push_kw - max(self.min_kw, -self.down_kwh / hours), 0.0)
+
+    def energy(self, direction: str, hours: float) -> float:
+        """The kWh behind a move up or down: a battery's whole store, else what holding the
+        move for `hours` gives."""
+        if direction == "up":
+            return self.up_kwh if math.isfinite(self.up_kwh) else self.up_kw(hours) * hours
+        return self.down_kwh if math.isfinite(self.down_kwh) else self.down_kw(hours) * hours
 
 
 class Role:
@@ -146,8 +170,12 @@ class Role:
         """The telemetry fields this role contributes (present even with no device)."""
         return {}
 
-    def capability(self, dev: Any, image: ProcessImage, hours: float) -> Capability:
-        return Capability()
+    stores_energy: ClassVar[bool] = False  # its reach runs out (a battery)
+
+    def capability(self, dev: Any, image: ProcessImage) -> Part | None:
+        """How far it can move the PCC power from now (None: not readable, so nothing may
+        be promised on it); edge/vpp/capability.py sums the site."""
+        return None
 
 
 def total(image: ProcessImage, devs: list[Any], key: str, weight=lambda d: 1.0) -> float | None:

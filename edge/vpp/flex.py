@@ -28,7 +28,10 @@ import numpy as np
 
 from edge.config import BatteryDevice, Config
 from edge.image.image import ProcessImage
-from edge.vpp.capability import Part, battery_at, pv_at, site_capability, total
+from edge.roles import Part
+from edge.roles.battery import part_at as battery_at
+from edge.roles.pv import part_at as pv_at
+from edge.vpp.capability import site_capability, total
 
 INTERVAL_S = 900
 
