@@ -17,7 +17,7 @@ class Quality(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """One poll of one device. `values` are in kW, kWh, % (sign conventions of DOMAIN.md)."""
+    """One poll of one device. `values` are in kW, kWh, % (sign conventions of docs/domain.md §2)."""
 
     device_id: str
     values: dict[str, float]
@@ -84,7 +84,7 @@ class FlexLoad(Device, Protocol):
 class DcConverter(Device, Protocol):
     """values: bus_v (V, the DC bus it feeds), power_kw (+ into the bus, − out of it), v_ref
     (V, its droop reference: bus_v = v_ref − slope × power). `write_v_ref` shifts that
-    reference rather than fighting the droop with power setpoints (DOMAIN.md §1); the
+    reference rather than fighting the droop with power setpoints (docs/domain.md §1); the
     converter returns to its own default when not re-written within `revert_s`. A converter
     whose reference is read-only raises DeviceError there."""
 

@@ -32,15 +32,20 @@ def _modbus_endpoint(spec: DeviceSpec, endpoints: dict) -> ModbusEndpoint:
     return endpoints[key]
 
 
+# role -> the SunSpec driver of that role (a 704 inverter reverts to the site's safe level)
+_SUNSPEC = {
+    "pv": lambda s, ep: SunSpecPv(s.id, ep, s.unit_id, revert_pct=s.revert_pct),
+    "battery": lambda s, ep: SunSpecBattery(s.id, ep, s.unit_id),
+    "meter": lambda s, ep: SunSpecMeter(s.id, ep, s.unit_id),
+}
+
+
 def _sunspec(spec: DeviceSpec, endpoints: dict) -> Device:
     endpoint = _modbus_endpoint(spec, endpoints)
-    if spec.role == "pv":
-        return SunSpecPv(spec.id, endpoint, spec.unit_id, revert_pct=spec.revert_pct)
-    if spec.role == "battery":
-        return SunSpecBattery(spec.id, endpoint, spec.unit_id)
-    if spec.role == "meter":
-        return SunSpecMeter(spec.id, endpoint, spec.unit_id)
-    raise ValueError(f"device {spec.id}: no SunSpec driver for role {spec.role}")
+    driver = _SUNSPEC.get(spec.role)
+    if driver is None:
+        raise ValueError(f"device {spec.id}: no SunSpec driver for role {spec.role}")
+    return driver(spec, endpoint)
 
 
 def _modbus_map(spec: DeviceSpec, endpoints: dict) -> Device:

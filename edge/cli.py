@@ -20,14 +20,8 @@ import sys
 from pathlib import Path
 
 from edge import config as config_mod
-from edge.config import (
-    BatteryDevice,
-    Config,
-    DcConverterDevice,
-    FlexLoadDevice,
-    MeterDevice,
-    PvDevice,
-)
+from edge.config import Config
+from edge.roles import role_of
 
 EXIT_RUNTIME, EXIT_CONFIG, EXIT_KERNEL = 1, 2, 3
 EXIT_NO_ANSWER, EXIT_NOT_SUNSPEC = 4, 5
@@ -60,24 +54,7 @@ def _summary(cfg: Config) -> str:
         f"devices ({len(cfg.devices)}):",
     ]
     for d in cfg.devices:
-        if isinstance(d, PvDevice):
-            detail = f"{d.rated_kw:g} kW rated"
-        elif isinstance(d, BatteryDevice):
-            detail = (f"{d.capacity_kwh:g} kWh, -{d.max_charge_kw:g}/+{d.max_discharge_kw:g} kW, "
-                      f"SoC {d.soc_min_pct:g}-{d.soc_max_pct:g} %")
-            if d.bms is not None:
-                detail += f", BMS unit {d.bms.unit_id} map {d.bms.map}"
-        elif isinstance(d, FlexLoadDevice):
-            detail = (f"{d.rated_kw:g} kW, priority {d.priority}, min on/off "
-                      f"{d.min_on_s:g}/{d.min_off_s:g} s, safe {d.safe_state}")
-        elif isinstance(d, DcConverterDevice):
-            lo, hi = (d.bus_nominal_v * (1 + s * d.band_pct / 100) for s in (-1, 1))
-            detail = f"{d.rated_kw:g} kW, DC bus {d.bus_nominal_v:g} V, alarm outside {lo:g}-{hi:g} V"
-        else:
-            assert isinstance(d, MeterDevice)
-            detail = f"measures {d.measures}"
-            if (d.ct_ratio, d.pt_ratio) != (1, 1):
-                detail += f", CT {d.ct_ratio:g} × PT {d.pt_ratio:g}"
+        detail = role_of(d).summary(d)
         if d.protocol.startswith("dlt645-"):
             where = f"address {d.address}"
         else:

@@ -4,7 +4,7 @@ state on stale devices, a lost grid meter, or a crash.
 
 Fakes stand in for drivers here (unit tests only). Time is a manual Clock, so every ramp,
 dt and revert timer is set by the test, never by the wall clock.
-Signs: grid +import/-export, battery +discharge/-charge, PV >= 0 (DOMAIN.md §2).
+Signs: grid +import/-export, battery +discharge/-charge, PV >= 0 (docs/domain.md §2).
 """
 
 from __future__ import annotations

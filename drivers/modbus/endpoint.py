@@ -2,7 +2,7 @@
 behind a TCP host:port or an RS-485 bus, one lock, reconnect backoff, and the errors that tell
 a unit that answered with an exception from one that did not answer at all.
 
-Field lessons applied (DOMAIN.md §5): many devices accept a single TCP client, so every
+Field lessons applied (docs/domain.md §5): many devices accept a single TCP client, so every
 unit behind an endpoint shares one client and one lock; after a connection-level failure
 the connection is dropped and re-opened with backoff, while a single unit that does not
 answer only backs off itself (`drivers.modbus.unit.ModbusUnit`) so its neighbours keep polling.

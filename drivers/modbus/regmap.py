@@ -6,7 +6,7 @@ are in drivers.modbus.mapped.
 A map names each register by the key it feeds (`power_kw`, `soc_pct`, `import_kwh`, ... or a
 free name for extra telemetry) and says how to decode it: function (holding/input), type,
 byte and word order, scale to the engineering unit, and a sign that maps the vendor's sign
-convention onto ours (DOMAIN.md §2: grid +import, battery +discharge). Controls are points
+convention onto ours (docs/domain.md §2: grid +import, battery +discharge). Controls are points
 too, under reserved keys:
 
 - `setpoint` (battery, kW after scale and sign; + discharge),
@@ -199,7 +199,7 @@ def _message(err: dict) -> str:
     return msg
 
 
-# Quantities that take both signs (DOMAIN §2): an unsigned register would turn charging or
+# Quantities that take both signs (docs/domain.md §2): an unsigned register would turn charging or
 # export into a huge positive number.
 SIGNED_KEYS = frozenset({"power_kw", "setpoint"})
 SIGNED_ROLES = frozenset({"battery", "meter", "dcdc"})  # PV output is never negative

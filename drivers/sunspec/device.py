@@ -124,7 +124,7 @@ class SunSpecUnit(ModbusUnit):
             await self._write_regs(address, regs)
             if not verify:
                 continue
-            # Verify by read-back (issue 3): a device may accept a write and store something
+            # Verify by read-back: a device may accept a write and store something
             # else (clamp, round, ignore a point it does not implement).
             back = await self._read_regs(address, len(regs))
             if back != regs:

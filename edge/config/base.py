@@ -76,7 +76,7 @@ class DeviceBase(_Model):
     @model_validator(mode="before")
     @classmethod
     def _dlt645_line(cls, data: object) -> object:
-        """DL/T 645 meters default to 2400 bit/s 8E1 (DOMAIN §5), not Modbus's 9600 8N1."""
+        """DL/T 645 meters default to 2400 bit/s 8E1 (docs/domain.md §5), not Modbus's 9600 8N1."""
         if (isinstance(data, dict) and data.get("protocol") == "dlt645-serial"
                 and isinstance(data.get("serial"), dict)):
             data = {**data, "serial": {"baudrate": 2400, "parity": "E", **data["serial"]}}

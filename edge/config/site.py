@@ -87,10 +87,12 @@ class Config(_Model):
             pct = 0.0 if self.control.export_limit_kw is not None else 100.0
         return pv.rated_kw * pct / 100.0
 
-    def of_role(self, role: str) -> list:
-        return [d for d in self.devices if d.role == role]
+    def devices_that(self, capability: str) -> list:
+        """The devices whose role has `capability` (a Role flag: stores_energy, generates,
+        writes), in config order."""
+        return [d for d in self.devices if getattr(ROLES[d.role], capability)]
 
     @property
     def grid_meter(self) -> MeterDevice:
-        return next(d for d in self.devices if d.role == "meter" and d.measures == "grid")
+        return next(d for d in self.devices if ROLES[d.role].balance_term(d) == "grid")
 

@@ -75,7 +75,7 @@ class OpenAdrConfig(_Model):
 
 
 class DrConfig(_Model):
-    """Demand-response execution and M&V (edge/vpp/dr.py, baseline.py, mv.py; DOMAIN.md §4).
+    """Demand-response execution and M&V (edge/vpp/dr.py, baseline.py, mv.py; docs/domain.md §4).
 
     The baseline is computed on `baseline_on`: by default the PCC grid import, which is what
     the grid operator meters and settles. Working days are Monday-Friday minus `holidays`
@@ -122,7 +122,7 @@ class DrConfig(_Model):
 
 
 class CarbonConfig(_Model):
-    """Grid emission factors for carbon accounting (DOMAIN.md §6). MEE/NBS publish them
+    """Grid emission factors for carbon accounting (docs/domain.md §6). MEE/NBS publish them
     yearly in three versions; name the one you use so reports can be audited."""
 
     factor_kg_per_kwh: float = Field(0.5366, ge=0, le=2, description="grid emission factor")

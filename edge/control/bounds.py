@@ -1,4 +1,4 @@
-"""Control functions: pure `(image, bounds) -> bounds`, highest duty first (DOMAIN.md §3).
+"""Control functions: pure `(image, bounds) -> bounds`, highest duty first (docs/domain.md §3).
 
 A function narrows the site bounds left by the ones before it (limits only tighten; a
 target is set by the first function that wants one) and never writes a device. The

@@ -17,7 +17,7 @@ charge from the grid to climb up to its level.
 Bounds from the local plan are soft: they steer the target (the planned peak cap) but are not
 limits the kernel would shed loads for.
 
-Sources, highest priority first (DOMAIN.md §3, duty 3 and 6):
+Sources, highest priority first (docs/domain.md §3, duty 3 and 6):
 grid_operator (OpenADR, MQTT dr_event) > park (MQTT dispatch) > plan (the local planner).
 """
 

@@ -47,7 +47,7 @@ def pv_held_back(pvs: list[PvDevice], limits: dict[str, float], image: ProcessIm
 class Forecaster:
     def __init__(self, config: Config, history: History) -> None:
         f = config.forecast
-        self.pvs = pvs = config.of_role("pv")
+        self.pvs = pvs = config.devices_that("generates")
         self.pv = PvForecaster(
             config.site.latitude, config.site.longitude,
             [Array(p.rated_kw, p.tilt_deg, p.azimuth_deg) for p in pvs],

@@ -1,4 +1,4 @@
-"""The economic planner (issue #4): an LP over a rolling horizon, solved with HiGHS.
+"""The economic planner: an LP over a rolling horizon, solved with HiGHS.
 
 model.py builds the LP from a `PlanInput`, solve.py solves it and maps the result to a
 `Plan`, planner.py re-plans on a schedule and on events and hands the plan to the cycle as

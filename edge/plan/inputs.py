@@ -182,8 +182,8 @@ def build_input(config: Config, start: datetime, step_s: int, load_kw, pv_kw,
         if not 0 < first <= step_s:
             raise ValueError("now: must lie inside step 0 (start <= now < start + step_s)")
     wanted = None if battery_ids is None else set(battery_ids)
-    bats = tuple(_battery(b, soc_pct) for b in config.devices
-                 if isinstance(b, BatteryDevice) and (wanted is None or b.id in wanted))
+    bats = tuple(_battery(b, soc_pct) for b in config.devices_that("stores_energy")
+                 if wanted is None or b.id in wanted)
     g_max, g_min, labels = commitment_window(commitments, start, step_s, n)
     ctl, plan = config.control, config.planner
     return PlanInput(

@@ -21,7 +21,7 @@ Objective: sum dt*(price_imp*imp - price_exp*exp) + demand*peak + degradation*dt
   the mean over the part the plan covers.
 - Configured import/export limits and the device limits are hard. DR and dispatch
   commitments (`grid_max_kw`/`grid_min_kw`) are soft at a price above anything else in the
-  objective, reserve included (DOMAIN §3: commitments rank above the reserve): a DR event
+  objective, reserve included (docs/domain.md §3: commitments rank above the reserve): a DR event
   the battery can only partly deliver is normal (settlement penalises below 50 %), so the
   plan delivers as much as it can and says how much it falls short, instead of failing.
 - Import and export are separate so the LP prices each direction. When the export price is
@@ -32,7 +32,7 @@ Objective: sum dt*(price_imp*imp - price_exp*exp) + demand*peak + degradation*dt
   never chosen unless burning earns money (negative prices, or a grid floor the site cannot
   otherwise absorb). It is not forbidden (that would need a binary per step); solve.py nets
   the two and says so in the plan's reason.
-- The reserve SoC is a duty above economics but below grid-operator commitments (DOMAIN §3):
+- The reserve SoC is a duty above economics but below grid-operator commitments (docs/domain.md §3):
   going below it costs far more than any price can earn, so the plan never trades it for
   money, yet a battery that starts below it, or a DR event that needs it, does not make the
   plan infeasible. The device window (soc_min..soc_max) is hard.

@@ -53,7 +53,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from edge.app.clock import Clock
-from edge.config import BatteryDevice, Config
+from edge.config import Config
 from edge.control.instructions import Instruction
 from edge.plan.model import build_input
 from edge.plan.solve import Plan, PlanInfeasible, solve
@@ -212,13 +212,12 @@ class Planner:
         if image is None:
             raise PlanInfeasible("no measurements yet (the first cycle has not run)")
         soc: dict[str, float] = {}
-        for b in self.config.devices:
-            if isinstance(b, BatteryDevice):
-                if image.good(b.id):
-                    soc[b.id] = image.value(b.id, "soc_pct")
-                else:
-                    log.warning("battery %s is %s: planning without it", b.id,
-                                image.devices[b.id].quality.value)
+        for b in self.config.devices_that("stores_energy"):
+            if image.good(b.id):
+                soc[b.id] = image.value(b.id, "soc_pct")
+            else:
+                log.warning("battery %s is %s: planning without it", b.id,
+                            image.devices[b.id].quality.value)
         epoch = now.timestamp()
         start = datetime.fromtimestamp(epoch - epoch % self.step_s, UTC)
         load, pv = self.forecast(start, self.n, self.step_s)

@@ -1,4 +1,4 @@
-"""Carbon accounting from the site's own metered intervals (DOMAIN.md §6).
+"""Carbon accounting from the site's own metered intervals (docs/domain.md §6).
 
 Emissions = grid import × the configured factor; PV used on site counts zero, exported PV is
 simply not part of the site's consumption (never also claimed), bought green power is taken

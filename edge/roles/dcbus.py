@@ -1,4 +1,4 @@
-"""The DC bus as the controller sees it (DOMAIN.md §1): its voltage from the converters'
+"""The DC bus as the controller sees it (docs/domain.md §1): its voltage from the converters'
 readings, an alarm when it stays outside nominal ± band, and (with `restore_v`) the
 secondary control that shifts the converters' droop reference so the bus sits at nominal.
 
@@ -118,7 +118,7 @@ RESTORE_GAIN = 0.5  # share of the bus error removed per cycle: the droop is alg
 
 
 class DcBusRestore:
-    """Secondary control of the droop (DOMAIN.md §1: shift the converters' reference rather
+    """Secondary control of the droop (docs/domain.md §1: shift the converters' reference rather
     than fight their droop with power setpoints). The droop lets the bus sag by slope × load;
     each cycle moves one common shift of v_ref (every converter on the bus restores, so
     parallel converters keep sharing load) by half the bus error, from the reference the

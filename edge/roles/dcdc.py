@@ -17,7 +17,7 @@ V_REF_DEADBAND_V = 0.05  # v_ref changes below this are not worth a write
 
 
 class DcConverterDevice(DeviceBase):
-    """A droop-controlled converter feeding the building's DC bus (DOMAIN.md §1): an AC/DC
+    """A droop-controlled converter feeding the building's DC bus (docs/domain.md §1): an AC/DC
     interface converter or a bidirectional DC/DC, observed for the bus voltage, which is
     alarmed outside nominal ± band_pct. One DC bus per site: every converter sits on it.
     In the HIL its DC loads follow sim.profile/base_kw/day_kw, sim.peak_kw is PV on the bus."""

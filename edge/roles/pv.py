@@ -19,7 +19,7 @@ class PvDevice(DeviceBase):
     revert_s: int = Field(60, ge=5, le=3600, description="device reverts limits after this")
     safe_limit_pct: Pct | None = Field(
         None, description="PV level when the PCC meter is lost; default 0 on an export-limited "
-        "site (DOMAIN §3: drop PV to a safe level), else 100",
+        "site (docs/domain.md §3: drop PV to a safe level), else 100",
     )
     tilt_deg: float = Field(20.0, ge=0, le=90, description="array tilt, for the PV forecast")
     azimuth_deg: float = Field(180.0, ge=0, lt=360, description="array azimuth, 180 = south")
@@ -36,6 +36,7 @@ class Pv(Role):
     model = PvDevice
     block = "pv"
     writes = True
+    generates = True
 
     def summary(self, dev: PvDevice) -> str:
         return f"{dev.rated_kw:g} kW rated"

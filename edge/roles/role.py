@@ -95,6 +95,7 @@ class Role:
     model: ClassVar[type[DeviceBase]]  # its config model
     block: ClassVar[str | None] = None  # the kernel block its devices fill, if any
     writes: ClassVar[bool] = False  # has setpoints (and a revert timer on the device)
+    generates: ClassVar[bool] = False  # PV generation the forecaster predicts
 
     # -- configuration ------------------------------------------------------------------
     def summary(self, dev: Any) -> str:

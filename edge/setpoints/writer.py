@@ -49,7 +49,7 @@ class Writer:
              force: bool = False) -> list[list[tuple]]:
         """The (device, value) pairs due now, in three phases (see Role.write_phase)."""
         # The deadband saves writes, but a limit being broken right now outranks that: then
-        # any correction larger than measurement noise is written (DOMAIN §3, duty 4).
+        # any correction larger than measurement noise is written (docs/domain.md §3, duty 4).
         configured = LIMIT_SLACK_KW if violated else self.config.control.deadband_kw
         phases: list[list] = [[], [], []]
         for d in self.writers:

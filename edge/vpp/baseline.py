@@ -1,4 +1,4 @@
-"""DR baselines (DOMAIN.md §4): what the site would have drawn without the event, per 15 min.
+"""DR baselines (docs/domain.md §4): what the site would have drawn without the event, per 15 min.
 
 Three methods, picked by `dr.baseline`:
 - avg5: each interval averaged over the 5 most recent normal working days;

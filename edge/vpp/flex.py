@@ -1,5 +1,5 @@
 """The `flex` message: what the site can do for the platform over the next hours, per 15-min
-interval (DOMAIN.md §4: a VPP node reports what it can do, not only what it did).
+interval (docs/domain.md §4: a VPP node reports what it can do, not only what it did).
 
 Per interval, relative to the baseline (the PCC power expected without any request):
 - up: the PCC can go this far below the baseline (import less / export more): battery

@@ -1,4 +1,4 @@
-"""Measurement and verification of a DR event (DOMAIN.md §4, GB/T 32127 / 37016 in spirit).
+"""Measurement and verification of a DR event (docs/domain.md §4, GB/T 32127 / 37016 in spirit).
 
 Per 15-min interval: delivered = baseline − actual for a reduction (actual − baseline for an
 increase), in kW. The response ratio is delivered energy over declared energy, so intervals

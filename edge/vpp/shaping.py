@@ -5,7 +5,7 @@ Reduce: a ceiling on the PCC power; increase (valley filling): a floor.
   steps, from the baseline to the event level, so the site is at the level when the event
   begins instead of stepping at the start (a short-notice event ramps over what is left);
 - hold: per 15-min interval, level = baseline − declared × target_ratio (reduce) or
-  + (increase), as bound and as grid target: the site follows the level (DOMAIN.md §4), so
+  + (increase), as bound and as grid target: the site follows the level (docs/domain.md §4), so
   the battery spends no more energy than the event needs and lasts to its end;
 - staggered restore: after the end the bound relaxes in `dr.restore_steps` steps over
   `dr.restore_s` up to the pre-event baseline peak (reduce) or down to its minimum

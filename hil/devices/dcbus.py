@@ -1,4 +1,4 @@
-"""Simulated DC bus of a PEDF building (DOMAIN.md §1): one droop-controlled converter between
+"""Simulated DC bus of a PEDF building (docs/domain.md §1): one droop-controlled converter between
 the AC side and the bus, the DC loads on the bus and, optionally, PV on the bus, served
 through the converter's register map (drivers/maps/dcdc_generic.yaml).
 

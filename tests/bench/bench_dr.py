@@ -8,7 +8,7 @@ The battery is reserved for DR (peak shaving and export limit only, no self-cons
 so the import before and after the event is the building's own. Prints the per-interval
 M&V from the daemon's final dr report, the delivered/requested ratio, the PCC against the
 hold level and the restore against the baseline peak, and what the same metered run gives
-under each of the three baselines (DOMAIN.md §4).
+under each of the three baselines (docs/domain.md §4).
 
 Run: python tests/bench/bench_dr.py [--speed 300] [--scenario PATH] [--baseline avg5]
 """

@@ -10,7 +10,7 @@ battery returns to 0 kW, and a random pause puts the next event at any phase of 
 
 The end-to-end figure is dominated by the VEN's poll interval (an event waits on average half
 an interval at the VTN): it is printed alongside. `received -> written` is the controller's
-own part (DOMAIN.md §4 budget: <= 200 ms added by the controller, p95 <= 1 s end to end from
+own part (docs/domain.md §4 budget: <= 200 ms added by the controller, p95 <= 1 s end to end from
 receipt); it is one woken control cycle.
 
 Run: python tests/bench/bench_openadr.py [--events 20] [--poll 2] [--cycle 1]

@@ -1,4 +1,4 @@
-"""CPU of the controller polling N simulated SunSpec devices at 1 Hz, for several N (issue #3).
+"""CPU of the controller polling N simulated SunSpec devices at 1 Hz, for several N.
 
 For each N (`--n 10 50 100`) the site is a realistic mix: 40 % PV inverters, 40 % batteries,
 the rest meters - exactly one grid (PCC) meter, the others load meters (N = 10: 4 PV,

@@ -1,4 +1,4 @@
-"""Fault injection (issue 3): what the field does to the real controller. The daemon's
+"""Fault injection: what the field does to the real controller. The daemon's
 ControlCycle, with the real drivers, runs against the HIL site on loopback Modbus TCP while
 devices answer slowly, answer with Modbus exceptions, drop the connection, or restart with
 another SunSpec model chain.

@@ -1,4 +1,4 @@
-"""Carbon accounting against a hand calculation (DOMAIN.md §6)."""
+"""Carbon accounting against a hand calculation (docs/domain.md §6)."""
 
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo

@@ -72,7 +72,7 @@ def test_shipped_scenario_loads_and_fits_the_demo_site(path: Path, demo) -> None
     assert sc.pv_kw.max() > 20  # a real PV day, scaled to the 120 kWp roof
     cfg = sc.apply(demo)
     assert cfg.hil.start == sc.start
-    assert sc.pv_kw.max() <= sum(d.rated_kw for d in cfg.of_role("pv")) * 1.05
+    assert sc.pv_kw.max() <= sum(d.rated_kw for d in cfg.devices_that("generates")) * 1.05
     truth = sc.truth(cfg)
     prices = truth.import_prices(sc.start, 96, 900)
     assert prices.min() > 0 and prices.max() > 2 * prices.min()  # a real TOU spread

@@ -1,4 +1,4 @@
-"""DR baselines against hand-computed fixtures: the three methods of DOMAIN.md §4, the
+"""DR baselines against hand-computed fixtures: the three methods of docs/domain.md §4, the
 working-day calendar (weekends, holidays, 调休, event days), incomplete data, the D-2..D-12
 window, fallbacks marked degraded, and the mapping of an event onto a real SQLite history."""
 

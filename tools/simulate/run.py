@@ -101,8 +101,8 @@ def isolated(cfg: Config) -> Config:
 
 
 def _stored_kwh(site: SimSite) -> float:
-    return sum(d.battery.soc_pct / 100 * d.battery.capacity_kwh
-               for d in site.devices.values() if d.role == "battery")
+    stores = [d.stored() for d in site.devices.values()]
+    return sum(b.soc_pct / 100 * b.capacity_kwh for b in stores if b is not None)
 
 
 def seed_history(history: History, scenario: Scenario) -> int:

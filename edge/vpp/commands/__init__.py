@@ -20,7 +20,7 @@ updates it, and the earlier command is done, "superseded".
 Modes: `auto` (normal), `hold` (hold the PCC at its power at receipt; park dispatches are
 ended and refused until `auto`), `local` (the platform lets go: park dispatches are ended
 and refused until `auto`; the site runs on its own functions and plan). Grid-operator DR is
-honoured in every mode: it ranks above the park (DOMAIN.md §3, duty 3). Accepted
+honoured in every mode: it ranks above the park (docs/domain.md §3, duty 3). Accepted
 commands, the mode and the answered cmd_ids are saved (edge/vpp/cmdstore.py) before their
 acks go out and restored on start: a restart keeps what the site acknowledged, and a
 window that ended meanwhile gets its `done` ack then. DR events persist in the DR manager.

@@ -13,7 +13,7 @@ are stored in SQLite (edge/vpp/eventstore.py). openleadr keeps events in memory 
 restart the stores let the daemon resume the event before it has talked to the VTN again,
 and answer a re-sent event with the opt it gave before.
 
-Signals (DOMAIN.md §5):
+Signals (docs/domain.md §5):
 - SIMPLE level 1-3: shed `openadr.simple_levels_kw[level]` of grid import below the baseline
   (level 0: normal operation, nothing to do).
 - LOAD_DISPATCH setpoint: follow that grid power (target, and a bound on the side it moves to);

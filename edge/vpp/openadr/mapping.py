@@ -121,7 +121,7 @@ def needed_kw(r: DrRequest, baseline_kw: float) -> float:
 
 # -- the seam with DR execution (edge/vpp/dr/) ---------------------------------------------
 def _notice(seconds: float) -> str:
-    """DOMAIN.md §4 notice classes from the time between receipt and start."""
+    """docs/domain.md §4 notice classes from the time between receipt and start."""
     if seconds >= 6 * 3600:
         return "day_ahead"
     if seconds >= 15 * 60:
