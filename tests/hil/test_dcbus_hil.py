@@ -115,4 +115,5 @@ async def test_restore_v_shifts_the_droop_reference_until_the_bus_sits_at_nomina
 
         sim.clear_bus_fault()
         await wait_for(lambda: abs(sim.bus_v - 375.0) < 0.2, 20, "restored again")
-    assert sim.v_ref == pytest.approx(375.0, abs=0.05)  # the safe state, written at shutdown
+        await run.stop_daemon()
+        assert sim.v_ref == pytest.approx(375.0, abs=0.05)  # the safe state, written at shutdown
