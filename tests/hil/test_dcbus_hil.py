@@ -100,11 +100,7 @@ async def test_restore_v_shifts_the_droop_reference_until_the_bus_sits_at_nomina
     dc.update({"restore_v": True, "v_ref_ramp_v_per_s": 5})
     async with running_site(data, mosquitto, SPEED) as run:
         sim = run.site.devices["dcdc1"]
-        # settled: the bus at 375 V and the reference no longer moving (it may overshoot on
-        # its way there, depending on when the first cycles ran)
-        await wait_for(lambda: abs(sim.bus_v - 375.0) < 0.2
-                       and abs(sim.v_ref - (375 + SLOPE * sim.power_kw)) < 0.2, 20,
-                       "the bus restored to 375 V")
+        await wait_for(lambda: abs(sim.bus_v - 375.0) < 0.2, 20, "the bus restored to 375 V")
         # the reference sits above nominal by the droop of the load it carries (~382.5 V)
         assert sim.v_ref == pytest.approx(375 + SLOPE * sim.power_kw, abs=0.5)
         assert sim.power_kw == pytest.approx(DC_LOAD_KW, rel=0.05)
@@ -114,9 +110,15 @@ async def test_restore_v_shifts_the_droop_reference_until_the_bus_sits_at_nomina
         shifted = sim.v_ref
         sim.inject_bus_fault(FAULT_V)
         await wait_for(lambda: ALARM in run.daemon.cycle.decision.alarms, 20, "the alarm")
-        assert sim.v_ref == pytest.approx(shifted, abs=0.25)  # not chased up to +5 %
+        # A cycle that read the bus just before the fault may still take its last settling
+        # step; from the alarm on the reference holds, nowhere near the +5 % a chase reaches.
+        held, cycles = sim.v_ref, run.daemon.cycle.stats.cycles
+        await wait_for(lambda: run.daemon.cycle.stats.cycles >= cycles + 5, 20, "5 more cycles")
+        assert sim.v_ref == pytest.approx(held, abs=0.01)
+        assert sim.v_ref == pytest.approx(shifted, abs=1.0)  # a chase heads for 393.75 V
         assert sim.bus_v < 337.5  # out of band, where the fault puts it
 
         sim.clear_bus_fault()
         await wait_for(lambda: abs(sim.bus_v - 375.0) < 0.2, 20, "restored again")
-    assert sim.v_ref == pytest.approx(375.0, abs=0.05)  # the safe state, written at shutdown
+        await run.stop_daemon()
+        assert sim.v_ref == pytest.approx(375.0, abs=0.05)  # the safe state, written at shutdown

@@ -1,6 +1,6 @@
-"""A simulated building (HIL on loopback Modbus) plus the controller, on one clock, for
-integration tests. Everything crosses real sockets: Modbus TCP to the HIL devices, MQTT to
-a real broker, SQLite on disk."""
+"""A simulated building (HIL on loopback Modbus, in its own process) plus the controller,
+on one simulated clock, for integration tests. Everything crosses real sockets: Modbus TCP
+to the HIL devices, MQTT to a real broker, SQLite on disk."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from edge import config as config_mod
 from edge.app.clock import Clock
 from edge.app.daemon import Daemon
 from edge.config import Config
-from hil.site import SimSite
+from hil.process import SiteProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,8 +50,15 @@ def write_config(tmp_path: Path, data: dict) -> Path:
 
 
 class Running:
-    def __init__(self, cfg: Config, site: SimSite, daemon: Daemon, sub: Subscriber) -> None:
+    def __init__(self, cfg: Config, site: SiteProcess, daemon: Daemon, sub: Subscriber) -> None:
         self.cfg, self.site, self.daemon, self.sub = cfg, site, daemon, sub
+        self._stop = asyncio.Event()
+        self.task = asyncio.create_task(daemon.run(self._stop))
+
+    async def stop_daemon(self) -> None:
+        """Shut the controller down (it writes the safe state); the site keeps running."""
+        self._stop.set()
+        await asyncio.gather(self.task, return_exceptions=True)
 
     @property
     def clock(self) -> Clock:
@@ -66,14 +73,16 @@ class Running:
 
     async def _until(self, sim_s: float) -> None:
         while self.clock.elapsed_s() < sim_s:
+            self.site.check()
             await asyncio.sleep(0.05)
 
 
-# Wall-clock room every revert timer gets between re-writes. The HIL physics and the
-# controller share one event loop and one clock: a 0.15 s stall of a loaded CI machine is
-# 36 simulated seconds at x240, long enough for a 60 s timer to expire between two re-writes
-# (they fall due after half of it). A real controller does not stall for half a minute, so
-# the tests give the timers the room a real one has and measure control, not machine load.
+# Wall-clock room every revert timer gets between re-writes. The HIL runs in its own
+# process, so its physics and servers keep pace, but the controller shares the test's event
+# loop: a 0.15 s stall of it on a loaded CI machine is 36 simulated seconds at x240, long
+# enough for a 60 s timer to expire between two re-writes (they fall due after half of it).
+# A real controller does not stall for half a minute, so the tests give the timers the room
+# a real one has and measure control, not machine load.
 STALL_ROOM_WALL_S = 1.0
 
 
@@ -89,22 +98,17 @@ def _revert_room(data: dict, speed: float) -> dict:
 @contextlib.asynccontextmanager
 async def running_site(data: dict, broker, speed: float):
     cfg: Config = config_mod.parse(_revert_room(copy.deepcopy(data), speed))
-    clock = Clock(cfg.hil.start, speed)
-    site = SimSite(cfg, clock)
-    await site.start()
-    daemon = Daemon(cfg, clock)
-    # The platform listens to every topic of the site: msg_id is one sequence across them.
-    sub = Subscriber(broker.host, broker.port, daemon.link.topic("+"), persistent=True)
-    sub.subscribed.wait(10)
-    stop = asyncio.Event()
-    task = asyncio.create_task(daemon.run(stop))
-    try:
-        await asyncio.wait_for(daemon.ready.wait(), 30)
-        yield Running(cfg, site, daemon, sub)
-    finally:
-        stop.set()
-        await asyncio.gather(task, return_exceptions=True)
-        await site.stop()
-        sub.close()
-    if task.done() and not task.cancelled() and task.exception():
-        raise task.exception()
+    async with SiteProcess(cfg, speed) as site:
+        daemon = Daemon(cfg, site.clock)
+        # The platform listens to every topic of the site: msg_id is one sequence across them.
+        sub = Subscriber(broker.host, broker.port, daemon.link.topic("+"), persistent=True)
+        sub.subscribed.wait(10)
+        run = Running(cfg, site, daemon, sub)
+        try:
+            await asyncio.wait_for(daemon.ready.wait(), 30)
+            yield run
+        finally:
+            await run.stop_daemon()
+            sub.close()
+    if not run.task.cancelled() and run.task.exception():
+        raise run.task.exception()

@@ -16,8 +16,7 @@ from site_harness import device, running_site, site_dict, write_config
 
 from drivers.base import Quality
 from edge import config as config_mod
-from edge.app.clock import Clock
-from hil.site import SimSite
+from hil.process import SiteProcess
 
 SPEED = 120.0
 
@@ -102,7 +101,7 @@ async def test_kill_9_loses_nothing_and_ids_continue_after_restart(tmp_path, mos
     data = site_dict(tmp_path, mosquitto.port)
     cfg_path = write_config(tmp_path, data)
     cfg = config_mod.parse(data)
-    site = SimSite(cfg, Clock(cfg.hil.start, SPEED))
+    site = SiteProcess(cfg, SPEED)
     await site.start()
     sub = Subscriber(mosquitto.host, mosquitto.port, f"pedf/v1/{cfg.site.id}/+", persistent=True)
     sub.subscribed.wait(10)
