@@ -12,12 +12,11 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import pytest
+from fakes import ManualClock
 
 from drivers.base import DeviceError, Quality, Reading
-from edge.app.clock import Clock
 from edge.config import parse
 from edge.control import bounds as control
 from edge.control import kernel as dispatch
@@ -40,17 +39,6 @@ BASE = {
                 "stale_after_cycles": 2, "rewrite_margin": 0.5},
     "tariff": {"periods": [{"name": "flat", "start": "00:00", "end": "00:00", "price": 0.5}]},
 }
-
-
-class ManualClock(Clock):
-    """Simulated seconds advance only when the test says so."""
-
-    def __init__(self) -> None:
-        super().__init__(start=datetime(2026, 6, 22, tzinfo=UTC))
-        self.t = 0.0  # simulated seconds since start
-
-    def elapsed_s(self) -> float:
-        return self.t
 
 
 @dataclass

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import pytest
+from fakes import ManualClock
 
 from drivers.base import DeviceError, Reading
-from edge.app.clock import Clock
 from edge.config import parse
 from edge.control import kernel as dispatch
 from edge.cycle import ControlCycle, Decision
@@ -38,15 +37,6 @@ BASE = {
                 "deadband_kw": 0.5, "stale_after_cycles": 2, "rewrite_margin": 0.5},
     "tariff": {"periods": [{"name": "flat", "start": "00:00", "end": "00:00", "price": 0.5}]},
 }
-
-
-class ManualClock(Clock):
-    def __init__(self) -> None:
-        super().__init__(start=datetime(2026, 6, 22, tzinfo=UTC))
-        self.t = 0.0
-
-    def elapsed_s(self) -> float:
-        return self.t
 
 
 @dataclass

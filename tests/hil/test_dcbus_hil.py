@@ -6,17 +6,14 @@ WARNING for the whole excursion), and the bus returning in band clears it."""
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import Subscriber, free_port, wait_for
+from site_harness import running_site
 
 from edge.vpp.schemas.reports import Telemetry
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from site_harness import running_site  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEED = 20.0

@@ -6,13 +6,9 @@ and re-plans)."""
 
 from __future__ import annotations
 
-import sys
 from datetime import timedelta
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-
-from site_harness import device, running_site, site_dict  # noqa: E402
+from site_harness import device, running_site, site_dict
 
 from edge.control.instructions import Instruction  # noqa: E402
 

@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from site_harness import device, running_site, site_dict  # noqa: E402
+from site_harness import device, running_site, site_dict
 
 from hil.emulators.platform import Platform  # noqa: E402
 

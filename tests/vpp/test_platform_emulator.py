@@ -3,17 +3,12 @@ healthy site, and a wrong expectation is reported as a failure, not hidden."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import yaml
+from site_harness import device, running_site, site_dict, write_config
 
 from edge.cli import main
 from hil.emulators.platform import run_platform
 from hil.emulators.script import Script
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from site_harness import device, running_site, site_dict, write_config  # noqa: E402
 
 
 def night_site(tmp_path, port: int) -> dict:

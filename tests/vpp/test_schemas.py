@@ -4,21 +4,18 @@ matching what the daemon really publishes (every field documented, none missing)
 from __future__ import annotations
 
 import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from conftest import Subscriber, wait_for
 from pydantic import ValidationError
+from site_harness import device, running_site, site_dict
 
 from edge.cli import main
 from edge.report.history import History, Interval
 from edge.vpp.schemas.catalogue import MESSAGES, undeclared
 from edge.vpp.schemas.commands import Dispatch, DrEvent
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from site_harness import device, running_site, site_dict  # noqa: E402
 
 
 def test_schema_command_prints_one_schema_per_message_or_all_of_them(capsys):
