@@ -20,7 +20,7 @@ from edge.app.daemon import Daemon
 from edge.config import Config
 from hil.process import SiteProcess
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def site_dict(tmp_path: Path, broker_port: int, **control: Any) -> dict:
