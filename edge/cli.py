@@ -19,11 +19,12 @@ import signal
 import sys
 from pathlib import Path
 
+from drivers.fileerrors import EXIT_INVALID, FileError, refuse
 from edge import config as config_mod
 from edge.config import Config
 from edge.roles import role_of
 
-EXIT_RUNTIME, EXIT_CONFIG, EXIT_KERNEL = 1, 2, 3
+EXIT_RUNTIME, EXIT_CONFIG, EXIT_KERNEL = 1, EXIT_INVALID, 3
 EXIT_NO_ANSWER, EXIT_NOT_SUNSPEC = 4, 5
 
 
@@ -41,10 +42,7 @@ def _load(path: str) -> Config:
             raise config_mod.ConfigError(path, missing)
         return cfg
     except config_mod.ConfigError as exc:
-        print(f"{exc.source}: invalid configuration ({len(exc.problems)} problem(s)):", file=sys.stderr)
-        for line in exc.problems:
-            print(f"  {line}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
+        raise SystemExit(refuse(exc, "configuration")) from None
 
 
 def _summary(cfg: Config) -> str:
@@ -138,6 +136,8 @@ def cmd_hil(args: argparse.Namespace) -> int:
         try:
             plan = load_events(source)
             address(cfg.openadr.vtn_url)
+        except FileError as exc:
+            return refuse(exc, "event file")
         except ValueError as exc:
             print(f"pedf-edge hil --vtn: {exc}", file=sys.stderr)
             return EXIT_CONFIG
@@ -147,9 +147,8 @@ def cmd_hil(args: argparse.Namespace) -> int:
 
         try:
             script = load_script(Path(args.platform))
-        except ValueError as exc:
-            print(f"pedf-edge hil --platform: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
+        except FileError as exc:
+            return refuse(exc, "platform script")
 
     async def platform(stop: asyncio.Event) -> None:
         """The script is the run: when it ends, the simulator stops with it."""

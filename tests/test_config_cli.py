@@ -88,6 +88,16 @@ def test_invalid_yaml_reports_line_and_exits_2(tmp_path):
     assert "line 3" in result.stderr and "not valid YAML" in result.stderr
 
 
+def test_config_that_is_not_utf8_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "site.yaml"
+    path.write_bytes("site:\n  name: B\xfcro\n".encode("latin-1"))
+    result = subprocess.run([sys.executable, "-m", "edge.cli", "check", "-c", str(path)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"{path}: invalid configuration" in result.stderr
+    assert "not UTF-8 text" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_every_problem_is_listed_not_only_the_first(tmp_path):
     data = mutate(_set(["devices", 1, "max_charge_kw"], -5))
     data["control"]["cycle_s"] = 0

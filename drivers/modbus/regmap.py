@@ -30,9 +30,9 @@ import struct
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from drivers.fileerrors import FileError, error_message, error_path, read_yaml
 from drivers.spec import Role
 
 MAPS_DIR = Path(__file__).resolve().parents[1] / "maps"
@@ -159,12 +159,11 @@ class RegisterMap(_Model):
         return words
 
 
-class MapError(ValueError):
+class MapError(FileError, ValueError):
     """A register map is invalid or does not fit the device; one `where: what` per problem."""
 
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source, self.problems = source, problems
-        super().__init__("; ".join(f"{source}: {p}" for p in problems))
+    def __str__(self) -> str:
+        return "; ".join(f"{self.source}: {p}" for p in self.problems)
 
 
 def _display(path: Path) -> str:
@@ -174,10 +173,12 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+_HINTS = {"extra_forbidden": "is not a known field (check the spelling)", "missing": "is required"}
+
+
 def _loc(loc: tuple, data: object) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
+    """The path of a pydantic error, with the key of the point it is in."""
+    out = error_path(loc)
     if len(loc) >= 2 and loc[0] == "points" and isinstance(loc[1], int):
         try:
             key = data["points"][loc[1]].get("key")  # type: ignore[index]
@@ -185,18 +186,7 @@ def _loc(loc: tuple, data: object) -> str:
             key = None
         if key:
             out += f" (point {key})"
-    return out or "(top level)"
-
-
-def _message(err: dict) -> str:
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        return "is not a known field (check the spelling)"
-    if err["type"] == "missing":
-        return "is required"
-    if "input" in err and err["type"] not in ("missing",):
-        return f"{msg} (got {err['input']!r})"
-    return msg
+    return out
 
 
 # Quantities that take both signs (docs/domain.md §2): an unsigned register would turn charging or
@@ -269,7 +259,7 @@ def parse_map(data: object, source: str = "<map>") -> RegisterMap:
     try:
         m = RegisterMap.model_validate(data)
     except ValidationError as exc:
-        raise MapError(source, [f"{_loc(e['loc'], data)}: {_message(e)}"
+        raise MapError(source, [f"{_loc(e['loc'], data)}: {error_message(e, _HINTS, got=True)}"
                                 for e in exc.errors()]) from None
     problems = _cross_checks(m)
     if problems:
@@ -280,15 +270,7 @@ def parse_map(data: object, source: str = "<map>") -> RegisterMap:
 def load_map_file(path: str | Path) -> RegisterMap:
     p = Path(path)
     source = _display(p)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise MapError(source, [f"cannot read file: {exc.strerror}"]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise MapError(source, [f"{at}not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
-    m = parse_map(data, source)
+    m = parse_map(read_yaml(p, MapError, source), source)
     if m.name != p.stem:
         raise MapError(source, [f"name: {m.name!r} must match the file name {p.stem!r}"])
     return m

@@ -30,9 +30,8 @@ from edge.config.vpp import CarbonConfig, DrConfig, OpenAdrConfig, VppConfig
 # the base models here: they are loaded on first use so that either side may be imported first.
 _LAZY = {
     "Config": "edge.config.site", "ConfigError": "edge.config.errors",
-    "error_message": "edge.config.errors", "error_path": "edge.config.errors",
-    "load": "edge.config.errors", "parse": "edge.config.errors",
-    "read_yaml": "edge.config.errors", "BatteryDevice": "edge.roles",
+    "HINTS": "edge.config.errors", "config_problems": "edge.config.errors",
+    "load": "edge.config.errors", "parse": "edge.config.errors", "BatteryDevice": "edge.roles",
     "BmsParams": "edge.roles", "DcConverterDevice": "edge.roles", "DeviceConfig": "edge.roles",
     "FlexLoadDevice": "edge.roles", "MeterDevice": "edge.roles", "PvDevice": "edge.roles",
 }
@@ -45,10 +44,10 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "SIM_SUNSPEC_MODELS", "BatteryDevice", "BmsParams", "CarbonConfig", "Config", "ConfigError",
-    "ControlConfig", "DcConverterDevice", "DeviceBase", "DeviceConfig", "DrConfig",
+    "HINTS", "SIM_SUNSPEC_MODELS", "BatteryDevice", "BmsParams", "CarbonConfig", "Config",
+    "ConfigError", "ControlConfig", "DcConverterDevice", "DeviceBase", "DeviceConfig", "DrConfig",
     "FlexLoadDevice", "ForecastConfig", "HilConfig", "MeterDevice", "MqttConfig",
     "OpenAdrConfig", "PlannerConfig", "PvDevice", "SerialParams", "SimParams", "SiteConfig",
     "StorageConfig", "TariffConfig", "TariffPeriod", "VppConfig", "bus_problems",
-    "default_timeout_s", "error_message", "error_path", "load", "parse", "poll_deadline_s", "read_yaml",
+    "config_problems", "default_timeout_s", "load", "parse", "poll_deadline_s",
 ]

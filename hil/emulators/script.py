@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from drivers.fileerrors import FileError, read_yaml, validation_problems
 
 Status = Literal["accepted", "rejected", "done"]
 
@@ -53,16 +54,11 @@ class Script(BaseModel):
 
 
 def load_script(path: Path) -> Script:
+    """The script of a file; FileError with every problem."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return Script.model_validate(data)
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+        return Script.model_validate(read_yaml(path))
     except ValidationError as exc:
-        lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ValueError(f"{path}: " + "; ".join(lines)) from None
+        raise FileError(str(path), validation_problems(exc, dotted=True)) from None
 
 
 @dataclass

@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-import yaml
 from openleadr import OpenADRServer, objects
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from drivers.fileerrors import FileError, read_yaml, validation_problems
 
 log = logging.getLogger(__name__)
 
@@ -86,18 +87,12 @@ class EventFile(_Spec):
 
 
 def load_events(path: str | Path) -> list[EventSpec]:
+    """The events of an event file; FileError with every problem."""
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        return EventFile.model_validate(data).events
-    except OSError as exc:
-        raise ValueError(f"{p}: cannot read the event file: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{p}: not valid YAML: {exc}") from None
+        return EventFile.model_validate(read_yaml(p) or {}).events
     except ValidationError as exc:
-        lines = [f"{'.'.join(str(x) for x in e['loc']) or '(top level)'}: "
-                 f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
-        raise ValueError(f"{p}: invalid event file:\n  " + "\n  ".join(lines)) from None
+        raise FileError(str(p), validation_problems(exc, dotted=True)) from None
 
 
 @dataclass(frozen=True, slots=True)

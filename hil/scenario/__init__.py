@@ -49,9 +49,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from pydantic import ValidationError
 
-from edge.config import Config, DeviceConfig, read_yaml
-from edge.config import error_message as _config_message
-from edge.config import error_path as _config_path
+from drivers.fileerrors import read_yaml, validation_problems
+from edge.config import HINTS, Config, DeviceConfig, config_problems
 from hil.devices import simulator_for
 from hil.scenario.spec import (
     BILLING_S,
@@ -135,8 +134,8 @@ class Scenario:
             return Config.model_validate(data)
         except ValidationError as exc:
             raise ScenarioError(str(self.path), [
-                f"{_config_path(e['loc'])}: {_config_message(e)} (after applying the scenario "
-                "to the site config)" for e in exc.errors()]) from None
+                f"{p} (after applying the scenario to the site config)"
+                for p in config_problems(exc)]) from None
 
     def truth(self, config: Config) -> Truth:
         """The world of the run, for a config returned by `apply`."""
@@ -159,21 +158,13 @@ def _stores(cfg: DeviceConfig) -> bool:
 
 # -- loading ----------------------------------------------------------------------------------
 _EVENT_TYPES = ("device_offline", "dr_event", "price_spike")
-
-
-def _problems(exc: ValidationError) -> list[str]:
-    out = []
-    for e in exc.errors():
-        loc = tuple(p for i, p in enumerate(e["loc"])
-                    if not (p in _EVENT_TYPES and i and isinstance(e["loc"][i - 1], int)))
-        if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
-            msg = f"type must be one of: {', '.join(_EVENT_TYPES)}"
-        elif e["type"] == "extra_forbidden":
-            msg = "is not a scenario key (check the spelling; hil/scenarios/*.yaml show them all)"
-        else:
-            msg = _config_message(e)
-        out.append(f"{_config_path(loc)}: {msg}")
-    return out
+_HINTS = {
+    **HINTS,
+    "union_tag_invalid": f"type must be one of: {', '.join(_EVENT_TYPES)}",
+    "union_tag_not_found": f"type must be one of: {', '.join(_EVENT_TYPES)}",
+    "extra_forbidden": "is not a scenario key (check the spelling; hil/scenarios/*.yaml show "
+                       "them all)",
+}
 
 
 def _read_csv(path: Path, field: str) -> tuple[list[str], list[list[str]]]:
@@ -182,6 +173,8 @@ def _read_csv(path: Path, field: str) -> tuple[list[str], list[list[str]]]:
             rows = list(csv.reader(f))
     except OSError as exc:
         raise ScenarioError(str(path), [f"{field}: cannot read {path}: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ScenarioError(str(path), [f"{field}: {path.name} is not UTF-8 text"]) from None
     if not rows:
         raise ScenarioError(str(path), [f"{field}: {path.name} is empty"])
     return [h.strip() for h in rows[0]], rows[1:]
@@ -264,7 +257,7 @@ def parse(data: object, source: str, base: Path) -> Scenario:
     try:
         spec = ScenarioFile.model_validate(data)
     except ValidationError as exc:
-        raise ScenarioError(source, _problems(exc)) from None
+        raise ScenarioError(source, validation_problems(exc, _HINTS, tags=_EVENT_TYPES)) from None
     n_hist = spec.history_days * 86400 // spec.step_s
     n = int(round(spec.duration_h * 3600 / spec.step_s))
     first = spec.start - timedelta(days=spec.history_days)

@@ -15,18 +15,14 @@ from pydantic import (
     model_validator,
 )
 
+from drivers.fileerrors import FileError
 from edge.config import TariffPeriod
 
 BILLING_S = 900  # demand is metered, and the optimum solved, on 15-min means
 
 
-class ScenarioError(Exception):
+class ScenarioError(FileError):
     """Invalid scenario; `problems` holds one `path: message` line each."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        super().__init__(f"{source}: " + "; ".join(problems))
 
 
 class _Model(BaseModel):

@@ -129,6 +129,15 @@ def test_point_field_errors(change, expect):
     assert f"drivers/maps/x.yaml: {expect}" in str(exc.value)
 
 
+def test_map_file_that_is_not_utf8_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "pcs_x.yaml"
+    path.write_bytes("name: pcs_x\nvendor: M\xfcller\n".encode("latin-1"))
+    with pytest.raises(MapError) as exc:
+        load_map_file(path)
+    assert exc.value.source == str(path)
+    assert exc.value.problems[0].startswith("not UTF-8 text")
+
+
 def test_map_name_must_match_file_and_unknown_map_lists_known(tmp_path):
     path = write_map(tmp_path, "pcs_x", BATTERY_POINTS)
     path.rename(tmp_path / "other.yaml")

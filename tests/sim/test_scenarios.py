@@ -121,6 +121,15 @@ def test_bad_scenario_names_the_field(patch: dict, expected: str) -> None:
     assert any(expected in p for p in err.value.problems), err.value.problems
 
 
+def test_scenario_file_that_is_not_utf8_is_refused_naming_the_file(tmp_path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(scenario_mod.ScenarioError) as err:
+        scenario_mod.load(path)
+    assert err.value.source == str(path)
+    assert err.value.problems[0].startswith("not UTF-8 text")
+
+
 def test_scenario_event_on_an_unknown_device_is_refused_against_the_site(tmp_path, demo) -> None:
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(_scenario(

@@ -4,13 +4,13 @@ print the KPI table and write the JSON and HTML report asked for."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from drivers.fileerrors import refuse
 from edge.config import Config
 from hil import scenario as scenario_mod
 from tools.simulate.kpis import evaluate, strategies, write_json
@@ -62,10 +62,7 @@ def command(config: Config, scenario_path: str, *, out: Path | None, report: Pat
             sc = sc.truncated(hours)
         sc.apply(config)  # scenario errors before anything starts
     except scenario_mod.ScenarioError as exc:
-        print(f"{exc.source}: invalid scenario ({len(exc.problems)} problem(s)):", file=sys.stderr)
-        for line in exc.problems:
-            print(f"  {line}", file=sys.stderr)
-        return 2
+        return refuse(exc, "scenario")
     columns = (TextColumn("[bold]{task.description}"), BarColumn(),
                TextColumn("{task.fields[sim]}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bar:

@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from drivers.fileerrors import error_message, error_path
+
 
 class Rejected(Exception):
     """A command the site will not honour; the message is the reason sent in the ack."""
@@ -56,7 +58,7 @@ def parse_json(payload: bytes) -> dict[str, Any]:
 def validation_reason(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:3]:
-        where = ".".join(str(p) for p in err["loc"]) or "payload"
-        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+        parts.append(f"{error_path(err['loc'], dotted=True, top='payload')}: "
+                     f"{error_message(err)}")
     more = len(exc.errors()) - 3
     return "invalid: " + "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
