@@ -77,10 +77,15 @@ class ControlCycle:
 
     async def write(self, decision: Decision, force: bool = False) -> None:
         now_s = self.clock.elapsed_s()
-        outcomes = await self.writer.write(
+
+        def record(dev_id: str, value: float | None) -> None:
+            # Each write is remembered as it completes: a cycle cancelled half-way (the
+            # daemon stopping) must not forget a shed that already went out.
+            self.controller.after_writes(self.memory, {dev_id: value}, now_s)
+
+        await self.writer.write(
             decision, self.memory, now_s, poll_deadline_s(self.period_wall_s),
-            limit_violated(self.image, decision, self.config.grid_meter.id), force)
-        self.memory = self.controller.after_writes(self.memory, outcomes, now_s)
+            limit_violated(self.image, decision, self.config.grid_meter.id), record, force)
 
     async def step(self) -> Decision:
         t0 = time.perf_counter()
@@ -89,11 +94,13 @@ class ControlCycle:
         now_s = self.clock.elapsed_s()
         try:
             decision, self.memory = self.controller.decide(image, self.book, self.memory, now_s)
-        except Exception:
-            self.stats.crashes += 1
+        except Exception:  # decide() catches its own handlers' faults; this is the rest
             log.exception("control cycle crashed; applying safe state")
             self.memory = self.memory.clone()
             decision = self.controller.safe(image, self.memory, now_s)
+            self.memory.last = decision
+            self.stats.crashes += 1
+        self.stats.crashes += decision.crashed
         self.decision = decision
         await self.write(decision)
         self.stats.cycles += 1
@@ -105,15 +112,13 @@ class ControlCycle:
                 log.exception("cycle listener %r failed", listener)
         return decision
 
-    async def run(self, stop: asyncio.Event, on_cycle=None) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
         """Run cycles on a fixed wall period until `stop` is set; never raises."""
         period = self.period_wall_s
         next_at = time.monotonic()
         while not stop.is_set():
             try:
                 await self.step()
-                if on_cycle is not None:
-                    on_cycle()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -158,6 +163,7 @@ class ControlCycle:
             self.memory = self.memory.clone()
             decision = self.controller.safe(image, self.memory, self.clock.elapsed_s(),
                                             final=final)
+            self.memory.last = decision
             await self.write(decision, force=True)
         except Exception:  # noqa: BLE001
             log.exception("applying the safe state failed; device revert timers remain")

@@ -68,7 +68,6 @@ class Daemon:
         # Services read the last cycle's image and decision from the view, never the cycle.
         self.view = SiteView(self.book, self.cycle.wake)
         self.cycle.subscribe(self.view.publish)
-        self.cycle.subscribe(self._after_cycle)
         self.history = History(directory / "history.sqlite")
         self.meter = Accumulator(self.history.counters(),
                                  max_dt_s=max(60.0, 10 * config.control.cycle_s),
@@ -204,6 +203,8 @@ class Daemon:
         try:
             await self._connect_devices()
             await self.cycle.step()
+            # The history integrates from the second image on: the first has no real dt.
+            self.cycle.subscribe(self._after_cycle)
             if self.ven is not None:
                 await self.ven.start()  # opt decisions need the first image
             self.scheduler = AsyncIOScheduler()

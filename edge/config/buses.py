@@ -12,8 +12,6 @@ from edge.config.base import poll_deadline_s
 _BUS_FAMILY = {"sunspec-rtu": "Modbus RTU", "modbus-rtu": "Modbus RTU",
                "dlt645-serial": "DL/T 645", "sunspec-tcp": "Modbus TCP",
                "modbus-tcp": "Modbus TCP", "dlt645-tcp": "DL/T 645"}
-# Reply timeout when a device gives none: a Modbus reply over TCP or a 9600 bit/s bus comes
-# within tens of ms; a DL/T 645 reply at 2400 bit/s spends ~0.25 s on the wire alone.
 
 
 def bus_problems(devices: list, cycle_s: float) -> list[str]:

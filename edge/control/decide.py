@@ -53,28 +53,15 @@ class Decision:
     failed_functions: tuple[str, ...] = ()
     instructions: tuple[str, ...] = ()  # ids of the DR/dispatch/plan instructions in force
     alarms: tuple[str, ...] = ()  # standing alarms, e.g. dc_bus_out_of_band:<converter id>
+    crashed: bool = False  # the decision failed and this is the safe state in its place
 
-    @property
-    def bess_kw(self) -> dict[str, float]:
-        return self.setpoints.get("battery", {})
-
-    @property
-    def pv_limit_kw(self) -> dict[str, float]:
-        return self.setpoints.get("pv", {})
-
-    @property
-    def load_on(self) -> dict[str, bool]:
-        return {k: v >= 0.5 for k, v in self.setpoints.get("load", {}).items()}
-
-    @property
-    def v_ref(self) -> dict[str, float]:
-        return self.setpoints.get("dcdc", {})
-
-    def value(self, dev_id: str) -> float | None:
-        for values in self.setpoints.values():
-            if dev_id in values:
-                return values[dev_id]
-        return None
+    def __getattr__(self, name: str) -> dict:
+        """A role's setpoints under the name its role gives them (`bess_kw`, `pv_limit_kw`,
+        `load_on`, `v_ref` ...: Role.decision_key), for readers of the decision."""
+        for role in ROLES.values():
+            if role.decision_key == name:
+                return role.view(self.setpoints.get(role.name, {}))
+        raise AttributeError(f"Decision has no {name!r}")
 
 
 @dataclass
@@ -98,22 +85,32 @@ class Controller:
     def decide(self, image: ProcessImage, book: InstructionBook | None, memory: Memory,
                now_s: float) -> tuple[Decision, Memory]:
         mem = memory.clone()
+        self._observe(image, mem, now_s)
+        try:
+            decision = _HANDLERS[self.mode(image, mem)](self, image, book, mem, now_s)
+        except Exception:  # noqa: BLE001 - a bug in one decision must not stop the site
+            log.exception("control cycle crashed; applying safe state")
+            decision = replace(self.safe(image, mem, now_s), crashed=True)
+        decision = replace(decision, alarms=self._alarms(mem))
+        mem.last = decision
+        return decision, mem
+
+    def _observe(self, image: ProcessImage, mem: Memory, now_s: float) -> None:
+        """What a new image tells before anything is decided: each role's own state, and
+        which devices' last setpoint can no longer be assumed."""
         for name, devs in self.groups.items():
             ROLES[name].observe(devs, image, mem, now_s)
-        mode = self.mode(image, mem)
-        decision = _HANDLERS[mode](self, image, book, mem, now_s)
-        decision = replace(decision, alarms=self._alarms(mem))
-        mem.last, mem.alarms = decision, decision.alarms
-        return decision, mem
+        if not image.good(self.config.grid_meter.id):
+            return
+        for dev_id, state in image.devices.items():
+            if state.quality is not Quality.GOOD and dev_id in mem.written:
+                # Its revert timer may have moved it since: ramp from what it reports next.
+                mem.written[dev_id].value = None
 
     def mode(self, image: ProcessImage, mem: Memory) -> Mode:
         grid = self.config.grid_meter.id
         if not image.good(grid):
             return Mode.SAFE
-        for dev_id, state in image.devices.items():
-            if state.quality is not Quality.GOOD and dev_id in mem.written:
-                # Its revert timer may have moved it since: ramp from what it reports next.
-                mem.written[dev_id].value = None
         if mem.last is None:
             return Mode.NORMAL
         if image.devices[grid].failed_polls:
@@ -158,12 +155,12 @@ class Controller:
     def _safe(self, image, book, mem, now_s) -> Decision:
         return self.safe(image, mem, now_s)
 
-    def safe(self, image: ProcessImage, mem: Memory, now_s: float, mode: str = "safe",
-             failed: tuple[str, ...] = (), final: bool = False) -> Decision:
+    def safe(self, image: ProcessImage, mem: Memory, now_s: float,
+             final: bool = False) -> Decision:
         """Every device's safe state (also what a crashed cycle and the shutdown write)."""
         setpoints = {name: ROLES[name].safe(devs, image, mem, now_s, self.config, final)
                      for name, devs in self.groups.items() if ROLES[name].writes}
-        return Decision(image.ts, mode, SiteBounds(), setpoints, math.nan, 0, tuple(failed),
+        return Decision(image.ts, "safe", SiteBounds(), setpoints, math.nan, 0,
                         alarms=self._alarms(mem))
 
     def _alarms(self, mem: Memory) -> tuple[str, ...]:

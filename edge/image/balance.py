@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from edge.image.image import ProcessImage
 from edge.roles import role_of
+from edge.roles.role import total
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,15 +30,9 @@ def site_power(config, image: ProcessImage) -> SitePower:
         if term is not None:
             terms[term].append(d)
 
-    def total(term: str) -> float | None:
-        devs = terms[term]
-        if not all(image.good(d.id) for d in devs):
-            return None
-        return sum(image.value(d.id, "power_kw") for d in devs)
-
-    grid_kw, pv_kw, bess_kw = total("grid"), total("pv"), total("bess")
+    grid_kw, pv_kw, bess_kw = (total(image, terms[t], "power_kw") for t in ("grid", "pv", "bess"))
     if terms["load"]:
-        load_kw = total("load")
+        load_kw = total(image, terms["load"], "power_kw")
     elif None not in (grid_kw, pv_kw, bess_kw):
         load_kw = grid_kw + pv_kw + bess_kw
     else:

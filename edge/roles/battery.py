@@ -78,7 +78,7 @@ def part_at(b: BatteryDevice, power_kw: float, soc_pct: float) -> Part:
     """A battery at this power (+ discharge) and SoC; its ratings count only while its SoC
     window leaves energy (resp. room) for them."""
     out, room = b.deliverable_kwh(soc_pct), b.absorbable_kwh(soc_pct)
-    return Part(b.id, "battery", power_kw, b.max_discharge_kw if out > 0 else 0.0,
+    return Part(b.id, "storage", power_kw, b.max_discharge_kw if out > 0 else 0.0,
                 -b.max_charge_kw if room > 0 else 0.0, out, room, soc_pct)
 
 
@@ -87,6 +87,7 @@ class Battery(Role):
     model = BatteryDevice
     block = "bess"
     writes = True
+    decision_key = "bess_kw"
     stores_energy = True
 
     def summary(self, d: BatteryDevice) -> str:

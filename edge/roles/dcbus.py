@@ -10,6 +10,7 @@ excursion, however long it lasts) and cleared by the first fresh reading back in
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -64,8 +65,7 @@ class DcBusMonitor:
         self._nameplate_seen: set[str] = set()
 
     def clone(self) -> DcBusMonitor:
-        other = object.__new__(DcBusMonitor)
-        other.converters = self.converters
+        other = copy.copy(self)
         other._state = {k: replace(e) for k, e in self._state.items()}
         other._nameplate_seen = set(self._nameplate_seen)
         return other
@@ -138,9 +138,7 @@ class DcBusRestore:
         self.shift_v = 0.0
 
     def clone(self) -> DcBusRestore:
-        other = object.__new__(DcBusRestore)
-        other.converters, other.shift_v = self.converters, self.shift_v
-        return other
+        return copy.copy(self)  # its state is one float; the converters are config
 
     def nominal(self) -> dict[str, float]:
         self.shift_v = 0.0

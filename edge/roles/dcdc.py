@@ -64,6 +64,7 @@ class DcConverter(Role):
     name = "dcdc"
     model = DcConverterDevice
     writes = True
+    decision_key = "v_ref"
 
     def summary(self, d: DcConverterDevice) -> str:
         lo, hi = (d.bus_nominal_v * (1 + s * d.band_pct / 100) for s in (-1, 1))
@@ -83,6 +84,9 @@ class DcConverter(Role):
                     "converters in parallel share load by their references, so a shifted one "
                     "would carry the others' share; set restore_v alike on every converter"]
         return []
+
+    def controls(self, dev: DcConverterDevice) -> bool:
+        return dev.restore_v  # an observed converter is never written
 
     def new_state(self, devs) -> DcBusState:
         return DcBusState(DcBusMonitor(_Devices(devs)), DcBusRestore(_Devices(devs)))

@@ -78,7 +78,7 @@ def held_on(load: FlexLoadDevice, sw: Switching) -> bool:
 def part_at(device_id: str, power_kw: float) -> Part:
     """A switchable load drawing `power_kw`, which can be shed to nothing."""
     p = -max(power_kw, 0.0)
-    return Part(device_id, "load", p, 0.0, p)
+    return Part(device_id, "consumption", p, 0.0, p)
 
 
 class FlexLoad(Role):
@@ -86,6 +86,7 @@ class FlexLoad(Role):
     model = FlexLoadDevice
     block = "loads"
     writes = True
+    decision_key = "load_on"
 
     def summary(self, d: FlexLoadDevice) -> str:
         return (f"{d.rated_kw:g} kW, priority {d.priority}, min on/off "
@@ -156,6 +157,9 @@ class FlexLoad(Role):
             held = now_s - sw.since_s
             out[d.id] = float(safe if held >= (d.min_on_s if sw.on else d.min_off_s) else sw.on)
         return out
+
+    def view(self, setpoints: dict[str, float]) -> dict[str, bool]:
+        return {k: v >= 0.5 for k, v in setpoints.items()}
 
     def deadband(self, configured_kw: float) -> float:
         return 0.0

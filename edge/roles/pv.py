@@ -28,7 +28,7 @@ class PvDevice(DeviceBase):
 def part_at(device_id: str, power_kw: float) -> Part:
     """PV producing `power_kw`, which can be curtailed to nothing."""
     p = max(power_kw, 0.0)
-    return Part(device_id, "pv", p, p, 0.0)
+    return Part(device_id, "generation", p, p, 0.0)
 
 
 class Pv(Role):
@@ -36,6 +36,7 @@ class Pv(Role):
     model = PvDevice
     block = "pv"
     writes = True
+    decision_key = "pv_limit_kw"
     generates = True
 
     def summary(self, dev: PvDevice) -> str:

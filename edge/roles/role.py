@@ -45,13 +45,12 @@ class Memory:
     roles: dict[str, Any]
     last: Any = None  # the previous Decision
     trouble: tuple = (False, ())
-    alarms: tuple[str, ...] = ()
 
     def clone(self) -> Memory:
         return Memory(
             {k: Written(w.value, w.at_s, w.failed) for k, w in self.written.items()},
             {k: (s.clone() if s is not None else None) for k, s in self.roles.items()},
-            self.last, self.trouble, self.alarms)
+            self.last, self.trouble)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +60,7 @@ class Part:
     a lower PCC power (import less / export more), down a higher one."""
 
     id: str
-    role: str
+    kind: str  # "storage" (its energy runs out), "generation" (curtailable), "consumption" (sheddable)
     push_kw: float  # now
     max_kw: float  # the most push it can reach
     min_kw: float  # the least
@@ -95,6 +94,7 @@ class Role:
     model: ClassVar[type[DeviceBase]]  # its config model
     block: ClassVar[str | None] = None  # the kernel block its devices fill, if any
     writes: ClassVar[bool] = False  # has setpoints (and a revert timer on the device)
+    decision_key: ClassVar[str | None] = None  # its setpoints' name on a Decision
     generates: ClassVar[bool] = False  # PV generation the forecaster predicts
 
     # -- configuration ------------------------------------------------------------------
@@ -120,6 +120,10 @@ class Role:
         return None
 
     # -- control ------------------------------------------------------------------------
+    def controls(self, dev: Any) -> bool:
+        """The device takes setpoints (and so must be re-written before its revert timer)."""
+        return self.writes
+
     def new_state(self, devs: list[Any]) -> Any:
         """The role's own memory (an object with clone()), or None."""
         return None
@@ -151,6 +155,10 @@ class Role:
 
     def alarms(self, devs: list[Any], mem: Memory) -> tuple[str, ...]:
         return ()
+
+    def view(self, setpoints: dict[str, float]) -> dict:
+        """Its setpoints as readers of a decision see them (e.g. on/off as bools)."""
+        return setpoints
 
     # -- writes -------------------------------------------------------------------------
     def deadband(self, configured_kw: float) -> float:

@@ -34,7 +34,7 @@ class Writer:
         self.config = config
         self.devices = devices
         self.on_error = on_error
-        self.writers = [d for d in config.devices if role_of(d).writes]
+        self.writers = [d for d in config.devices if role_of(d).controls(d)]
 
     def due(self, mem: Memory, dev_id: str, value: float, revert_s: int, now_s: float,
             deadband: float) -> bool:
@@ -62,17 +62,15 @@ class Writer:
         return phases
 
     async def write(self, decision: Decision, mem: Memory, now_s: float, timeout: float,
-                    violated: bool, force: bool = False) -> dict[str, float | None]:
-        """Send what is due; returns per device the value that reached it, or None."""
-        phases = self.jobs(decision, mem, now_s, violated, force)
-        outcomes: dict[str, float | None] = {}
-        for jobs in phases:
-            results = await asyncio.gather(*(self._write_one(d, v, timeout, mem)
-                                             for d, v in jobs))
-            outcomes.update(zip((d.id for d, _ in jobs), results, strict=True))
-        return outcomes
+                    violated: bool, record: Callable[[str, float | None], None],
+                    force: bool = False) -> None:
+        """Send what is due, phase by phase; `record(device id, value or None on failure)`
+        is called as each write completes."""
+        for jobs in self.jobs(decision, mem, now_s, violated, force):
+            await asyncio.gather(*(self._write_one(d, v, timeout, mem, record) for d, v in jobs))
 
-    async def _write_one(self, dev, value: float, timeout: float, mem: Memory) -> float | None:
+    async def _write_one(self, dev, value: float, timeout: float, mem: Memory,
+                         record: Callable[[str, float | None], None]) -> None:
         try:
             await asyncio.wait_for(role_of(dev).write(self.devices[dev.id], value, dev.revert_s),
                                    timeout)
@@ -82,5 +80,6 @@ class Writer:
             if not mem.written[dev.id].failed:
                 log.warning("device %s: write %.2f kW failed: %s", dev.id, value, exc)
             self.on_error(dev.id)
-            return None
-        return value
+            record(dev.id, None)
+            return
+        record(dev.id, value)

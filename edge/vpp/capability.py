@@ -35,18 +35,19 @@ class Capability:
     parts: tuple[Part, ...]
     unreadable: tuple[str, ...] = ()
 
-    def of(self, role: str) -> list[Part]:
-        return [p for p in self.parts if p.role == role]
+    def of(self, kind: str) -> list[Part]:
+        """The parts of one kind: storage, generation or consumption (Part.kind)."""
+        return [p for p in self.parts if p.kind == kind]
 
     @property
     def detail(self) -> str:
         """Each device's part in words (for opt decisions and logs)."""
         words = [f"{i} not readable" for i in self.unreadable]
-        for p in self.of("battery"):
+        for p in self.of("storage"):
             words.append(f"{p.id} SoC {p.soc_pct:.0f}% -{p.up_kw(self.hours):.1f}/"
                          f"+{p.down_kw(self.hours):.1f} kW")
-        for role, what in (("pv", "curtailable PV"), ("load", "switchable loads")):
-            kw = sum(p.up_kw(self.hours) + p.down_kw(self.hours) for p in self.of(role))
+        for kind, what in (("generation", "curtailable PV"), ("consumption", "switchable loads")):
+            kw = sum(p.up_kw(self.hours) + p.down_kw(self.hours) for p in self.of(kind))
             if kw:
                 words.append(f"{what} {kw:.1f} kW")
         return ", ".join(words) or "no controllable device"

@@ -75,7 +75,7 @@ def battery_state(config: Config, image, direction: Direction) -> tuple[float, f
     and energy above soc_min for a reduction, charge and room below soc_max for an increase."""
     if image is None:
         return 0.0, math.inf
-    bats = site_capability(config, image, QUARTER.total_seconds() / 3600).of("battery")
+    bats = site_capability(config, image, QUARTER.total_seconds() / 3600).of("storage")
     if direction == "reduce":
         return sum(max(b.push_kw, 0.0) for b in bats), sum(b.up_kwh for b in bats)
     return sum(max(-b.push_kw, 0.0) for b in bats), sum(b.down_kwh for b in bats)

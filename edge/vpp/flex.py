@@ -119,7 +119,7 @@ def build(config: Config, image: ProcessImage, now: datetime,
     h = INTERVAL_S / 3600
     cap = site_capability(config, image, h)
     device = {d.id: d for d in config.devices}
-    bats = [(device[p.id], p.push_kw, p.soc_pct) for p in cap.of("battery")]
+    bats = [(device[p.id], p.push_kw, p.soc_pct) for p in cap.of("storage")]
     pack = _pack(bats)
     if _covers(plan, t0):
         assert plan is not None
@@ -129,8 +129,8 @@ def build(config: Config, image: ProcessImage, now: datetime,
     else:
         source = "current"
         grids, parts, pvs = _current(image, config.grid_meter.id, bats,
-                                     sum(p.push_kw for p in cap.of("pv")), n)
-    loads = cap.of("load")
+                                     sum(p.push_kw for p in cap.of("generation")), n)
+    loads = cap.of("consumption")
     intervals = []
     for k, t in enumerate(starts):
         c = total([*parts[k], pv_at("pv", pvs[k]), *loads], h)

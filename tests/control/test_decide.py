@@ -103,3 +103,18 @@ def test_an_instruction_in_the_book_bounds_the_grid(ctl):
     assert decision.instructions == ("d-1",)
     assert decision.bounds.import_limit_kw == 20.0
     assert decision.bess_kw["bess1"] >= 20.0 - 1e-6
+
+
+def test_a_crashed_decision_is_the_safe_state_and_a_following_hold_repeats_it(ctl, monkeypatch):
+    _, memory = ctl.decide(image(grid=40.0), None, ctl.initial_memory(), 10.0)
+    import edge.control.decide as decide_mod
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("bug in the kernel call")
+
+    with monkeypatch.context() as m:
+        m.setattr(decide_mod.kernel_mod, "dispatch", broken)
+        crashed, memory = ctl.decide(image(grid=40.0), None, memory, 11.0)
+    assert crashed.crashed and crashed.mode == "safe" and crashed.bess_kw == {"bess1": 0.0}
+    held, _ = ctl.decide(image(grid=5.0, pcc_missed=1), None, memory, 12.0)
+    assert held.mode == "hold" and held.bess_kw == {"bess1": 0.0}  # not the pre-crash 40 kW

@@ -6,13 +6,14 @@ seconds instead of doubling the wall time of every run, and without Modbus laten
 accelerated clock's coarse cycles it is the rules at their best, so the planner is compared
 with a fair baseline (`--no-planner` gives the HIL figure for the rules when wanted).
 
-Switchable loads draw their rating while on, on top of the scenario's load, as in the HIL.
-The replay has no DC-bus physics: converters read their nominal voltage and draw nothing
-beyond the scenario's load, so their reference stays at nominal."""
+Switchable loads draw their rating while on, on top of the scenario's load, and DC
+converters carry their DC loads and DC PV (their `sim` profiles) through the AC side with
+the droop the HIL gives them (hil/devices/dcbus.py), so the replay meets the same site."""
 
 from __future__ import annotations
 
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
@@ -23,7 +24,8 @@ from edge.control.instructions import InstructionBook
 from edge.control.kernel import load_kernel
 from edge.image.image import DeviceState, ProcessImage
 from edge.setpoints.writer import Writer, limit_violated
-from hil.physics import Battery, ramp_toward
+from hil.devices.dcbus import EFFICIENCY
+from hil.physics import Battery, clear_sky_kw, load_kw, ramp_toward
 from hil.scenario import Truth, Window
 from hil.site import Ledger
 from tools.simulate.events import dr_instruction
@@ -33,6 +35,9 @@ class _Site:
     """The replay's physics: what each device does with the setpoints that reached it."""
 
     def __init__(self, cfg: Config, groups: dict[str, list], soc0: dict[str, float]) -> None:
+        self.site = cfg.site
+        self.tz = ZoneInfo(cfg.site.timezone)
+        self.dc_kw: dict[str, float] = {}
         self.bats, self.pvs = groups["battery"], groups["pv"]
         self.loads, self.convs = groups["load"], groups["dcdc"]
         self.meters = groups["meter"]
@@ -54,7 +59,17 @@ class _Site:
         return sum(b.soc_pct / 100 * b.capacity_kwh for b in self.phys.values())
 
     def flex_kw(self) -> float:
-        return sum(d.rated_kw for d in self.loads if self.setpoint[d.id] >= 0.5)
+        """What switchable loads and DC converters add to the scenario's load (AC side)."""
+        dc = sum(p / EFFICIENCY if p >= 0 else p * EFFICIENCY for p in self.dc_kw.values())
+        return sum(d.rated_kw for d in self.loads if self.setpoint[d.id] >= 0.5) + dc
+
+    def dc_step(self, t) -> None:
+        """Each converter's DC load less its DC PV, as the HIL's converter computes it."""
+        for c in self.convs:
+            s = c.sim
+            pv = (clear_sky_kw(t, self.site.latitude, self.site.longitude, s.peak_kw)
+                  * s.cloud_factor if s.peak_kw else 0.0)
+            self.dc_kw[c.id] = load_kw(s.profile, t.astimezone(self.tz), s.base_kw, s.day_kw) - pv
 
     def image(self, t, dt: float, load: float) -> ProcessImage:
         bess = sum(ph.power_kw for ph in self.phys.values())
@@ -66,8 +81,11 @@ class _Site:
                        for p in self.pvs})
         values.update({d.id: {"power_kw": d.rated_kw * self.setpoint[d.id],
                               "on": self.setpoint[d.id]} for d in self.loads})
-        values.update({c.id: {"bus_v": c.bus_nominal_v, "power_kw": 0.0,
-                              "v_ref": self.setpoint[c.id]} for c in self.convs})
+        for c in self.convs:
+            slope = c.sim.droop_pct / 100 * c.bus_nominal_v / c.rated_kw
+            p = self.dc_kw.get(c.id, 0.0)
+            values[c.id] = {"bus_v": self.setpoint[c.id] - slope * p, "power_kw": p,
+                            "v_ref": self.setpoint[c.id]}
         return ProcessImage(t, dt, {k: DeviceState(Reading(k, v), Quality.GOOD, 0)
                                     for k, v in values.items()})
 
@@ -100,6 +118,7 @@ def replay_rules(cfg: Config, truth: Truth, duration_s: float, dr: list[Window],
         minute = int(now_s // 60)
         if minute != price_minute:
             price_minute, price = minute, truth.price_at(t)
+        site.dc_step(t)
         load = truth.load_at(t) + site.flex_kw()
         avail = np.minimum(rated, truth.pv_at(t) * site.share)
         image = site.image(t, dt, load)

@@ -54,7 +54,7 @@ def reach(cap: Capability, grid_kw: float, target: float, hours: float) -> None:
     """The batteries can move the PCC from `grid_kw` to `target` now and hold it for `hours`,
     with load − PV as it is now (the kernel reports it later if the load moves away).
     Batteries only: the cycle sheds loads and curtails PV for a grid bound, not a target."""
-    bats = cap.of("battery")
+    bats = cap.of("storage")
     native = grid_kw + sum(b.push_kw for b in bats)  # the batteries at 0: load − PV
     lo, hi = native - sum(b.max_kw for b in bats), native - sum(b.min_kw for b in bats)
     if not lo - _REACH_SLACK_KW <= target <= hi + _REACH_SLACK_KW:

@@ -1,0 +1,65 @@
+"""The write phase remembers each write as it completes: a cycle cancelled half-way (the
+daemon stopping) keeps the shed that already went out, so the final safe state still
+respects the load's minimum off time."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from drivers.base import Quality, Reading
+from edge.config import parse
+from edge.control.decide import Controller
+from edge.control.kernel import load_kernel
+from edge.image.image import DeviceState, ProcessImage
+from edge.setpoints.writer import Writer
+
+SITE = parse({
+    "site": {"id": "s"},
+    "devices": [
+        {"id": "bess1", "role": "battery", "port": 1503, "capacity_kwh": 200,
+         "max_charge_kw": 50, "max_discharge_kw": 50, "soc_min_pct": 10},
+        {"id": "pcc", "role": "meter", "port": 1504},
+        {"id": "heater", "role": "load", "port": 1505, "map": "flexload_generic",
+         "rated_kw": 20, "min_on_s": 0, "min_off_s": 600, "safe_state": "on"},
+    ],
+    "control": {"import_limit_kw": 60},
+    "tariff": {"periods": [{"name": "flat", "start": "00:00", "end": "00:00", "price": 0.5}]},
+})
+
+
+class Relay:
+    def __init__(self) -> None:
+        self.writes: list[bool] = []
+
+    async def write_on(self, on: bool, revert_s: int) -> None:
+        self.writes.append(on)
+
+
+class StuckPcs:
+    async def write_power(self, kw: float, revert_s: int) -> None:
+        await asyncio.sleep(3600)  # the daemon stops while this request is on the wire
+
+
+async def test_a_shed_that_went_out_is_remembered_when_the_cycle_is_cancelled():
+    ctl = Controller(SITE, load_kernel())
+    image = ProcessImage(datetime(2026, 6, 22, 12, tzinfo=UTC), 1.0, {
+        "bess1": DeviceState(Reading("bess1", {"power_kw": 0.0, "soc_pct": 10.0}),
+                             Quality.GOOD, 0),
+        "pcc": DeviceState(Reading("pcc", {"power_kw": 70.0}), Quality.GOOD, 0),
+        "heater": DeviceState(Reading("heater", {"power_kw": 20.0, "on": 1.0}), Quality.GOOD, 0),
+    })
+    decision, memory = ctl.decide(image, None, ctl.initial_memory(), 10.0)
+    assert decision.load_on == {"heater": False}
+    relay = Relay()
+    writer = Writer(SITE, {"heater": relay, "bess1": StuckPcs()})
+    task = asyncio.create_task(writer.write(
+        decision, memory, 10.0, 5.0, False,
+        lambda dev_id, value: ctl.after_writes(memory, {dev_id: value}, 10.0)))
+    while not relay.writes:
+        await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert memory.written["heater"].value == 0.0
+    safe = ctl.safe(image, memory, 11.0)
+    assert safe.load_on == {"heater": False}  # min_off_s holds it off, not its safe "on"
