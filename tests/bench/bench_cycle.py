@@ -63,12 +63,13 @@ class Timings:
         self.writes: list[int] = []  # setpoint writes issued per step
         self._pending_writes = 0
         self.recording = False
-        poll, build_image, decide = cycle.poll, cycle.build_image, cycle.decide
-        write, write_one = cycle.write, cycle._write_one
+        poller, controller, writer = cycle.poller, cycle.controller, cycle.writer
+        poll, build_image, decide = poller.poll, cycle.build_image, controller.decide
+        write, write_one = cycle.write, writer._write_one
 
-        async def timed_poll() -> None:
+        async def timed_poll(period_wall_s: float) -> None:
             t0 = time.perf_counter()
-            await poll()
+            await poll(period_wall_s)
             self._add(self.poll_ms, (time.perf_counter() - t0) * 1e3)
 
         def timed_image():
@@ -77,11 +78,11 @@ class Timings:
             self._add(self.image_us, (time.perf_counter() - t0) * 1e6)
             return image
 
-        def timed_decide(image):
+        def timed_decide(image, book, memory, now_s):
             t0 = time.perf_counter()
-            decision = decide(image)
+            result = decide(image, book, memory, now_s)
             self._add(self.decide_us, (time.perf_counter() - t0) * 1e6)
-            return decision
+            return result
 
         async def timed_write(decision, force: bool = False) -> None:
             self._pending_writes = 0
@@ -94,9 +95,9 @@ class Timings:
             self._pending_writes += 1
             return write_one(*args)
 
-        # Instance attributes shadow the methods step() calls through `self.`.
-        cycle.poll, cycle.build_image, cycle.decide = timed_poll, timed_image, timed_decide
-        cycle.write, cycle._write_one = timed_write, counted_write_one
+        # Instance attributes shadow the methods step() calls.
+        poller.poll, cycle.build_image, controller.decide = timed_poll, timed_image, timed_decide
+        cycle.write, writer._write_one = timed_write, counted_write_one
 
     def _add(self, series: list, value: float) -> None:
         if self.recording:
