@@ -86,8 +86,11 @@ def _logging(level: str) -> None:
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
-    for noisy in ("pymodbus", "apscheduler", "amqtt", "transitions"):
+    for noisy in ("apscheduler", "amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The drivers report every failed request with its device; pymodbus's own lines are
+    # about late replies to requests the cycle abandoned, which it discards as it should.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
 def _stop_on_signals(stop: asyncio.Event, got: list[int] | None = None) -> None:
