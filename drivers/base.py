@@ -3,8 +3,11 @@ quality-tagged readings. Control never imports a vendor or protocol module."""
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -36,6 +39,25 @@ class Reading:
 
 class DeviceError(Exception):
     """A device did not answer, answered with an exception, or broke its contract."""
+
+
+_urgent: ContextVar[bool] = ContextVar("urgent", default=False)
+
+
+@contextlib.contextmanager
+def urgent() -> Iterator[None]:
+    """Requests made inside (and in tasks started inside) go out even while their unit or
+    connection backs off: the safe state written on the way down must not be refused for a
+    silence a moment ago, often only the request the stop itself cancelled."""
+    token = _urgent.set(True)
+    try:
+        yield
+    finally:
+        _urgent.reset(token)
+
+
+def is_urgent() -> bool:
+    return _urgent.get()
 
 
 @runtime_checkable

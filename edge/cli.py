@@ -8,6 +8,7 @@ Exit codes:
   4  scan: nothing answered at all (connection refused or timed out, or every unit silent)
   5  scan: something answered, but it is not SunSpec (no "SunS" marker) or its model chain
      is broken
+  130  interrupted (Ctrl-C)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from edge.roles import role_of
 
 EXIT_RUNTIME, EXIT_CONFIG, EXIT_KERNEL = 1, EXIT_INVALID, 3
 EXIT_NO_ANSWER, EXIT_NOT_SUNSPEC = 4, 5
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 
 
 def _load(path: str) -> Config:
@@ -84,14 +86,24 @@ def _logging(level: str) -> None:
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
-    for noisy in ("pymodbus", "apscheduler", "amqtt", "transitions"):
+    for noisy in ("apscheduler", "amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The drivers report every failed request with its device; pymodbus's own lines are
+    # about late replies to requests the cycle abandoned, which it discards as it should.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
-def _stop_on_signals(stop: asyncio.Event) -> None:
+def _stop_on_signals(stop: asyncio.Event, got: list[int] | None = None) -> None:
+    """SIGTERM and SIGINT set `stop` (a clean shutdown); `got` collects which came."""
     loop = asyncio.get_running_loop()
+
+    def stopped(sig: int) -> None:
+        if got is not None:
+            got.append(sig)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stopped, sig)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -164,9 +176,11 @@ def cmd_hil(args: argparse.Namespace) -> int:
             task.cancel()
         stop.set()
 
+    signals: list[int] = []
+
     async def main() -> None:
         stop = asyncio.Event()
-        _stop_on_signals(stop)
+        _stop_on_signals(stop, signals)
         jobs = [run_hil(cfg, args.speed, stop)]
         if plan is not None:
             jobs.append(run_vtn(cfg.openadr.vtn_url, plan, cfg.openadr.poll_interval_s, stop,
@@ -175,7 +189,13 @@ def cmd_hil(args: argparse.Namespace) -> int:
             jobs.append(platform(stop))
         await asyncio.gather(*jobs)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except OSError as exc:  # a port taken, a serial device missing: the message says which
+        print(f"pedf-edge hil: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    if signal.SIGINT in signals:
+        raise KeyboardInterrupt  # stopped cleanly; main() says so once
     if args.platform is not None:
         return 0 if passed == [True] else EXIT_RUNTIME
     return 0
@@ -347,7 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "config", None) is not None and not Path(args.config).exists():
         print(f"pedf-edge: config file {args.config} not found (pass -c FILE)", file=sys.stderr)
         return EXIT_CONFIG
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print(f"pedf-edge {args.cmd}: interrupted (Ctrl-C); run it again to start over",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from drivers.base import Device
+from drivers.base import Device, urgent
 from edge.app.clock import Clock
 from edge.config import Config, poll_deadline_s
 from edge.control.decide import Controller, Decision
@@ -24,6 +24,7 @@ from edge.setpoints.writer import Writer, limit_violated
 log = logging.getLogger(__name__)
 
 _WAKE_GAP_S = 0.05  # shortest wall time between the end of a cycle and a woken one
+FINAL_WRITE_S, FINAL_ATTEMPTS = 2.0, 3  # the safe state on the way down: wall budget, tries
 
 __all__ = ["ControlCycle", "CycleStats", "Decision", "DeviceHealth"]
 
@@ -75,7 +76,9 @@ class ControlCycle:
     def _write_failed(self, dev_id: str) -> None:
         self.health[dev_id].errors += 1
 
-    async def write(self, decision: Decision, force: bool = False) -> None:
+    async def write(self, decision: Decision, force: bool = False,
+                    timeout: float | None = None) -> None:
+        """`timeout`: wall seconds per device write (default: the poll deadline)."""
         now_s = self.clock.elapsed_s()
 
         def record(dev_id: str, value: float | None) -> None:
@@ -84,7 +87,7 @@ class ControlCycle:
             self.controller.after_writes(self.memory, {dev_id: value}, now_s)
 
         await self.writer.write(
-            decision, self.memory, now_s, poll_deadline_s(self.period_wall_s),
+            decision, self.memory, now_s, timeout or poll_deadline_s(self.period_wall_s),
             limit_violated(self.image, decision, self.config.grid_meter.id), record, force)
 
     async def step(self) -> Decision:
@@ -164,7 +167,30 @@ class ControlCycle:
             decision = self.controller.safe(image, self.memory, self.clock.elapsed_s(),
                                             final=final)
             self.memory.last = decision
-            await self.write(decision, force=True)
+            if final:
+                await self._write_final(decision)
+            else:
+                await self.write(decision, force=True)
         except Exception:  # noqa: BLE001
             log.exception("applying the safe state failed; device revert timers remain")
+
+    async def _write_final(self, decision: Decision) -> None:
+        """The last write: past any unit's silence backoff (the stop may just have cancelled
+        a request on the wire), and again for what failed, FINAL_ATTEMPTS times within
+        FINAL_WRITE_S wall seconds; each try may take what is left of that."""
+        end = time.monotonic() + FINAL_WRITE_S
+        missing: list[str] = []
+        with urgent():
+            for attempt in range(FINAL_ATTEMPTS):
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                await self.write(decision, force=attempt == 0, timeout=left)
+                missing = [d.id for d in self.writer.writers
+                           if decision.setpoints.get(d.role, {}).get(d.id) is not None
+                           and self.memory.written[d.id].failed]
+                if not missing:
+                    return
+        log.warning("safe state not confirmed by %s within %g s; their revert timers take them "
+                    "to their own defaults - check them", ", ".join(missing), FINAL_WRITE_S)
 

@@ -104,6 +104,22 @@ def kpi_table(kpis: dict, console: Console) -> None:
                   if b["total_cost"] else f"Savings: {kpis['savings']:,.2f} {cur}")
 
 
+async def _follow(clock: Clock, site: SimSite, daemon: Daemon, task: asyncio.Task,
+                  plans: PlanTrack, console: Console, sim_s: float) -> None:
+    """The progress bar, until the simulated span is over or the daemon ends."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(),
+               TextColumn("{task.fields[sim]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("simulated day", total=sim_s, sim="")
+        while (t := clock.elapsed_s()) < sim_s and not task.done():
+            local = clock.now().astimezone(site.tz)
+            progress.update(bar, completed=t, sim=f"{local:%H:%M} {site.status_line()[17:60]}")
+            if daemon.planner is not None:
+                plans.see(daemon.planner.last)
+            await asyncio.sleep(0.1)
+        progress.update(bar, completed=sim_s)
+
+
 async def run_demo(config: Config, wall_s: float = 110.0, speed: float | None = None,
                    hours: float = 24.0, report: Path | None = None) -> int:
     """`report`: where the HTML report goes (default: report.html in the storage dir)."""
@@ -126,26 +142,18 @@ async def run_demo(config: Config, wall_s: float = 110.0, speed: float | None = 
     task = asyncio.create_task(daemon.run(stop), name="daemon")
     plans = PlanTrack()
     try:
-        columns = (TextColumn("[bold]{task.description}"), BarColumn(),
-                   TextColumn("{task.fields[sim]}"), TimeElapsedColumn())
-        with Progress(*columns, console=console, transient=False) as progress:
-            bar = progress.add_task("simulated day", total=sim_s, sim="")
-            while (t := clock.elapsed_s()) < sim_s and not task.done():
-                local = clock.now().astimezone(site.tz)
-                progress.update(bar, completed=t, sim=f"{local:%H:%M} {site.status_line()[17:60]}")
-                if daemon.planner is not None:
-                    plans.see(daemon.planner.last)
-                await asyncio.sleep(0.1)
-            progress.update(bar, completed=sim_s)
+        try:
+            await _follow(clock, site, daemon, task, plans, console, sim_s)
+        finally:  # also when interrupted: the daemon stops and writes its safe state
+            stop.set()
+            await asyncio.gather(task, return_exceptions=True)
+            await site.stop()
+        if task.exception():
+            raise task.exception()
+        await asyncio.sleep(0.5)  # let the last acknowledged messages reach the subscriber
     finally:
-        stop.set()
-        await asyncio.gather(task, return_exceptions=True)
-        await site.stop()
-    if task.exception():
-        raise task.exception()
-    await asyncio.sleep(0.5)  # let the last acknowledged messages reach the subscriber
-    counter.close()
-    await broker.close()
+        counter.close()
+        await broker.close()
     kpis = site.kpis()
     kpi_table(kpis, console)
     n = int(min(clock.elapsed_s(), sim_s) // 900)

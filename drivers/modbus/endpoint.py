@@ -19,7 +19,7 @@ import time
 from pymodbus.client import AsyncModbusTcpClient, ModbusBaseClient
 from pymodbus.exceptions import ModbusException, ModbusIOException
 
-from drivers.base import DeviceError
+from drivers.base import DeviceError, is_urgent
 
 _MAX_READ = 120  # registers per request (Modbus allows 125)
 
@@ -83,7 +83,7 @@ class ModbusEndpoint:
         if self._client is not None and self._client.connected:
             return self._client
         now = time.monotonic()
-        if now < self._retry_at:
+        if now < self._retry_at and not is_urgent():
             raise ConnectFailed(f"{self.name}: reconnect backoff ({self._retry_at - now:.1f} s left)")
         self._drop()
         client = self._new_client()

@@ -14,6 +14,7 @@ from drivers.base import DeviceError, Reading
 from drivers.modbus.endpoint import ModbusEndpoint
 from drivers.modbus.regmap import CONTROL_KEYS, ROLE_KEYS, MapPoint, RegisterMap
 from drivers.modbus.unit import ModbusUnit
+from drivers.quietlog import Episode
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,12 @@ class MapBattery(MapDevice):
         super().__init__(device_id, endpoint, unit, regmap, protocol)
         self.bms = bms
         self._bms: Reading | None = None
-        self._bms_error = ""
+        who = f"{device_id}: BMS unit {bms.unit}".replace("%", "%%") if bms else ""
+        self._bms_down = Episode(
+            log, f"{who}: %(reason)s; its last values are carried with their age; check the "
+            "BMS unit id and its link to the battery",
+            f"{who}: still silent after %(since)s (%(count)d polls); last error: %(reason)s",
+            f"{who}: answers again after %(since)s")
 
     async def connect(self) -> None:
         await super().connect()
@@ -200,12 +206,9 @@ class MapBattery(MapDevice):
         assert self.bms is not None
         try:
             self._bms = await self.bms.poll()
-            self._bms_error = ""
+            self._bms_down.ok()
         except DeviceError as exc:
-            if str(exc) != self._bms_error:
-                log.warning("%s: BMS unit %d: %s; its last values are carried with their age",
-                            self.id, self.bms.unit, exc)
-            self._bms_error = str(exc)
+            self._bms_down.failed(str(exc))
 
     async def poll(self) -> Reading:
         if self.bms is not None:

@@ -5,7 +5,8 @@ A unit that does not answer (timeout, a request abandoned by the caller's deadli
 the wire, or a gateway's "no response" exception) backs off: its requests fail at once for
 0.5 s, doubling up to 10 s, until one succeeds. The endpoint lock is shared, so a silent
 unit probed on every poll would hold it for `timeout_s` each time and starve the healthy
-units behind the same gateway or on the same bus.
+units behind the same gateway or on the same bus. Requests made under `drivers.base.urgent`
+(the safe state on the way down) go out regardless.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from drivers.base import DeviceError
+from drivers.base import DeviceError, is_urgent
 from drivers.modbus.endpoint import GATEWAY_NO_REPLY, ModbusEndpoint, ModbusExceptionReply
 
 T = TypeVar("T")
@@ -42,7 +43,7 @@ class ModbusUnit:
 
     def _check_backoff(self) -> None:
         left = self._retry_at - time.monotonic()
-        if left > 0:
+        if left > 0 and not is_urgent():
             raise DeviceError(f"{self._who}{self.endpoint.name} unit {self.unit} backing off for "
                               f"{left:.1f} s after it did not answer")
 

@@ -105,7 +105,7 @@ class Daemon:
             try:
                 await asyncio.wait_for(self.devices[dev_id].connect(), 5.0)
             except (TimeoutError, DeviceError, OSError) as exc:
-                log.warning("device %s not reachable at start (%s); will keep trying", dev_id, exc)
+                self.cycle.poller.failed(dev_id, f"not reachable at start ({exc or 'timed out'})")
         await asyncio.gather(*(one(d) for d in self.devices))
 
     async def publish_telemetry(self) -> None:
@@ -272,7 +272,10 @@ class Daemon:
             await self.ven.stop()
 
     async def _stop_scheduler(self) -> None:
+        """Jobs still running (a planning round) are cancelled: that is the stop, not an
+        error, so APScheduler's traceback for it is left out of the log."""
         if self.scheduler is not None and self.scheduler.running:
+            logging.getLogger("apscheduler.executors.default").addFilter(_not_cancelled)
             self.scheduler.shutdown(wait=False)
 
     @staticmethod
@@ -291,6 +294,11 @@ def _log_if_failed(task: asyncio.Task) -> None:
     (nothing awaits it until shutdown, so its error would otherwise surface only then)."""
     if not task.cancelled() and task.exception() is not None:
         log.error("task %s ended with an error", task.get_name(), exc_info=task.exception())
+
+
+def _not_cancelled(record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, asyncio.CancelledError)
 
 
 def topic_level(name: str) -> str:

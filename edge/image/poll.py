@@ -1,7 +1,8 @@
 """Poll every device at once and freeze what came back into one timestamped process image,
 with each device's quality: a device whose poll fails `stale_after_cycles` times in a row is
 STALE, and a slow value (nameplate, energy counter) not re-read for a while is STALE on its
-own. A failing device is that device's problem, never the cycle's."""
+own. A failing device is that device's problem, never the cycle's; the log says so once,
+then sums it up every SUMMARY_S while it lasts, and says when it answers again."""
 
 from __future__ import annotations
 
@@ -11,12 +12,26 @@ import time
 from dataclasses import dataclass
 
 from drivers.base import Device, DeviceError, Quality, Reading
+from drivers.quietlog import Episode
 from edge.app.clock import Clock
 from edge.config import Config, poll_deadline_s
 from edge.image.image import DeviceState, ProcessImage
 from edge.roles import role_of
 
 log = logging.getLogger("edge.cycle")
+
+SUMMARY_S = 600.0  # wall seconds between two lines about a device that stays down
+_CHECK = ("check that it is powered and connected, and its host, port and unit id in the "
+          "config; retrying every cycle")
+
+
+def _outage(dev_id: str) -> Episode:
+    who = dev_id.replace("%", "%%")
+    return Episode(log, f"device {who}: %(reason)s; {_CHECK}",
+                   f"device {who}: still failing after %(since)s, %(count)d polls failed; "
+                   "last error: %(reason)s",
+                   f"device {who}: answers again after %(since)s (%(count)d polls failed)",
+                   every_s=SUMMARY_S)
 
 
 @dataclass(slots=True)
@@ -34,6 +49,7 @@ class Poller:
         self.clock = clock
         self.health = {d.id: DeviceHealth() for d in config.devices}
         self._cfg = {d.id: d for d in config.devices}
+        self.outages = {d.id: _outage(d.id) for d in config.devices}
         self._last_sim_s: float | None = None
 
     async def poll(self, period_wall_s: float) -> None:
@@ -48,6 +64,7 @@ class Poller:
                 self._check_nameplate(dev_id, reading)
             h.reading = reading
             h.failed_polls = 0
+            self.outages[dev_id].ok()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any device fault is that device's, not the cycle's
@@ -56,9 +73,12 @@ class Poller:
             msg = str(exc) or type(exc).__name__
             if not isinstance(exc, (DeviceError, TimeoutError, OSError)):
                 msg = f"{type(exc).__name__}: {msg}"
-            if h.failed_polls == 1 or msg != h.last_error:
-                log.warning("device %s: poll failed: %s", dev_id, msg)
+            self.failed(dev_id, f"poll failed: {msg}")
             h.last_error = msg
+
+    def failed(self, dev_id: str, reason: str) -> None:
+        """Count a failure to reach the device toward its outage (the log's view of it)."""
+        self.outages[dev_id].failed(reason)
 
     def _check_nameplate(self, dev_id: str, reading: Reading) -> None:
         """Say once when the config asks more than the device's own nameplate: the device

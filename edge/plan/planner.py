@@ -171,6 +171,9 @@ class Planner:
             try:
                 inp = self._input(now)
                 plan = await self._solve(inp)
+            except asyncio.CancelledError:
+                log.info("planning round (%s) cancelled: the daemon stops", reason)
+                raise
             except PlanInfeasible as exc:
                 return self._fall_back(now, exc.reason)
             except Exception as exc:  # noqa: BLE001 - any failure must end in a safe fallback

@@ -47,7 +47,14 @@ class CommandHandler(CommandJudge):
 
         Messages waiting together are judged together (up to _BATCH), then their acks are
         stored from a worker thread: an outbox write waits for an fsync, and a flood of
-        commands must not hold the event loop (and with it the control cycle's polls)."""
+        commands must not hold the event loop (and with it the control cycle's polls).
+        Rejections still unsaid in the log are summed up when the loop ends."""
+        try:
+            await self._consume()
+        finally:
+            self.rejects.flush()
+
+    async def _consume(self) -> None:
         while True:
             timeout = self._wall_to_next_end()
             try:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from drivers.quietlog import Episode
 from edge.app.clock import Clock
 from edge.app.fanout import SiteView
 from edge.config import Config
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 HOLD_ID = "park:hold"
 _FOREVER = timedelta(days=3650)
 SEEN_MAX = 10_000  # cmd_ids remembered for duplicate detection
+REJECTS_LOG_S = 60.0  # one log line at most this often about rejected commands (acks: each)
 _ID_RE = re.compile(ID_PATTERN)
 
 
@@ -86,6 +88,10 @@ class CommandJudge:
         self._seen: OrderedDict[str, Seen] = OrderedDict()
         self._unsaved: set[str] = set()  # cmd_ids whose answer changed since the last save
         self._prefix = prefix
+        self.rejects = Episode(
+            log, "%(reason)s (the platform gets the reason in the ack; fix the sender)",
+            "%(more)d more commands rejected in the last %(gap)s (%(count)d since the first); "
+            "last: %(reason)s", every_s=REJECTS_LOG_S)
 
     # -- one message ------------------------------------------------------------------------
 
@@ -129,8 +135,8 @@ class CommandJudge:
 
     def _rejected(self, cmd_id: str | None, name: str | None, reason: str) -> dict[str, Any]:
         self.stats.rejected += 1
-        log.warning("command %r (%s) rejected: %s", cmd_id, name if name in COMMANDS else "?",
-                    reason)
+        self.rejects.failed(f"command {cmd_id!r} ({name if name in COMMANDS else '?'}) "
+                            f"rejected: {reason}")
         return {"cmd_id": cmd_id, "command": name if name in COMMANDS else None,
                 "status": "rejected", "reason": reason}
 

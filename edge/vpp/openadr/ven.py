@@ -15,6 +15,7 @@ from typing import Any
 
 from openleadr import OpenADRClient, enums, objects
 
+from drivers.quietlog import Episode
 from edge.app.clock import Clock
 from edge.app.fanout import SiteView
 from edge.config import Config
@@ -41,6 +42,8 @@ from edge.vpp.shaping import DrRejected
 logging.getLogger("openleadr").setLevel(logging.WARNING)
 
 log = logging.getLogger(__name__)
+
+REFUSED_LOG_S = 60.0  # one log line at most this often about opted-out or broken events
 
 
 class _Client(OpenADRClient):
@@ -90,6 +93,9 @@ class Ven:
         self.registered = asyncio.Event()
         self.received_at: dict[str, float] = {}  # event id -> time.monotonic() of arrival
         self._task: asyncio.Task[None] | None = None
+        self.refused = Episode(
+            log, "%(reason)s", "%(more)d more OpenADR events opted out or refused in the last "
+            "%(gap)s (%(count)d since the first); last: %(reason)s", every_s=REFUSED_LOG_S)
 
     # -- DR execution ----------------------------------------------------------------------
     def _take(self, ev: StoredEvent) -> tuple[int, str, set[str]]:
@@ -205,8 +211,10 @@ class Ven:
         would opt out on an exception without saying why)."""
         try:
             return self._on_event(event)
-        except Exception:  # noqa: BLE001
-            log.exception("OpenADR event could not be handled; opting out")
+        except Exception as exc:  # noqa: BLE001
+            log.debug("OpenADR event could not be handled", exc_info=True)
+            self.refused.failed(f"OpenADR event could not be handled ({type(exc).__name__}: "
+                                f"{exc}); opting out - ask the VTN operator to check the event")
             return OPT_OUT
 
     def _on_event(self, event: dict[str, Any]) -> str:
@@ -258,8 +266,8 @@ class Ven:
             log.info("OpenADR event %s (mod %d) %s - %s: optIn, %d instruction(s): %s", eid, mod,
                      start.isoformat(), end.isoformat(), n, reason)
         else:
-            log.warning("OpenADR event %s (mod %d) %s - %s: optOut: %s", eid, mod,
-                        start.isoformat(), end.isoformat(), reason)
+            self.refused.failed(f"OpenADR event {eid} (mod {mod}) {start.isoformat()} - "
+                                f"{end.isoformat()}: optOut: {reason} (the VTN was told)")
         return opt
 
     def report_sample(self) -> list[tuple[datetime, float]]:
@@ -353,6 +361,7 @@ class Ven:
             await self._close(self.client)
             self.client = None
         self.registered.clear()
+        self.refused.flush()
         self.store.close()
 
 
