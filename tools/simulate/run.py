@@ -39,7 +39,7 @@ class RunClock(Clock):
         self._released = False
 
     def release(self) -> None:
-        self._t0 = time.monotonic()
+        self.t0 = time.monotonic()
         self._released = True
 
     def elapsed_s(self) -> float:
