@@ -226,8 +226,9 @@ async def test_a_thousand_hostile_commands_are_each_rejected_and_control_goes_on
                              "kWh of discharge", "beyond what the batteries can reach",
                              "cmd_id dup-1 was already used", "nothing active"):
                 assert any(expected in r for r in reasons), expected
-            logged = [r for r in caplog.records if "rejected" in r.getMessage()]
-            assert len(logged) == 1000
+            # Each gets its ack; the log says it once and then counts (rate-limited).
+            logged = [r for r in caplog.records if r.name.startswith("edge.vpp.commands")]
+            assert 1 <= len(logged) <= 3
             assert run.daemon.commands.stats.rejected == 1000
             assert run.daemon.commands.active == ["dup-1"]
             assert not p.invalid, p.invalid[:3]
