@@ -31,14 +31,18 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 
 
 def _load(path: str) -> Config:
+    """The site config, or exit 2 with every problem; the simulator's sections (`sim:`,
+    `hil:`) are checked here too, by the simulator, so the file stays valid as one."""
     from drivers.registry import BUILDERS
     from edge.app.devices import check_maps
+    from hil.config import problems as sim_problems
 
     try:
         cfg = config_mod.load(path)
-        missing = [f"devices[{i}].protocol: {d.protocol} has no driver yet "
-                   f"(available: {', '.join(sorted(BUILDERS))})"
-                   for i, d in enumerate(cfg.devices) if d.protocol not in BUILDERS]
+        missing = sim_problems(cfg)
+        missing += [f"devices[{i}].protocol: {d.protocol} has no driver yet "
+                    f"(available: {', '.join(sorted(BUILDERS))})"
+                    for i, d in enumerate(cfg.devices) if d.protocol not in BUILDERS]
         missing += check_maps(cfg)
         if missing:
             raise config_mod.ConfigError(path, missing)
@@ -117,10 +121,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge.app.clock import Clock
     from edge.app.daemon import Daemon
     from edge.control.kernel import KernelUnavailable
+    from hil.config import hil_of
 
     cfg = _load(args.config)
     _logging(args.log_level)
-    clock = Clock(cfg.hil.start, args.speed) if args.speed else Clock()
+    clock = Clock(hil_of(cfg).start, args.speed) if args.speed else Clock()
 
     async def main() -> None:
         stop = asyncio.Event()

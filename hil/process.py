@@ -29,6 +29,7 @@ import numpy as np
 
 from edge.app.clock import Clock
 from edge.config import Config
+from hil.config import hil_of
 from hil.devices.base import Fault
 from hil.site import Sample, SimSite
 
@@ -165,7 +166,7 @@ class SiteProcess:
     async def start(self) -> None:
         self._conn, child = self._ctx.Pipe()
         self._proc = self._ctx.Process(
-            target=_child, args=(child, self.config, self.config.hil.start, self.speed),
+            target=_child, args=(child, self.config, hil_of(self.config).start, self.speed),
             name=f"hil-{self.config.site.id}", daemon=True)
         self._proc.start()
         child.close()  # the child holds its end: EOF here once it exits

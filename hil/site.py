@@ -19,7 +19,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from edge.app.clock import Clock
-from edge.config import Config, SimParams
+from edge.config import Config
+from hil.config import SimParams, hil_of, sim_of
 from hil.devices import build, simulator_for
 from hil.devices.base import Env, Fault, SimulatedDevice
 from hil.ledger import Ledger, Sample
@@ -43,7 +44,8 @@ class SimSite:
         truth=None,
     ) -> None:
         self.config = config
-        self.clock = clock or Clock(config.hil.start, speed or config.hil.speed)
+        hil = hil_of(config)
+        self.clock = clock or Clock(hil.start, speed or hil.speed)
         self.tz = ZoneInfo(config.site.timezone)
         self.truth = truth
         self.on_substep: Callable[[Sample, float], None] | None = None
@@ -51,8 +53,8 @@ class SimSite:
         # The building-load profiles: the load meters', or the PCC meter's when it stands in
         # for them (without a load submeter the building still consumes).
         loads = {d.id: p for d in config.devices if (p := kinds[d.id].building_load(d)) is not None}
-        self._hidden_load = None if loads else config.grid_meter.sim
-        profiles = list(loads.values()) or [config.grid_meter.sim]
+        self._hidden_load = None if loads else sim_of(config.grid_meter)
+        profiles = list(loads.values()) or [self._hidden_load]
         self._range_kw = self._meter_range_kw(config, kinds, profiles)
         if truth is not None:  # room for the scenario's load beyond what the profiles allow
             allowed = sum(_headroom_kw(p) for p in profiles)

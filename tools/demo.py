@@ -19,6 +19,7 @@ from edge.app.clock import Clock
 from edge.app.daemon import Daemon, state_dir
 from edge.config import Config
 from edge.report.history import INTERVAL_S, PER_DAY, History, interval_start
+from hil.config import hil_of
 from hil.site import SimSite
 from tools import report_html
 from tools.broker import ensure_broker
@@ -40,7 +41,7 @@ def seed_history(config: Config, days: int = HISTORY_DAYS) -> int:
     days are replaced, so a re-run of the demo seeds the same days. Returns the number of
     intervals. Runs before the demo's clock starts: it costs no simulated time."""
     site = SimSite(config)  # not started: its devices' physics, no sockets
-    end = interval_start(config.hil.start)
+    end = interval_start(hil_of(config).start)
     local = end.astimezone(site.tz).date() - timedelta(days=days)
     first = datetime.combine(local, datetime.min.time(), site.tz)
     kw = site.history_kw(first, end, INTERVAL_S)
@@ -129,7 +130,7 @@ async def run_demo(config: Config, wall_s: float = 110.0, speed: float | None = 
     n = seed_history(config)
     console.print(f"History: {n / PER_DAY:g} days before the start seeded from the site's "
                   "physics (no battery), for the forecasts and DR baselines")
-    clock = Clock(config.hil.start, speed)
+    clock = Clock(hil_of(config).start, speed)
     site = SimSite(config, clock)
     await site.start()  # first: an embedded broker's free port must not be a device's port
     broker = await ensure_broker(config.mqtt.host, config.mqtt.port)

@@ -23,7 +23,6 @@ from edge.config.sections import (
     TariffConfig,
     TariffPeriod,
 )
-from edge.config.sim import SIM_SUNSPEC_MODELS, HilConfig, SimParams
 from edge.config.vpp import CarbonConfig, DrConfig, OpenAdrConfig, VppConfig
 
 # The root model and the device models come from the role registry, and the roles build on
@@ -44,10 +43,10 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "HINTS", "SIM_SUNSPEC_MODELS", "BatteryDevice", "BmsParams", "CarbonConfig", "Config",
-    "ConfigError", "ControlConfig", "DcConverterDevice", "DeviceBase", "DeviceConfig", "DrConfig",
-    "FlexLoadDevice", "ForecastConfig", "HilConfig", "MeterDevice", "MqttConfig",
-    "OpenAdrConfig", "PlannerConfig", "PvDevice", "SerialParams", "SimParams", "SiteConfig",
-    "StorageConfig", "TariffConfig", "TariffPeriod", "VppConfig", "bus_problems",
-    "config_problems", "default_timeout_s", "load", "parse", "poll_deadline_s",
+    "HINTS", "BatteryDevice", "BmsParams", "CarbonConfig", "Config", "ConfigError",
+    "ControlConfig", "DcConverterDevice", "DeviceBase", "DeviceConfig", "DrConfig",
+    "FlexLoadDevice", "ForecastConfig", "MeterDevice", "MqttConfig", "OpenAdrConfig",
+    "PlannerConfig", "PvDevice", "SerialParams", "SiteConfig", "StorageConfig", "TariffConfig",
+    "TariffPeriod", "VppConfig", "bus_problems", "config_problems", "default_timeout_s", "load",
+    "parse", "poll_deadline_s",
 ]

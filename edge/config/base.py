@@ -4,13 +4,12 @@ device settings live with their role in edge/roles/."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
 from edge.config.model import Pct, PositiveKw, _Model  # noqa: F401 - re-exported for the roles
-from edge.config.sim import SimParams
 
 
 class SiteConfig(_Model):
@@ -71,7 +70,9 @@ class DeviceBase(_Model):
     address: str | None = Field(None, pattern=r"^[0-9]{12}$", description="DL/T 645 address")
     timeout_s: float = Field(_TIMEOUT_S, gt=0, le=30, description="reply timeout; default "
                              "per protocol (0.3 s, DL/T 645 0.5 s), at most half the poll deadline")
-    sim: SimParams = SimParams()
+    sim: dict[str, Any] = Field(
+        default_factory=dict, description="the simulator's settings for this device, "
+        "declared and checked by the simulator (hil/config.py); the daemon ignores them")
 
     @model_validator(mode="before")
     @classmethod

@@ -3,6 +3,8 @@ the role registry) and the rules that span them."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field, model_validator
 
 from edge.config.base import SiteConfig, _Model, default_timeout_s
@@ -15,7 +17,6 @@ from edge.config.sections import (
     StorageConfig,
     TariffConfig,
 )
-from edge.config.sim import HilConfig
 from edge.config.vpp import CarbonConfig, DrConfig, OpenAdrConfig, VppConfig
 from edge.roles import ROLES, DeviceConfig, MeterDevice, PvDevice, grouped
 
@@ -27,7 +28,9 @@ class Config(_Model):
     tariff: TariffConfig
     mqtt: MqttConfig = MqttConfig()
     storage: StorageConfig = StorageConfig()
-    hil: HilConfig = HilConfig()
+    hil: dict[str, Any] = Field(
+        default_factory=dict, description="the simulator's clock (start, speed), declared "
+        "and checked by the simulator (hil/config.py); the daemon ignores it")
     planner: PlannerConfig = PlannerConfig()
     forecast: ForecastConfig = ForecastConfig()
     vpp: VppConfig = VppConfig()

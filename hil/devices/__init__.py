@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from drivers.sunspec.models import SunSpecError
 from edge.config import DeviceConfig
+from hil.config import sim_of
 from hil.devices.base import SimulatedDevice
 from hil.devices.dcbus import MapDcBusSim
 from hil.devices.dlt645 import Dlt645SimMeter
@@ -48,11 +49,12 @@ _NOT_SUNSPEC = {proto for _, proto in BY_PROTOCOL}  # never fall back to SunSpec
 def simulator_for(cfg: DeviceConfig) -> type[SimulatedDevice]:
     """The class that simulates `cfg`'s device; SunSpecError when the HIL has none."""
     cls = BY_PROTOCOL.get((cfg.role, cfg.protocol))
+    models = sim_of(cfg).models
     if cls is None and cfg.protocol not in _NOT_SUNSPEC:
         cls = SUNSPEC.get(cfg.role)
-        if cfg.sim.models is not None:  # another model chain: hil/devices/variants.py
+        if models is not None:  # another model chain: hil/devices/variants.py
             cls = CHAINS.get(cfg.role)
-    elif cfg.sim.models is not None:
+    elif models is not None:
         raise SunSpecError(f"device {cfg.id}: sim.models chooses a SunSpec model chain; "
                            f"protocol {cfg.protocol} has none: remove sim.models")
     if cls is None:

@@ -30,7 +30,8 @@ from pymodbus.constants import ExcCodes
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.sunspec.models import BASES, chain_registers, decode, encode_point, layout, model
-from edge.config import DeviceConfig, SimParams
+from edge.config import DeviceConfig
+from hil.config import SimParams, sim_of
 from hil.physics import Battery
 
 BASE = 40000
@@ -106,6 +107,7 @@ class SimulatedDevice:
     def _init_unit(self, cfg: DeviceConfig) -> None:
         """State every unit has; the units without a SunSpec chain call this alone."""
         self.cfg = cfg
+        self.sim = sim_of(cfg)  # parsed once: physics steps read it many times a second
         self.id = cfg.id
         self.t_s = 0.0
         self.power_kw = 0.0

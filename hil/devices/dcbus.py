@@ -48,7 +48,7 @@ class MapDcBusSim(MapSimDevice):
                  regmap: RegisterMap | None = None) -> None:
         super().__init__(cfg, site_max_kw, regmap)
         self.nominal_v = cfg.bus_nominal_v
-        self.slope_v_per_kw = cfg.sim.droop_pct / 100 * cfg.bus_nominal_v / cfg.rated_kw
+        self.slope_v_per_kw = self.sim.droop_pct / 100 * cfg.bus_nominal_v / cfg.rated_kw
         self.v_ref_min_v = cfg.bus_nominal_v * (1 - V_REF_RANGE)
         self.v_ref_max_v = cfg.bus_nominal_v * (1 + V_REF_RANGE)
         self.held["v_ref"] = self.nominal_v
@@ -88,7 +88,7 @@ class MapDcBusSim(MapSimDevice):
         if (self.v_ref != self.nominal_v
                 and expired(self._t_cmd, int(self.held.get("revert", 0)), env.t_s)):
             self.held["v_ref"] = self.nominal_v
-        s = self.cfg.sim
+        s = self.sim
         given = env.series_kw.get(self.id) if env.series_kw else None
         self.dc_load_kw = given if given is not None else load_kw(
             s.profile, env.t_local, s.base_kw, s.day_kw)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from edge.config import BatteryDevice, MeterDevice, SimParams
+from edge.config import BatteryDevice, MeterDevice
+from hil.config import SimParams, sim_of
 from hil.devices.base import Env
 from hil.physics import Battery, load_kw
 
@@ -17,6 +18,7 @@ class Storage:
 
     account: ClassVar[Literal["battery"]] = "battery"
     cfg: BatteryDevice
+    sim: SimParams
     power_kw: float
     command_kw: float  # the PCS's command (property of the protocol class)
 
@@ -27,7 +29,7 @@ class Storage:
     def _init_storage(self, cfg: BatteryDevice) -> None:
         self.battery = Battery(
             capacity_kwh=cfg.capacity_kwh, max_charge_kw=cfg.max_charge_kw,
-            max_discharge_kw=cfg.max_discharge_kw, soc_pct=cfg.sim.initial_soc_pct,
+            max_discharge_kw=cfg.max_discharge_kw, soc_pct=self.sim.initial_soc_pct,
             charge_efficiency=cfg.charge_efficiency, discharge_efficiency=cfg.discharge_efficiency,
             ramp_kw_per_s=cfg.ramp_kw_per_s,
         )
@@ -45,12 +47,13 @@ class Metering:
     sim profile, the grid (PCC) meter is told the site balance; both integrate kWh."""
 
     cfg: MeterDevice
+    sim: SimParams
     id: str
     power_kw: float = 0.0
 
     @classmethod
     def building_load(cls, cfg: MeterDevice) -> SimParams | None:
-        return cfg.sim if cfg.measures == "load" else None
+        return sim_of(cfg) if cfg.measures == "load" else None
 
     def _init_metering(self, cfg: MeterDevice) -> None:
         self.balancing = cfg.measures == "grid"
@@ -62,7 +65,7 @@ class Metering:
             return 0.0
         kw = env.series_kw.get(self.id) if env.series_kw else None
         if kw is None:
-            s = self.cfg.sim
+            s = self.sim
             kw = load_kw(s.profile, env.t_local, s.base_kw, s.day_kw)
         self.measure(kw, dt_s)
         return -self.power_kw

@@ -34,7 +34,7 @@ class PvInverter(SimulatedDevice):
     def __init__(self, cfg: PvDevice, site_max_kw: float) -> None:
         super().__init__(cfg, site_max_kw)
         self.rated_kw = cfg.rated_kw
-        self.peak_kw = cfg.sim.peak_kw or cfg.rated_kw
+        self.peak_kw = self.sim.peak_kw or cfg.rated_kw
         self.w_sf = power_sf(self.rated_kw * 1000)
         self.available_kw = 0.0
         self.wh = 0.0
@@ -72,7 +72,7 @@ class PvInverter(SimulatedDevice):
         given = env.series_kw.get(self.id) if env.series_kw else None
         if given is None:
             given = clear_sky_kw(env.t_utc, env.latitude, env.longitude,
-                                 self.peak_kw) * self.cfg.sim.cloud_factor
+                                 self.peak_kw) * self.sim.cloud_factor
         self.available_kw = min(self.rated_kw, given)
         limit = self.limit_kw
         target = self.available_kw if limit is None else min(self.available_kw, limit)

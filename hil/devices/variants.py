@@ -23,6 +23,7 @@ from typing import ClassVar
 from pymodbus.constants import ExcCodes
 
 from edge.config import BatteryDevice, MeterDevice, PvDevice
+from hil.config import sim_of
 from hil.devices.base import Env, SimulatedDevice, Value, expired
 from hil.devices.sunspec import AC, BatteryPcs, Meter, PvInverter
 
@@ -172,11 +173,12 @@ class PvVariant(_Variant, PvInverter):
     needs = (("measurement", MEASURE), ("nameplate", (120, 702)), ("limit control", (123, 704)))
 
     def __init__(self, cfg: PvDevice, site_max_kw: float) -> None:
-        assert cfg.sim.models is not None
-        self.check_models(cfg.sim.models, cfg.id)
-        self.models = tuple(cfg.sim.models)  # per-instance chain, read by the base __init__
+        models = sim_of(cfg).models
+        assert models is not None
+        self.check_models(models, cfg.id)
+        self.models = tuple(models)  # per-instance chain, read by the base __init__
         super().__init__(cfg, site_max_kw)
-        self._init_variant(cfg.sim.heartbeat_timeout_s)
+        self._init_variant(self.sim.heartbeat_timeout_s)
         rated_w = self.rated_kw * 1000
         self.rw |= {
             121: {"WMax": rated_w},
@@ -247,11 +249,12 @@ class BatteryVariant(_Variant, BatteryPcs):
     needs = (("measurement", MEASURE), ("power control", (124, 704)))
 
     def __init__(self, cfg: BatteryDevice, site_max_kw: float) -> None:
-        assert cfg.sim.models is not None
-        self.check_models(cfg.sim.models, cfg.id)
-        self.models = tuple(cfg.sim.models)
+        models = sim_of(cfg).models
+        assert models is not None
+        self.check_models(models, cfg.id)
+        self.models = tuple(models)
         super().__init__(cfg, site_max_kw)
-        self._init_variant(cfg.sim.heartbeat_timeout_s)
+        self._init_variant(self.sim.heartbeat_timeout_s)
         self.rw |= {
             702: {"WMax": max(cfg.max_charge_kw, cfg.max_discharge_kw) * 1000,
                   "WChaRteMax": cfg.max_charge_kw * 1000,
@@ -335,9 +338,10 @@ class MeterVariant(Meter):
     supported = frozenset({1, 201, 202, 203, 204})
 
     def __init__(self, cfg: MeterDevice, site_max_kw: float) -> None:
-        assert cfg.sim.models is not None
-        self.check_models(cfg.sim.models, cfg.id)
-        self.models = tuple(cfg.sim.models)
+        models = sim_of(cfg).models
+        assert models is not None
+        self.check_models(models, cfg.id)
+        self.models = tuple(models)
         super().__init__(cfg, site_max_kw)
 
     @classmethod

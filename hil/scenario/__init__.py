@@ -51,6 +51,8 @@ from pydantic import ValidationError
 
 from drivers.fileerrors import read_yaml, validation_problems
 from edge.config import HINTS, Config, DeviceConfig, config_problems
+from hil.config import problems as sim_problems
+from hil.config import sim_of
 from hil.devices import simulator_for
 from hil.scenario.spec import (
     BILLING_S,
@@ -131,11 +133,14 @@ class Scenario:
         if storage_dir is not None:
             data["storage"]["dir"] = storage_dir
         try:
-            return Config.model_validate(data)
+            applied = Config.model_validate(data)
         except ValidationError as exc:
-            raise ScenarioError(str(self.path), [
-                f"{p} (after applying the scenario to the site config)"
-                for p in config_problems(exc)]) from None
+            problems = config_problems(exc)
+        else:
+            if not (problems := sim_problems(applied)):
+                return applied
+        raise ScenarioError(str(self.path), [
+            f"{p} (after applying the scenario to the site config)" for p in problems])
 
     def truth(self, config: Config) -> Truth:
         """The world of the run, for a config returned by `apply`."""
@@ -147,7 +152,7 @@ class Scenario:
         return [w for w in self.windows if isinstance(w.event, DrEvent)]
 
     def initial_soc(self, config: Config) -> dict[str, float]:
-        return {d.id: d.sim.initial_soc_pct for d in config.devices if _stores(d)}
+        return {d.id: sim_of(d).initial_soc_pct for d in config.devices if _stores(d)}
 
 
 def _stores(cfg: DeviceConfig) -> bool:

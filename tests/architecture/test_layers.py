@@ -156,6 +156,36 @@ def test_the_branch_detector_sees_a_role_branch(tmp_path):
     assert sorted(_role_branches(sample)) == [2, 4, 4, 4]
 
 
+SIM_SETTINGS = {"SimParams", "HilConfig", "SIM_SUNSPEC_MODELS"}  # hil/config.py's
+
+
+def test_edge_leaves_the_simulators_settings_to_the_simulator():
+    """edge carries `sim:` and `hil:` as opaque mappings: no module under edge/ defines or
+    names the simulator's settings models (the command line reads them through hil)."""
+    hits = [f"{rel(p)}:{node.lineno} {name}" for p in product_modules()
+            if rel(p).startswith("edge/") for node in ast.walk(tree(p))
+            if (name := _defined_or_named(node)) in SIM_SETTINGS]
+    assert not hits, "\n".join(hits)
+
+
+def _defined_or_named(node: ast.AST) -> str | None:
+    if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+        return node.name
+    if isinstance(node, ast.alias):
+        return node.name.rsplit(".", 1)[-1]
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value  # in __all__ or a lazy-attribute table
+    return _name(node)
+
+
+def test_the_settings_detector_sees_a_definition_and_a_use(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("from hil.config import SimParams as S\nclass HilConfig: ...\n"
+                      "x = cfg.SIM_SUNSPEC_MODELS\n__all__ = ['SimParams']\n")
+    found = {n for node in ast.walk(tree(sample)) if (n := _defined_or_named(node)) in SIM_SETTINGS}
+    assert found == SIM_SETTINGS
+
+
 @pytest.mark.parametrize("pattern", ["DOMAIN.md", "../shared"])
 def test_the_tree_points_nowhere_outside_itself(pattern):
     texts = [*product_modules(), *ROOT.glob("docs/*.md"), ROOT / "README.md",

@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge import config as config_mod  # noqa: E402
 from edge.app.clock import Clock  # noqa: E402
+from hil.config import hil_of  # noqa: E402
 from hil.site import SimSite  # noqa: E402
 
 MOSQUITTO = shutil.which("mosquitto") or (
@@ -114,7 +115,7 @@ class Platform:
 
 
 async def measure(cfg, platform: Platform, n: int, proc: subprocess.Popen) -> tuple[list, list]:
-    sim = SimSite(cfg, Clock(cfg.hil.start, 1.0))
+    sim = SimSite(cfg, Clock(hil_of(cfg).start, 1.0))
     dev = sim.devices["bess1"]
     writes: list[tuple[float, float]] = []
     plain = dev.on_write

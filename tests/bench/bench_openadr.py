@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from edge import config as config_mod  # noqa: E402
 from edge.app.clock import Clock  # noqa: E402
 from edge.app.daemon import Daemon  # noqa: E402
+from hil.config import hil_of  # noqa: E402
 from hil.emulators.vtn import EventSpec, GridOperator, IntervalSpec  # noqa: E402
 from hil.site import SimSite  # noqa: E402
 
@@ -77,7 +78,7 @@ async def bench(n: int, poll_s: float, cycle_s: float) -> None:
     await vtn.start()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = site(Path(tmp), vtn.url, poll_s, cycle_s)
-        clock = Clock(cfg.hil.start, 1.0)
+        clock = Clock(hil_of(cfg).start, 1.0)
         sim = SimSite(cfg, clock)
         await sim.start()
         writes: list[tuple[float, float]] = []  # (monotonic, commanded kW) per battery write

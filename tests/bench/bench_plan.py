@@ -27,6 +27,7 @@ from benchlib import environment  # noqa: E402
 from edge.config import BatteryDevice, load  # noqa: E402
 from edge.plan.model import build, build_input  # noqa: E402
 from edge.plan.solve import solve  # noqa: E402
+from hil.config import sim_of  # noqa: E402
 from hil.physics import clear_sky_kw, load_kw  # noqa: E402
 
 REPEATS = 7
@@ -36,13 +37,13 @@ START = datetime.fromisoformat("2026-06-22T00:00:00+08:00")
 def profiles(cfg, n: int, step_s: int) -> tuple[np.ndarray, np.ndarray]:
     """The HIL's own PV and office load, averaged per step (1-min samples)."""
     tz = ZoneInfo(cfg.site.timezone)
-    pv_dev = next(d for d in cfg.devices if d.role == "pv")
-    ld = next(d for d in cfg.devices if d.role == "meter" and d.measures == "load")
+    pv_sim = sim_of(next(d for d in cfg.devices if d.role == "pv"))
+    ld = sim_of(next(d for d in cfg.devices if d.role == "meter" and d.measures == "load"))
     per = step_s // 60
     minutes = [START + timedelta(minutes=m) for m in range(n * per)]
-    pv = np.array([clear_sky_kw(t, cfg.site.latitude, cfg.site.longitude, pv_dev.sim.peak_kw)
+    pv = np.array([clear_sky_kw(t, cfg.site.latitude, cfg.site.longitude, pv_sim.peak_kw)
                    for t in minutes])
-    lo = np.array([load_kw(ld.sim.profile, t.astimezone(tz), ld.sim.base_kw, ld.sim.day_kw)
+    lo = np.array([load_kw(ld.profile, t.astimezone(tz), ld.base_kw, ld.day_kw)
                    for t in minutes])
     return lo.reshape(n, per).mean(1), pv.reshape(n, per).mean(1)
 

@@ -20,6 +20,7 @@ from drivers.dlt645.frame import poll_round_s
 from edge.app.clock import Clock
 from edge.app.devices import build_devices
 from edge.config import parse
+from hil.config import hil_of
 from hil.site import SimSite
 
 N = 200
@@ -52,7 +53,7 @@ async def main() -> None:
             {"id": "m2", "role": "meter", "measures": "load", "protocol": "dlt645-serial",
              "address": "000000000002", "serial": dlt},
         ]})
-    site = SimSite(cfg, Clock(cfg.hil.start, 1.0))
+    site = SimSite(cfg, Clock(hil_of(cfg).start, 1.0))
     await site.start()
     devs = build_devices(cfg)
     try:

@@ -32,6 +32,7 @@ from drivers.base import DeviceError  # noqa: E402
 from edge.app.clock import Clock  # noqa: E402
 from edge.app.devices import build_devices  # noqa: E402
 from edge.config import parse, poll_deadline_s  # noqa: E402
+from hil.config import hil_of  # noqa: E402
 from hil.site import SimSite  # noqa: E402
 
 CYCLE_S = 1.0
@@ -62,7 +63,7 @@ def line(label: str, ms: list[float]) -> str:
 async def main(seconds: float) -> None:
     cfg = site_config(Path(tempfile.mkdtemp()) / "ttyRS485")
     deadline = poll_deadline_s(CYCLE_S)
-    site = SimSite(cfg, Clock(cfg.hil.start, 1.0))
+    site = SimSite(cfg, Clock(hil_of(cfg).start, 1.0))
     await site.start()
     devs = build_devices(cfg)
     probe_ms: list[float] = []

@@ -33,6 +33,7 @@ from edge.cli import main as cli_main
 from edge.config import parse
 from edge.control import kernel as dispatch
 from edge.cycle import ControlCycle
+from hil.config import hil_of
 from hil.devices import build
 from hil.devices.mapped import MapBatteryPcs, MapSimDevice, MapThreePhaseMeter
 from hil.site import SimSite
@@ -408,7 +409,7 @@ def _env(t_s: float):
 # -- a site controlled through the maps -----------------------------------------------------
 async def test_self_consumption_discharges_a_map_driven_battery_against_a_map_driven_meter():
     cfg = site_config(free_port(), free_port())
-    clock = Clock(cfg.hil.start, 20.0)
+    clock = Clock(hil_of(cfg).start, 20.0)
     site = SimSite(cfg, clock)
     await site.start()
     devices = build_devices(cfg)

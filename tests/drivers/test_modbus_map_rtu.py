@@ -23,6 +23,7 @@ from edge.app.devices import build_devices
 from edge.config import Config, parse
 from edge.control import kernel as dispatch
 from edge.cycle import ControlCycle
+from hil.config import hil_of
 from hil.site import SimSite
 
 
@@ -50,7 +51,7 @@ def config(port: Path) -> Config:
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[tuple[Config, SimSite, dict]]:
     cfg = config(tmp_path / "ttyRS485")  # no such port: the HIL makes the cable
-    site = SimSite(cfg, Clock(cfg.hil.start, 20.0))
+    site = SimSite(cfg, Clock(hil_of(cfg).start, 20.0))
     await site.start()
     devices = build_devices(cfg)
     try:

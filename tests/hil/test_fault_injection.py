@@ -25,6 +25,7 @@ from edge.app.devices import build_devices
 from edge.config import Config, parse
 from edge.control import kernel as dispatch
 from edge.cycle import ControlCycle, Decision
+from hil.config import hil_of
 from hil.devices.base import Fault
 from hil.site import SimSite
 
@@ -98,7 +99,7 @@ class Rig:
 @contextlib.asynccontextmanager
 async def rig(tmp_path: Path):
     cfg = site_config(tmp_path)
-    clock = ManualClock(cfg.hil.start)
+    clock = ManualClock(hil_of(cfg).start)
     site = SimSite(cfg, clock)
     await site.start()
     devices = build_devices(cfg)
@@ -232,7 +233,7 @@ async def test_battery_restart_losing_802_is_rediscovered(tmp_path):
 
 async def test_fault_api_rejects_what_it_cannot_do(tmp_path):
     cfg = site_config(tmp_path)
-    site = SimSite(cfg, ManualClock(cfg.hil.start))
+    site = SimSite(cfg, ManualClock(hil_of(cfg).start))
     with pytest.raises(ValueError):
         Fault(exception=9)  # not a Modbus exception code
     with pytest.raises(ValueError):

@@ -21,6 +21,7 @@ from scipy.optimize import OptimizeResult, linprog
 from edge.config import Config, load
 from edge.plan.model import Lp, build, build_input
 from edge.plan.solve import _run, solve
+from hil.config import sim_of
 from hil.physics import clear_sky_kw, load_kw
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,13 +48,13 @@ def profiles(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     inverter's clear-sky output, the second day dimmed by passing clouds (a smoothed random
     transmittance between 0.2 and 1, fixed seed)."""
     tz = ZoneInfo(cfg.site.timezone)
-    pv_dev = next(d for d in cfg.devices if d.role == "pv")
-    meter = next(d for d in cfg.devices if d.role == "meter" and d.measures == "load")
+    pv_sim = sim_of(next(d for d in cfg.devices if d.role == "pv"))
+    meter = sim_of(next(d for d in cfg.devices if d.role == "meter" and d.measures == "load"))
     minutes = [START + timedelta(minutes=m) for m in range(N * STEP_S // 60)]
-    pv = np.array([clear_sky_kw(t, cfg.site.latitude, cfg.site.longitude, pv_dev.sim.peak_kw)
+    pv = np.array([clear_sky_kw(t, cfg.site.latitude, cfg.site.longitude, pv_sim.peak_kw)
                    for t in minutes])
-    lo = np.array([load_kw(meter.sim.profile, t.astimezone(tz), meter.sim.base_kw,
-                           meter.sim.day_kw) for t in minutes])
+    lo = np.array([load_kw(meter.profile, t.astimezone(tz), meter.base_kw,
+                           meter.day_kw) for t in minutes])
     noise = np.random.default_rng(22).uniform(0.0, 1.0, 24 * 60)
     cloud = np.convolve(noise, np.ones(20) / 20, mode="same")  # 20-min cloud passages
     span = cloud.max() - cloud.min()

@@ -13,6 +13,7 @@ import pytest
 from edge import config as config_mod
 from edge.forecast.forecaster import Forecaster
 from edge.report.history import History
+from hil.config import hil_of
 from hil.site import SimSite
 from tools.demo import seed_history
 
@@ -31,7 +32,7 @@ def test_demo_config_runs_the_planner(demo) -> None:
 
 
 def test_seeded_week_gives_the_planner_similar_days_and_a_calibrated_pv_forecast(demo) -> None:
-    start = demo.hil.start
+    start = hil_of(demo).start
     assert seed_history(demo) == 7 * 96
     history = History(Path(demo.storage.dir) / "history.sqlite")
     try:
@@ -58,7 +59,7 @@ def test_seeding_again_replaces_the_same_days(demo) -> None:
     seed_history(demo)
     history = History(Path(demo.storage.dir) / "history.sqlite")
     try:
-        start = demo.hil.start
+        start = hil_of(demo).start
         ivs = history.intervals(start - timedelta(days=7), start)
         assert len(ivs) == 7 * 96
         assert max(iv.load_kwh for iv in ivs) < 100 * 0.25  # not twice the office's 95 kW

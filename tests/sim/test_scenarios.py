@@ -17,6 +17,7 @@ import yaml
 
 from edge import config as config_mod
 from hil import scenario as scenario_mod
+from hil.config import hil_of, sim_of
 from hil.scenario.spec import LimitsOverride
 from hil.site import SimSite
 from tools.simulate.kpis import evaluate
@@ -71,7 +72,7 @@ def test_shipped_scenario_loads_and_fits_the_demo_site(path: Path, demo) -> None
     assert np.all(sc.pv_kw >= 0) and np.all(sc.load_kw > 0)
     assert sc.pv_kw.max() > 20  # a real PV day, scaled to the 120 kWp roof
     cfg = sc.apply(demo)
-    assert cfg.hil.start == sc.start
+    assert hil_of(cfg).start == sc.start
     assert sc.pv_kw.max() <= sum(d.rated_kw for d in cfg.devices_that("generates")) * 1.05
     truth = sc.truth(cfg)
     prices = truth.import_prices(sc.start, 96, 900)
@@ -147,7 +148,7 @@ def test_scenario_overrides_reach_the_site_config(demo) -> None:
     assert cfg.control.export_limit_kw == 10 and demo.control.export_limit_kw == 0
     assert cfg.control.import_limit_kw == demo.control.import_limit_kw  # not overridden
     assert cfg.planner.enabled and cfg.storage.dir == Path("/tmp/x")
-    assert cfg.devices[1].sim.initial_soc_pct == 30
+    assert sim_of(cfg.devices[1]).initial_soc_pct == 30
     nolimit = sc.spec.model_copy(update={"limits": LimitsOverride(
         export_limit_kw=None)})
     assert scenario_mod.Scenario(sc.path, nolimit, sc.pv_kw, sc.load_kw, sc.history_pv_kw,

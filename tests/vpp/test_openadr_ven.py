@@ -28,6 +28,7 @@ from edge.app.daemon import Daemon
 from edge.config import Config
 from edge.cycle import Decision
 from edge.vpp.eventstore import EventStore
+from hil.config import hil_of
 from hil.emulators.vtn import EventSpec, GridOperator, IntervalSpec, Tls
 from hil.site import SimSite
 
@@ -86,7 +87,7 @@ async def daemon(cfg: Config, clock: Clock):
 
 @contextlib.asynccontextmanager
 async def hil_site(cfg: Config):
-    clock = Clock(cfg.hil.start, 1.0)
+    clock = Clock(hil_of(cfg).start, 1.0)
     site = SimSite(cfg, clock)
     await site.start()
     try:

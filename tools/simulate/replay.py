@@ -24,6 +24,7 @@ from edge.control.instructions import InstructionBook
 from edge.control.kernel import load_kernel
 from edge.image.image import DeviceState, ProcessImage
 from edge.setpoints.writer import Writer, limit_violated
+from hil.config import sim_of
 from hil.devices.dcbus import EFFICIENCY
 from hil.physics import Battery, clear_sky_kw, load_kw, ramp_toward
 from hil.scenario import Truth, Window
@@ -41,6 +42,7 @@ class _Site:
         self.bats, self.pvs = groups["battery"], groups["pv"]
         self.loads, self.convs = groups["load"], groups["dcdc"]
         self.meters = groups["meter"]
+        self.dc_sim = {c.id: sim_of(c) for c in self.convs}
         self.grid_id = cfg.grid_meter.id
         self.phys = {b.id: Battery(capacity_kwh=b.capacity_kwh, max_charge_kw=b.max_charge_kw,
                                    max_discharge_kw=b.max_discharge_kw, soc_pct=soc0[b.id],
@@ -66,7 +68,7 @@ class _Site:
     def dc_step(self, t) -> None:
         """Each converter's DC load less its DC PV, as the HIL's converter computes it."""
         for c in self.convs:
-            s = c.sim
+            s = self.dc_sim[c.id]
             pv = (clear_sky_kw(t, self.site.latitude, self.site.longitude, s.peak_kw)
                   * s.cloud_factor if s.peak_kw else 0.0)
             self.dc_kw[c.id] = load_kw(s.profile, t.astimezone(self.tz), s.base_kw, s.day_kw) - pv
@@ -82,7 +84,7 @@ class _Site:
         values.update({d.id: {"power_kw": d.rated_kw * self.setpoint[d.id],
                               "on": self.setpoint[d.id]} for d in self.loads})
         for c in self.convs:
-            slope = c.sim.droop_pct / 100 * c.bus_nominal_v / c.rated_kw
+            slope = self.dc_sim[c.id].droop_pct / 100 * c.bus_nominal_v / c.rated_kw
             p = self.dc_kw.get(c.id, 0.0)
             values[c.id] = {"bus_v": self.setpoint[c.id] - slope * p, "power_kw": p,
                             "v_ref": self.setpoint[c.id]}
