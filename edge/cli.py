@@ -2,7 +2,8 @@
 
 Exit codes:
   0  ok (scan: at least one SunSpec device identified)
-  1  runtime failure (hil --platform: a check failed)
+  1  runtime failure (hil --platform: a check failed; another process holds the state dir;
+     run --hil-clock without a running hil)
   2  invalid configuration or usage
   3  the compiled kernel is missing
   4  scan: nothing answered at all (connection refused or timed out, or every unit silent)
@@ -118,14 +119,24 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge.app.clock import Clock
+    from edge.app.clock import Clock, NoHilClock, hil_clock, resumed_clock
     from edge.app.daemon import Daemon
+    from edge.app.statedir import StateDirBusy, StateLock, state_dir
     from edge.control.kernel import KernelUnavailable
     from hil.config import hil_of
 
     cfg = _load(args.config)
     _logging(args.log_level)
-    clock = Clock(hil_of(cfg).start, args.speed) if args.speed else Clock()
+    directory = state_dir(cfg)
+    lock = StateLock(directory)
+    try:
+        lock.acquire()
+        clock = (hil_clock(directory) if args.hil_clock else
+                 resumed_clock(directory, hil_of(cfg).start, args.speed) if args.speed else Clock())
+    except (StateDirBusy, NoHilClock) as exc:
+        lock.release()
+        print(f"pedf-edge run: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -137,10 +148,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KernelUnavailable as exc:
         print(f"pedf-edge: {exc}", file=sys.stderr)
         return EXIT_KERNEL
+    finally:
+        lock.release()
     return 0
 
 
 def cmd_hil(args: argparse.Namespace) -> int:
+    from edge.app.clock import HIL_CLOCK, Clock
+    from edge.app.statedir import HIL_LOCK, StateDirBusy, StateLock, state_dir
+    from hil.config import hil_of
     from hil.site import run_hil
 
     cfg = _load(args.config)
@@ -181,12 +197,22 @@ def cmd_hil(args: argparse.Namespace) -> int:
             task.cancel()
         stop.set()
 
+    directory = state_dir(cfg)
+    lock = StateLock(directory, HIL_LOCK)
+    try:
+        lock.acquire()
+    except StateDirBusy as exc:
+        print(f"pedf-edge hil: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    clock = Clock(hil_of(cfg).start, args.speed or hil_of(cfg).speed)
+    clock.save(directory / HIL_CLOCK)  # `pedf-edge run --hil-clock` keeps this time
+
     signals: list[int] = []
 
     async def main() -> None:
         stop = asyncio.Event()
         _stop_on_signals(stop, signals)
-        jobs = [run_hil(cfg, args.speed, stop)]
+        jobs = [run_hil(cfg, clock, stop)]
         if plan is not None:
             jobs.append(run_vtn(cfg.openadr.vtn_url, plan, cfg.openadr.poll_interval_s, stop,
                                 source=str(source)))
@@ -199,6 +225,8 @@ def cmd_hil(args: argparse.Namespace) -> int:
     except OSError as exc:  # a port taken, a serial device missing: the message says which
         print(f"pedf-edge hil: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
+    finally:
+        lock.release()
     if signal.SIGINT in signals:
         raise KeyboardInterrupt  # stopped cleanly; main() says so once
     if args.platform is not None:
@@ -217,33 +245,38 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def _offline(name: str, job) -> int:
+    """demo and simulate: the daemon's refusals, as a message and an exit code."""
+    from edge.app.statedir import StateDirBusy
     from edge.control.kernel import KernelUnavailable
+
+    try:
+        return job()
+    except KernelUnavailable as exc:
+        print(f"pedf-edge: {exc}", file=sys.stderr)
+        return EXIT_KERNEL
+    except StateDirBusy as exc:
+        print(f"pedf-edge {name}: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
     from tools.demo import run_demo
 
     cfg = _load(args.config)
     _logging(args.log_level)
-    try:
-        return asyncio.run(run_demo(cfg, wall_s=args.wall_seconds, speed=args.speed,
-                                    hours=args.hours, report=args.report))
-    except KernelUnavailable as exc:
-        print(f"pedf-edge: {exc}", file=sys.stderr)
-        return EXIT_KERNEL
+    return _offline("demo", lambda: asyncio.run(run_demo(
+        cfg, wall_s=args.wall_seconds, speed=args.speed, hours=args.hours, report=args.report)))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from edge.control.kernel import KernelUnavailable
     from tools.simulate.command import command
 
     cfg = _load(args.config)
     _logging(args.log_level)
-    try:
-        return command(cfg, args.scenario, out=args.out, report=args.report,
-                       forecast=args.forecast, planner=not args.no_planner, speed=args.speed,
-                       hours=args.hours, quiet=args.quiet)
-    except KernelUnavailable as exc:
-        print(f"pedf-edge: {exc}", file=sys.stderr)
-        return EXIT_KERNEL
+    return _offline("simulate", lambda: command(
+        cfg, args.scenario, out=args.out, report=args.report, forecast=args.forecast,
+        planner=not args.no_planner, speed=args.speed, hours=args.hours, quiet=args.quiet))
 
 
 def _target(text: str) -> tuple[str, int]:
@@ -306,8 +339,13 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("run", help="run the controller daemon")
     common(sp)
-    sp.add_argument("--speed", type=float, default=None,
-                    help="simulated clock from hil.start at N x real time (HIL runs only)")
+    when = sp.add_mutually_exclusive_group()
+    when.add_argument("--speed", type=float, default=None,
+                      help="simulated clock from hil.start at N x real time (HIL runs only); "
+                      "a restart resumes it (storage.dir/sim-clock.json)")
+    when.add_argument("--hil-clock", action="store_true",
+                      help="keep the simulated time of the `pedf-edge hil` running on this "
+                      "config (its start and speed)")
     sp.set_defaults(fn=cmd_run)
 
     sp = sub.add_parser("hil", help="serve the configured devices as simulators on loopback")
@@ -335,7 +373,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--speed", type=float, default=None, help="override the speed-up directly")
     sp.add_argument("--hours", type=float, default=24.0, help="simulated hours (default 24)")
     sp.add_argument("--report", type=Path, metavar="FILE.html",
-                    help="where to write the HTML report (default: report.html in storage.dir)")
+                    help="where to write the HTML report (default: report.html in the demo's "
+                    "state dir, storage.dir/demo)")
     sp.set_defaults(fn=cmd_demo, log_level="warning")
 
     sp = sub.add_parser("simulate", help="run a scenario (HIL + controller on the simulated "

@@ -365,9 +365,9 @@ def _headroom_kw(profile: SimParams) -> float:
     return max(profile.base_kw * 1.2, profile.day_kw) * 1.05
 
 
-async def run_hil(config: Config, speed: float | None, stop: asyncio.Event) -> None:
+async def run_hil(config: Config, clock: Clock, stop: asyncio.Event) -> None:
     """Serve the simulated site until `stop` is set; one status line per simulated 15 min."""
-    site = SimSite(config, speed=speed)
+    site = SimSite(config, clock)
     await site.start()
     log.info("HIL %s started at %s, speed ×%g",
              config.site.id, site.clock.start.isoformat(), site.clock.speed)

@@ -3,6 +3,7 @@
 Helpers (import with `from conftest import ...`):
 - `free_port()`: a loopback TCP port nothing listens on right now.
 - `wait_for(predicate, timeout, what)`: poll until true; fail naming `what` otherwise.
+- `accepts(host, port)`: something accepts TCP connections there now.
 - `Subscriber(host, port, topic, persistent=...)`: a platform stand-in recording messages.
 
 Fixtures:
@@ -60,7 +61,7 @@ async def wait_for(predicate: Callable[[], object], timeout: float, what: str = 
         await asyncio.sleep(0.02)
 
 
-def _accepts(host: str, port: int) -> bool:
+def accepts(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.2):
             return True
@@ -89,7 +90,7 @@ class _BrokerProcess:
         with self.log.open("ab") as out:
             self._proc = subprocess.Popen(self._command(), stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
-        while not _accepts(self.host, self.port):
+        while not accepts(self.host, self.port):
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(

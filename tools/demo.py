@@ -16,7 +16,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from edge.app.clock import Clock
-from edge.app.daemon import Daemon, state_dir
+from edge.app.daemon import Daemon
+from edge.app.statedir import StateLock, state_dir
 from edge.config import Config
 from edge.report.history import INTERVAL_S, PER_DAY, History, interval_start
 from hil.config import hil_of
@@ -31,6 +32,22 @@ from tools.simulate.tracks import PlanTrack
 log = logging.getLogger(__name__)
 
 HISTORY_DAYS = 7  # what the PV calibration reads; the load forecast finds 5 working days in it
+TOPIC_PREFIX = "pedf-demo/v1"  # never the site's own topics, even on the site's broker
+
+
+def demo_config(config: Config) -> Config:
+    """The site as the demo runs it: state in `<storage.dir>/demo` and its own topic
+    prefix, so a demo never adds to a real run's counters and history or reports under
+    the site's topics."""
+    return config.model_copy(update={
+        "storage": config.storage.model_copy(update={"dir": config.storage.dir / "demo"}),
+        "mqtt": config.mqtt.model_copy(update={"topic_prefix": TOPIC_PREFIX})})
+
+
+def _fresh(directory: Path) -> None:
+    """Each demo starts from its seeded week alone: the last demo's databases go."""
+    for f in directory.glob("*.sqlite*"):
+        f.unlink()
 
 
 def seed_history(config: Config, days: int = HISTORY_DAYS) -> int:
@@ -123,7 +140,16 @@ async def _follow(clock: Clock, site: SimSite, daemon: Daemon, task: asyncio.Tas
 
 async def run_demo(config: Config, wall_s: float = 110.0, speed: float | None = None,
                    hours: float = 24.0, report: Path | None = None) -> int:
-    """`report`: where the HTML report goes (default: report.html in the storage dir)."""
+    """`report`: where the HTML report goes (default: report.html in the demo's state dir).
+    Raises StateDirBusy while another demo runs on the same config."""
+    config = demo_config(config)
+    with StateLock(state_dir(config)) as lock:
+        _fresh(lock.path.parent)
+        return await _run(config, wall_s, speed, hours, report)
+
+
+async def _run(config: Config, wall_s: float, speed: float | None, hours: float,
+               report: Path | None) -> int:
     console = Console()
     sim_s = hours * 3600.0
     speed = speed or sim_s / wall_s

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from datetime import datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -17,6 +15,7 @@ from edge.app.clock import Clock
 from edge.app.devices import build_devices
 from edge.app.fanout import SiteView
 from edge.app.notify import Notifier
+from edge.app.statedir import state_dir
 from edge.config import Config
 from edge.control import kernel as dispatch
 from edge.control.decide import Decision
@@ -36,15 +35,6 @@ from edge.vpp.commands.judge import SEEN_MAX
 from edge.vpp.dr.manager import DrManager
 
 log = logging.getLogger(__name__)
-
-
-def state_dir(config: Config, environ: dict[str, str] | None = None) -> Path:
-    """storage.dir; a relative one lives under systemd's $STATE_DIRECTORY when set."""
-    env = os.environ if environ is None else environ
-    d = config.storage.dir
-    if not d.is_absolute() and env.get("STATE_DIRECTORY"):
-        d = Path(env["STATE_DIRECTORY"].split(":")[0]) / d
-    return d
 
 
 class Daemon:

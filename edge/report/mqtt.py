@@ -49,9 +49,17 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edge.config import MqttConfig
+from edge.report.mqttdrops import DropWatch
 from edge.report.outbox import Outbox
 
 log = logging.getLogger(__name__)
+
+
+def default_client_id(site_id: str) -> str:
+    """Site and host: a copy of the site's config on a second machine gets an id of its
+    own instead of taking this one's broker session at every reconnect."""
+    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())
+    return f"pedf-edge-{site_id}-{host or 'unknown'}"
 
 
 class _SiteLog(logging.LoggerAdapter):
@@ -100,7 +108,8 @@ class MqttLink:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-        self.client_id = cfg.client_id or f"pedf-edge-{site_id}"
+        self.client_id = cfg.client_id or default_client_id(site_id)
+        self._drops = DropWatch(self.client_id, f"{cfg.host}:{cfg.port}")
         self._down_reported = False  # paho thread: log the first failed connect only
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -331,15 +340,16 @@ class MqttLink:
         for topic_filter in list(self._subscriptions):
             client.subscribe(topic_filter, qos=1)
         self._down_reported = False
-        self._log.info("connected to %s:%d", self.cfg.host, self.cfg.port)
+        self._drops.connected()
+        self._log.log(logging.DEBUG if self._drops.taken_over else logging.INFO,
+                      "connected to %s:%d", self.cfg.host, self.cfg.port)
         self._post(self._on_connected, gen)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
         # may run while paho holds its message mutex: no locks here
         if reason.is_failure:
-            self._log.warning("connection to %s:%d lost (%s); reconnecting with backoff",
-                              self.cfg.host, self.cfg.port, reason)
+            self._log.log(*self._drops.dropped(reason))
             self._down_reported = True
         else:
             self._log.info("disconnected from %s:%d", self.cfg.host, self.cfg.port)

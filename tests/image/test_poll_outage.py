@@ -14,6 +14,7 @@ from edge import config as config_mod
 from edge.app.clock import Clock
 from edge.app.devices import build_devices
 from edge.image.poll import Poller
+from hil.config import hil_of
 from hil.site import SimSite
 
 POLLS = 30
@@ -28,7 +29,7 @@ async def test_unreachable_device_logs_once_then_summaries_then_its_recovery(tmp
     caplog.set_level(logging.INFO, logger="edge.cycle")
     cfg = config_mod.parse(site_dict(tmp_path, 1883))
     devices = build_devices(cfg)
-    poller = Poller(cfg, devices, Clock(cfg.hil.start, 1.0))
+    poller = Poller(cfg, devices, Clock(hil_of(cfg).start, 1.0))
     ids = [d.id for d in cfg.devices]
     try:
         for _ in range(POLLS):
@@ -45,7 +46,7 @@ async def test_unreachable_device_logs_once_then_summaries_then_its_recovery(tmp
         assert len(summary) == 1 and f"{POLLS + 1} polls failed; last error:" in summary[0]
         assert len(lines(caplog, "bess1", "WARNING")) == 1
 
-        site = SimSite(cfg, Clock(cfg.hil.start, 1.0))
+        site = SimSite(cfg, Clock(hil_of(cfg).start, 1.0))
         await site.start()
         try:
             for _ in range(POLLS):  # reconnect backoff: at most 10 s, then every device answers

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from edge.app.clock import Clock
+from edge.app.statedir import StateLock
 from edge.config import Config
 from edge.report.history import INTERVAL_S, History, Interval
 from hil.scenario import Scenario, Truth
@@ -26,6 +27,7 @@ from tools.simulate.tracks import ForecastLog, PlanTrack, Recorder
 log = logging.getLogger(__name__)
 
 DEFAULT_SPEED = 720.0  # a day in ~2 min; one cycle (50 Hz wall cap) spans ~15 simulated s
+TOPIC_PREFIX = "pedf-sim/v1"
 
 
 class RunClock(Clock):
@@ -88,8 +90,10 @@ def billing_notes(scenario: Scenario, cfg: Config) -> list[str]:
 def isolated(cfg: Config) -> Config:
     """The site with every TCP device on its own free loopback port: the HIL stands in for
     all of them, so a simulation never collides with a running HIL or reaches a real
-    device, whatever the config says. Units that share an endpoint keep sharing one."""
+    device, whatever the config says. Units that share an endpoint keep sharing one. Its
+    reports go under their own topic prefix (and to a broker of the run's own)."""
     data = cfg.model_dump()
+    data["mqtt"]["topic_prefix"] = TOPIC_PREFIX
     ports: dict[tuple[str, int], int] = {}
     for d in data["devices"]:
         if d.get("serial") is not None and d["protocol"] in ("sunspec-rtu", "modbus-rtu",
@@ -141,8 +145,9 @@ async def run(scenario: Scenario, config: Config, *, forecast: str = "perfect",
 
     if forecast not in ("perfect", "own"):
         raise ValueError("forecast must be 'perfect' or 'own'")
-    with tempfile.TemporaryDirectory(prefix="pedf-sim-") as tmp:
-        state = Path(state_dir or tmp)
+    with (tempfile.TemporaryDirectory(prefix="pedf-sim-") as tmp,
+          StateLock(Path(state_dir or tmp)) as lock):
+        state = lock.path.parent
         cfg = isolated(scenario.apply(config, planner=planner, storage_dir=state))
         truth = scenario.truth(cfg)
         notes = billing_notes(scenario, cfg)
