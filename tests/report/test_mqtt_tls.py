@@ -127,7 +127,7 @@ def test_tls_settings_are_checked_where_they_are_written(tmp_path, pki):
     def problems(mqtt: dict) -> list[str]:
         data = {"site": {"id": "s"}, "tariff": {"periods": [{"name": "a", "start": "00:00",
                                                              "end": "00:00", "price": 1}]},
-                "devices": [{"id": "m", "role": "meter"}], "mqtt": mqtt}
+                "devices": [{"id": "m", "host": "127.0.0.1", "port": 502, "role": "meter"}], "mqtt": mqtt}
         with pytest.raises(config_mod.ConfigError) as err:
             config_mod.parse(data)
         return err.value.problems
