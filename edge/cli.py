@@ -120,6 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KernelUnavailable as exc:
         print(f"pedf-edge: {exc}", file=sys.stderr)
         return EXIT_KERNEL
+    except FileError as exc:  # a file the configuration names (a password, a certificate)
+        return refuse(exc, "setting")
     return 0
 
 
