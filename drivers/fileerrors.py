@@ -66,18 +66,29 @@ def validation_problems(exc: ValidationError, hints: Mapping[str, str] | None = 
             for e in exc.errors()]
 
 
+def read_text(path: Path, error: type[FileError] = FileError,
+              source: str | None = None) -> str:
+    """A UTF-8 text file's content; one that cannot be read or is not UTF-8 raises
+    `error(source, [line])`. Where `source` names a setting rather than the file, the line
+    names the file."""
+    source = str(path) if source is None else source
+    it = "file" if source == str(path) else str(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(source, [f"cannot read {it}: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        where = "" if it == "file" else f"{it}: "
+        raise error(source, [f"{where}not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                             f"offset {exc.start}); save the file as UTF-8"]) from None
+
+
 def read_yaml(path: Path, error: type[FileError] = FileError,
               source: str | None = None) -> object:
     """A YAML file's data; a file that cannot be read, is not UTF-8 or is not YAML raises
     `error(source, [line])`, with the line and column of a syntax error."""
+    text = read_text(path, error, source)
     source = str(path) if source is None else source
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise error(source, [f"cannot read file: {exc.strerror}"]) from None
-    except UnicodeDecodeError as exc:
-        raise error(source, [f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
-                             f"offset {exc.start}); save the file as UTF-8"]) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

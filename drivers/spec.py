@@ -28,8 +28,8 @@ class DeviceSpec:
     id: str
     role: Role
     protocol: str
-    host: str
-    port: int
+    host: str | None  # TCP devices only
+    port: int | None
     serial: SerialSpec | None
     unit_id: int
     map: str | None  # register map name (modbus-*)

@@ -148,6 +148,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KernelUnavailable as exc:
         print(f"pedf-edge: {exc}", file=sys.stderr)
         return EXIT_KERNEL
+    except FileError as exc:  # a file the configuration names (a password, a certificate)
+        return refuse(exc, "setting")
     finally:
         lock.release()
     return 0

@@ -63,26 +63,27 @@ def test_sunspec_and_map_units_may_share_one_rtu_bus():
 
 def test_dlt645_serial_defaults_to_2400_8e1_and_a_timeout_that_fits_the_cycle():
     cfg = parse(site(dlt("pcc", 1, "grid"), {**rtu("load", 1), "protocol": "modbus-tcp",
-                                                 "serial": None, "port": 1502}))
+                                                 "serial": None, "host": "127.0.0.1",
+                                                 "port": 1502}))
     pcc, load = cfg.devices
     assert (pcc.serial.baudrate, pcc.serial.parity, pcc.serial.bytesize) == (2400, "E", 8)
     assert pcc.timeout_s == 0.4  # DL/T 645's 0.5 s, cut to half the 0.8 s poll deadline
     assert load.timeout_s == 0.3
     assert build_devices(cfg)["pcc"].describe()["endpoint"] == "serial:///dev/ttyUSB1?2400-8E1"
-    fast = parse(site({"id": "pcc", "role": "meter"}, cycle_s=0.05)).devices[0]
+    fast = parse(site({"id": "pcc", "host": "127.0.0.1", "port": 502, "role": "meter"}, cycle_s=0.05)).devices[0]
     assert fast.timeout_s == default_timeout_s("sunspec-tcp", 0.05) == 0.1  # deadline floor 0.2 s
 
 
 def test_timeout_past_the_poll_deadline_is_an_error_with_the_fix():
-    msg = problems(site({"id": "pcc", "role": "meter", "timeout_s": 1.0}))
+    msg = problems(site({"id": "pcc", "host": "127.0.0.1", "port": 502, "role": "meter", "timeout_s": 1.0}))
     assert ("devices[0].timeout_s: 1 s does not fit the poll deadline 0.8 s (0.8 x "
             "control.cycle_s, at least 0.2 s): the cycle would cut a silent device off before "
             "its own timeout; use timeout_s <= 0.4 or raise control.cycle_s") in msg
 
 
 def test_units_sharing_a_connection_leave_half_the_deadline_and_agree_on_the_timeout():
-    a = {"id": "pcc", "role": "meter", "port": 1502, "unit_id": 1, "timeout_s": 0.5}
-    b = {"id": "load", "role": "meter", "measures": "load", "port": 1502, "unit_id": 2,
+    a = {"id": "pcc", "host": "127.0.0.1", "role": "meter", "port": 1502, "unit_id": 1, "timeout_s": 0.5}
+    b = {"id": "load", "host": "127.0.0.1", "role": "meter", "measures": "load", "port": 1502, "unit_id": 2,
          "timeout_s": 0.3}
     msg = problems(site(a, b))
     assert ("devices[0].timeout_s: 0.5 s is more than half the poll deadline 0.8 s on "
@@ -116,9 +117,9 @@ def test_check_prints_the_bus_problem_and_exits_2(tmp_path, capsys):
 
 
 def test_bms_needs_a_map_battery_and_a_unit_id_of_its_own():
-    bess = {"id": "bess", "role": "battery", "capacity_kwh": 100, "max_charge_kw": 30,
+    bess = {"id": "bess", "host": "127.0.0.1", "role": "battery", "capacity_kwh": 100, "max_charge_kw": 30,
             "max_discharge_kw": 30, "port": 1502, "bms": {"map": "bms_generic", "unit_id": 2}}
-    pcc = {"id": "pcc", "role": "meter", "port": 1502, "unit_id": 2}
+    pcc = {"id": "pcc", "host": "127.0.0.1", "role": "meter", "port": 1502, "unit_id": 2}
     assert ("devices[0]: bms: needs a map-driven battery (protocol modbus-tcp or modbus-rtu), "
             "not sunspec-tcp") in problems(site(bess, {**pcc, "port": 1503}))
     mapped = {**bess, "protocol": "modbus-tcp", "map": "pcs_generic"}

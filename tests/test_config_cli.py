@@ -43,6 +43,11 @@ def _del(path):
     return fn
 
 
+def _dlt645(address, **more):
+    """The load meter as a DL/T 645 meter behind a gateway, at `address`."""
+    return lambda d: d["devices"][3].update(protocol="dlt645-tcp", address=address, **more)
+
+
 CASES = [
     ("battery charge power zero", _set(["devices", 1, "max_charge_kw"], 0),
      "devices[1].max_charge_kw: must be > 0"),
@@ -70,6 +75,30 @@ CASES = [
     ("register map for another role",
      lambda d: d["devices"][1].update(protocol="modbus-tcp", map="meter3p_generic"),
      "devices[1].map:"),
+    ("device without a host", _del(["devices", 3, "host"]),
+     "devices[3]: device load: host required for protocol sunspec-tcp"),
+    ("device without host and port",
+     lambda d: [d["devices"][2].pop(k) for k in ("host", "port")],
+     "devices[2]: device pcc: host and port required for protocol sunspec-tcp"),
+    ("dlt645 gateway without a port",
+     _dlt645("000000000001", port=None),
+     "devices[3]: device load: port required for protocol dlt645-tcp"),
+    ("dlt645 broadcast address",
+     _dlt645("999999999999"),
+     "devices[3].address: 999999999999 is the DL/T 645 broadcast address: meters act on a "
+     "broadcast but never reply"),
+    ("dlt645 wildcard address",
+     _dlt645("AAAAAAAAAAAA"),
+     "devices[3].address: 'AAAAAAAAAAAA' is a DL/T 645 wildcard address: every meter"),
+    ("dlt645 partly wildcard address",
+     _dlt645("0000000001aa"),
+     "give the meter's own 12-digit address"),
+    ("dlt645 address not 12 digits",
+     _dlt645("12345"),
+     "devices[3].address: '12345' is not a DL/T 645 meter address: 12 decimal digits"),
+    ("two devices on one endpoint", _set(["devices", 3, "port"], 15023),
+     "devices pcc and load share host 127.0.0.1, port 15023 and unit_id 1: one request would "
+     "reach both; give each its own unit_id"),
     ("unknown control function", _set(["control", "functions"], ["self_consumption", "arbitrage"]),
      "control.functions[1]: must be one of"),
 ]

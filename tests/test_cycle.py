@@ -27,12 +27,12 @@ KERNEL = dispatch.load_kernel()  # no fallback: a missing build errors, never sk
 BASE = {
     "site": {"id": "test-site"},
     "devices": [
-        {"id": "pv1", "role": "pv", "port": 15021, "rated_kw": 120, "revert_s": 60,
+        {"id": "pv1", "host": "127.0.0.1", "role": "pv", "port": 15021, "rated_kw": 120, "revert_s": 60,
          "safe_limit_pct": 25},
-        {"id": "bess1", "role": "battery", "port": 15022, "capacity_kwh": 200,
+        {"id": "bess1", "host": "127.0.0.1", "role": "battery", "port": 15022, "capacity_kwh": 200,
          "max_charge_kw": 60, "max_discharge_kw": 60, "soc_min_pct": 10, "soc_max_pct": 95,
          "ramp_kw_per_s": 1000, "revert_s": 60, "safe_power_kw": 0},
-        {"id": "pcc", "role": "meter", "measures": "grid", "port": 15023},
+        {"id": "pcc", "host": "127.0.0.1", "role": "meter", "measures": "grid", "port": 15023},
     ],
     "control": {"cycle_s": 1.0, "functions": ["self_consumption", "peak_shaving", "export_limit"],
                 "import_limit_kw": 80, "export_limit_kw": 0, "deadband_kw": 0.5,

@@ -24,13 +24,13 @@ KERNEL = dispatch.load_kernel()
 BASE = {
     "site": {"id": "flex-site"},
     "devices": [
-        {"id": "bess1", "role": "battery", "port": 15022, "capacity_kwh": 100,
+        {"id": "bess1", "host": "127.0.0.1", "role": "battery", "port": 15022, "capacity_kwh": 100,
          "max_charge_kw": 30, "max_discharge_kw": 30, "soc_min_pct": 10, "soc_max_pct": 95,
          "revert_s": 60},
-        {"id": "pcc", "role": "meter", "measures": "grid", "port": 15023},
-        {"id": "hvac", "role": "load", "port": 15031, "map": "flexload_generic", "rated_kw": 20,
+        {"id": "pcc", "host": "127.0.0.1", "role": "meter", "measures": "grid", "port": 15023},
+        {"id": "hvac", "host": "127.0.0.1", "role": "load", "port": 15031, "map": "flexload_generic", "rated_kw": 20,
          "priority": 1, "min_on_s": 10, "min_off_s": 30, "revert_s": 60},
-        {"id": "heater", "role": "load", "port": 15032, "map": "flexload_generic",
+        {"id": "heater", "host": "127.0.0.1", "role": "load", "port": 15032, "map": "flexload_generic",
          "rated_kw": 20, "priority": 2, "min_on_s": 10, "min_off_s": 30, "revert_s": 60},
     ],
     "control": {"cycle_s": 1.0, "functions": ["peak_shaving"], "import_limit_kw": 100,

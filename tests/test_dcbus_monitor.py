@@ -21,8 +21,8 @@ ALARM = "dc_bus_out_of_band:dc1"
 
 
 def config(converters: int = 1, after: int = 3):
-    devices = [{"id": "pcc", "role": "meter", "measures": "grid", "port": 1502}]
-    devices += [{"id": f"dc{i + 1}", "role": "dcdc", "map": "dcdc_generic", "port": 1510 + i,
+    devices = [{"id": "pcc", "host": "127.0.0.1", "role": "meter", "measures": "grid", "port": 1502}]
+    devices += [{"id": f"dc{i + 1}", "host": "127.0.0.1", "role": "dcdc", "map": "dcdc_generic", "port": 1510 + i,
                  "rated_kw": 50, "bus_nominal_v": 375, "band_pct": 10,
                  "alarm_after_cycles": after} for i in range(converters)]
     return parse({"site": {"id": "s"}, "devices": devices,

@@ -20,8 +20,8 @@ SLOPE = 0.375  # V/kW: 5 % of 375 V at 50 kW
 
 
 def restorer(n: int = 1, **conv) -> DcBusRestore:
-    devices = [{"id": "pcc", "role": "meter", "measures": "grid", "port": 1502}]
-    devices += [{"id": f"dc{i + 1}", "role": "dcdc", "map": "dcdc_generic", "port": 1510 + i,
+    devices = [{"id": "pcc", "host": "127.0.0.1", "role": "meter", "measures": "grid", "port": 1502}]
+    devices += [{"id": f"dc{i + 1}", "host": "127.0.0.1", "role": "dcdc", "map": "dcdc_generic", "port": 1510 + i,
                  "rated_kw": 50, "bus_nominal_v": 375, "band_pct": 10, "restore_v": True,
                  "v_ref_ramp_v_per_s": 100, **conv} for i in range(n)]
     return DcBusRestore(parse({"site": {"id": "s"}, "devices": devices, "tariff": {
@@ -124,8 +124,8 @@ def test_converters_without_restore_v_are_left_alone():
 
 
 def test_a_config_restoring_only_some_parallel_converters_is_refused():
-    devices = [{"id": "pcc", "role": "meter", "measures": "grid", "port": 1502}]
-    devices += [{"id": f"dc{i + 1}", "role": "dcdc", "map": "dcdc_generic", "port": 1510 + i,
+    devices = [{"id": "pcc", "host": "127.0.0.1", "role": "meter", "measures": "grid", "port": 1502}]
+    devices += [{"id": f"dc{i + 1}", "host": "127.0.0.1", "role": "dcdc", "map": "dcdc_generic", "port": 1510 + i,
                  "rated_kw": 50, "bus_nominal_v": 375, "restore_v": i == 0} for i in range(2)]
     with pytest.raises(Exception, match="restore_v is on for dc1 but off for dc2"):
         parse({"site": {"id": "s"}, "devices": devices, "tariff": {

@@ -93,6 +93,28 @@ def bcd_decode(raw: bytes) -> int:
     return int(text or "0")
 
 
+BROADCAST_ADDRESS = "9" * 12
+_OWN_ADDRESS = ("give the meter's own 12-digit address (on its nameplate, or read it once "
+                "over a link to that meter alone)")
+
+
+def address_problem(address: str) -> str | None:
+    """Why `address` cannot name one meter to poll, with what to use instead; None if it can.
+    The broadcast address gets no reply, and a wildcard (AA digit pairs, abbreviated
+    addressing) is answered by every matching meter on the bus at once, each reply carrying
+    that meter's own address rather than this one."""
+    if address == BROADCAST_ADDRESS:
+        return (f"{address} is the DL/T 645 broadcast address: meters act on a broadcast but "
+                f"never reply, so every read would time out; {_OWN_ADDRESS}")
+    if len(address) == 12 and "a" in address.lower() and all(c in "0123456789Aa" for c in address):
+        return (f"{address!r} is a DL/T 645 wildcard address: every meter on the bus that "
+                "matches it answers at once, so replies collide and none carries this address; "
+                f"{_OWN_ADDRESS}")
+    if len(address) != 12 or not address.isdigit():
+        return f"{address!r} is not a DL/T 645 meter address: 12 decimal digits, e.g. '000000000001'"
+    return None
+
+
 def encode_address(address: str) -> bytes:
     """Nameplate address '123456789012' -> wire bytes 12 90 78 56 34 12 (A0 first)."""
     if len(address) != 12 or not address.isdigit():

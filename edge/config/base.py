@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
+from drivers.dlt645.frame import address_problem
 from edge.config.model import Pct, PositiveKw, _Model  # noqa: F401 - re-exported for the roles
 
 
@@ -46,6 +47,8 @@ _SERIAL_PROTOCOLS = {"sunspec-rtu", "modbus-rtu", "dlt645-serial"}
 # within tens of ms; a DL/T 645 reply at 2400 bit/s spends ~0.25 s on the wire alone.
 _DEFAULT_TIMEOUT_S = {"dlt645-tcp": 0.5, "dlt645-serial": 0.5}
 _TIMEOUT_S = 0.3
+_PORT_HINT = {"sunspec-tcp": "502 for Modbus TCP", "modbus-tcp": "502 for Modbus TCP",
+              "dlt645-tcp": "the gateway's TCP port for the meter bus"}
 
 
 def poll_deadline_s(cycle_s: float) -> float:
@@ -62,17 +65,26 @@ def default_timeout_s(protocol: str, cycle_s: float) -> float:
 class DeviceBase(_Model):
     id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
     protocol: Protocol = "sunspec-tcp"
-    host: str = "127.0.0.1"
-    port: int = Field(502, ge=1, le=65535)
+    host: str | None = Field(None, min_length=1, description="network protocols: the device's "
+                             "(or its gateway's) IP address or name")
+    port: int | None = Field(None, ge=1, le=65535, description="network protocols: the TCP "
+                             "port, e.g. 502 for Modbus TCP")
     serial: SerialParams | None = None
     unit_id: int = Field(1, ge=0, le=247)
     map: str | None = Field(None, pattern=r"^[a-z0-9_-]+$", description="drivers/maps/<map>.yaml")
-    address: str | None = Field(None, pattern=r"^[0-9]{12}$", description="DL/T 645 address")
+    address: str | None = Field(None, description="DL/T 645 address: the meter's 12 digits")
     timeout_s: float = Field(_TIMEOUT_S, gt=0, le=30, description="reply timeout; default "
                              "per protocol (0.3 s, DL/T 645 0.5 s), at most half the poll deadline")
     sim: dict[str, Any] = Field(
         default_factory=dict, description="the simulator's settings for this device, "
         "declared and checked by the simulator (hil/config.py); the daemon ignores them")
+
+    @field_validator("address")
+    @classmethod
+    def _one_meter(cls, value: str | None) -> str | None:
+        if value is not None and (problem := address_problem(value)):
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -91,6 +103,13 @@ class DeviceBase(_Model):
             raise ValueError(f"protocol {self.protocol} needs map: <name of drivers/maps/*.yaml>")
         if self.protocol.startswith("dlt645-") and self.address is None:
             raise ValueError("DL/T 645 needs the meter address: 12 digits, e.g. '000000000001'")
+        missing = [f for f in ("host", "port") if self.protocol not in _SERIAL_PROTOCOLS
+                   and getattr(self, f) is None]
+        if missing:
+            raise ValueError(
+                f"device {self.id}: {' and '.join(missing)} required for protocol "
+                f"{self.protocol}: give host (the device's or its gateway's IP address or name) "
+                f"and port ({_PORT_HINT[self.protocol]})")
         return self
 
     @property

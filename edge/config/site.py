@@ -75,8 +75,12 @@ class Config(_Model):
         for d in self.devices:
             key = (*d.endpoint, d.address or d.unit_id)
             if key in seen:
-                raise ValueError(f"two devices share host, port and unit_id ({seen[key]} and "
-                                 f"{d.id}); give each its own unit_id")
+                where = (f"serial port {key[1]}" if key[0] == "serial"
+                         else f"host {key[0]}, port {key[1]}")
+                unit = f"address {d.address}" if d.address else f"unit_id {d.unit_id}"
+                fix = "address" if d.address else "unit_id"
+                raise ValueError(f"devices {seen[key]} and {d.id} share {where} and {unit}: "
+                                 f"one request would reach both; give each its own {fix}")
             seen[key] = d.id
         for name, devs in grouped(self.devices).items():
             problems = ROLES[name].site_problems(devs)

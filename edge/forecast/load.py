@@ -17,6 +17,9 @@ from edge.vpp.baseline import Calendar
 log = logging.getLogger(__name__)
 
 
+class NotMeasured(Exception):
+    """Nothing measured yet to forecast from: what a starting site is in for its first
+    cycles, not a failure (the planner leaves control to the rule-based functions)."""
 
 
 class LoadForecaster:
@@ -63,9 +66,13 @@ class LoadForecaster:
             q = (t.hour * 3600 + t.minute * 60 + t.second) // INTERVAL_S
             out[i] = self.profile(t.date())[min(q, 95)]
         missing = ~np.isfinite(out)
+        if missing.any() and self.recent_kw is None:
+            raise NotMeasured("no load measurement yet: " + (
+                "no history of similar days" if missing.all() else "gaps in the history of "
+                "similar days") + " and no live load reading to carry forward")
         if missing.all():
             self._set_source("persistence")
-            return np.full(n, self.recent_kw if self.recent_kw is not None else np.nan)
+            return np.full(n, self.recent_kw)
         self._set_source("similar_days" if not missing.any() else "similar_days+persistence")
         if self.recent_kw is not None:
             now_t = start.astimezone(self.tz)

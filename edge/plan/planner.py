@@ -30,7 +30,8 @@ younger than two re-plan periods (`KEEP_PERIODS`), published only up to that age
 the plan so the configured functions (self-consumption, peak shaving, export limit) run
 alone. A previous plan was made for another situation (it may not know a new DR event), so
 it must not steer the site for its whole horizon. Either way the reason is logged and kept
-in `stats`.
+in `stats`. Before anything is measured (the first rounds of a starting site) the same
+fallback is said at INFO: nothing is wrong yet.
 
 The solve runs in a daemon thread of its own, not the default executor: asyncio.run waits
 for that executor on exit, so a solve in progress would hold up the daemon's stop (and
@@ -55,6 +56,7 @@ import numpy as np
 from edge.app.clock import Clock
 from edge.config import Config
 from edge.control.instructions import Instruction
+from edge.forecast import NotMeasured
 from edge.plan.model import build_input
 from edge.plan.solve import Plan, PlanInfeasible, solve
 
@@ -176,6 +178,8 @@ class Planner:
                 raise
             except PlanInfeasible as exc:
                 return self._fall_back(now, exc.reason)
+            except NotMeasured as exc:  # the first rounds of a starting site
+                return self._fall_back(now, str(exc), expected=True)
             except Exception as exc:  # noqa: BLE001 - any failure must end in a safe fallback
                 if not isinstance(exc, ValueError):  # bad input says enough; a bug needs its trace
                     log.error("planning round raised", exc_info=True)
@@ -213,7 +217,7 @@ class Planner:
     def _input(self, now: datetime):
         image = self.view.image
         if image is None:
-            raise PlanInfeasible("no measurements yet (the first cycle has not run)")
+            raise NotMeasured("no measurement yet: the first cycle has not run")
         soc: dict[str, float] = {}
         for b in self.config.devices_that("stores_energy"):
             if image.good(b.id):
@@ -252,7 +256,9 @@ class Planner:
         keep = self.made_at + timedelta(seconds=KEEP_PERIODS * self.cfg.replan_min * 60)
         return min(keep, self.last.end)
 
-    def _fall_back(self, now: datetime, why: str) -> Plan | None:
+    def _fall_back(self, now: datetime, why: str, expected: bool = False) -> Plan | None:
+        """`expected`: nothing is wrong (nothing measured yet), so it is said at INFO."""
+        level = logging.INFO if expected else logging.WARNING
         s = self.stats
         s.failures += 1
         s.last_reason = why
@@ -261,17 +267,18 @@ class Planner:
             self.last = replace(prev, status="fallback", reason=why)
             self._publish(prev, now, until)
             s.last_status = "fallback"
-            log.warning("planning failed (%s): %s; keeping the previous plan until %s",
-                        s.last_trigger, why, until.isoformat())
+            log.log(level, "%s (%s): %s; keeping the previous plan until %s",
+                    "no new plan" if expected else "planning failed", s.last_trigger, why,
+                    until.isoformat())
         else:
             lost = ("the previous plan expired at " + until.isoformat()
                     if prev is not None and until is not None else "no plan covers now")
             self.last = self.made_at = None
             self.view.book.replace_source("plan", [])
             s.last_status = "rule-based"
-            log.warning("planning failed (%s): %s; %s: rule-based control (%s)",
-                        s.last_trigger, why, lost,
-                        "+".join(self.config.control.functions) or "idle")
+            log.log(level, "%s (%s): %s; %s: rule-based control (%s)",
+                    "no plan yet" if expected else "planning failed", s.last_trigger, why,
+                    lost, "+".join(self.config.control.functions) or "idle")
             self._retry_soon()
         s.rounds.append((s.last_at, s.last_trigger, s.last_status))
         return self.last

@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edge.config import MqttConfig
+from edge.report.connect import connect_failure, set_credentials
 from edge.report.mqttdrops import DropWatch
 from edge.report.outbox import Outbox
 
@@ -120,7 +122,7 @@ class MqttLink:
         self._client.max_inflight_messages_set(20)
         self._client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
         self._client.will_set(self.topic("status"), "offline", qos=1, retain=True)
-        self._credentials(cfg)
+        set_credentials(self._client, cfg)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_connect_fail = self._on_connect_fail
@@ -129,35 +131,6 @@ class MqttLink:
         self._subscriptions: list[str] = []
         self.inbound: asyncio.Queue[Inbound] = asyncio.Queue(maxsize=inbound_max)
         self.inbound_dropped = 0  # messages lost because the queue was full (a flood)
-
-    def _credentials(self, cfg: MqttConfig) -> None:
-        """Username/password (or a password file) and TLS; an unreadable file is a
-        configuration error named by its key, not a traceback from ssl."""
-        password = cfg.password
-        if cfg.password_file is not None:
-            try:
-                password = cfg.password_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ValueError(f"mqtt.password_file: cannot read {cfg.password_file}: "
-                                 f"{exc.strerror}") from None
-        if cfg.username:
-            self._client.username_pw_set(cfg.username, password)
-        if not cfg.tls:
-            return
-        for key in ("ca_file", "cert_file", "key_file"):
-            path = getattr(cfg, key)
-            if path is not None and not path.is_file():
-                raise ValueError(f"mqtt.{key}: {path} is not a readable file")
-        try:
-            self._client.tls_set(
-                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-                certfile=str(cfg.cert_file) if cfg.cert_file else None,
-                keyfile=str(cfg.key_file) if cfg.key_file else None,
-            )
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"mqtt: TLS setup failed ({exc}); check ca_file, cert_file and "
-                             "key_file (PEM)") from None
-        self._client.tls_insecure_set(cfg.tls_insecure)
 
     def topic(self, suffix: str) -> str:
         return f"{self.cfg.topic_prefix}/{self.site_id}/{suffix}"
@@ -357,8 +330,9 @@ class MqttLink:
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         if not self._down_reported:
-            self._log.warning("cannot reach the broker at %s:%d; retrying with backoff "
-                              "(reports wait in the outbox)", self.cfg.host, self.cfg.port)
+            # paho calls this inside its `except OSError` around the attempt: that is the cause
+            level, why = connect_failure(sys.exc_info()[1], self.cfg)
+            self._log.log(level, "%s; retrying with backoff (reports wait in the outbox)", why)
             self._down_reported = True
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any,

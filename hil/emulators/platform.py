@@ -24,6 +24,7 @@ import paho.mqtt.client as paho
 from pydantic import ValidationError
 
 from edge.config import MqttConfig
+from edge.report.connect import set_credentials
 from edge.vpp.schemas.catalogue import MESSAGES, undeclared
 from hil.emulators.script import Result, Script, Step, builtin_script
 
@@ -48,16 +49,7 @@ class Platform:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client = paho.Client(paho.CallbackAPIVersion.VERSION2,
                                    client_id=f"pedf-platform-{uuid.uuid4().hex[:8]}")
-        if cfg.username:
-            password = cfg.password
-            if cfg.password_file is not None:
-                password = cfg.password_file.read_text(encoding="utf-8").strip()
-            self._client.username_pw_set(cfg.username, password)
-        if cfg.tls:
-            self._client.tls_set(ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-                                 certfile=str(cfg.cert_file) if cfg.cert_file else None,
-                                 keyfile=str(cfg.key_file) if cfg.key_file else None)
-            self._client.tls_insecure_set(cfg.tls_insecure)
+        set_credentials(self._client, cfg)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._subscribed = asyncio.Event()

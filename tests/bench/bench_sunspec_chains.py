@@ -63,7 +63,7 @@ async def measure(role: str, chain: list[int], polls: int) -> dict:
         dev["rated_kw"] = 100
     else:
         dev.update(capacity_kwh=200, max_charge_kw=60, max_discharge_kw=60)
-    cfg = parse({"site": {"id": "b"}, "devices": [dev, {"id": "pcc", "role": "meter",
+    cfg = parse({"site": {"id": "b"}, "devices": [dev, {"id": "pcc", "host": "127.0.0.1", "role": "meter",
                                                          "port": free_port()}],
                  "tariff": {"periods": [{"name": "f", "start": "00:00", "end": "00:00",
                                          "price": 1}]}})

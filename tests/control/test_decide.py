@@ -20,11 +20,11 @@ T0 = datetime(2026, 6, 22, 12, tzinfo=UTC)
 SITE = parse({
     "site": {"id": "s"},
     "devices": [
-        {"id": "pv1", "role": "pv", "port": 1502, "rated_kw": 100},
-        {"id": "bess1", "role": "battery", "port": 1503, "capacity_kwh": 200,
+        {"id": "pv1", "host": "127.0.0.1", "role": "pv", "port": 1502, "rated_kw": 100},
+        {"id": "bess1", "host": "127.0.0.1", "role": "battery", "port": 1503, "capacity_kwh": 200,
          "max_charge_kw": 50, "max_discharge_kw": 50},
-        {"id": "pcc", "role": "meter", "port": 1504},
-        {"id": "heater", "role": "load", "port": 1505, "map": "flexload_generic",
+        {"id": "pcc", "host": "127.0.0.1", "role": "meter", "port": 1504},
+        {"id": "heater", "host": "127.0.0.1", "role": "load", "port": 1505, "map": "flexload_generic",
          "rated_kw": 20, "min_on_s": 0, "min_off_s": 0},
     ],
     "control": {"import_limit_kw": 60, "export_limit_kw": 0},

@@ -31,9 +31,9 @@ def site_dict(**sim) -> dict:
     return {
         "site": {"id": "dc", "timezone": "Asia/Shanghai"},
         "devices": [
-            {"id": "pcc", "role": "meter", "measures": "grid", "port": free_port(),
+            {"id": "pcc", "host": "127.0.0.1", "role": "meter", "measures": "grid", "port": free_port(),
              "timeout_s": 0.5, "sim": {"profile": "flat", "day_kw": 30}},
-            {"id": "dcdc1", "role": "dcdc", "map": "dcdc_generic", "port": free_port(),
+            {"id": "dcdc1", "host": "127.0.0.1", "role": "dcdc", "map": "dcdc_generic", "port": free_port(),
              "timeout_s": 0.5, "rated_kw": RATED_KW, "bus_nominal_v": NOMINAL_V,
              "revert_s": 30, "sim": {"profile": "flat", "day_kw": 20, "droop_pct": DROOP_PCT,
                                      **sim}},

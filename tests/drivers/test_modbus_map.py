@@ -224,11 +224,11 @@ def site_config(bess_port: int, meter_port: int, battery_map: str = "pcs_generic
     return parse({
         "site": {"id": "maps", "timezone": "Asia/Shanghai"},
         "devices": [
-            {"id": "bess", "role": "battery", "protocol": "modbus-tcp", "map": battery_map,
+            {"id": "bess", "host": "127.0.0.1", "role": "battery", "protocol": "modbus-tcp", "map": battery_map,
              "port": bess_port, "capacity_kwh": 100, "max_charge_kw": 30, "max_discharge_kw": 30,
              "revert_s": 60, "ramp_kw_per_s": 1000, "timeout_s": 0.5,
              "sim": {"initial_soc_pct": 60}},
-            {"id": "pcc", "role": "meter", "measures": "grid", "protocol": "modbus-tcp",
+            {"id": "pcc", "host": "127.0.0.1", "role": "meter", "measures": "grid", "protocol": "modbus-tcp",
              "map": "meter3p_generic", "port": meter_port, "timeout_s": 0.5,
              "sim": {"profile": "flat", "base_kw": 20, "day_kw": 20}},
         ],
@@ -375,8 +375,8 @@ async def test_pv_driver_writes_limits_in_percent(tmp_path):
     regmap = load_map_file(path)
     cfg = parse({"site": {"id": "s"}, "tariff": {"periods": [
         {"name": "f", "start": "00:00", "end": "00:00", "price": 1}]}, "devices": [
-        {"id": "pv", "role": "pv", "rated_kw": 50, "protocol": "modbus-tcp", "map": "pv_x"},
-        {"id": "m", "role": "meter", "port": 5020}]}).devices[0]
+        {"id": "pv", "host": "127.0.0.1", "port": 502, "role": "pv", "rated_kw": 50, "protocol": "modbus-tcp", "map": "pv_x"},
+        {"id": "m", "host": "127.0.0.1", "role": "meter", "port": 5020}]}).devices[0]
     sim = _SimPv(cfg, 100.0, regmap)
     async with served(sim) as ep:
         pv = MapPv("pv", ep, 1, regmap)

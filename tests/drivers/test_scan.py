@@ -31,10 +31,10 @@ def site_config(*, gateway: bool = False) -> Config:
     ports = [free_port()] * 3 if gateway else [free_port() for _ in range(3)]
     units = [1, 2, 3] if gateway else [1, 1, 1]
     devices = [
-        {"id": "pv1", "role": "pv", "rated_kw": 30},
-        {"id": "bess1", "role": "battery", "capacity_kwh": 40, "max_charge_kw": 20,
+        {"id": "pv1", "host": "127.0.0.1", "port": 502, "role": "pv", "rated_kw": 30},
+        {"id": "bess1", "host": "127.0.0.1", "port": 502, "role": "battery", "capacity_kwh": 40, "max_charge_kw": 20,
          "max_discharge_kw": 20, "sim": {"initial_soc_pct": 55}},
-        {"id": "pcc", "role": "meter", "measures": "grid"},
+        {"id": "pcc", "host": "127.0.0.1", "port": 502, "role": "meter", "measures": "grid"},
     ]
     for d, port, unit in zip(devices, ports, units, strict=True):
         d.update(host="127.0.0.1", port=port, unit_id=unit)

@@ -32,10 +32,10 @@ NOON = "2026-06-22T12:00:00+08:00"
 
 def shared_config(port: int) -> Config:
     devices = [
-        {"id": "pv1", "role": "pv", "rated_kw": 30, "revert_s": 60, "unit_id": 1},
-        {"id": "bess1", "role": "battery", "capacity_kwh": 40, "max_charge_kw": 20,
+        {"id": "pv1", "host": "127.0.0.1", "port": 502, "role": "pv", "rated_kw": 30, "revert_s": 60, "unit_id": 1},
+        {"id": "bess1", "host": "127.0.0.1", "port": 502, "role": "battery", "capacity_kwh": 40, "max_charge_kw": 20,
          "max_discharge_kw": 20, "revert_s": 60, "sim": {"initial_soc_pct": 50}, "unit_id": 2},
-        {"id": "pcc", "role": "meter", "measures": "grid", "unit_id": 3},
+        {"id": "pcc", "host": "127.0.0.1", "port": 502, "role": "meter", "measures": "grid", "unit_id": 3},
     ]
     for d in devices:
         d.update(host="127.0.0.1", port=port)

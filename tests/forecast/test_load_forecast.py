@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from edge.forecast.load import LoadForecaster
+from edge.forecast.load import LoadForecaster, NotMeasured
 from edge.report.history import INTERVAL_S, History, Interval
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -57,6 +57,14 @@ def test_without_history_it_carries_the_measured_load_forward_and_says_so(tmp_pa
     assert f == pytest.approx([42.0] * 8)
     assert fc.source == "persistence"
     assert "not enough history" in caplog.text
+
+
+def test_before_any_measurement_it_says_so_instead_of_forecasting_nan(tmp_path, caplog):
+    fc = LoadForecaster(History(tmp_path / "h.sqlite"), TZ, similar_days=5, tau_h=2.0)
+    with caplog.at_level(logging.WARNING), pytest.raises(NotMeasured, match="^no load "
+                                                         "measurement yet: no history"):
+        fc.forecast(datetime(2026, 6, 22, 10, tzinfo=TZ), 8, 900)
+    assert fc.source == "none" and not caplog.records
 
 
 def test_a_holiday_is_forecast_from_non_working_days(tmp_path):

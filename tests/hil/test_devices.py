@@ -23,11 +23,11 @@ def small_config(*, shared_port: bool = False, **sim: dict) -> Config:
     ports = [free_port()] * 4 if shared_port else [free_port() for _ in range(4)]
     units = [1, 2, 3, 4] if shared_port else [1, 1, 1, 1]
     devices = [
-        {"id": "pv1", "role": "pv", "rated_kw": 30, "revert_s": 60, "sim": sim.get("pv", {})},
-        {"id": "bess1", "role": "battery", "capacity_kwh": 40, "max_charge_kw": 20,
+        {"id": "pv1", "host": "127.0.0.1", "port": 502, "role": "pv", "rated_kw": 30, "revert_s": 60, "sim": sim.get("pv", {})},
+        {"id": "bess1", "host": "127.0.0.1", "port": 502, "role": "battery", "capacity_kwh": 40, "max_charge_kw": 20,
          "max_discharge_kw": 20, "revert_s": 60, "sim": {"initial_soc_pct": 50}},
-        {"id": "pcc", "role": "meter", "measures": "grid"},
-        {"id": "load", "role": "meter", "measures": "load",
+        {"id": "pcc", "host": "127.0.0.1", "port": 502, "role": "meter", "measures": "grid"},
+        {"id": "load", "host": "127.0.0.1", "port": 502, "role": "meter", "measures": "load",
          "sim": {"profile": "flat", "day_kw": 10}},
     ]
     for d, port, unit in zip(devices, ports, units, strict=True):

@@ -32,10 +32,10 @@ def config(load_kw: float = 20.0, **pcc: float) -> Config:
     return parse({
         "site": {"id": "t", "timezone": "Asia/Shanghai"},
         "devices": [
-            {"id": "pv1", "role": "pv", "rated_kw": 60, "port": free_port(), "sim": {"peak_kw": 60}},
-            {"id": "pcc", "role": "meter", "measures": "grid", "protocol": "dlt645-tcp",
+            {"id": "pv1", "host": "127.0.0.1", "role": "pv", "rated_kw": 60, "port": free_port(), "sim": {"peak_kw": 60}},
+            {"id": "pcc", "host": "127.0.0.1", "role": "meter", "measures": "grid", "protocol": "dlt645-tcp",
              "address": PCC, "port": gateway, "timeout_s": 0.3, **pcc},
-            {"id": "load", "role": "meter", "measures": "load", "protocol": "dlt645-tcp",
+            {"id": "load", "host": "127.0.0.1", "role": "meter", "measures": "load", "protocol": "dlt645-tcp",
              "address": LOAD, "port": gateway, "timeout_s": 0.3,
              "sim": {"profile": "flat", "day_kw": load_kw}},
         ],

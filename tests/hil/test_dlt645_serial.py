@@ -36,7 +36,7 @@ def config(port: Path) -> Config:
     return parse({
         "site": {"id": "rs485", "timezone": "Asia/Shanghai"},
         "devices": [
-            {"id": "pv1", "role": "pv", "rated_kw": 60, "port": free_port(), "sim": {"peak_kw": 60}},
+            {"id": "pv1", "host": "127.0.0.1", "role": "pv", "rated_kw": 60, "port": free_port(), "sim": {"peak_kw": 60}},
             {"id": "pcc", "role": "meter", "measures": "grid", "protocol": "dlt645-serial",
              "address": PCC, "serial": bus},
             {"id": "load", "role": "meter", "measures": "load", "protocol": "dlt645-serial",

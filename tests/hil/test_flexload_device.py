@@ -25,10 +25,10 @@ def config(safe_state: str = "on", map_name: str = "flexload_generic"):
     return parse({
         "site": {"id": "flex", "timezone": "Asia/Shanghai"},
         "devices": [
-            {"id": "pcc", "role": "meter", "measures": "grid", "protocol": "modbus-tcp",
+            {"id": "pcc", "host": "127.0.0.1", "role": "meter", "measures": "grid", "protocol": "modbus-tcp",
              "map": "meter3p_generic", "port": free_port(), "timeout_s": 0.5,
              "sim": {"profile": "flat", "day_kw": 30}},
-            {"id": "hvac", "role": "load", "map": map_name, "port": free_port(),
+            {"id": "hvac", "host": "127.0.0.1", "role": "load", "map": map_name, "port": free_port(),
              "timeout_s": 0.5, "rated_kw": 20, "priority": 1, "safe_state": safe_state},
         ],
         "tariff": {"periods": [{"name": "flat", "start": "00:00", "end": "00:00", "price": 1.0}]},

@@ -21,18 +21,18 @@ TARIFF = {"periods": [{"name": "flat", "start": "00:00", "end": "00:00", "price"
 
 def site(*, load_meter: bool = True, cloud: float = 1.0, heater: bool = False) -> SimSite:
     devices = [
-        {"id": "pv1", "role": "pv", "rated_kw": 100, "port": 15101,
+        {"id": "pv1", "host": "127.0.0.1", "role": "pv", "rated_kw": 100, "port": 15101,
          "sim": {"peak_kw": 120, "cloud_factor": cloud}},
-        {"id": "bess1", "role": "battery", "port": 15102, "capacity_kwh": 100,
+        {"id": "bess1", "host": "127.0.0.1", "role": "battery", "port": 15102, "capacity_kwh": 100,
          "max_charge_kw": 50, "max_discharge_kw": 50, "sim": {"initial_soc_pct": 50}},
-        {"id": "pcc", "role": "meter", "measures": "grid", "port": 15103,
+        {"id": "pcc", "host": "127.0.0.1", "role": "meter", "measures": "grid", "port": 15103,
          "sim": {"base_kw": 10, "day_kw": 60}},
     ]
     if load_meter:
-        devices.append({"id": "load", "role": "meter", "measures": "load", "port": 15104,
+        devices.append({"id": "load", "host": "127.0.0.1", "role": "meter", "measures": "load", "port": 15104,
                         "sim": {"base_kw": 25, "day_kw": 95}})
     if heater:
-        devices.append({"id": "dhw", "role": "load", "protocol": "modbus-tcp",
+        devices.append({"id": "dhw", "host": "127.0.0.1", "role": "load", "protocol": "modbus-tcp",
                         "map": "flexload_generic", "port": 15105, "rated_kw": 8,
                         "safe_state": "on"})
     return SimSite(parse({"site": {"id": "t", "timezone": "Asia/Shanghai", "latitude": LAT,

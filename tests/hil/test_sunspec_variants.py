@@ -45,10 +45,10 @@ def variants_config() -> Config:
     sim = {"heartbeat_timeout_s": WATCHDOG_S}
     bess = {"role": "battery", "capacity_kwh": 40, "max_charge_kw": 20, "max_discharge_kw": 20}
     devices = [
-        {"id": "pv", "role": "pv", "rated_kw": 30, "sim": {**sim, "models": DER_PV}},
+        {"id": "pv", "host": "127.0.0.1", "port": 502, "role": "pv", "rated_kw": 30, "sim": {**sim, "models": DER_PV}},
         {"id": "bess", **bess, "sim": {**sim, "models": DER_BESS}},
         {"id": "bess124", **bess, "sim": {**sim, "models": CLASSIC_BESS}},
-        {"id": "pcc", "role": "meter", "measures": "grid"},
+        {"id": "pcc", "host": "127.0.0.1", "port": 502, "role": "meter", "measures": "grid"},
     ]
     for d in devices:
         d.update(host="127.0.0.1", port=free_port())
@@ -252,7 +252,7 @@ async def test_control_cycle_runs_a_site_of_der_devices_through_704(tmp_path):
 def config_with(device: dict) -> dict:
     return {"site": {"id": "t"}, "tariff": tariff(),
             "devices": [{"host": "127.0.0.1", "port": free_port(), **device},
-                        {"id": "pcc", "role": "meter", "port": free_port()}]}
+                        {"id": "pcc", "host": "127.0.0.1", "role": "meter", "port": free_port()}]}
 
 
 @pytest.mark.parametrize("models, message", [
@@ -263,20 +263,20 @@ def config_with(device: dict) -> dict:
     ([1, 103, 103], "devices[0].sim.models: list each SunSpec model once"),
 ])
 def test_bad_sim_models_are_config_errors_naming_the_field_and_fix(models, message):
-    found = problems(parse(config_with({"id": "pv1", "role": "pv", "rated_kw": 30,
+    found = problems(parse(config_with({"id": "pv1", "host": "127.0.0.1", "port": 502, "role": "pv", "rated_kw": 30,
                                         "sim": {"models": models}})))
     assert any(p.startswith(message) for p in found), found
 
 
 @pytest.mark.parametrize("device, message", [
-    ({"id": "pv1", "role": "pv", "rated_kw": 30, "sim": {"models": [1, 701, 704]}},
+    ({"id": "pv1", "host": "127.0.0.1", "port": 502, "role": "pv", "rated_kw": 30, "sim": {"models": [1, 701, 704]}},
      r"device pv1: sim.models \[1, 701, 704\] needs a nameplate model \(120, 702\)"),
-    ({"id": "pv1", "role": "pv", "rated_kw": 30, "sim": {"models": [1, 103, 120, 124]}},
+    ({"id": "pv1", "host": "127.0.0.1", "port": 502, "role": "pv", "rated_kw": 30, "sim": {"models": [1, 103, 120, 124]}},
      r"the HIL pv does not simulate SunSpec model\(s\) \[124\]"),
-    ({"id": "b1", "role": "battery", "capacity_kwh": 10, "max_charge_kw": 5,
+    ({"id": "b1", "host": "127.0.0.1", "port": 502, "role": "battery", "capacity_kwh": 10, "max_charge_kw": 5,
       "max_discharge_kw": 5, "sim": {"models": [1, 701, 704]}},
      r"device b1: sim.models \[1, 701, 704\] needs a state of charge model"),
-    ({"id": "m1", "role": "meter", "measures": "load", "sim": {"models": [1, 103]}},
+    ({"id": "m1", "host": "127.0.0.1", "port": 502, "role": "meter", "measures": "load", "sim": {"models": [1, 103]}},
      r"the HIL meter does not simulate SunSpec model\(s\) \[103\]"),
 ])
 def test_a_chain_the_role_cannot_serve_is_refused_when_the_hil_builds_it(device, message):
@@ -286,7 +286,7 @@ def test_a_chain_the_role_cannot_serve_is_refused_when_the_hil_builds_it(device,
 
 
 def test_sim_models_on_a_register_map_device_is_refused():
-    cfg = parse(config_with({"id": "m1", "role": "meter", "measures": "load",
+    cfg = parse(config_with({"id": "m1", "host": "127.0.0.1", "port": 502, "role": "meter", "measures": "load",
                              "protocol": "modbus-tcp", "map": "meter3p_generic",
                              "sim": {"models": [1, 203]}}))
     with pytest.raises(SunSpecError, match="device m1: sim.models chooses a SunSpec model chain; "

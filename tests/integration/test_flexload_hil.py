@@ -20,7 +20,7 @@ SLACK_KW = 0.5  # as the other HIL tests: a cycle of physics between reading and
 def site(tmp_path, broker_port: int) -> dict:
     load_port = free_port()
     loads = [
-        {"id": f"hvac{prio}", "role": "load", "map": "flexload_generic", "port": load_port,
+        {"id": f"hvac{prio}", "host": "127.0.0.1", "role": "load", "map": "flexload_generic", "port": load_port,
          "unit_id": prio, "rated_kw": 10, "priority": prio,
          "min_on_s": MIN_ON_S, "min_off_s": MIN_OFF_S, "restore_margin_kw": 3, "revert_s": 300}
         for prio in (1, 2, 3)
@@ -28,12 +28,12 @@ def site(tmp_path, broker_port: int) -> dict:
     return {
         "site": {"id": "flex-office", "timezone": "Asia/Shanghai"},
         "devices": [
-            {"id": "bess1", "role": "battery", "port": free_port(), "timeout_s": 0.5,
+            {"id": "bess1", "host": "127.0.0.1", "role": "battery", "port": free_port(), "timeout_s": 0.5,
              "capacity_kwh": 60, "max_charge_kw": 20, "max_discharge_kw": 20,
              "ramp_kw_per_s": 1000, "revert_s": 300, "sim": {"initial_soc_pct": 80}},
             # No load submeter: the PCC meter's profile is the building's base load, and
             # telemetry's load_kw is the site balance, flexible loads included.
-            {"id": "pcc", "role": "meter", "measures": "grid", "port": free_port(),
+            {"id": "pcc", "host": "127.0.0.1", "role": "meter", "measures": "grid", "port": free_port(),
              "timeout_s": 0.5, "sim": {"profile": "office", "base_kw": 0, "day_kw": 100}},
             *loads,
         ],

@@ -217,9 +217,9 @@ def test_bad_input_names_the_field():
 SITE = {
     "site": {"id": "t", "timezone": "Asia/Shanghai"},
     "devices": [
-        {"id": "bess1", "role": "battery", "port": 1502, "capacity_kwh": 200,
+        {"id": "bess1", "host": "127.0.0.1", "role": "battery", "port": 1502, "capacity_kwh": 200,
          "max_charge_kw": 60, "max_discharge_kw": 60},
-        {"id": "pcc", "role": "meter", "port": 1503},
+        {"id": "pcc", "host": "127.0.0.1", "role": "meter", "port": 1503},
     ],
     "control": {"import_limit_kw": 80, "export_limit_kw": 0},
     "tariff": {"export_price": 0.39, "periods": [

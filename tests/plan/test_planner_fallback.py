@@ -21,9 +21,12 @@ from conftest import wait_for
 from drivers.base import Quality, Reading
 from edge.config import ConfigError, parse
 from edge.control.instructions import Instruction, InstructionBook
+from edge.forecast import Forecaster
+from edge.image.balance import SitePower
 from edge.image.image import DeviceState, ProcessImage
 from edge.plan import planner as planner_mod
 from edge.plan.planner import Planner
+from edge.report.history import History
 
 T0 = datetime(2026, 6, 22, 2, 0, tzinfo=UTC)  # 10:00 local: flat/peak prices
 
@@ -32,9 +35,9 @@ def site(**planner) -> dict:
     return {
         "site": {"id": "t", "timezone": "Asia/Shanghai"},
         "devices": [
-            {"id": "bess1", "role": "battery", "port": 1502, "capacity_kwh": 200,
+            {"id": "bess1", "host": "127.0.0.1", "role": "battery", "port": 1502, "capacity_kwh": 200,
              "max_charge_kw": 60, "max_discharge_kw": 60},
-            {"id": "pcc", "role": "meter", "port": 1503},
+            {"id": "pcc", "host": "127.0.0.1", "role": "meter", "port": 1503},
         ],
         "control": {"import_limit_kw": 80, "export_limit_kw": 0},
         "tariff": {"export_price": 0.0, "periods": [
@@ -210,6 +213,33 @@ async def test_forecast_with_gaps_is_refused_not_planned_on():
     planner, cycle, clock = make(forecast=gappy)
     assert await planner.replan() is None
     assert "load_kw: contains NaN" in planner.stats.last_reason
+
+
+async def test_the_first_rounds_before_a_measurement_say_so_at_info_and_run_rule_based(
+        tmp_path, caplog):
+    data = site()
+    history = History(tmp_path / "history.sqlite")  # a new site: no history yet
+    forecaster = Forecaster(parse(data), history)
+    planner, cycle, clock = make(data, forecast=forecaster)
+    cycle.image = None
+    with caplog.at_level(logging.INFO, logger="edge"):
+        assert await planner.replan() is None  # before the first cycle
+        cycle.image = image(clock.t)
+        assert await planner.replan() is None  # a cycle, but no load reading yet
+    assert planner.stats.last_status == "rule-based" and plan_ids(cycle.book) == []
+    assert planner.stats.last_reason == ("no load measurement yet: no history of similar days "
+                                         "and no live load reading to carry forward")
+    said = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert said[0] == (logging.INFO, "no plan yet (schedule): no measurement yet: the first "
+                       "cycle has not run; no plan covers now: rule-based control "
+                       "(self_consumption+peak_shaving+export_limit)")
+    assert said[1][0] == logging.INFO and said[1][1].startswith(
+        "no plan yet (schedule): no load measurement yet")
+    assert len(said) == 2 and "NaN" not in caplog.text
+    forecaster.observe(clock.t, SitePower(40.0, None, 0.0, 40.0), pv_curtailed=False)
+    plan = await planner.replan()  # the measured load carried forward
+    assert plan is not None and plan.status == "optimal"
+    history.close()
 
 
 async def test_stale_battery_is_left_out_of_the_plan(caplog):

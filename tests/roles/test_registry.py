@@ -19,7 +19,7 @@ from edge.vpp.capability import site_capability
 
 T0 = datetime(2026, 6, 22, 12, tzinfo=UTC)
 TARIFF = {"periods": [{"name": "flat", "start": "00:00", "end": "00:00", "price": 0.5}]}
-PCC = {"id": "pcc", "role": "meter", "port": 1504}
+PCC = {"id": "pcc", "host": "127.0.0.1", "role": "meter", "port": 1504}
 
 
 def site(*devices: dict) -> object:
@@ -35,7 +35,7 @@ def test_each_role_model_is_named_for_its_role_and_in_the_config_union():
 
 def test_an_unknown_role_is_refused_with_the_registered_ones_named():
     with pytest.raises(ConfigError) as err:
-        site({"id": "x", "role": "windmill", "port": 1510})
+        site({"id": "x", "host": "127.0.0.1", "role": "windmill", "port": 1510})
     assert err.value.problems == [f"devices[1]: role must be one of: {', '.join(ROLES)}"]
 
 
@@ -50,8 +50,8 @@ def test_every_roles_telemetry_fields_are_there_on_a_meter_only_site():
 
 
 def test_balance_terms_come_from_each_role():
-    cfg = site({"id": "pv1", "role": "pv", "port": 1502, "rated_kw": 50},
-               {"id": "bess1", "role": "battery", "port": 1503, "capacity_kwh": 100,
+    cfg = site({"id": "pv1", "host": "127.0.0.1", "role": "pv", "port": 1502, "rated_kw": 50},
+               {"id": "bess1", "host": "127.0.0.1", "role": "battery", "port": 1503, "capacity_kwh": 100,
                 "max_charge_kw": 50, "max_discharge_kw": 50})
     image = ProcessImage(T0, 1.0, {
         "pcc": DeviceState(Reading("pcc", {"power_kw": 5.0}), Quality.GOOD, 0),
@@ -67,9 +67,9 @@ def test_balance_terms_come_from_each_role():
 
 
 def test_a_switchable_load_and_a_battery_say_what_they_can_deliver():
-    cfg = site({"id": "heater", "role": "load", "port": 1505, "map": "flexload_generic",
+    cfg = site({"id": "heater", "host": "127.0.0.1", "role": "load", "port": 1505, "map": "flexload_generic",
                 "rated_kw": 20},
-               {"id": "bess1", "role": "battery", "port": 1503, "capacity_kwh": 100,
+               {"id": "bess1", "host": "127.0.0.1", "role": "battery", "port": 1503, "capacity_kwh": 100,
                 "max_charge_kw": 40, "max_discharge_kw": 50, "soc_min_pct": 10})
     image = ProcessImage(T0, 1.0, {
         "pcc": DeviceState(Reading("pcc", {"power_kw": 5.0}), Quality.GOOD, 0),
@@ -86,7 +86,7 @@ def test_a_switchable_load_and_a_battery_say_what_they_can_deliver():
 
 
 def test_check_summary_lines_come_from_the_roles():
-    cfg = site({"id": "dc1", "role": "dcdc", "port": 1506, "map": "dcdc_generic",
+    cfg = site({"id": "dc1", "host": "127.0.0.1", "role": "dcdc", "port": 1506, "map": "dcdc_generic",
                 "rated_kw": 30, "bus_nominal_v": 375})
     assert role_of(cfg.devices[1]).summary(cfg.devices[1]) == \
         "30 kW, DC bus 375 V, alarm outside 337.5-412.5 V"

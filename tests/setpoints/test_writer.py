@@ -17,10 +17,10 @@ from edge.setpoints.writer import Writer
 SITE = parse({
     "site": {"id": "s"},
     "devices": [
-        {"id": "bess1", "role": "battery", "port": 1503, "capacity_kwh": 200,
+        {"id": "bess1", "host": "127.0.0.1", "role": "battery", "port": 1503, "capacity_kwh": 200,
          "max_charge_kw": 50, "max_discharge_kw": 50, "soc_min_pct": 10},
-        {"id": "pcc", "role": "meter", "port": 1504},
-        {"id": "heater", "role": "load", "port": 1505, "map": "flexload_generic",
+        {"id": "pcc", "host": "127.0.0.1", "role": "meter", "port": 1504},
+        {"id": "heater", "host": "127.0.0.1", "role": "load", "port": 1505, "map": "flexload_generic",
          "rated_kw": 20, "min_on_s": 0, "min_off_s": 600, "safe_state": "on"},
     ],
     "control": {"import_limit_kw": 60},

@@ -33,9 +33,9 @@ PCC_KW = 30.0
 def site():
     data = copy.deepcopy(yaml.safe_load((ROOT / "configs/demo.yaml").read_text()))
     data["devices"] += [
-        {"id": "bess2", "role": "battery", "port": 15025, "capacity_kwh": 100,
+        {"id": "bess2", "host": "127.0.0.1", "role": "battery", "port": 15025, "capacity_kwh": 100,
          "max_charge_kw": 30, "max_discharge_kw": 30},
-        *({"id": i, "role": "load", "map": "flexload_generic", "port": port, "rated_kw": kw}
+        *({"id": i, "host": "127.0.0.1", "role": "load", "map": "flexload_generic", "port": port, "rated_kw": kw}
           for i, port, kw in (("dhw", 15026, 8), ("hvac", 15027, 15)))]
     data["dr"] = {"target_ratio": 1.0, "ramp_in_s": 0}
     return config_mod.parse(data)

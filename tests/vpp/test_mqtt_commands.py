@@ -131,6 +131,7 @@ def hostile_commands(now, start_ok) -> list[tuple[str, bytes | str | dict]]:
         {"cmd_id": "t-7", "grid_target_kw": 10, "duration_s": "60"},
         {"cmd_id": "t-8", "grid_target_kw": 10, "end": "2026-06-22T03:00:00", "start":
          "2026-06-22T02:00:00"},  # no UTC offset
+        {"cmd_id": "t-16", "grid_target_kw": 10, "start": "1796291792", "duration_s": 60},
         {"cmd_id": "t-9", "grid_target_kw": 10},  # no end, no duration
         {"cmd_id": "t-10", "grid_target_kw": 10, "grid_delta_kw": 5, "duration_s": 60},
         {"cmd_id": "t-11", **ok, "shell": "rm -rf /"},
@@ -219,6 +220,7 @@ async def test_a_thousand_hostile_commands_are_each_rejected_and_control_goes_on
             for expected in ("not valid JSON: NaN", "not valid JSON: key 'grid_target_kw' appears "
                              "twice", "nested too deeply", "invalid: grid_target_kw", "invalid: "
                              "cmd_id", "Extra inputs", "timezone", "payload of 1000000 bytes",
+                             "'1796291792' is not an ISO 8601 time",
                              "unknown command 'shutdown'", "command dr_event is not allowed",
                              "window is over", "is more than vpp.max_ahead_s",
                              "longer than vpp.max_window_s", "past_tolerance_s",

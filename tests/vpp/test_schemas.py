@@ -6,16 +6,24 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import Subscriber, wait_for
 from pydantic import ValidationError
 from site_harness import device, running_site, site_dict
 
+from edge import config as config_mod
+from edge.app.clock import Clock
 from edge.cli import main
+from edge.control.instructions import InstructionBook
 from edge.report.history import History, Interval
+from edge.vpp.commands.judge import CommandJudge
+from edge.vpp.commands.parse import validation_reason
 from edge.vpp.schemas.catalogue import MESSAGES, undeclared
 from edge.vpp.schemas.commands import Dispatch, DrEvent
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_schema_command_prints_one_schema_per_message_or_all_of_them(capsys):
@@ -45,6 +53,46 @@ def test_dispatch_schema_is_strict(payload, field):
     with pytest.raises(ValidationError) as err:
         Dispatch.model_validate_json(json.dumps({"cmd_id": "c1", **payload}), strict=True)
     assert field in {".".join(map(str, e["loc"])) for e in err.value.errors()}
+
+
+@pytest.mark.parametrize("stamp", [
+    "1796291792",  # a Unix time as text
+    "1796291792.5",
+    "2026-06-22 02:00:00+08:00",  # a space for the T
+    "2026-06-22T02:00:00+0800",  # a compact offset
+    "2026-06-22",  # a date only
+    "2026-06-22T02:00:00",  # no offset
+    "2026-02-30T02:00:00Z",  # no such day
+])
+def test_times_are_iso_8601_with_an_offset_only(stamp):
+    payload = {"cmd_id": "c1", "grid_target_kw": 10, "start": stamp, "duration_s": 60}
+    with pytest.raises(ValidationError) as err:
+        Dispatch.model_validate_json(json.dumps(payload), strict=True)
+    assert [".".join(map(str, e["loc"])) for e in err.value.errors()] == ["start"]
+    assert "2026-06-22T04:00:00Z" in validation_reason(err.value) or "valid time" in \
+        validation_reason(err.value)
+
+
+@pytest.mark.parametrize("stamp", ["2026-06-22T02:00:00Z", "2026-06-22T02:00Z",
+                                   "2026-06-22T02:00:00.250+08:00", "2026-06-21T18:00:00-00:00"])
+def test_iso_8601_times_with_an_offset_validate(stamp):
+    payload = {"cmd_id": "c1", "grid_target_kw": 10, "start": stamp, "duration_s": 60}
+    d = Dispatch.model_validate_json(json.dumps(payload), strict=True)
+    assert d.start.utcoffset() is not None
+
+
+def test_a_unix_time_is_acknowledged_as_rejected_with_its_field_named():
+    cfg = config_mod.load(ROOT / "configs" / "demo.yaml")
+    view = SimpleNamespace(book=InstructionBook(), image=None)
+    judge = CommandJudge(cfg, Clock(datetime(2026, 6, 22, 10, tzinfo=UTC), speed=1.0001), view,
+                         f"pedf/v1/{cfg.site.id}/cmd/")
+    payload = {"cmd_id": "u-1", "grid_target_kw": 10, "start": "1796291792", "duration_s": 60}
+    acks, changed = judge.handle(f"pedf/v1/{cfg.site.id}/cmd/dispatch",
+                                 json.dumps(payload).encode())
+    assert not changed and view.book.get("park:u-1") is None
+    assert acks == [{"cmd_id": "u-1", "command": "dispatch", "status": "rejected",
+                     "reason": acks[0]["reason"]}]
+    assert acks[0]["reason"].startswith("invalid: start: '1796291792' is not an ISO 8601 time")
 
 
 def test_well_formed_commands_validate():
