@@ -49,7 +49,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from pydantic import ValidationError
 
-from drivers.fileerrors import read_yaml, validation_problems
+from drivers.fileerrors import or_shipped, read_yaml, validation_problems
 from edge.config import HINTS, Config, DeviceConfig, config_problems
 from hil.devices import simulator_for
 from hil.scenario.spec import (
@@ -157,6 +157,7 @@ def _stores(cfg: DeviceConfig) -> bool:
 
 
 # -- loading ----------------------------------------------------------------------------------
+_SHIPPED = Path(__file__).resolve().parent.parent / "scenarios"
 _EVENT_TYPES = ("device_offline", "dr_event", "price_spike")
 _HINTS = {
     **HINTS,
@@ -272,14 +273,15 @@ def parse(data: object, source: str, base: Path) -> Scenario:
 
 
 def load(path: str | Path) -> Scenario:
-    p = Path(path)
+    """A scenario file, or a shipped scenario by name (`summer_weekday_tou`) from anywhere."""
+    p = or_shipped(path, _SHIPPED)
     data = read_yaml(p, ScenarioError)
     return parse(data, str(p), p.resolve().parent)
 
 
 def shipped() -> list[Path]:
     """The scenarios shipped with the project."""
-    return sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.yaml"))
+    return sorted(_SHIPPED.glob("*.yaml"))
 
 
 __all__ = ["BILLING_S", "Scenario", "ScenarioError", "Truth", "Window", "load",
