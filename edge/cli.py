@@ -326,7 +326,7 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("simulate", help="run a scenario (HIL + controller on the simulated "
                         "clock) and score it against perfect foresight, rules and no battery")
-    common(sp)
+    common(sp, "configs/demo.yaml")
     sp.add_argument("-s", "--scenario", required=True, metavar="FILE",
                     help="scenario YAML, or a shipped one by name (e.g. summer_weekday_tou)")
     sp.add_argument("--out", type=Path, metavar="KPI.json", help="write the KPIs as JSON")

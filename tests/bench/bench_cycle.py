@@ -30,17 +30,14 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+import benchlib
+from benchlib import connect_all, pct, start_hil, stop_process, wait_listening
 
-import benchlib  # noqa: E402
-from benchlib import connect_all, pct, start_hil, stop_process, wait_listening  # noqa: E402
-
-from edge.app.clock import Clock  # noqa: E402
-from edge.app.devices import build_devices  # noqa: E402
-from edge.config import Config, parse  # noqa: E402
-from edge.control.kernel import load_kernel  # noqa: E402
-from edge.cycle import ControlCycle  # noqa: E402
+from edge.app.clock import Clock
+from edge.app.devices import build_devices
+from edge.config import Config, parse
+from edge.control.kernel import load_kernel
+from edge.cycle import ControlCycle
 
 N_PV, N_BESS, N_LOAD = 8, 8, 3
 
@@ -63,12 +60,12 @@ class Timings:
         self.writes: list[int] = []  # setpoint writes issued per step
         self._pending_writes = 0
         self.recording = False
-        poll, build_image, decide = cycle.poll, cycle.build_image, cycle.decide
-        write, write_one = cycle.write, cycle._write_one
+        poll, build_image, decide = cycle.poller.poll, cycle.build_image, cycle.controller.decide
+        write, write_one = cycle.write, cycle.writer._write_one
 
-        async def timed_poll() -> None:
+        async def timed_poll(*args) -> None:
             t0 = time.perf_counter()
-            await poll()
+            await poll(*args)
             self._add(self.poll_ms, (time.perf_counter() - t0) * 1e3)
 
         def timed_image():
@@ -77,11 +74,11 @@ class Timings:
             self._add(self.image_us, (time.perf_counter() - t0) * 1e6)
             return image
 
-        def timed_decide(image):
+        def timed_decide(*args):
             t0 = time.perf_counter()
-            decision = decide(image)
+            out = decide(*args)
             self._add(self.decide_us, (time.perf_counter() - t0) * 1e6)
-            return decision
+            return out
 
         async def timed_write(decision, force: bool = False) -> None:
             self._pending_writes = 0
@@ -94,9 +91,10 @@ class Timings:
             self._pending_writes += 1
             return write_one(*args)
 
-        # Instance attributes shadow the methods step() calls through `self.`.
-        cycle.poll, cycle.build_image, cycle.decide = timed_poll, timed_image, timed_decide
-        cycle.write, cycle._write_one = timed_write, counted_write_one
+        # Instance attributes shadow the methods step() calls on the cycle and its parts.
+        cycle.poller.poll, cycle.build_image = timed_poll, timed_image
+        cycle.controller.decide = timed_decide
+        cycle.write, cycle.writer._write_one = timed_write, counted_write_one
 
     def _add(self, series: list, value: float) -> None:
         if self.recording:
