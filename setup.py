@@ -1,7 +1,9 @@
-"""Build the Cython dispatch kernel from ext/ into the edge package (edge._kernel)."""
+"""Build the Cython dispatch kernel from ext/ into the edge package (edge._kernel), and ship
+the example sites of configs/ inside it (edge/examples/) so an installed package finds them
+from any directory."""
 import numpy
 from Cython.Build import cythonize
-from setuptools import Extension, setup
+from setuptools import Extension, find_namespace_packages, setup
 
 extensions = [
     Extension(
@@ -14,6 +16,9 @@ extensions = [
 ]
 
 setup(
+    packages=[*find_namespace_packages(include=["edge*", "drivers*", "hil*", "tools*"]),
+              "edge.examples"],
+    package_dir={"edge.examples": "configs"},
     ext_modules=cythonize(
         extensions,
         language_level=3,

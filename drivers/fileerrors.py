@@ -97,6 +97,18 @@ def read_yaml(path: Path, error: type[FileError] = FileError,
         raise error(source, [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
 
 
+def or_shipped(given: str | Path, shipped: Path) -> Path:
+    """`given` where it exists (or is absolute); else the file of that name in the `shipped`
+    directory, with or without its folder and `.yaml`: `configs/demo.yaml`, `demo.yaml` and
+    `demo` all find the installed package's own copy from any directory. Nothing found: `given`
+    (its loader says it cannot be read)."""
+    path = Path(given)
+    if path.exists() or path.is_absolute():
+        return path
+    candidate = shipped / (path.name if path.suffix else f"{path.name}.yaml")
+    return candidate if candidate.is_file() else path
+
+
 def refuse(exc: FileError, what: str) -> int:
     """Tell the person at the command line every problem of an invalid `what` (one
     indented line each); the exit code for it."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from drivers.fileerrors import EXIT_INVALID, FileError, refuse
 from edge import config as config_mod
 from edge.config import Config
+from edge.config.shipped import config_path
 from edge.roles import role_of
 
 EXIT_RUNTIME, EXIT_CONFIG, EXIT_KERNEL = 1, EXIT_INVALID, 3
@@ -326,8 +327,18 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return EXIT_NOT_SUNSPEC
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pedf-edge")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install .)"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pedf-edge", description="PEDF building / VPP edge controller")
+    p.add_argument("--version", action="version", version=f"pedf-edge {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def common(sp: argparse.ArgumentParser, default_config: str | None = None) -> None:
@@ -381,9 +392,9 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("simulate", help="run a scenario (HIL + controller on the simulated "
                         "clock) and score it against perfect foresight, rules and no battery")
-    common(sp)
+    common(sp, "configs/demo.yaml")
     sp.add_argument("-s", "--scenario", required=True, metavar="FILE",
-                    help="scenario YAML (e.g. hil/scenarios/summer_weekday_tou.yaml)")
+                    help="scenario YAML, or a shipped one by name (e.g. summer_weekday_tou)")
     sp.add_argument("--out", type=Path, metavar="KPI.json", help="write the KPIs as JSON")
     sp.add_argument("--report", type=Path, metavar="FILE.html", help="write the HTML report")
     sp.add_argument("--forecast", choices=["perfect", "own"], default="own",
@@ -410,6 +421,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "config", None) is not None:
+        args.config = str(config_path(args.config))  # else the shipped example of that name
     if getattr(args, "config", None) is not None and not Path(args.config).exists():
         print(f"pedf-edge: config file {args.config} not found (pass -c FILE)", file=sys.stderr)
         return EXIT_CONFIG

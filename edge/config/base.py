@@ -14,11 +14,12 @@ from edge.config.model import Pct, PositiveKw, _Model  # noqa: F401 - re-exporte
 
 
 class SiteConfig(_Model):
-    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="used in the MQTT topics")
     name: str = ""
-    timezone: str = "UTC"
-    latitude: float = Field(31.23, ge=-90, le=90)
-    longitude: float = Field(121.47, ge=-180, le=180)
+    timezone: str = Field("UTC", description="IANA name; tariff periods are in local time")
+    latitude: float = Field(31.23, ge=-90, le=90, description="for the PV forecast and the "
+                            "simulator's PV model")
+    longitude: float = Field(121.47, ge=-180, le=180, description="as latitude")
 
     @field_validator("timezone")
     @classmethod

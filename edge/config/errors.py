@@ -22,7 +22,7 @@ HINTS = {
     "less_than_equal": "must be <= {le}",
     "less_than": "must be < {lt}",
     "missing": "is required",
-    "extra_forbidden": "is not a known setting (check the spelling; see README 'Config reference')",
+    "extra_forbidden": "is not a known setting (check the spelling; see docs/config-reference.md)",
     "union_tag_invalid": "role must be one of: " + ", ".join(ROLES),
     "union_tag_not_found": "each device needs a role: " + ", ".join(ROLES),
     "literal_error": "must be one of {expected}",

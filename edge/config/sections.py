@@ -15,12 +15,14 @@ FunctionName = Literal["self_consumption", "peak_shaving", "export_limit"]
 
 
 class ControlConfig(_Model):
-    cycle_s: float = Field(1.0, ge=0.05, le=60)
+    cycle_s: float = Field(1.0, ge=0.05, le=60, description="control period")
     functions: list[FunctionName] = ["self_consumption", "peak_shaving", "export_limit"]
-    import_limit_kw: float | None = Field(None, gt=0)
+    import_limit_kw: float | None = Field(None, gt=0, description="limit at the PCC; none: no limit")
     export_limit_kw: float | None = Field(None, ge=0, description="0 = zero export")
-    deadband_kw: float = Field(0.5, ge=0)
-    stale_after_cycles: int = Field(2, ge=1, le=100)
+    deadband_kw: float = Field(0.5, ge=0, description="write a setpoint only when it moves "
+                               "more than this (or after rewrite_margin)")
+    stale_after_cycles: int = Field(2, ge=1, le=100, description="consecutive failed polls "
+                                    "before a device is STALE")
     slow_stale_after_cycles: int = Field(
         300, ge=10, le=100_000, description="a slow-class value (nameplate, energy counter) "
         "not re-read for this many cycles is STALE")
@@ -38,8 +40,8 @@ class ControlConfig(_Model):
 
 class TariffPeriod(_Model):
     name: str
-    start: time
-    end: time
+    start: time = Field(description="local HH:MM")
+    end: time = Field(description="local HH:MM; the periods cover 24 h without overlap")
     price: float = Field(ge=0, description="per kWh imported")
 
 
@@ -92,7 +94,7 @@ class MqttConfig(_Model):
         False, description="skip the check of the broker's host name (testing only)")
     keepalive_s: int = Field(30, ge=5, le=3600)
     topic_prefix: str = "pedf/v1"
-    telemetry_s: float = Field(5.0, gt=0)
+    telemetry_s: float = Field(5.0, gt=0, description="telemetry period")
     devices_s: float = Field(60.0, gt=0, description="device health report period")
 
     @field_validator("topic_prefix")
@@ -117,7 +119,8 @@ class MqttConfig(_Model):
 
 
 class StorageConfig(_Model):
-    dir: Path = Path("var")
+    dir: Path = Field(Path("var"), description="outbox, history, DR and OpenADR databases; a "
+                      "relative path resolves under $STATE_DIRECTORY when systemd sets it")
 
 
 
@@ -125,7 +128,7 @@ class PlannerConfig(_Model):
     """The rolling-horizon optimiser (edge/plan): an LP re-solved every `replan_min` and on
     events; its plan reaches the cycle as grid targets and bounds inside every limit."""
 
-    enabled: bool = False
+    enabled: bool = Field(False, description="plan the battery; false: rule-based control")
     horizon_h: float = Field(24.0, gt=0, le=168, description="planning horizon")
     step_min: int = Field(15, ge=1, le=60, description="plan resolution; divides 60")
     replan_min: float = Field(15.0, gt=0, le=1440, description="re-plan period")

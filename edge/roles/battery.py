@@ -31,8 +31,8 @@ class BatteryDevice(DeviceBase):
     charge_efficiency: float = Field(0.95, gt=0, le=1)
     discharge_efficiency: float = Field(0.95, gt=0, le=1)
     ramp_kw_per_s: PositiveKw = 1000.0
-    revert_s: int = Field(60, ge=5, le=3600)
-    safe_power_kw: float = 0.0
+    revert_s: int = Field(60, ge=5, le=3600, description="device reverts its power after this")
+    safe_power_kw: float = Field(0.0, description="power in the safe state (+discharge)")
     bms: BmsParams | None = Field(None, description="a BMS on its own unit id, read for "
                                   "monitoring (map-driven batteries)")
 

@@ -12,7 +12,8 @@ from edge.roles.role import Role
 
 class MeterDevice(DeviceBase):
     role: Literal["meter"]
-    measures: Literal["grid", "load"] = "grid"
+    measures: Literal["grid", "load"] = Field(
+        "grid", description="exactly one grid (PCC) meter per site; load submeters optional")
     ct_ratio: float = Field(
         1.0, ge=1, le=100_000, description="DL/T 645: current transformer ratio, primary / "
         "secondary (2000/5 A -> 400), for a meter that reports secondary values")

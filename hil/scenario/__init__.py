@@ -49,7 +49,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from pydantic import ValidationError
 
-from drivers.fileerrors import read_yaml, validation_problems
+from drivers.fileerrors import or_shipped, read_yaml, validation_problems
 from edge.config import HINTS, Config, DeviceConfig, config_problems
 from hil.config import problems as sim_problems
 from hil.config import sim_of
@@ -162,6 +162,7 @@ def _stores(cfg: DeviceConfig) -> bool:
 
 
 # -- loading ----------------------------------------------------------------------------------
+_SHIPPED = Path(__file__).resolve().parent.parent / "scenarios"
 _EVENT_TYPES = ("device_offline", "dr_event", "price_spike")
 _HINTS = {
     **HINTS,
@@ -277,14 +278,15 @@ def parse(data: object, source: str, base: Path) -> Scenario:
 
 
 def load(path: str | Path) -> Scenario:
-    p = Path(path)
+    """A scenario file, or a shipped scenario by name (`summer_weekday_tou`) from anywhere."""
+    p = or_shipped(path, _SHIPPED)
     data = read_yaml(p, ScenarioError)
     return parse(data, str(p), p.resolve().parent)
 
 
 def shipped() -> list[Path]:
     """The scenarios shipped with the project."""
-    return sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.yaml"))
+    return sorted(_SHIPPED.glob("*.yaml"))
 
 
 __all__ = ["BILLING_S", "Scenario", "ScenarioError", "Truth", "Window", "load",

@@ -43,7 +43,6 @@ import yaml
 from benchlib import HOST, free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 from edge import config as config_mod  # noqa: E402
 from edge.app.clock import Clock  # noqa: E402
@@ -182,7 +181,7 @@ def main() -> int:
         cfg = config_mod.parse(data)
         cfg_path = tmp / "site.yaml"
         cfg_path.write_text(yaml.safe_dump(data))
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ)
         broker = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
         log = tmp / "daemon.log"

@@ -28,19 +28,15 @@ import time
 from collections.abc import Awaitable
 from pathlib import Path
 
+import benchlib
 import yaml
+from benchlib import connect_all, pct, start_hil, stop_process, wait_listening
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-import benchlib  # noqa: E402
-from benchlib import connect_all, pct, start_hil, stop_process, wait_listening  # noqa: E402
-
-from edge.app.clock import Clock  # noqa: E402
-from edge.app.devices import build_devices  # noqa: E402
-from edge.config import Config, parse  # noqa: E402
-from edge.control.kernel import load_kernel  # noqa: E402
-from edge.cycle import ControlCycle  # noqa: E402
+from edge.app.clock import Clock
+from edge.app.devices import build_devices
+from edge.config import Config, parse
+from edge.control.kernel import load_kernel
+from edge.cycle import ControlCycle
 
 N_PV, N_BESS, N_LOAD = 8, 8, 3
 

@@ -163,8 +163,7 @@ def main() -> int:
     daemon_exit: tuple[int, float] | None = None
     with tempfile.TemporaryDirectory(prefix="bench-daemon-") as tmp_name:
         tmp = Path(tmp_name)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+        env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)
         env.pop("WATCHDOG_USEC", None)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 TESTS = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(TESTS.parent), str(TESTS)]
+sys.path.insert(0, str(TESTS))  # kernel_twin; the package itself is the installed one
 
 import kernel_twin as twin  # noqa: E402
 from benchlib import environment  # noqa: E402

@@ -23,7 +23,6 @@ import asyncio
 import copy
 import logging
 import random
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -34,7 +33,6 @@ import yaml
 from benchlib import free_port, pct
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 from edge import config as config_mod  # noqa: E402
 from edge.app.clock import Clock  # noqa: E402

@@ -11,7 +11,6 @@ Run: python tests/bench/bench_plan.py
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,7 +19,6 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 TESTS = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(TESTS.parent), str(TESTS / "bench")]
 
 from benchlib import environment  # noqa: E402
 

@@ -33,20 +33,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import benchlib
 import psutil
 import yaml
+from benchlib import connect_all, pct, start_hil, stop_process, wait_listening
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-import benchlib  # noqa: E402
-from benchlib import connect_all, pct, start_hil, stop_process, wait_listening  # noqa: E402
-
-from edge.app.clock import Clock  # noqa: E402
-from edge.app.devices import build_devices  # noqa: E402
-from edge.config import Config, parse  # noqa: E402
-from edge.control.kernel import load_kernel  # noqa: E402
-from edge.cycle import ControlCycle  # noqa: E402
+from edge.app.clock import Clock
+from edge.app.devices import build_devices
+from edge.config import Config, parse
+from edge.control.kernel import load_kernel
+from edge.cycle import ControlCycle
 
 CYCLE_S = 1.0  # 1 Hz, the daemon's default
 GATEWAY_UNITS = 10  # units per gateway port in --layout gateway

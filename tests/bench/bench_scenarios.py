@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 from edge import config as config_mod  # noqa: E402
 from hil import scenario as scenario_mod  # noqa: E402

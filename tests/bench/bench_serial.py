@@ -2,7 +2,7 @@
 poll of a map device and of a SunSpec unit costs, and what a DL/T 645 poll round of two
 meters costs, next to the wire-time estimate the config check uses at real baud rates.
 
-    PYTHONPATH=. python tests/bench/bench_serial.py
+    python tests/bench/bench_serial.py
 
 A pseudo-terminal has no baud rate, so these are the software and t3.5-gap costs; on a real
 bus add the wire time (`drivers.dlt645.frame.poll_round_s`, Modbus: 11 bits per character).

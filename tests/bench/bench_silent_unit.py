@@ -9,7 +9,7 @@ polled together, every poll under the cycle's poll deadline at a 1 s cycle, as e
 does. Printed: round times of the rounds where the dead unit was probed (one timeout on the
 bus) and of those where it was backing off, and how often a neighbour missed the deadline.
 
-    PYTHONPATH=. python tests/bench/bench_silent_unit.py [--seconds 15]
+    python tests/bench/bench_silent_unit.py [--seconds 15]
 """
 
 from __future__ import annotations
@@ -18,22 +18,18 @@ import argparse
 import asyncio
 import logging
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(TESTS.parent), str(TESTS / "bench")]
+from benchlib import environment
 
-from benchlib import environment  # noqa: E402
-
-from drivers.base import DeviceError  # noqa: E402
-from edge.app.clock import Clock  # noqa: E402
-from edge.app.devices import build_devices  # noqa: E402
-from edge.config import parse, poll_deadline_s  # noqa: E402
-from hil.config import hil_of  # noqa: E402
-from hil.site import SimSite  # noqa: E402
+from drivers.base import DeviceError
+from edge.app.clock import Clock
+from edge.app.devices import build_devices
+from edge.config import parse, poll_deadline_s
+from hil.config import hil_of
+from hil.site import SimSite
 
 CYCLE_S = 1.0
 TARIFF = {"periods": [{"name": "flat", "start": "00:00", "end": "00:00", "price": 1.0}]}

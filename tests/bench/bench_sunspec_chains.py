@@ -14,22 +14,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
 from datetime import datetime
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from benchlib import environment, free_port, pct
 
-from benchlib import environment, free_port, pct  # noqa: E402
-
-from drivers.modbus.endpoint import Endpoint  # noqa: E402
-from drivers.sunspec.device import SLOW_EVERY  # noqa: E402
-from drivers.sunspec.roles import SunSpecBattery, SunSpecPv  # noqa: E402
-from edge.app.clock import Clock  # noqa: E402
-from edge.config import parse  # noqa: E402
-from hil.site import SimSite  # noqa: E402
+from drivers.modbus.endpoint import Endpoint
+from drivers.sunspec.device import SLOW_EVERY
+from drivers.sunspec.roles import SunSpecBattery, SunSpecPv
+from edge.app.clock import Clock
+from edge.config import parse
+from hil.site import SimSite
 
 CHAINS = {
     "pv 1/103/120/123": ("pv", [1, 103, 120, 123]),

@@ -15,7 +15,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 HOST = "127.0.0.1"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -92,13 +91,11 @@ def sunspec_site(n_pv: int, n_bess: int, n_load: int, layout: str, cycle_s: floa
 
 def start_hil(cfg_path: Path, log_path: Path) -> subprocess.Popen:
     """`python -m edge.cli hil -c cfg_path --speed 1` in its own process, output to log_path."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
     with log_path.open("wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "edge.cli", "hil", "-c", str(cfg_path), "--speed", "1",
              "--log-level", "warning"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+            cwd=log_path.parent, stdout=out, stderr=subprocess.STDOUT)
 
 
 def wait_listening(proc: subprocess.Popen, ports: set[int], log: Path, timeout: float) -> None:
