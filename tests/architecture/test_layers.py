@@ -26,7 +26,8 @@ ROLE_BRANCH_ALLOWED = {
     "tools/simulate/replay.py",
 }
 # The command line imports the simulator and the offline tools inside its command functions.
-LAZY_ENTRY = {"edge/cli.py"}
+LAZY_ENTRY = {"edge/cli/__init__.py", "edge/cli/common.py", "edge/cli/daemon.py",
+              "edge/cli/offline.py"}
 
 
 def product_modules() -> list[Path]:
