@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import yaml
-from conftest import _accepts, free_port
+from conftest import accepts, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def test_ctrl_c_in_demo_stops_it_quietly_with_130(tmp_path, mosquitto):
 def test_ctrl_c_in_hil_stops_it_quietly_with_130(tmp_path):
     cfg, data = config(tmp_path, free_port())
     proc, out = start(tmp_path, "hil", "-c", str(cfg), "--log-level", "warning")
-    until(lambda: all(_accepts("127.0.0.1", d["port"]) for d in data["devices"]), proc, out,
+    until(lambda: all(accepts("127.0.0.1", d["port"]) for d in data["devices"]), proc, out,
           "listening")
     interrupted(proc, out, "hil")
 
