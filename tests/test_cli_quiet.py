@@ -66,7 +66,7 @@ def test_ctrl_c_in_demo_stops_it_quietly_with_130(tmp_path, mosquitto):
     cfg, data = config(tmp_path, mosquitto.port)
     proc, out = start(tmp_path, "demo", "-c", str(cfg), "--wall-seconds", "600")
     # The daemon is up once it has polled through its HIL and the planner has had a round.
-    until(lambda: (tmp_path / "state" / "outbox.sqlite").exists(), proc, out, "started")
+    until(lambda: (tmp_path / "state" / "demo" / "outbox.sqlite").exists(), proc, out, "started")
     time.sleep(3)
     interrupted(proc, out, "demo")
 

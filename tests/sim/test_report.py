@@ -110,7 +110,7 @@ async def test_demo_writes_its_report(tmp_path: Path) -> None:
     cfg = config_mod.Config.model_validate(data)
     code = await run_demo(cfg, speed=1800, hours=1)
     assert code == 0
-    html = (tmp_path / "state" / "report.html").read_text()
+    html = (tmp_path / "state" / "demo" / "report.html").read_text()
     assert figure_ids(html) == [f"fig-{f}-2026-06-22" for f in report_html.FIGURES]
     assert "no battery" in html
 
