@@ -45,9 +45,8 @@ import asyncio
 import logging
 import math
 import threading
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -59,6 +58,7 @@ from edge.control.instructions import Instruction
 from edge.forecast import NotMeasured
 from edge.plan.model import build_input
 from edge.plan.solve import Plan, PlanInfeasible, solve
+from edge.plan.stats import PlannerStats
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +66,6 @@ _WATCH_S = 5.0  # simulated seconds between looks at the instruction book
 KEEP_PERIODS = 2  # a kept previous plan steers at most this many re-plan periods after it was made
 
 Forecast = Callable[[datetime, int, int], tuple[np.ndarray, np.ndarray]]
-
-
-@dataclass
-class PlannerStats:
-    solves: int = 0  # plans adopted
-    failures: int = 0  # rounds that fell back
-    last_at: datetime | None = None  # (simulated) time of the last round
-    last_trigger: str = ""  # "schedule" or the event that asked for it
-    last_status: str = ""  # the last round's outcome: optimal, time_limit, fallback, rule-based
-    last_reason: str = ""  # why the last round fell back, or what its plan could not meet
-    last_solve_s: float = math.nan
-    last_build_s: float = math.nan
-    rounds: deque = field(default_factory=lambda: deque(maxlen=100))  # (at, trigger, status)
 
 
 def billing_peak_kw(history, now: datetime, tz: str) -> float:
