@@ -29,7 +29,7 @@ from edge.plan.planner import Planner
 from edge.plan.stats import PlanSummary
 from edge.report.history import History
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edge.plan.worker")  # __name__ is __main__ under -m
 
 
 class Mirror:
@@ -87,8 +87,9 @@ async def serve(stdin, out) -> None:
     if init is None:
         return
     _, config, clock, history_path, level = init
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s [planner worker]: %(message)s")
+    logging.basicConfig(level=level, stream=sys.stderr,  # the daemon's log, as edge/cli does it
+                        format="%(asctime)s %(levelname)-7s %(name)s [planner worker]: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     worker = Worker(config, clock, Path(history_path), out)
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
@@ -111,7 +112,10 @@ async def serve(stdin, out) -> None:
 def main() -> None:
     out = os.fdopen(os.dup(1), "wb", buffering=0)  # the channel to the daemon
     os.dup2(2, 1)  # a stray print goes to the log, never into the channel
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the daemon, which stops us
+    # Ctrl-C, or systemd's SIGTERM to the whole unit, stops the daemon, which then closes our
+    # stdin: dying first would only make it log a lost worker on its way down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:  # under memory pressure the kernel takes this process, not the control one
         Path("/proc/self/oom_score_adj").write_text("500")
     except OSError:
