@@ -108,21 +108,27 @@ class Planner:
         return self.last
 
     # -- scheduling ----------------------------------------------------------------------
-    def attach(self, scheduler) -> None:
+    def attach(self, scheduler, since: datetime | None = None) -> None:
         """Add the periodic re-plan job to the daemon's APScheduler. The first round runs
-        a few cycles after start, once the forecaster has seen measurements."""
+        a few cycles after start, once the forecaster has seen measurements. `since` (naive
+        local wall time, default now) is when the daemon started: a planner in a worker that
+        came up later, or again, keeps the daemon's schedule."""
         every = max(self.clock.wall_s(self.cfg.replan_min * 60), 0.05)
         first = max(self.clock.wall_s(5 * self.config.control.cycle_s), 0.2)
+        anchor = (since or datetime.now()) + timedelta(seconds=first)
         scheduler.add_job(self._scheduled, "interval", seconds=every, id="planner",
-                          max_instances=1, coalesce=True,
-                          next_run_time=datetime.now() + timedelta(seconds=first))
+                          max_instances=1, coalesce=True, start_date=anchor,
+                          next_run_time=max(anchor, datetime.now()))
         scheduler.add_job(self._watch, "interval", id="planner-watch", max_instances=1,
                           coalesce=True, seconds=max(self.clock.wall_s(_WATCH_S), 0.05))
         self._scheduler = scheduler
         self._seen = self._commitments()
 
     def _commitments(self) -> dict[str, tuple]:
-        return {i.id: (i.start, i.end, i.grid_max_kw, i.grid_min_kw, i.grid_target_kw)
+        """NaN (no target) as None: in the worker each tick brings new float objects, and
+        NaN never equals NaN, so the same commitment would look changed every time."""
+        return {i.id: tuple(None if v != v else v for v in (
+                    i.start, i.end, i.grid_max_kw, i.grid_min_kw, i.grid_target_kw))
                 for i in self.view.book.all() if i.source != "plan"}
 
     async def _watch(self) -> None:

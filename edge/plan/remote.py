@@ -47,6 +47,7 @@ class PlannerWorker:
         self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task | None = None
         self._stopping = False
+        self._since = time.time()  # the daemon's start: the planner's schedule counts from it
 
     @property
     def plan(self) -> PlanSummary | None:
@@ -64,6 +65,7 @@ class PlannerWorker:
     def start(self) -> None:
         """Start the worker, first thing in the daemon's loop: its imports (pvlib, pandas,
         scipy, HiGHS) take a second or two, done while the daemon connects its devices."""
+        self._since = time.time()
         self._task = asyncio.create_task(self._supervise(), name="planner-worker")
 
     def attach(self, scheduler) -> None:
@@ -110,7 +112,8 @@ class PlannerWorker:
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         self.pid = proc.pid
         level = logging.getLogger().getEffectiveLevel()
-        self._send(("init", self.config, self.clock, str(self.history_path), level))
+        self._send(("init", self.config, self.clock, str(self.history_path), level,
+                    self._since))
         try:
             while (msg := await read_async(proc.stdout)) is not None:
                 _, instructions, self.stats, self.last = msg

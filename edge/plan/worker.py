@@ -3,7 +3,8 @@ and restarted by the daemon (edge/plan/remote.py), so forecasting and solving ne
 the control cycle and a solver blow-up or an out-of-memory kill ends only this process.
 
 Run as `python -m edge.plan.worker` with pipes on stdin/stdout (edge/plan/pipe.py). The
-first message is ("init", config, clock, history path, log level); then, about once a
+first message is ("init", config, clock, history path, log level, the daemon's start
+as a Unix time: the planner keeps its schedule); then, about once a
 second, ("tick", image, commitments, observations, metered intervals) and now and then
 ("replan", reason). The worker drives the same `Planner` as an in-process daemon, against a
 mirror of the daemon's view, and after every round sends ("plan", plan instructions, stats,
@@ -18,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+from datetime import datetime
 from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -86,7 +88,7 @@ async def serve(stdin, out) -> None:
     init = read_blocking(stdin)
     if init is None:
         return
-    _, config, clock, history_path, level = init
+    _, config, clock, history_path, level, since = init
     logging.basicConfig(level=level, stream=sys.stderr,  # the daemon's log, as edge/cli does it
                         format="%(asctime)s %(levelname)-7s %(name)s [planner worker]: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
@@ -101,7 +103,7 @@ async def serve(stdin, out) -> None:
 
     threading.Thread(target=read, name="worker-stdin", daemon=True).start()
     scheduler = AsyncIOScheduler()
-    worker.planner.attach(scheduler)
+    worker.planner.attach(scheduler, datetime.fromtimestamp(since))
     scheduler.start()
     log.info("planner worker %d ready", os.getpid())
     await done.wait()
