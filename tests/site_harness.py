@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from conftest import Subscriber, free_port
+from conftest import Subscriber, free_port, wait_for
 
 from edge import config as config_mod
 from edge.app.clock import Clock
 from edge.app.daemon import Daemon
 from edge.config import Config
+from edge.plan.remote import PlannerWorker
 from hil.process import SiteProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,6 +107,11 @@ async def running_site(data: dict, broker, speed: float):
         run = Running(cfg, site, daemon, sub)
         try:
             await asyncio.wait_for(daemon.ready.wait(), 30)
+            if isinstance(daemon.planner, PlannerWorker):
+                # The worker's imports (pvlib, pandas, scipy, HiGHS) take 1-3 s of wall time:
+                # minutes of simulated time at these speeds, seconds on a real site.
+                await wait_for(lambda: daemon.planner.last is not None, 60,
+                               "the planner worker's first plan")
             yield run
         finally:
             await run.stop_daemon()

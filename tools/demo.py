@@ -163,7 +163,8 @@ async def _run(config: Config, wall_s: float, speed: float | None, hours: float,
     where = "embedded amqtt" if broker.embedded else "existing"
     console.print(f"MQTT: {where} broker at {broker.host}:{broker.port}; "
                   f"HIL + controller at ×{speed:.0f} ({hours:g} h in ~{sim_s / speed:.0f} s)")
-    daemon = Daemon(config, clock, mqtt_host=broker.host, mqtt_port=broker.port)
+    daemon = Daemon(config, clock, mqtt_host=broker.host, mqtt_port=broker.port,
+                    in_process_planner=True)  # the report reads its forecasts and plans
     counter = _Counter(broker.host, broker.port, daemon.link.topic("telemetry"))
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop), name="daemon")

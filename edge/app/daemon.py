@@ -21,11 +21,11 @@ from edge.control import kernel as dispatch
 from edge.control.decide import Decision
 from edge.control.instructions import InstructionBook
 from edge.cycle import ControlCycle
-from edge.forecast import Forecaster, pv_held_back
-from edge.image.balance import site_power
+from edge.image.balance import pv_held_back, site_power
 from edge.image.image import ProcessImage
 from edge.report import carbon, telemetry
 from edge.report.history import Accumulator, History
+from edge.plan.remote import PlannerWorker
 from edge.report.mqtt import MqttLink
 from edge.report.outbox import Outbox
 from edge.vpp import flex
@@ -38,9 +38,15 @@ log = logging.getLogger(__name__)
 
 
 class Daemon:
+    """`in_process_planner`: the forecaster and the planner in this process, as objects the
+    offline tools (demo, simulate) inspect and feed with their own forecasts. Otherwise the
+    planner runs in a worker process this daemon starts and restarts (edge/plan/remote.py):
+    the control process then never loads pvlib, pandas, scipy or HiGHS, and never waits on
+    a forecast or a solve."""
+
     def __init__(self, config: Config, clock: Clock | None = None,
                  notifier: Notifier | None = None, mqtt_host: str | None = None,
-                 mqtt_port: int | None = None) -> None:
+                 mqtt_port: int | None = None, in_process_planner: bool = False) -> None:
         self.config = config
         self.clock = clock or Clock()
         self.notifier = notifier or Notifier()
@@ -79,13 +85,22 @@ class Daemon:
             self.ven = Ven(config, self.view, self.clock, directory, self.dr)
             self.ven.restore()
         self.green_share_today: float | None = None
-        self.forecaster = Forecaster(config, self.history)
+        self._pvs = config.devices_that("generates")
         self._pv_limits: dict[str, float] = {}  # in force when the next image is read
+        self.forecaster = None  # in-process only; the worker has its own
         self.planner = None  # last plan and solve stats: planner.last, planner.stats
-        if config.planner.enabled:
-            from edge.plan.planner import Planner  # HiGHS + scipy.sparse: only when used
+        if in_process_planner:
+            from edge.forecast import Forecaster  # pvlib + pandas: only in this mode
 
-            self.planner = Planner(config, self.view, self.clock, self.forecaster, self.history)
+            self.forecaster = Forecaster(config, self.history)
+            if config.planner.enabled:
+                from edge.plan.planner import Planner  # HiGHS + scipy.sparse
+
+                self.planner = Planner(config, self.view, self.clock, self.forecaster,
+                                       self.history)
+        elif config.planner.enabled:
+            self.planner = PlannerWorker(config, self.view, self.clock,
+                                         directory / "history.sqlite")
         self.scheduler: AsyncIOScheduler | None = None
         self.ready = asyncio.Event()
         self.undelivered = 0  # outbox rows left at shutdown; they go out on the next start
@@ -116,12 +131,17 @@ class Daemon:
         self.notifier.watchdog()
         try:
             power = site_power(self.config, image)
-            self.forecaster.observe(image.ts, power, self._pv_curtailed(), image.dt_s)
+            learner = self.forecaster or self.planner
+            if learner is not None:
+                learner.observe(image.ts, power, self._pv_curtailed(), image.dt_s)
             self._pv_limits = dict(decision.pv_limit_kw)
             closed = self.meter.add(image.ts, image.dt_s, power)
             if closed is not None:
                 self.history.put(closed, self.meter.counters, merge=True)
-                self.forecaster.errors.metered(closed)
+                if self.forecaster is not None:
+                    self.forecaster.errors.metered(closed)
+                elif self.planner is not None:
+                    self.planner.metered(closed)
                 tz = ZoneInfo(self.config.site.timezone)
                 msg = carbon.report(self.history, self.config.carbon, closed, tz, image.ts)
                 self.green_share_today = msg["day"]["green_share"]
@@ -161,7 +181,7 @@ class Daemon:
 
     def _pv_curtailed(self) -> bool:
         image = self.view.image
-        return image is not None and pv_held_back(self.forecaster.pvs, self._pv_limits, image)
+        return image is not None and pv_held_back(self._pvs, self._pv_limits, image)
 
     async def housekeeping(self) -> None:
         d = self.cycle.stats.durations_ms
@@ -186,6 +206,8 @@ class Daemon:
         if short:
             log.warning("revert_s of %s is shorter than the cycle can re-write at this speed; "
                         "those devices will revert between cycles", ", ".join(short))
+        if isinstance(self.planner, PlannerWorker):
+            self.planner.start()
         if self.commands is not None:
             self.commands.subscribe()
         await self.link.start()
@@ -238,6 +260,7 @@ class Daemon:
             ("commands", lambda: self._cancel(self._commands_task)),
             ("openadr", self._stop_ven),
             ("scheduler", self._stop_scheduler),
+            ("planner worker", self._stop_worker),
             ("control cycle", lambda: self._cancel(cycle_task)),
             ("safe state", lambda: self.cycle.apply_safe_state(final=True)),
             ("mqtt", self.link.stop),
@@ -256,6 +279,10 @@ class Daemon:
         if self.commands is not None and self.commands.store is not None:
             self.commands.store.close()
         self.notifier.close()
+
+    async def _stop_worker(self) -> None:
+        if isinstance(self.planner, PlannerWorker):
+            await self.planner.stop()
 
     async def _stop_ven(self) -> None:
         if self.ven is not None:

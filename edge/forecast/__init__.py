@@ -7,7 +7,7 @@ measured yet it raises `NotMeasured`.
 """
 
 from edge.forecast.error import ForecastErrors
-from edge.forecast.forecaster import Forecaster, pv_held_back
+from edge.forecast.forecaster import Forecaster
 from edge.forecast.load import NotMeasured
 
-__all__ = ["ForecastErrors", "Forecaster", "NotMeasured", "pv_held_back"]
+__all__ = ["ForecastErrors", "Forecaster", "NotMeasured"]

@@ -3,8 +3,10 @@ battery (docs/domain.md §2). Each device's role says which term its power is.""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from drivers.base import Quality
 from edge.image.image import ProcessImage
 from edge.roles import role_of
 from edge.roles.role import total
@@ -38,3 +40,25 @@ def site_power(config, image: ProcessImage) -> SitePower:
     else:
         load_kw = None
     return SitePower(grid_kw, pv_kw, bess_kw, load_kw)
+
+
+def pv_held_back(pvs: list, limits: dict[str, float], image: ProcessImage) -> bool:
+    """An inverter ran at its limit when `image` was read, so the output was held below
+    what the sun offered. A limit above the output holds nothing back (the inverter tracks
+    its MPP): an export-limited site keeps limits set all day, and treating those as
+    curtailment would keep the forecast from ever learning the sky. The limit is the one the
+    inverter reports in the same image, else `limits` (the previous cycle's commands); an
+    unknown one counts as 0 kW."""
+    for p in pvs:
+        state = image.devices[p.id]
+        if state.quality is not Quality.GOOD or state.reading is None:
+            return True
+        limit = state.reading.values.get("limit_kw")
+        if limit is None or not math.isfinite(limit) or state.value_quality("limit_kw") \
+                is not Quality.GOOD:
+            limit = limits.get(p.id, 0.0)
+        if limit >= 0.98 * p.rated_kw:
+            continue
+        if state.reading.values.get("power_kw", 0.0) >= limit - max(1.0, 0.03 * p.rated_kw):
+            return True
+    return False

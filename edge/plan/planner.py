@@ -45,9 +45,8 @@ import asyncio
 import logging
 import math
 import threading
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -59,6 +58,7 @@ from edge.control.instructions import Instruction
 from edge.forecast import NotMeasured
 from edge.plan.model import build_input
 from edge.plan.solve import Plan, PlanInfeasible, solve
+from edge.plan.stats import PlannerStats
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +66,6 @@ _WATCH_S = 5.0  # simulated seconds between looks at the instruction book
 KEEP_PERIODS = 2  # a kept previous plan steers at most this many re-plan periods after it was made
 
 Forecast = Callable[[datetime, int, int], tuple[np.ndarray, np.ndarray]]
-
-
-@dataclass
-class PlannerStats:
-    solves: int = 0  # plans adopted
-    failures: int = 0  # rounds that fell back
-    last_at: datetime | None = None  # (simulated) time of the last round
-    last_trigger: str = ""  # "schedule" or the event that asked for it
-    last_status: str = ""  # the last round's outcome: optimal, time_limit, fallback, rule-based
-    last_reason: str = ""  # why the last round fell back, or what its plan could not meet
-    last_solve_s: float = math.nan
-    last_build_s: float = math.nan
-    rounds: deque = field(default_factory=lambda: deque(maxlen=100))  # (at, trigger, status)
 
 
 def billing_peak_kw(history, now: datetime, tz: str) -> float:
@@ -121,21 +108,27 @@ class Planner:
         return self.last
 
     # -- scheduling ----------------------------------------------------------------------
-    def attach(self, scheduler) -> None:
+    def attach(self, scheduler, since: datetime | None = None) -> None:
         """Add the periodic re-plan job to the daemon's APScheduler. The first round runs
-        a few cycles after start, once the forecaster has seen measurements."""
+        a few cycles after start, once the forecaster has seen measurements. `since` (naive
+        local wall time, default now) is when the daemon started: a planner in a worker that
+        came up later, or again, keeps the daemon's schedule."""
         every = max(self.clock.wall_s(self.cfg.replan_min * 60), 0.05)
         first = max(self.clock.wall_s(5 * self.config.control.cycle_s), 0.2)
+        anchor = (since or datetime.now()) + timedelta(seconds=first)
         scheduler.add_job(self._scheduled, "interval", seconds=every, id="planner",
-                          max_instances=1, coalesce=True,
-                          next_run_time=datetime.now() + timedelta(seconds=first))
+                          max_instances=1, coalesce=True, start_date=anchor,
+                          next_run_time=max(anchor, datetime.now()))
         scheduler.add_job(self._watch, "interval", id="planner-watch", max_instances=1,
                           coalesce=True, seconds=max(self.clock.wall_s(_WATCH_S), 0.05))
         self._scheduler = scheduler
         self._seen = self._commitments()
 
     def _commitments(self) -> dict[str, tuple]:
-        return {i.id: (i.start, i.end, i.grid_max_kw, i.grid_min_kw, i.grid_target_kw)
+        """NaN (no target) as None: in the worker each tick brings new float objects, and
+        NaN never equals NaN, so the same commitment would look changed every time."""
+        return {i.id: tuple(None if v != v else v for v in (
+                    i.start, i.end, i.grid_max_kw, i.grid_min_kw, i.grid_target_kw))
                 for i in self.view.book.all() if i.source != "plan"}
 
     async def _watch(self) -> None:

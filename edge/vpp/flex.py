@@ -22,29 +22,17 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Any
 
 from edge.config import BatteryDevice, Config
 from edge.image.image import ProcessImage
+from edge.plan.stats import PlanSummary  # or, in-process, a Plan: the same fields
 from edge.roles import Part
 from edge.roles.battery import part_at as battery_at
 from edge.roles.pv import part_at as pv_at
 from edge.vpp.capability import site_capability, total
 
 INTERVAL_S = 900
-
-
-class PlanLike(Protocol):
-    """What flex reads of the planner's `Plan` (edge/plan/solve.py)."""
-
-    start: datetime
-    step_s: int
-    grid_kw: np.ndarray
-    bess_kw: np.ndarray
-    soc_pct: np.ndarray
-    pv_kw: np.ndarray
 
 
 def _pack(bats: list[tuple[BatteryDevice, float, float]]) -> BatteryDevice | None:
@@ -88,7 +76,7 @@ def _current(image: ProcessImage, pcc: str, bats: list[tuple[BatteryDevice, floa
     return grids, parts, [pv] * n
 
 
-def _from_plan(plan: PlanLike, starts: list[datetime]
+def _from_plan(plan: PlanSummary, starts: list[datetime]
                ) -> tuple[list[float | None], list[float], list[float], list[float]]:
     n_plan = len(plan.grid_kw)
     grids, bess, socs, pvs = [], [], [], []
@@ -102,7 +90,7 @@ def _from_plan(plan: PlanLike, starts: list[datetime]
     return grids, bess, socs, pvs
 
 
-def _covers(plan: PlanLike | None, t: datetime) -> bool:
+def _covers(plan: PlanSummary | None, t: datetime) -> bool:
     if plan is None or len(plan.grid_kw) == 0:
         return False
     end = plan.start + timedelta(seconds=plan.step_s * len(plan.grid_kw))
@@ -110,7 +98,7 @@ def _covers(plan: PlanLike | None, t: datetime) -> bool:
 
 
 def build(config: Config, image: ProcessImage, now: datetime,
-          plan: PlanLike | None = None) -> dict[str, Any]:
+          plan: PlanSummary | None = None) -> dict[str, Any]:
     """The flex payload (without msg_id) for `now`."""
     vpp = config.vpp
     n = max(1, math.ceil(vpp.flex_horizon_h * 3600 / INTERVAL_S))

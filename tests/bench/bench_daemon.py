@@ -5,7 +5,8 @@ Two processes, as in production: `python -m edge.cli hil` and `python -m edge.cl
 free loopback ports, state in a temporary directory, MQTT to a private mosquitto on a free
 port (default) or to a broker you name with `--broker 127.0.0.1:1883`. After the daemon
 says READY (sd_notify) and a warm-up, psutil samples the daemon once a second for the
-window; CPU% is of one core, from the process's CPU time over the window.
+window, and so its planner worker (a child process, edge/plan/worker.py: the forecaster and
+the solver); CPU% is of one core, from the process's CPU time over the window.
 
 Cycles are counted from the daemon itself: it sends `WATCHDOG=1` on $NOTIFY_SOCKET after a
 completed cycle at most every WATCHDOG_USEC/4; the bench binds that socket and sets
@@ -117,6 +118,17 @@ class TelemetryCounter:
         self.client.loop_stop()
 
 
+def children_rss_mib(proc: psutil.Process) -> float:
+    """The planner worker's RSS (all children of the daemon; 0 while it restarts)."""
+    total = 0.0
+    for child in proc.children():
+        try:
+            total += child.memory_info().rss / 2**20
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def environment() -> list[str]:
     return [*benchlib.environment(),
             f"RAM {psutil.virtual_memory().total / 2**30:.1f} GiB; psutil {psutil.__version__}"]
@@ -160,6 +172,7 @@ def main() -> int:
     notify: NotifySocket | None = None
     telemetry: TelemetryCounter | None = None
     rss_mib: list[float] = []
+    worker_mib: list[float] = []
     daemon_exit: tuple[int, float] | None = None
     with tempfile.TemporaryDirectory(prefix="bench-daemon-") as tmp_name:
         tmp = Path(tmp_name)
@@ -208,6 +221,7 @@ def main() -> int:
             cpu0, hil0 = daemon.cpu_times(), hil.cpu_times()
             wd0, tm0, t0 = notify.watchdogs, telemetry.count, time.monotonic()
             rss_mib.append(daemon.memory_info().rss / 2**20)
+            worker_mib.append(children_rss_mib(daemon))
             next_at = t0
             while (now := time.monotonic()) < t0 + args.seconds:
                 next_at += 1.0
@@ -217,6 +231,7 @@ def main() -> int:
                         raise RuntimeError(f"{name} exited {proc.returncode} during sampling:\n"
                                            + logs[name].read_text(errors="replace")[-3000:])
                 rss_mib.append(daemon.memory_info().rss / 2**20)
+            worker_mib.append(children_rss_mib(daemon))
             cpu1, hil1 = daemon.cpu_times(), hil.cpu_times()
             wd1, tm1, window = notify.watchdogs, telemetry.count, time.monotonic() - t0
             threads = daemon.num_threads()
@@ -242,7 +257,9 @@ def main() -> int:
     cpu_pct, hil_pct = busy(cpu0, cpu1), busy(hil0, hil1)
     cycles = wd1 - wd0
     per_min = (tm1 - tm0) * 60.0 / window
-    warnings = sum(" WARNING " in line or " ERROR " in line for line in daemon_log.splitlines())
+    flagged = [line for line in daemon_log.splitlines() if " WARNING " in line or " ERROR " in line]
+    warnings = len(flagged)
+    plans = sum(" plan (" in line for line in daemon_log.splitlines())
     code, exit_s = daemon_exit or (None, 0.0)
 
     print()
@@ -255,11 +272,16 @@ def main() -> int:
           f"HIL process CPU {hil_pct:.1f}% of one core")
     print(f"daemon log: {warnings} WARNING/ERROR line(s); SIGTERM -> exit {code} "
           f"in {exit_s:.2f} s")
+    for line in flagged[:5]:
+        print(f"  {line[:200]}")
+    print(f"planner worker: {plans} plan(s) adopted (log lines 'plan (...)')")
     print()
-    print("| daemon, demo site, 1 s cycle | value |")
+    print("| daemon, demo site, 1 s cycle, planner on | value |")
     print("|---|---:|")
-    print(f"| RSS at end of window (MiB) | {rss_mib[-1]:.1f} |")
-    print(f"| RSS max over window (MiB) | {max(rss_mib):.1f} |")
+    print(f"| control process RSS at end of window (MiB) | {rss_mib[-1]:.1f} |")
+    print(f"| control process RSS max over window (MiB) | {max(rss_mib):.1f} |")
+    print(f"| planner worker RSS at end of window (MiB) | {worker_mib[-1]:.1f} |")
+    print(f"| planner worker RSS max over window (MiB) | {max(worker_mib):.1f} |")
     print(f"| CPU, % of one core (mean over {window:.0f} s) | {cpu_pct:.2f} |")
     print(f"| cycles completed (sd_notify WATCHDOG) | {cycles} ({cycles * 60.0 / window:.1f}/min) |")
     print(f"| telemetry messages/min (telemetry_s 5) | {per_min:.1f} |")

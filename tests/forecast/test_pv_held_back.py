@@ -1,11 +1,11 @@
 """Which PV readings show the sky and which only a limit: the rule the daemon feeds the PV
-forecast with (edge.forecast.pv_held_back)."""
+forecast with (edge.image.balance.pv_held_back)."""
 
 from datetime import UTC, datetime
 
 from drivers.base import Reading
 from edge.config import PvDevice
-from edge.forecast import pv_held_back
+from edge.image.balance import pv_held_back
 from edge.image.image import DeviceState, ProcessImage, Quality
 
 PV = PvDevice(id="pv1", role="pv", protocol="sunspec-tcp", host="127.0.0.1", port=1502,

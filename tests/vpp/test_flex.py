@@ -13,6 +13,7 @@ import yaml
 from drivers.base import Quality, Reading
 from edge import config as config_mod
 from edge.image.image import DeviceState, ProcessImage
+from edge.plan.stats import PlanSummary
 from edge.vpp import flex
 from edge.vpp.schemas.catalogue import undeclared
 from edge.vpp.schemas.reports import Flex
@@ -75,20 +76,10 @@ def test_pv_counts_as_downward_flex_and_a_stale_battery_as_nothing():
     assert first["down_kw"] == 50.0 and first["down_kwh"] == 12.5
 
 
-@dataclass(frozen=True)
-class _Plan:
-    start: datetime
-    step_s: int
-    grid_kw: np.ndarray
-    bess_kw: np.ndarray
-    soc_pct: np.ndarray
-    pv_kw: np.ndarray
-
-
 def test_a_plan_covering_now_is_the_baseline():
     cfg = demo(flex_horizon_h=1)
     n = 8
-    plan = _Plan(NOW.replace(minute=0, second=0) - timedelta(minutes=15), 900,
+    plan = PlanSummary(NOW.replace(minute=0, second=0) - timedelta(minutes=15), 900,
                  grid_kw=np.linspace(10, 45, n), bess_kw=np.full(n, -20.0),
                  soc_pct=np.linspace(30, 60, n + 1), pv_kw=np.zeros(n))
     msg = flex.build(cfg, image(cfg, soc=30.0), NOW, plan)
@@ -97,5 +88,5 @@ def test_a_plan_covering_now_is_the_baseline():
     first = msg["intervals"][0]
     assert first["up_kw"] == 80.0  # from the planned 20 kW charge to 60 kW discharge
     assert first["down_kw"] == 40.0  # planned charge 20 of 60 kW
-    late = _Plan(NOW + timedelta(hours=1), 900, np.zeros(4), np.zeros(4), np.zeros(5), np.zeros(4))
+    late = PlanSummary(NOW + timedelta(hours=1), 900, np.zeros(4), np.zeros(4), np.zeros(5), np.zeros(4))
     assert flex.build(cfg, image(cfg), NOW, late)["baseline_source"] == "current"

@@ -170,7 +170,8 @@ async def run(scenario: Scenario, config: Config, *, forecast: str = "perfect",
             await site.stop()
             raise
         try:
-            daemon = Daemon(cfg, clock, mqtt_host=broker.host, mqtt_port=broker.port)
+            daemon = Daemon(cfg, clock, mqtt_host=broker.host, mqtt_port=broker.port,
+                            in_process_planner=True)  # it swaps and scores the forecasts
             flog = None
             if daemon.planner is not None:
                 inner = truth.forecast if forecast == "perfect" else daemon.planner.forecast
