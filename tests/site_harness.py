@@ -97,10 +97,12 @@ def _revert_room(data: dict, speed: float) -> dict:
 
 
 @contextlib.asynccontextmanager
-async def running_site(data: dict, broker, speed: float):
+async def running_site(data: dict, broker, speed: float, in_process_planner: bool = False):
+    """`in_process_planner`: plan in the daemon's process, as demo and simulate do, for tests
+    whose subject is how the cycle follows a plan round by round at a high speed-up."""
     cfg: Config = config_mod.parse(_revert_room(copy.deepcopy(data), speed))
     async with SiteProcess(cfg, speed) as site:
-        daemon = Daemon(cfg, site.clock)
+        daemon = Daemon(cfg, site.clock, in_process_planner=in_process_planner)
         # The platform listens to every topic of the site: msg_id is one sequence across them.
         sub = Subscriber(broker.host, broker.port, daemon.link.topic("+"), persistent=True)
         sub.subscribed.wait(10)

@@ -23,9 +23,9 @@ from edge.control.instructions import InstructionBook
 from edge.cycle import ControlCycle
 from edge.image.balance import pv_held_back, site_power
 from edge.image.image import ProcessImage
+from edge.plan.remote import PlannerWorker
 from edge.report import carbon, telemetry
 from edge.report.history import Accumulator, History
-from edge.plan.remote import PlannerWorker
 from edge.report.mqtt import MqttLink
 from edge.report.outbox import Outbox
 from edge.vpp import flex
