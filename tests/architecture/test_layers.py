@@ -187,7 +187,8 @@ def test_the_settings_detector_sees_a_definition_and_a_use(tmp_path):
     assert found == SIM_SETTINGS
 
 
-@pytest.mark.parametrize("pattern", ["DOMAIN.md", "../shared"])
+# Spelled in two parts so that this file does not match itself.
+@pytest.mark.parametrize("pattern", ["DOMAIN" + ".md", ".." + "/shared"])
 def test_the_tree_points_nowhere_outside_itself(pattern):
     texts = [*product_modules(), *ROOT.glob("docs/*.md"), ROOT / "README.md",
              *ROOT.glob("configs/*.yaml"), *(ROOT / "tests").rglob("*.py")]
