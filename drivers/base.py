@@ -111,3 +111,26 @@ class DcConverter(Device, Protocol):
     whose reference is read-only raises DeviceError there."""
 
     async def write_v_ref(self, v: float, revert_s: int) -> None: ...
+
+
+@runtime_checkable
+class EvCharger(Device, Protocol):
+    """An EV charger (OCPP). values: power_kw (>= 0, what the car draws), current_a (the
+    highest phase current), l1_a, l2_a, l3_a, energy_kwh (the charger's register), soc_pct
+    (NaN unless the car tells), connected (1.0 a car is plugged in), charging (1.0 a
+    transaction runs), session_kwh (energy of the running transaction, 0 without one),
+    session_start_s (its start, Unix s; NaN without one), session (a number that changes
+    with each new transaction, 0 without one), offered_a (the limit in force as the charger
+    accepted it; NaN before the first), status (index into CHARGER_STATUS).
+
+    `write_current` never waits for the charger: it hands the latest limit (A per phase,
+    per connector; 0 pauses) to the charger's own writer, which sends it when the deadband
+    and minimum interval allow and refreshes it before `revert_s` runs out, after which the
+    charger falls back to its fail-safe current."""
+
+    async def write_current(self, amps: float, revert_s: int) -> None: ...
+
+
+# OCPP connector states, 1.6 names (2.0.1's map onto them); `status` is the index.
+CHARGER_STATUS = ("Available", "Preparing", "Charging", "SuspendedEVSE", "SuspendedEV",
+                  "Finishing", "Reserved", "Unavailable", "Faulted", "Offline")

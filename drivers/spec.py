@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Role = Literal["pv", "battery", "meter", "load", "dcdc"]
+Role = Literal["pv", "battery", "meter", "load", "dcdc", "ev_charger"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +18,24 @@ class SerialSpec:
     parity: str  # "N", "E" or "O"
     stopbits: int
     bytesize: int
+
+
+@dataclass(frozen=True, slots=True)
+class OcppSpec:
+    """An EV charger that connects to us: the CSMS the daemon runs listens on listen_host:
+    listen_port, and the charger opens ws://listen_host:listen_port/<charge_point_id>."""
+
+    charge_point_id: str
+    listen_host: str
+    listen_port: int
+    connectors: int
+    phases: int  # 1 or 3
+    voltage_v: float  # phase voltage
+    max_current_a: float  # the charger's cap, installed at boot (ChargePointMaxProfile)
+    safe_current_a: float  # what the charger falls back to when we go quiet (0: pause)
+    heartbeat_s: int  # interval granted at BootNotification
+    deadband_a: float  # a new limit closer than this to the one in force is not sent
+    min_interval_s: float  # raises are sent at most this often; cuts go at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +58,13 @@ class DeviceSpec:
     bms_map: str | None = None  # a BMS on its own unit id beside a map-driven battery
     bms_unit_id: int | None = None
     revert_pct: float = 100.0  # where a SunSpec 704 PV inverter reverts when we go quiet
+    ocpp: OcppSpec | None = None  # protocol "ocpp": the charger and the CSMS it reaches
 
     @property
     def endpoint(self) -> tuple[str, int | str]:
         """The shared connection the device is on: its serial port, or TCP host:port."""
         if self.serial is not None:
             return ("serial", self.serial.port)
+        if self.ocpp is not None:
+            return ("ocpp", self.ocpp.charge_point_id)
         return (self.host, self.port)

@@ -44,6 +44,8 @@ class SerialParams(_Model):
 Protocol = Literal["sunspec-tcp", "sunspec-rtu", "modbus-tcp", "modbus-rtu", "dlt645-tcp",
                    "dlt645-serial"]
 _SERIAL_PROTOCOLS = {"sunspec-rtu", "modbus-rtu", "dlt645-serial"}
+# Devices that connect to us (OCPP chargers reach the daemon's CSMS): no host or port of theirs.
+_INBOUND_PROTOCOLS = {"ocpp"}
 # Reply timeout when a device gives none: a Modbus reply over TCP or a 9600 bit/s bus comes
 # within tens of ms; a DL/T 645 reply at 2400 bit/s spends ~0.25 s on the wire alone.
 _DEFAULT_TIMEOUT_S = {"dlt645-tcp": 0.5, "dlt645-serial": 0.5}
@@ -105,7 +107,7 @@ class DeviceBase(_Model):
         if self.protocol.startswith("dlt645-") and self.address is None:
             raise ValueError("DL/T 645 needs the meter address: 12 digits, e.g. '000000000001'")
         missing = [f for f in ("host", "port") if self.protocol not in _SERIAL_PROTOCOLS
-                   and getattr(self, f) is None]
+                   and self.protocol not in _INBOUND_PROTOCOLS and getattr(self, f) is None]
         if missing:
             raise ValueError(
                 f"device {self.id}: {' and '.join(missing)} required for protocol "
@@ -118,5 +120,7 @@ class DeviceBase(_Model):
         """Where the device lives: a TCP host:port or a serial port, shared by its units."""
         if self.serial is not None and self.protocol in _SERIAL_PROTOCOLS:
             return ("serial", self.serial.port)
+        if self.protocol in _INBOUND_PROTOCOLS:
+            return (self.protocol, self.id)
         return (self.host, self.port)
 

@@ -29,6 +29,9 @@ class ControlConfig(_Model):
     rewrite_margin: float = Field(
         0.5, gt=0, lt=1, description="re-write a setpoint after this share of its revert time"
     )
+    ev_from_battery: bool = Field(
+        False, description="let the batteries discharge into EV chargers (by default EVs "
+        "charge from the grid and PV only)")
 
     @field_validator("functions")
     @classmethod
@@ -36,6 +39,24 @@ class ControlConfig(_Model):
         if len(set(value)) != len(value):
             raise ValueError("each control function may be listed once")
         return value
+
+
+class Circuit(_Model):
+    """A feeder several EV chargers share: their currents on each phase stay under its limit."""
+
+    max_current_a: float = Field(gt=0, description="per phase, A")
+
+
+class OcppConfig(_Model):
+    """The CSMS inside the daemon: chargers connect to ws://host:port/<charge_point_id>,
+    speaking OCPP 1.6J or 2.0.1 (chosen by the WebSocket subprotocol)."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="address to listen on")
+    port: int = Field(9000, ge=1, le=65535)
+    heartbeat_s: int = Field(60, ge=5, le=3600, description="interval granted at boot")
+    circuits: dict[str, Circuit] = Field(
+        default_factory=dict, description="named current limits shared by chargers (their "
+        "`circuit`)")
 
 
 class TariffPeriod(_Model):

@@ -13,6 +13,7 @@ from edge.config.sections import (
     ControlConfig,
     ForecastConfig,
     MqttConfig,
+    OcppConfig,
     PlannerConfig,
     StorageConfig,
     TariffConfig,
@@ -37,6 +38,7 @@ class Config(_Model):
     openadr: OpenAdrConfig = OpenAdrConfig()
     dr: DrConfig = DrConfig()
     carbon: CarbonConfig = CarbonConfig()
+    ocpp: OcppConfig = OcppConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -83,7 +85,7 @@ class Config(_Model):
                                  f"one request would reach both; give each its own {fix}")
             seen[key] = d.id
         for name, devs in grouped(self.devices).items():
-            problems = ROLES[name].site_problems(devs)
+            problems = ROLES[name].site_problems(devs) + ROLES[name].config_problems(devs, self)
             if problems:
                 raise ValueError(problems[0])
         return self

@@ -9,16 +9,19 @@ from pydantic import Field
 
 from edge.roles.battery import Battery, BatteryDevice, BmsParams
 from edge.roles.dcdc import DcConverter, DcConverterDevice
+from edge.roles.evcharger import EvCharger, EvChargerDevice
 from edge.roles.flexload import FlexLoad, FlexLoadDevice
 from edge.roles.meter import Meter, MeterDevice
 from edge.roles.pv import Pv, PvDevice
 from edge.roles.role import Memory, Part, Role, Written
 
 # Order matters where roles meet: the kernel's blocks and the telemetry fields follow it.
-ROLES: dict[str, Role] = {r.name: r for r in (Pv(), Battery(), Meter(), FlexLoad(), DcConverter())}
+ROLES: dict[str, Role] = {r.name: r for r in (Pv(), Battery(), Meter(), FlexLoad(), DcConverter(),
+                                                  EvCharger())}
 
 DeviceConfig = Annotated[
-    PvDevice | BatteryDevice | MeterDevice | FlexLoadDevice | DcConverterDevice,
+    PvDevice | BatteryDevice | MeterDevice | FlexLoadDevice | DcConverterDevice
+    | EvChargerDevice,
     Field(discriminator="role"),
 ]
 
@@ -36,5 +39,5 @@ def grouped(devices: list[Any]) -> dict[str, list[Any]]:
 
 
 __all__ = ["ROLES", "BatteryDevice", "BmsParams", "Part", "DcConverterDevice",
-           "DeviceConfig", "FlexLoadDevice", "Memory", "MeterDevice", "PvDevice", "Role",
+           "DeviceConfig", "EvChargerDevice", "FlexLoadDevice", "Memory", "MeterDevice", "PvDevice", "Role",
            "Written", "grouped", "role_of"]

@@ -106,6 +106,10 @@ class Role:
         """Rules across the devices of this role (e.g. exactly one PCC meter)."""
         return []
 
+    def config_problems(self, devs: list[Any], config: Config) -> list[str]:
+        """Rules between the devices of this role and the rest of the config."""
+        return []
+
     def driver_options(self, dev: Any, config: Config) -> dict[str, Any]:
         """Role-specific fields of the driver's DeviceSpec (drivers/spec.py)."""
         return {}
