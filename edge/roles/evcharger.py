@@ -9,8 +9,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from edge.config.base import DeviceBase, PositiveKw
 from drivers.spec import OcppSpec
+from edge.config.base import DeviceBase, PositiveKw
 from edge.roles.role import Role
 
 
