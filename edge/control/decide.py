@@ -27,8 +27,10 @@ from drivers.base import Quality
 from edge.control import kernel as kernel_mod
 from edge.control.bounds import SiteBounds, run_functions
 from edge.control.instructions import Combined, InstructionBook
+from edge.image.balance import pv_held_back
 from edge.image.image import ProcessImage
 from edge.roles import ROLES, Memory, Written, grouped
+from edge.roles.role import Demand, Room
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class Decision:
     instructions: tuple[str, ...] = ()  # ids of the DR/dispatch/plan instructions in force
     alarms: tuple[str, ...] = ()  # standing alarms, e.g. dc_bus_out_of_band:<converter id>
     crashed: bool = False  # the decision failed and this is the safe state in its place
+    demands: tuple[Demand, ...] = ()  # energy devices need by a deadline (EV sessions)
 
     def __getattr__(self, name: str) -> dict:
         """A role's setpoints under the name its role gives them (`bess_kw`, `pv_limit_kw`,
@@ -79,7 +82,7 @@ class Controller:
     def initial_memory(self) -> Memory:
         writers = [d for name, devs in self.groups.items() if ROLES[name].writes for d in devs]
         return Memory({d.id: Written() for d in writers},
-                      {name: ROLES[name].new_state(devs) for name, devs in self.groups.items()})
+                      {name: ROLES[name].new_state(devs, self.config) for name, devs in self.groups.items()})
 
     # -- the decision ---------------------------------------------------------------------
     def decide(self, image: ProcessImage, book: InstructionBook | None, memory: Memory,
@@ -91,7 +94,9 @@ class Controller:
         except Exception:  # noqa: BLE001 - a bug in one decision must not stop the site
             log.exception("control cycle crashed; applying safe state")
             decision = replace(self.safe(image, mem, now_s), crashed=True)
-        decision = replace(decision, alarms=self._alarms(mem))
+        demands = tuple(x for n, devs in self.groups.items()
+                        for x in ROLES[n].demands(devs, image, mem))
+        decision = replace(decision, alarms=self._alarms(mem), demands=demands)
         mem.last = decision
         return decision, mem
 
@@ -121,33 +126,76 @@ class Controller:
 
     def _normal(self, image: ProcessImage, book: InstructionBook | None, mem: Memory,
                 now_s: float) -> Decision:
+        """The kernel settles the site; roles that share what it leaves (EV chargers) are
+        then given that room, and the kernel runs again with their new draw in place."""
         cfg = self.config.control
-        grid_id = self.config.grid_meter.id
         combined = (book or InstructionBook()).combine(image.ts)
-        natural = image.value(grid_id, "power_kw") + sum(
-            ROLES[n].idle_offset_kw(devs, image) for n, devs in self.groups.items())
+        sharing = [(n, devs) for n, devs in self.groups.items() if ROLES[n].allocates and devs]
+        drawn = sum(ROLES[n].drawn_kw(devs, image) for n, devs in sharing)
+        grid = image.value(self.config.grid_meter.id, "power_kw") - drawn
+        natural = grid + sum(ROLES[n].idle_offset_kw(devs, image)
+                             for n, devs in self.groups.items())
         bounds, failed = run_functions(cfg.functions, image, cfg, combined, natural)
         self._report_trouble(mem, bounds, combined)
+        result = self._dispatch(image, mem, now_s, bounds, grid)
+        setpoints: dict[str, dict[str, float]] = {}
+        if sharing:
+            room = self._room(image, bounds, result, combined)
+            added = 0.0
+            for name, devs in sharing:
+                setpoints[name], kw = ROLES[name].allocate(devs, image, mem, now_s,
+                                                           self.config, room)
+                added += kw
+            if cfg.ev_from_battery:
+                bounds, failed = run_functions(cfg.functions, image, cfg, combined,
+                                               natural + added)
+            elif not math.isnan(bounds.grid_target_kw):
+                # The batteries keep what they would do without the added draw.
+                bounds = replace(bounds, grid_target_kw=bounds.grid_target_kw + added)
+            result = self._dispatch(image, mem, now_s, bounds, grid + added)
+        outputs = {"bess": result.bess_kw, "pv": result.pv_limit_kw, "loads": result.load_on}
+        for name, devs in self.groups.items():
+            role = ROLES[name]
+            if role.writes and not role.allocates:
+                setpoints[name] = role.setpoints(devs, image, mem, self.config,
+                                                 outputs.get(role.block))
+        mode = "+".join(n for n in cfg.functions if n not in failed) or "idle"
+        return Decision(image.ts, mode, bounds, setpoints, result.expected_grid_kw,
+                        result.status, tuple(failed), combined.active)
+
+    def _dispatch(self, image: ProcessImage, mem: Memory, now_s: float, bounds: SiteBounds,
+                  grid_kw: float) -> kernel_mod.DispatchResult:
         blocks = {}
         for name, devs in self.groups.items():
             role = ROLES[name]
             if role.block is not None:
                 blocks[role.block] = out = np.zeros((len(devs), _BLOCK_WIDTH[role.block]))
                 role.rows(devs, image, mem, now_s, self.config, out)
-        result = kernel_mod.dispatch(
-            self.kernel, grid_kw=image.value(grid_id, "power_kw"),
-            import_limit_kw=bounds.import_limit_kw, export_limit_kw=bounds.export_limit_kw,
-            grid_target_kw=bounds.grid_target_kw, dt_s=image.dt_s, **blocks)
-        outputs = {"bess": result.bess_kw, "pv": result.pv_limit_kw, "loads": result.load_on}
-        setpoints = {}
-        for name, devs in self.groups.items():
-            role = ROLES[name]
-            if role.writes:
-                setpoints[name] = role.setpoints(devs, image, mem, self.config,
-                                                 outputs.get(role.block))
-        mode = "+".join(n for n in cfg.functions if n not in failed) or "idle"
-        return Decision(image.ts, mode, bounds, setpoints, result.expected_grid_kw,
-                        result.status, tuple(failed), combined.active)
+        return kernel_mod.dispatch(
+            self.kernel, grid_kw=grid_kw, import_limit_kw=bounds.import_limit_kw,
+            export_limit_kw=bounds.export_limit_kw, grid_target_kw=bounds.grid_target_kw,
+            dt_s=image.dt_s, **blocks)
+
+    def _room(self, image: ProcessImage, bounds: SiteBounds,
+              result: kernel_mod.DispatchResult, combined: Combined) -> Room:
+        """What the kernel's settlement leaves: import under the hard limits (plus what the
+        batteries could still discharge, where they may feed EVs) and the power the site
+        would export or curtail (probed upwards while PV is held back)."""
+        g = result.expected_grid_kw
+        import_kw = bounds.import_limit_kw - g
+        if self.config.control.ev_from_battery:
+            for name, devs in self.groups.items():
+                if ROLES[name].stores_energy:
+                    parts = [ROLES[name].capability(d, image) for d in devs]
+                    import_kw += sum(max(p.max_kw - p.push_kw, 0.0) for p in parts if p)
+        surplus = max(-g, 0.0)
+        generators = self.config.devices_that("generates")
+        if generators:
+            limits = dict(zip([d.id for d in generators], result.pv_limit_kw, strict=False))
+            if pv_held_back(generators, limits, image):
+                surplus += 0.05 * sum(d.rated_kw for d in generators)
+        return Room(image.ts, max(import_kw, 0.0), surplus, combined.demand_kw,
+                    combined.requests)
 
     def _hold(self, image, book, mem, now_s) -> Decision:
         return replace(mem.last, ts=image.ts, mode="hold")

@@ -47,6 +47,8 @@ class Instruction:
     # forecast error then lands on the grid at today's price, not in the battery's energy
     # that the plan kept for the expensive hours. Bounds still hold over it.
     bess_target_kw: float = math.nan
+    # The plan's kW for devices with an energy demand (EV chargers), by device id.
+    demand_kw: tuple[tuple[str, float], ...] = ()
 
     def active(self, now: datetime) -> bool:
         return self.start <= now < self.end
@@ -61,6 +63,9 @@ class Combined:
     conflicts: tuple[str, ...] = ()  # ids whose bound was dropped against a higher one
     targets: tuple[tuple[float, str], ...] = ()  # (kW, side) by priority
     soft_max_kw: float = math.inf  # the plan's cap: steers the target, never sheds load
+    # The plan's kW per demand device (EV chargers) for now; None: no plan in force.
+    demand_kw: dict[str, float] | None = None
+    requests: dict = field(default_factory=dict)  # standing requests by device id (commands)
 
     def target_for(self, natural_kw: float) -> float:
         """The target that applies to a site whose grid would read `natural_kw` with its
@@ -85,6 +90,9 @@ class InstructionBook:
     (a re-sent or updated event); expired entries are dropped by `prune`."""
 
     _items: dict[str, Instruction] = field(default_factory=dict)
+    # Requests about one device's work rather than the grid (an EV session's departure and
+    # energy), by device id; the role they concern applies them.
+    requests: dict = field(default_factory=dict)
 
     def put(self, instruction: Instruction) -> None:
         self._items[instruction.id] = instruction
@@ -115,12 +123,15 @@ class InstructionBook:
 
     def combine(self, now: datetime) -> Combined:
         lo, hi, soft, first = -math.inf, math.inf, math.inf, math.nan
+        demand: dict[str, float] | None = None
         used: list[str] = []
         conflicts: list[str] = []
         targets: list[tuple[float, str]] = []
         for i in self.active(now):
             if i.source == "plan":
                 soft = min(soft, i.grid_max_kw)
+                if demand is None:
+                    demand = dict(i.demand_kw)
             else:
                 new_lo, new_hi = max(lo, i.grid_min_kw), min(hi, i.grid_max_kw)
                 if new_lo > new_hi:
@@ -136,7 +147,8 @@ class InstructionBook:
                 first = i.grid_target_kw
         if not math.isnan(first):
             first = min(max(first, lo), hi)
-        return Combined(hi, lo, first, tuple(used), tuple(conflicts), tuple(targets), soft)
+        return Combined(hi, lo, first, tuple(used), tuple(conflicts), tuple(targets), soft,
+                        demand, dict(self.requests))
 
     def __len__(self) -> int:
         return len(self._items)

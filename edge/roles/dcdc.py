@@ -88,7 +88,7 @@ class DcConverter(Role):
     def controls(self, dev: DcConverterDevice) -> bool:
         return dev.restore_v  # an observed converter is never written
 
-    def new_state(self, devs) -> DcBusState:
+    def new_state(self, devs, config) -> DcBusState:
         return DcBusState(DcBusMonitor(_Devices(devs)), DcBusRestore(_Devices(devs)))
 
     def observe(self, devs, image, mem, now_s) -> None:

@@ -4,14 +4,23 @@ against each car's departure."""
 
 from __future__ import annotations
 
+import math
 from datetime import time
 from typing import Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import Field, model_validator
 
+from drivers.base import CHARGER_STATUS
 from drivers.spec import OcppSpec
 from edge.config.base import DeviceBase, PositiveKw
-from edge.roles.role import Role
+from edge.roles.evsession import Charging, EvStates, apply_request, observe_session
+from edge.roles.evshare import PHASES, Circuits, Want, economic_minimums, share
+from edge.roles.role import Demand, Part, Role, Room, rounded, total
+
+CAR_LIMITED_A = 2.0  # a car drawing this far below its offer for a while has shown its limit
+CAR_LIMITED_S = 30.0  # ... after this long since the offer (cars ramp in seconds)
+SLACK_H = 0.1  # a car needing its full power until this close to leaving is charged flat out
 
 
 class EvChargerDevice(DeviceBase):
@@ -81,11 +90,48 @@ class EvChargerDevice(DeviceBase):
         return self.kw(self.max_current_a, self.connectors)
 
 
+def _states(mem) -> EvStates:
+    return mem.roles["ev_charger"]
+
+
+def kw_per_a(d: EvChargerDevice, image) -> float:
+    """kW per ampere of limit: the phases the car draws on while it charges (a 1-phase car
+    on a 3-phase charger), else the charger's."""
+    phases = d.phases
+    if image.value(d.id, "current_a") > 1.0:
+        phases = max(1, sum(image.value(d.id, k) > 1.0 for k in ("l1_a", "l2_a", "l3_a")))
+        phases = min(phases, d.phases)
+    return d.kw(1.0, d.connectors) * phases / d.phases
+
+
+def enabled(d: EvChargerDevice, c: Charging, economic: bool, must: bool, now_s: float) -> bool:
+    """The economic room's verdict after the delays: a paused car resumes once the room for
+    its minimum has stood enable_delay_s (at once when it was never paused in this
+    session); a running car is paused once the room has been gone disable_delay_s."""
+    if must:
+        c.want_since_s = c.short_since_s = None
+        return True
+    if economic:
+        c.short_since_s = None
+        if c.running:
+            return True
+        if c.want_since_s is None:
+            c.want_since_s = now_s
+        return not math.isfinite(c.since_s) or now_s - c.want_since_s >= d.enable_delay_s
+    c.want_since_s = None
+    if not c.running:
+        return False
+    if c.short_since_s is None:
+        c.short_since_s = now_s
+    return now_s - c.short_since_s < d.disable_delay_s
+
+
 class EvCharger(Role):
     name = "ev_charger"
     model = EvChargerDevice
     writes = True
     decision_key = "ev_a"
+    allocates = True
 
     def summary(self, d: EvChargerDevice) -> str:
         return (f"OCPP {d.charge_point_id}, {d.connectors}×{d.phases}-phase "
@@ -111,3 +157,145 @@ class EvCharger(Role):
             voltage_v=dev.voltage_v, max_current_a=dev.max_current_a,
             safe_current_a=dev.fail_safe_a, heartbeat_s=config.ocpp.heartbeat_s,
             deadband_a=dev.deadband_a, min_interval_s=dev.min_interval_s)}
+
+    # -- control --------------------------------------------------------------------------
+    def new_state(self, devs, config) -> EvStates:
+        return EvStates({d.id: Charging() for d in devs}, ZoneInfo(config.site.timezone))
+
+    def observe(self, devs, image, mem, now_s) -> None:
+        st = _states(mem)
+        for d in devs:
+            if not image.good(d.id):
+                continue
+            c = st.by_id[d.id]
+            before = c.session
+            observe_session(d, image, c, st.tz)
+            if c.session is not before and (before is None or c.session is None
+                                            or before.number != c.session.number):
+                c.running, c.since_s, c.want_since_s, c.short_since_s = (
+                    False, -math.inf, None, None)
+
+    def drawn_kw(self, devs, image) -> float:
+        return sum(image.value(d.id, "power_kw") for d in devs if image.good(d.id))
+
+    def allocate(self, devs, image, mem, now_s, config, room: Room):
+        st, out, wants = _states(mem), {}, []
+        circuits = Circuits({n: [c.max_current_a] * 3 for n, c in config.ocpp.circuits.items()})
+        for d in devs:
+            c = st.by_id[d.id]
+            if not image.good(d.id):
+                # Unreachable: it holds our last limit, then lapses to its fail-safe.
+                last = mem.written[d.id].value
+                out[d.id] = d.fail_safe_a
+                circuits.take(_want_stub(d), max(d.fail_safe_a, last or 0.0))
+                continue
+            if c.session is None:
+                out[d.id] = 0.0  # no car: nothing may start before the room is shared
+                continue
+            if (req := room.requests.get(d.id)) is not None:
+                apply_request(c.session, req, image.value(d.id, "session_kwh"))
+            wants.append(self._want(d, image, mem, c, room, now_s))
+        verdict = economic_minimums(wants, room.surplus_kw)
+        for w in wants:
+            w.wants_min = enabled(next(d for d in devs if d.id == w.id), st.by_id[w.id],
+                                  verdict[w.id], w.must, now_s)
+        amps = share(wants, room.import_kw, room.surplus_kw, circuits)
+        kw = 0.0
+        for w in wants:
+            c, a = st.by_id[w.id], amps[w.id]
+            if c.running != (a > 0):
+                c.running, c.since_s = a > 0, now_s
+            kw += a * w.kw_per_a
+            out[w.id] = a
+        return out, kw
+
+    def _want(self, d: EvChargerDevice, image, mem, c: Charging, room: Room,
+              now_s: float) -> Want:
+        per_a = kw_per_a(d, image)
+        s = c.session
+        remaining = s.remaining_kwh(image.value(d.id, "session_kwh"))
+        hours = s.hours_left(image.ts)
+        full_kw = d.max_current_a * per_a
+        must = remaining > 0 and remaining / full_kw >= hours - SLACK_H
+        max_a = d.max_current_a
+        offered, drawn = image.value(d.id, "offered_a"), image.value(d.id, "current_a")
+        if (math.isfinite(offered) and offered >= d.min_current_a and c.running
+                and drawn < offered - CAR_LIMITED_A
+                and now_s - mem.written[d.id].at_s > CAR_LIMITED_S):
+            max_a = max(drawn + CAR_LIMITED_A, d.min_current_a)
+        if must or room.planned_kw is None:
+            target = math.inf
+        else:
+            target = room.planned_kw.get(d.id, 0.0)
+        return Want(d.id, d.priority, per_a, d.min_current_a, max_a, target, must, hours,
+                    d.circuit, _phases(d))
+
+    def setpoints(self, devs, image, mem, config, kernel_out) -> dict[str, float]:
+        return {}  # allocate() sets them
+
+    def safe(self, devs, image, mem, now_s, config, final) -> dict[str, float]:
+        return {d.id: d.fail_safe_a for d in devs}
+
+    def deadband(self, configured_kw: float) -> float:
+        return 0.0  # amperes, not kW: the charger's own writer applies deadband_a
+
+    def write(self, driver, value: float, revert_s: int):
+        return driver.write_current(value, revert_s)
+
+    def write_phase(self, dev, value, mem) -> int:
+        """Cuts make room before anyone else adds load; raises go last."""
+        last = mem.written[dev.id].value
+        if last is None or last == value:
+            return 1
+        return 0 if value < last else 2
+
+    def demands(self, devs, image, mem) -> list[Demand]:
+        out = []
+        for d in devs:
+            s = _states(mem).by_id[d.id].session
+            if s is None or not image.good(d.id):
+                continue
+            remaining = s.remaining_kwh(image.value(d.id, "session_kwh"))
+            if remaining > 0:
+                out.append(Demand(d.id, remaining, s.departure,
+                                  d.max_current_a * kw_per_a(d, image)))
+        return out
+
+    # -- reporting --------------------------------------------------------------------------
+    def telemetry(self, devs, image) -> dict:
+        chargers = {}
+        for d in devs:
+            if not image.good(d.id):
+                chargers[d.id] = {"status": "Offline"}
+                continue
+            soc = image.value(d.id, "soc_pct")
+            chargers[d.id] = {
+                "status": CHARGER_STATUS[int(image.value(d.id, "status"))],
+                "kw": rounded(image.value(d.id, "power_kw")),
+                "a": rounded(image.value(d.id, "current_a"), 1),
+                "offered_a": rounded(image.value(d.id, "offered_a"), 1),
+                "soc_pct": rounded(soc, 1),
+                "session_kwh": rounded(image.value(d.id, "session_kwh")),
+            }
+        charging = total(image, devs, "charging")
+        return {"ev_kw": rounded(total(image, devs, "power_kw")),
+                "ev_charging": None if charging is None else round(charging),
+                "ev_chargers": chargers}
+
+    def capability(self, d: EvChargerDevice, image) -> Part | None:
+        """It can be paused down to nothing and, with a car plugged in, raised to its
+        maximum; how long a pause may last is the plan's business (departures)."""
+        if not image.good(d.id):
+            return None
+        p = -image.value(d.id, "power_kw")
+        low = -d.max_current_a * kw_per_a(d, image) if image.value(d.id, "connected") else p
+        return Part(d.id, "consumption", p, 0.0, min(low, p))
+
+
+def _phases(d: EvChargerDevice) -> tuple[int, ...]:
+    return (PHASES.index(d.phase),) if d.phases == 1 else (0, 1, 2)
+
+
+def _want_stub(d: EvChargerDevice) -> Want:
+    """Just enough of a Want to book an unreachable charger's current on its circuit."""
+    return Want(d.id, d.priority, 1.0, 0.0, 0.0, 0.0, False, 0.0, d.circuit, _phases(d))

@@ -92,7 +92,7 @@ class FlexLoad(Role):
         return (f"{d.rated_kw:g} kW, priority {d.priority}, min on/off "
                 f"{d.min_on_s:g}/{d.min_off_s:g} s, safe {d.safe_state}")
 
-    def new_state(self, devs) -> LoadStates:
+    def new_state(self, devs, config) -> LoadStates:
         return LoadStates({d.id: Switching() for d in devs})
 
     def observe(self, devs, image, mem, now_s) -> None:

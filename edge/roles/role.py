@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -89,6 +90,32 @@ class Part:
         return self.down_kwh if math.isfinite(self.down_kwh) else self.down_kw(hours) * hours
 
 
+@dataclass(frozen=True, slots=True)
+class Room:
+    """What a role that shares the site's headroom (`allocates`) is given, once the kernel
+    has settled everything else: the import it may still add under the hard limits (import
+    limit, DR and dispatch caps; inf: none), the power the site would otherwise export or
+    curtail, the plan's kW per device for now (None: no plan in force) and the standing
+    requests about its devices (commands)."""
+
+    ts: datetime
+    import_kw: float
+    surplus_kw: float
+    planned_kw: dict[str, float] | None = None
+    requests: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """Energy a device must receive before a deadline, at up to `max_kw`: an EV session.
+    The planner schedules it into the cheap hours; the decision reports the standing ones."""
+
+    id: str  # the device
+    energy_kwh: float  # still needed
+    deadline: datetime
+    max_kw: float
+
+
 class Role:
     name: ClassVar[str]  # the YAML `role:` value
     model: ClassVar[type[DeviceBase]]  # its config model
@@ -96,6 +123,8 @@ class Role:
     writes: ClassVar[bool] = False  # has setpoints (and a revert timer on the device)
     decision_key: ClassVar[str | None] = None  # its setpoints' name on a Decision
     generates: ClassVar[bool] = False  # PV generation the forecaster predicts
+    # Shares the headroom the kernel leaves (EV chargers): `allocate` instead of a block.
+    allocates: ClassVar[bool] = False
 
     # -- configuration ------------------------------------------------------------------
     def summary(self, dev: Any) -> str:
@@ -128,7 +157,7 @@ class Role:
         """The device takes setpoints (and so must be re-written before its revert timer)."""
         return self.writes
 
-    def new_state(self, devs: list[Any]) -> Any:
+    def new_state(self, devs: list[Any], config: Config) -> Any:
         """The role's own memory (an object with clone()), or None."""
         return None
 
@@ -146,6 +175,20 @@ class Role:
     def rows(self, devs: list[Any], image: ProcessImage, mem: Memory, now_s: float,
              config: Config, out: np.ndarray) -> None:
         """Fill the kernel block `out` (one row per device)."""
+
+    def drawn_kw(self, devs: list[Any], image: ProcessImage) -> float:
+        """An allocating role: what its readable devices draw now (the kernel first settles
+        the site without it)."""
+        return 0.0
+
+    def allocate(self, devs: list[Any], image: ProcessImage, mem: Memory, now_s: float,
+                 config: Config, room: Room) -> tuple[dict[str, float], float]:
+        """An allocating role: its setpoints inside `room`, and the kW they will draw."""
+        return {}, 0.0
+
+    def demands(self, devs: list[Any], image: ProcessImage, mem: Memory) -> list[Demand]:
+        """Energy its devices need by a deadline, for the planner."""
+        return []
 
     def setpoints(self, devs: list[Any], image: ProcessImage, mem: Memory, config: Config,
                   kernel_out: np.ndarray | None) -> dict[str, float]:

@@ -28,6 +28,20 @@ class Counters(BaseModel):
     discharge_kwh: float | None = None
 
 
+class ChargerState(BaseModel):
+    """One EV charger as the last poll saw it ("Offline": not reachable)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["Available", "Preparing", "Charging", "SuspendedEVSE", "SuspendedEV",
+                    "Finishing", "Reserved", "Unavailable", "Faulted", "Offline"]
+    kw: float | None = Field(None, ge=0, description="what the car draws")
+    a: float | None = Field(None, ge=0, description="highest phase current")
+    offered_a: float | None = Field(None, ge=0, description="the limit in force (0: paused)")
+    soc_pct: float | None = Field(None, ge=0, le=100, description="when the car tells")
+    session_kwh: float | None = Field(None, ge=0, description="energy of the running session")
+
+
 class Telemetry(_Report):
     """Site powers every mqtt.telemetry_s. null = a device needed for the figure is not GOOD."""
 
@@ -38,6 +52,10 @@ class Telemetry(_Report):
     load_kw: float | None
     flex_load_kw: float | None = Field(None, description="switchable loads: what they draw")
     flex_loads_on: int | None = Field(None, ge=0, description="switchable loads running")
+    ev_kw: float | None = Field(None, ge=0, description="EV chargers: what the cars draw")
+    ev_charging: int | None = Field(None, ge=0, description="EV chargers with a transaction")
+    ev_chargers: dict[str, ChargerState] = Field(
+        default_factory=dict, description="each EV charger by device id")
     import_kwh: float | None = Field(description="PCC meter's cumulative import counter")
     export_kwh: float | None = Field(description="PCC meter's cumulative export counter")
     counters: Counters | None = Field(None, description="cumulative kWh integrated by the site "

@@ -1,0 +1,134 @@
+"""EV chargers in the decision: they share what the kernel leaves under the import limit,
+by priority and never below 6 A unless paused; the home battery does not discharge into
+them unless allowed; a plan steers them and a car out of slack is charged flat out."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from drivers.base import Quality, Reading
+from edge.config import parse
+from edge.control.decide import Controller
+from edge.control.instructions import Instruction, InstructionBook
+from edge.control.kernel import load_kernel
+from edge.image.image import DeviceState, ProcessImage
+from edge.roles.evsession import EvRequest
+
+T0 = datetime(2026, 6, 22, 12, tzinfo=UTC)
+
+
+def site(**control):
+    return parse({
+        "site": {"id": "s"},
+        "devices": [
+            {"id": "bess1", "host": "127.0.0.1", "role": "battery", "port": 1503,
+             "capacity_kwh": 200, "max_charge_kw": 50, "max_discharge_kw": 50},
+            {"id": "pcc", "host": "127.0.0.1", "role": "meter", "port": 1504},
+            {"id": "ev1", "role": "ev_charger", "charge_point_id": "CP1", "max_current_a": 32,
+             "priority": 5, "enable_delay_s": 60, "disable_delay_s": 120},
+            {"id": "ev2", "role": "ev_charger", "charge_point_id": "CP2", "max_current_a": 32},
+        ],
+        "control": {"import_limit_kw": 60, **control},
+        "tariff": {"periods": [{"name": "flat", "start": "00:00", "end": "00:00", "price": 0.5}]},
+    })
+
+
+def ev(amps=0.0, car=True, soc=math.nan, session=1.0, kwh=0.0):
+    kw = amps * 0.69
+    return {"power_kw": kw, "current_a": amps, "l1_a": amps, "l2_a": amps, "l3_a": amps,
+            "energy_kwh": 100.0, "soc_pct": soc, "connected": float(car),
+            "charging": float(car), "session_kwh": kwh,
+            "session_start_s": (T0 - timedelta(hours=1)).timestamp() if car else math.nan,
+            "session": session if car else 0.0, "offered_a": amps if car else math.nan,
+            "status": 2.0 if car else 0.0}
+
+
+def image(grid, bess=0.0, ev1=None, ev2=None, ts=T0, ev2_quality=Quality.GOOD):
+    def state(dev, values, q=Quality.GOOD):
+        return DeviceState(Reading(dev, values), q, 0)
+
+    return ProcessImage(ts, 1.0, {
+        "bess1": state("bess1", {"power_kw": bess, "soc_pct": 50.0}),
+        "pcc": state("pcc", {"power_kw": grid}),
+        "ev1": state("ev1", ev1 or ev()),
+        "ev2": state("ev2", ev2 or ev(car=False), ev2_quality),
+    })
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    return load_kernel()
+
+
+def decide(config, img, kernel, book=None, memory=None, now_s=10.0):
+    ctl = Controller(config, kernel)
+    return ctl.decide(img, book, memory or ctl.initial_memory(), now_s)
+
+
+def test_chargers_share_the_room_under_the_import_limit(kernel):
+    # 30 kW of building and 20 kW of EV under a 60 kW import limit: 30 kW of room
+    d, _ = decide(site(functions=["peak_shaving"]), image(50.0, ev1=ev(29.0)), kernel)
+    assert d.ev_a["ev1"] == 32.0  # 30 kW of room: 32 A is 22 kW
+    d, _ = decide(site(functions=["peak_shaving"]),
+                  image(70.0, ev1=ev(29.0), ev2=ev(10.0, session=2.0)), kernel)
+    # the site without EVs imports 70 - 20.01 - 6.9 kW: 16.91 kW of room, ev1 first
+    kw = d.ev_a["ev1"] * 0.69 + d.ev_a["ev2"] * 0.69
+    assert kw <= 70 - 43.09 + 1e-6 and d.ev_a["ev1"] >= 6.0
+    assert d.ev_a["ev2"] in (0.0,) or d.ev_a["ev2"] >= 6.0
+
+
+def test_a_dispatch_cap_lowers_the_chargers_at_once(kernel):
+    book = InstructionBook()
+    book.put(Instruction("cap", "park", T0 - timedelta(minutes=1), T0 + timedelta(hours=1),
+                         grid_max_kw=33.0))
+    d, _ = decide(site(functions=["peak_shaving"]), image(50.0, ev1=ev(29.0)), kernel, book)
+    # the site without EVs imports 30 kW: 3 kW of room is less than 6 A (4.14 kW): paused
+    assert d.ev_a["ev1"] == 0.0
+
+
+def test_the_battery_does_not_discharge_into_a_car_unless_allowed(kernel):
+    cfg = site()
+    alone, _ = decide(cfg, image(30.0, ev1=ev(0.0, car=False)), kernel)
+    with_ev, _ = decide(cfg, image(30.0 + 22.08, ev1=ev(32.0)), kernel)
+    assert with_ev.ev_a["ev1"] == 32.0
+    assert with_ev.bess_kw["bess1"] == pytest.approx(alone.bess_kw["bess1"])
+    allowed, _ = decide(site(ev_from_battery=True), image(30.0 + 22.08, ev1=ev(32.0)), kernel)
+    assert allowed.bess_kw["bess1"] == 50.0 > alone.bess_kw["bess1"]
+
+
+def test_an_unplugged_charger_is_held_at_zero_and_an_unreachable_one_at_its_fail_safe(kernel):
+    d, _ = decide(site(), image(20.0, ev1=ev(0.0, car=False),
+                                ev2_quality=Quality.STALE), kernel)
+    assert d.ev_a == {"ev1": 0.0, "ev2": 6.0}
+
+
+def test_a_plan_steers_the_chargers_and_a_car_out_of_slack_ignores_it(kernel):
+    book = InstructionBook()
+    book.put(Instruction("plan-1", "plan", T0 - timedelta(minutes=5), T0 + timedelta(minutes=10),
+                         demand_kw=(("ev1", 0.0),)))
+    d, _ = decide(site(), image(20.0, ev1=ev(0.0)), kernel, book)
+    assert d.ev_a["ev1"] == 0.0
+    assert d.demands[0].id == "ev1" and d.demands[0].energy_kwh == pytest.approx(20.0)
+    book.requests["ev1"] = EvRequest("ev1", T0 - timedelta(minutes=1), session=1.0,
+                                     departure=T0 + timedelta(minutes=30), energy_kwh=15.0)
+    d, _ = decide(site(), image(20.0, ev1=ev(0.0)), kernel, book)
+    assert d.ev_a["ev1"] == 32.0  # 15 kWh in 30 min needs 30 kW: no slack left
+    assert d.demands[0].deadline == T0 + timedelta(minutes=30)
+
+
+def test_a_paused_car_resumes_only_after_the_room_has_stood_its_enable_delay(kernel):
+    cfg = site(functions=["peak_shaving"])
+    ctl = Controller(cfg, kernel)
+    mem = ctl.initial_memory()
+    d, mem = ctl.decide(image(50.0, ev1=ev(10.0)), None, mem, 0.0)
+    assert d.ev_a["ev1"] > 0
+    d, mem = ctl.decide(image(60.0, ev1=ev(10.0)), None, mem, 1.0)  # room 6.9 kW < 6 A? no
+    d, mem = ctl.decide(image(65.0, ev1=ev(10.0)), None, mem, 2.0)  # 1.9 kW of room: pause
+    assert d.ev_a["ev1"] == 0.0
+    d, mem = ctl.decide(image(40.0, ev1=ev(0.0)), None, mem, 3.0)  # room is back
+    assert d.ev_a["ev1"] == 0.0
+    d, mem = ctl.decide(image(40.0, ev1=ev(0.0)), None, mem, 64.0)
+    assert d.ev_a["ev1"] == 28.9  # 20 kW of room
