@@ -154,7 +154,9 @@ class Daemon:
         if image is None:
             return
         plan = getattr(getattr(self, "planner", None), "plan", None)
-        payload = flex.build(self.config, image, self.clock.now(), plan)
+        decision = self.view.decision
+        payload = flex.build(self.config, image, self.clock.now(), plan,
+                             decision.demands if decision is not None else ())
         self.outbox.enqueue(self.link.topic("flex"), payload)
 
     async def dr_tick(self) -> None:

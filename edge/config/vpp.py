@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from edge.config.model import _Model
 
-CommandName = Literal["dispatch", "dr_event", "mode", "cancel"]
+CommandName = Literal["dispatch", "dr_event", "mode", "cancel", "ev_session"]
 
 
 class VppConfig(_Model):
@@ -19,7 +19,7 @@ class VppConfig(_Model):
     honoured, what a command must keep to to be accepted, and the flex report."""
 
     commands: bool = Field(True, description="subscribe to <topic_prefix>/<site>/cmd/+")
-    allow: list[CommandName] = ["dispatch", "dr_event", "mode", "cancel"]
+    allow: list[CommandName] = ["dispatch", "dr_event", "mode", "cancel", "ev_session"]
     max_payload_bytes: int = Field(4096, ge=256, le=1_048_576)
     max_ahead_s: float = Field(
         172_800, gt=0, description="a window may start at most this far ahead (day-ahead: 2 d)")

@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 from drivers.base import CHARGER_STATUS
 from drivers.spec import OcppSpec
 from edge.config.base import DeviceBase, PositiveKw
-from edge.roles.evsession import Charging, EvStates, apply_request, observe_session
+from edge.roles.evsession import Charging, EvRequest, EvStates, apply_request, observe_session
 from edge.roles.evshare import PHASES, Circuits, Want, economic_minimums, share
 from edge.roles.role import Demand, Part, Role, Room, rounded, total
 
@@ -229,6 +229,17 @@ class EvCharger(Role):
             target = room.planned_kw.get(d.id, 0.0)
         return Want(d.id, d.priority, per_a, d.min_current_a, max_a, target, must, hours,
                     d.circuit, _phases(d))
+
+    def session_request(self, d: EvChargerDevice, image, at, departure,
+                        energy_kwh) -> EvRequest:
+        """For the car plugged in now (its session number), else the next one to come."""
+        if image is None or not image.good(d.id):
+            raise ValueError(f"charger {d.id} has no good reading, so the session the command "
+                             "is for is unknown; send it again once the charger is back")
+        number = image.value(d.id, "session")
+        if image.value(d.id, "connected") < 0.5 or not math.isfinite(number):
+            number = 0.0
+        return EvRequest(d.id, at, float(number), departure, energy_kwh)
 
     def setpoints(self, devs, image, mem, config, kernel_out) -> dict[str, float]:
         return {}  # allocate() sets them

@@ -68,6 +68,9 @@ class Part:
     up_kwh: float = math.inf  # energy behind a push above 0 (a battery above soc_min)
     down_kwh: float = math.inf  # room behind a push below 0 (a battery below soc_max)
     soc_pct: float = math.nan
+    # How long a push above now may be held: a paused EV must still make its departure
+    # (edge/vpp/capability.py sets it from the decision's demands). Longer windows get none.
+    up_h: float = math.inf
 
     @property
     def stores(self) -> bool:
@@ -76,6 +79,8 @@ class Part:
 
     def up_kw(self, hours: float) -> float:
         """How far it can lower the PCC power from now and hold that for `hours`."""
+        if hours > self.up_h:
+            return 0.0
         return max(min(self.max_kw, self.up_kwh / hours) - self.push_kw, 0.0)
 
     def down_kw(self, hours: float) -> float:
@@ -189,6 +194,13 @@ class Role:
     def demands(self, devs: list[Any], image: ProcessImage, mem: Memory) -> list[Demand]:
         """Energy its devices need by a deadline, for the planner."""
         return []
+
+    def session_request(self, dev: Any, image: ProcessImage | None, at: datetime,
+                        departure: datetime | None, energy_kwh: float | None) -> Any | None:
+        """A platform command's departure and/or energy for the device's charging session,
+        as the standing request the role applies (Room.requests). None: the role has no
+        sessions. ValueError (the reason) when it cannot tell which session is meant."""
+        return None
 
     def setpoints(self, devs: list[Any], image: ProcessImage, mem: Memory, config: Config,
                   kernel_out: np.ndarray | None) -> dict[str, float]:

@@ -1,6 +1,7 @@
-"""Park-platform commands on disk: an accepted dispatch, the site mode and the cmd_ids
-already answered survive a restart (a crash, a systemd restart, an update), so the site
-keeps what it acknowledged and an exact re-send is still answered as a re-send.
+"""Park-platform commands on disk: an accepted dispatch, the site mode, the EV session
+requests and the cmd_ids already answered survive a restart (a crash, a systemd restart, an
+update), so the site keeps what it acknowledged and an exact re-send is still answered as a
+re-send.
 
 One SQLite file in the daemon's state dir, written before the acks of a batch go to the
 outbox: an `accepted` ack that reached the platform is never for a command the site has
@@ -19,6 +20,7 @@ from typing import Any
 
 from edge.app.sqlitefile import open_durable
 from edge.control.instructions import Instruction
+from edge.roles.evsession import EvRequest
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS active (
@@ -35,6 +37,10 @@ CREATE TABLE IF NOT EXISTS seen (
     cmd_id       TEXT NOT NULL UNIQUE,
     fingerprint  TEXT NOT NULL,
     ack          TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS requests (
+    device_id    TEXT PRIMARY KEY,
+    request      TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS mode (
     one          INTEGER PRIMARY KEY CHECK (one = 1),
@@ -66,6 +72,7 @@ class Snapshot:
     hold: Instruction | None
     saved_at: datetime  # the daemon's clock when the batch was judged
     seen: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # id, fp, ack
+    requests: list[EvRequest] = field(default_factory=list)  # all of them (one per charger)
 
 
 @dataclass(slots=True)
@@ -75,6 +82,7 @@ class Restored:
     hold: Instruction | None
     seen: list[tuple[str, str, dict[str, Any]]]
     saved_at: datetime | None
+    requests: list[EvRequest] = field(default_factory=list)
 
 
 def _ins_to_json(i: Instruction) -> str:
@@ -87,6 +95,19 @@ def _ins_from(d: dict[str, Any]) -> Instruction:
     d = dict(d)
     d["start"], d["end"] = datetime.fromisoformat(d["start"]), datetime.fromisoformat(d["end"])
     return Instruction(**d)
+
+
+def _req_to_json(r: EvRequest) -> str:
+    d = asdict(r)
+    for k in ("at", "departure"):
+        d[k] = None if d[k] is None else d[k].isoformat()
+    return json.dumps(d)
+
+
+def _req_from(d: dict[str, Any]) -> EvRequest:
+    for k in ("at", "departure"):
+        d[k] = None if d[k] is None else datetime.fromisoformat(d[k])
+    return EvRequest(**d)
 
 
 class CommandStore:
@@ -109,6 +130,9 @@ class CommandStore:
                     [(c.cmd_id, c.command, c.start.isoformat(), c.end.isoformat(),
                       "[" + ",".join(_ins_to_json(i) for i in c.instructions) + "]",
                       json.dumps(c.ack), c.event_id) for c in snap.active])
+                db.execute("DELETE FROM requests")
+                db.executemany("INSERT INTO requests VALUES (?, ?)",
+                               [(r.device_id, _req_to_json(r)) for r in snap.requests])
                 db.execute("INSERT OR REPLACE INTO mode VALUES (1, ?, ?, ?)",
                            (snap.mode, None if snap.hold is None else _ins_to_json(snap.hold),
                             snap.saved_at.isoformat()))
@@ -136,13 +160,16 @@ class CommandStore:
             mode, hold, saved_at = ("auto", None, None) if m is None else m
             seen = [(r[0], r[1], json.loads(r[2])) for r in self._db.execute(
                 "SELECT cmd_id, fingerprint, ack FROM seen ORDER BY seq")]
+            requests = [_req_from(json.loads(r[0])) for r in self._db.execute(
+                "SELECT request FROM requests ORDER BY device_id")]
         return Restored(active, mode, None if hold is None else _ins_from(json.loads(hold)),
-                        seen, None if saved_at is None else datetime.fromisoformat(saved_at))
+                        seen, None if saved_at is None else datetime.fromisoformat(saved_at),
+                        requests)
 
     def clear(self) -> None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            for table in ("active", "seen", "mode"):
+            for table in ("active", "seen", "mode", "requests"):
                 self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
             self._db.execute("COMMIT")
 

@@ -4,9 +4,12 @@ interval (docs/domain.md §4: a VPP node reports what it can do, not only what i
 Per interval, relative to the baseline (the PCC power expected without any request):
 - up: the PCC can go this far below the baseline (import less / export more): battery
   discharge room above the baseline's own battery power, plus what the switchable loads
-  (role `load`) draw now (shedding them saves it, for one interval at least);
-- down: this far above it (import more): battery charge room plus the PV that could be
-  curtailed (reached through a grid floor: a dr_event `increase` or a dispatch grid_min_kw);
+  (role `load`) draw now (shedding them saves it, for one interval at least) and what the
+  EV chargers draw now, each only if its car can be paused for the interval and still get
+  its energy by its departure at full power (the session's slack, from `demands`);
+- down: this far above it (import more): battery charge room, the PV that could be
+  curtailed (reached through a grid floor: a dr_event `increase` or a dispatch grid_min_kw)
+  and the EV chargers with a car raised to their maximum;
 - up_kwh / down_kwh: the energy behind each from the interval's start, along the baseline's
   SoC path (efficiencies applied); the kW figures are capped so they hold for the whole
   interval. Each device counts as edge/vpp/capability.py says, the same as for DR.
@@ -21,6 +24,7 @@ the platform must not be promised power the site cannot see.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,6 +34,7 @@ from edge.plan.stats import PlanSummary  # or, in-process, a Plan: the same fiel
 from edge.roles import Part
 from edge.roles.battery import part_at as battery_at
 from edge.roles.pv import part_at as pv_at
+from edge.roles.role import Demand
 from edge.vpp.capability import site_capability, total
 
 INTERVAL_S = 900
@@ -98,14 +103,15 @@ def _covers(plan: PlanSummary | None, t: datetime) -> bool:
 
 
 def build(config: Config, image: ProcessImage, now: datetime,
-          plan: PlanSummary | None = None) -> dict[str, Any]:
-    """The flex payload (without msg_id) for `now`."""
+          plan: PlanSummary | None = None, demands: Iterable[Demand] = ()) -> dict[str, Any]:
+    """The flex payload (without msg_id) for `now`; `demands`: the last decision's (EV
+    sessions), which bound how long a charger may be paused."""
     vpp = config.vpp
     n = max(1, math.ceil(vpp.flex_horizon_h * 3600 / INTERVAL_S))
     t0 = datetime.fromtimestamp(now.timestamp() // INTERVAL_S * INTERVAL_S, UTC)
     starts = [t0 + timedelta(seconds=INTERVAL_S * k) for k in range(n)]
     h = INTERVAL_S / 3600
-    cap = site_capability(config, image, h)
+    cap = site_capability(config, image, h, demands)
     device = {d.id: d for d in config.devices}
     bats = [(device[p.id], p.push_kw, p.soc_pct) for p in cap.of("storage")]
     pack = _pack(bats)

@@ -16,13 +16,16 @@ unique when a script is run again against the same daemon:
 
 Without a file the built-in script reads the site's `flex` message and dispatches within
 it, sends malformed and over-limit commands, re-sends a command, cancels one, switches
-modes and relays a DR event. Times in payloads are simulated seconds; waits are wall
-seconds (a site sped up by a HIL only finishes sooner).
+modes and relays a DR event; on a site with a reachable EV charger it also sets a charging
+session's energy and departure, and names a charger the site does not have. Times in
+payloads are simulated seconds; waits are wall seconds (a site sped up by a HIL only
+finishes sooner).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -105,7 +108,31 @@ def builtin_script(flex: dict[str, Any], telemetry: dict[str, Any]) -> Script:
         move = {"grid_delta_kw": -round(min(10.0, up / 2), 1)}
     else:  # otherwise raise the floor (charging, or PV curtailed)
         move = {"grid_min_kw": round(grid + min(10.0, max(down / 2, 1.0)), 1)}
-    return Script(steps=[
+    return Script(steps=[*_builtin_steps(move, grid), *ev_session_steps(telemetry)])
+
+
+def ev_session_steps(telemetry: dict[str, Any]) -> list[Step]:
+    """On the first EV charger the telemetry shows reachable: a session's energy and a
+    departure eight hours after the telemetry's time (accepted and applied at once), and
+    the same for a device the site does not have (rejected)."""
+    chargers = telemetry.get("ev_chargers") or {}
+    up = sorted(i for i, c in chargers.items() if c.get("status") != "Offline")
+    if not up:
+        return []
+    ts = datetime.fromisoformat(telemetry["ts"])
+    leave = (ts + timedelta(hours=8)).isoformat().replace("+00:00", "Z")
+    return [
+        Step(send="ev_session", payload={"cmd_id": "ev-{run}-1", "device_id": up[0],
+                                         "departure": leave, "energy_kwh": 12.0},
+             expect=["accepted", "done"]),
+        Step(send="ev_session", payload={"cmd_id": "ev-{run}-2", "device_id": "nosuch-{run}",
+                                         "energy_kwh": 12.0},
+             expect=["rejected"], reason_contains="no device"),
+    ]
+
+
+def _builtin_steps(move: dict[str, Any], grid: float) -> list[Step]:
+    return [
         Step(send="mode", payload={"cmd_id": "mode-{run}-1", "mode": "auto"},
              expect=["accepted", "done"]),
         Step(send="dispatch", payload={"cmd_id": "disp-{run}-1", "duration_s": 40, **move},
@@ -132,4 +159,4 @@ def builtin_script(flex: dict[str, Any], telemetry: dict[str, Any]) -> Script:
                                        "baseline_kw": round(max(grid, 2.0), 1),
                                        "duration_s": 20},
              expect=["accepted", "done"], expect_report=True),
-    ])
+    ]

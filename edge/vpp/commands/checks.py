@@ -1,19 +1,24 @@
-"""A command's window and what the site can do: the site's import/export limits, and for a
-grid target what the batteries can reach and hold now (edge/vpp/capability.py)."""
+"""A command's window and what the site can do: the site's import/export limits, for a
+grid target what the batteries can reach and hold now (edge/vpp/capability.py), and for an
+EV session the charger it names and the session it means."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
-from edge.config import ControlConfig, VppConfig
+from edge.config import Config, ControlConfig, VppConfig
+from edge.image.image import ProcessImage
+from edge.roles import role_of
 from edge.vpp.capability import Capability
 from edge.vpp.commands.parse import Rejected, iso
-from edge.vpp.schemas.commands import Dispatch, DrEvent
+from edge.vpp.schemas.commands import Dispatch, DrEvent, EvSession
 
 _REACH_SLACK_KW = 0.5  # reach and energy checks tolerate this much (measurement noise)
 REACH_AHEAD = timedelta(minutes=15)  # later windows: limits only, the state then is unknown
+DEPARTURE_AHEAD = timedelta(days=7)  # a car's departure further out is a typo, not a plan
 
 
 def window(cmd: Dispatch | DrEvent, now: datetime, vpp: VppConfig, *, stale_start: bool
@@ -70,3 +75,26 @@ def reach(cap: Capability, grid_kw: float, target: float, hours: float) -> None:
         raise Rejected(f"holding {target:g} kW for {hours:.2f} h needs {-need:.1f} kWh of "
                        f"charge; the batteries have room for {sum(b.down_kwh for b in bats):.1f} "
                        "kWh")
+
+
+def session_request(config: Config, image: ProcessImage | None, cmd: EvSession,
+                    now: datetime) -> Any:
+    """The standing request an `ev_session` command becomes (its role builds it, for the
+    session the charger has now, or the next one), if the device is one with sessions and
+    the departure lies ahead."""
+    dev = next((d for d in config.devices if d.id == cmd.device_id), None)
+    if dev is None:
+        raise Rejected(f"no device {cmd.device_id!r} on this site")
+    try:
+        req = role_of(dev).session_request(dev, image, now, cmd.departure, cmd.energy_kwh)
+    except ValueError as exc:
+        raise Rejected(str(exc)) from None
+    if req is None:
+        raise Rejected(f"device {dev.id} is a {dev.role}, not an EV charger: it has no "
+                       "charging sessions")
+    if cmd.departure is not None and cmd.departure <= now:
+        raise Rejected(f"departure {iso(cmd.departure)} is not after now {iso(now)}")
+    if cmd.departure is not None and cmd.departure - now > DEPARTURE_AHEAD:
+        raise Rejected(f"departure {iso(cmd.departure)} is more than "
+                       f"{DEPARTURE_AHEAD.days} days ahead")
+    return req

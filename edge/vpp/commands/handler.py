@@ -116,13 +116,13 @@ class CommandHandler(CommandJudge):
             active=[SavedCommand(a.cmd_id, a.command, a.start, a.end, a.instructions,
                                  dict(a.ack), a.event_id) for a in self._active.values()],
             mode=self.mode, hold=self.view.book.get(HOLD_ID), saved_at=self.clock.now(),
-            seen=seen)
+            seen=seen, requests=list(self.view.book.requests.values()))
 
     def restore(self) -> None:
         """Take back what was saved before a restart: the mode (with its hold target), the
-        accepted commands (their instructions back into the book) and the answered cmd_ids.
-        Windows that ended meanwhile are ended, with their `done` ack, on the first pass of
-        `run`."""
+        accepted commands (their instructions back into the book), the EV session requests
+        and the answered cmd_ids. Windows that ended meanwhile are ended, with their `done`
+        ack, on the first pass of `run`."""
         if self.store is None:
             return
         saved = self.store.load()
@@ -146,9 +146,13 @@ class CommandHandler(CommandJudge):
                                                c.instructions, c.ack, c.event_id)
         for cmd_id, fp, ack in saved.seen:
             self._seen[cmd_id] = Seen(fp, ack)
-        if saved.active or saved.mode != "auto":
-            log.info("restored mode %s and %d accepted command(s): %s", saved.mode,
-                     len(saved.active), ", ".join(c.cmd_id for c in saved.active) or "-")
+        for r in saved.requests:
+            self.view.book.requests[r.device_id] = r
+        if saved.active or saved.mode != "auto" or saved.requests:
+            log.info("restored mode %s, %d accepted command(s): %s, EV session requests for "
+                     "%s", saved.mode, len(saved.active),
+                     ", ".join(c.cmd_id for c in saved.active) or "-",
+                     ", ".join(r.device_id for r in saved.requests) or "-")
 
     def _wall_to_next_end(self) -> float:
         if not self._active:

@@ -20,9 +20,16 @@ from edge.app.fanout import SiteView
 from edge.config import Config
 from edge.control.instructions import Instruction
 from edge.vpp.capability import site_capability
-from edge.vpp.commands.checks import REACH_AHEAD, reach, site_limits, window
+from edge.vpp.commands.checks import REACH_AHEAD, reach, session_request, site_limits, window
 from edge.vpp.commands.parse import Rejected, iso, parse_json, validation_reason
-from edge.vpp.schemas.commands import COMMANDS, Cancel, Dispatch, DrEvent, ModeCommand
+from edge.vpp.schemas.commands import (
+    COMMANDS,
+    Cancel,
+    Dispatch,
+    DrEvent,
+    EvSession,
+    ModeCommand,
+)
 from edge.vpp.schemas.fields import ID_PATTERN
 from edge.vpp.shaping import DrEvent as DrRequest
 from edge.vpp.shaping import DrRejected
@@ -153,6 +160,8 @@ class CommandJudge:
             return self._dr_event(cmd)
         if isinstance(cmd, ModeCommand):
             return self._mode(cmd)
+        if isinstance(cmd, EvSession):
+            return self._ev_session(cmd)
         assert isinstance(cmd, Cancel)
         return self._cancel(cmd)
 
@@ -243,6 +252,26 @@ class CommandJudge:
             ack["grid_target_kw"] = round(hold.grid_target_kw, 3)
         self.stats.done += 1
         return [*acks, ack, {**ack, "status": "done", "reason": "applied"}]
+
+    def _ev_session(self, cmd: EvSession) -> list[dict[str, Any]]:
+        """A standing request for the charger's role (InstructionBook.requests), in every
+        mode: it replaces the charger's earlier one and is applied by the next cycle."""
+        req = session_request(self.config, self.view.image, cmd, self.clock.now())
+        self.view.book.requests[cmd.device_id] = req
+        session = int(req.session)
+        ack: dict[str, Any] = {"cmd_id": cmd.cmd_id, "command": "ev_session",
+                               "status": "accepted", "device_id": cmd.device_id,
+                               "session": session}
+        if cmd.departure is not None:
+            ack["departure"] = iso(cmd.departure)
+        if cmd.energy_kwh is not None:
+            ack["energy_kwh"] = cmd.energy_kwh
+        which = f"session {session}" if session else "the next session"
+        log.info("ev_session %s accepted: %s %s%s%s", cmd.cmd_id, cmd.device_id, which,
+                 f", leaves {ack['departure']}" if "departure" in ack else "",
+                 f", needs {cmd.energy_kwh:g} kWh" if "energy_kwh" in ack else "")
+        self.stats.done += 1
+        return [ack, {**ack, "status": "done", "reason": f"applied to {which}"}]
 
     def _cancel(self, cmd: Cancel) -> list[dict[str, Any]]:
         if cmd.target_cmd_id is not None:

@@ -4,6 +4,7 @@ DR events on the daemon's clock, and the opt decision from what the site can del
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from edge.app.clock import Clock
 from edge.config import Config, ControlConfig
 from edge.image.image import ProcessImage
+from edge.roles.role import Demand
 from edge.vpp.capability import site_capability
 from edge.vpp.eventstore import OPT_IN, OPT_OUT, DrRequest
 from edge.vpp.shaping import DrEvent, Segment
@@ -165,11 +167,13 @@ class Flexibility:
     detail: str
 
 
-def flexibility(config: Config, image: ProcessImage, hours: float) -> Flexibility:
-    """What the site's devices can add from now, held over the event (edge/vpp/capability.py).
-    How far the site's import/export limits let the grid move is the caller's cap: it
-    depends on the baseline."""
-    cap = site_capability(config, image, hours)
+def flexibility(config: Config, image: ProcessImage, hours: float,
+                demands: Iterable[Demand] = ()) -> Flexibility:
+    """What the site's devices can add from now, held over the event (edge/vpp/capability.py;
+    `demands`: the last decision's, so an EV counts its pause only within its slack). How
+    far the site's import/export limits let the grid move is the caller's cap: it depends
+    on the baseline."""
+    cap = site_capability(config, image, hours, demands)
     return Flexibility(cap.up_kw, cap.down_kw, cap.detail)
 
 

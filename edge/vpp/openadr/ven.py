@@ -242,7 +242,9 @@ class Ven:
         if image is None:
             flex = Flexibility(0.0, 0.0, "no process image yet")
         else:
-            flex = flexibility(self.config, image, (end - start).total_seconds() / 3600)
+            decision = self.view.decision
+            flex = flexibility(self.config, image, (end - start).total_seconds() / 3600,
+                               decision.demands if decision is not None else ())
         credit = self._delivering(known, now)
         flex = Flexibility(flex.reduce_kw + credit["reduce"], flex.increase_kw + credit["increase"],
                            flex.detail)

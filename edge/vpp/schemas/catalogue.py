@@ -9,7 +9,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
 
-from edge.vpp.schemas.commands import Cancel, Dispatch, DrEvent, ModeCommand
+from edge.vpp.schemas.commands import Cancel, Dispatch, DrEvent, EvSession, ModeCommand
 from edge.vpp.schemas.reports import Ack, CarbonReport, Devices, DrReport, Flex, Telemetry
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -33,6 +33,7 @@ MESSAGES: dict[str, Message] = {m.name: m for m in (
     Message("dr_event", DrEvent, "in", "cmd/dr_event"),
     Message("mode", ModeCommand, "in", "cmd/mode"),
     Message("cancel", Cancel, "in", "cmd/cancel"),
+    Message("ev_session", EvSession, "in", "cmd/ev_session"),
 )}
 
 

@@ -6,7 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edge.vpp.schemas.fields import CmdId, EventId, Kw, Mode, Stamp
+from edge.vpp.schemas.fields import CmdId, DeviceId, EventId, Kw, Mode, Stamp
+
+EV_ENERGY_MAX_KWH = 200.0  # a sanity bound: above any passenger car's battery
 
 
 class _Command(BaseModel):
@@ -99,7 +101,27 @@ class Cancel(_Command):
         return self
 
 
+class EvSession(_Command):
+    """An EV charging session's departure and/or the energy it still needs, from the
+    driver (an app, a fleet system): it wins over the car's SoC and the charger's defaults.
+    For the car plugged in when the command arrives, else the next car on that charger. The
+    decision plans the energy against the departure and charges flat out once the slack is
+    gone. Honoured in every mode."""
+
+    device_id: DeviceId
+    departure: Stamp | None = Field(None, description="when the car leaves (in the future)")
+    energy_kwh: float | None = Field(None, gt=0, le=EV_ENERGY_MAX_KWH,
+                                     description="energy it still needs from now")
+
+    @model_validator(mode="after")
+    def _something(self) -> EvSession:
+        if self.departure is None and self.energy_kwh is None:
+            raise ValueError("give departure, energy_kwh or both")
+        return self
+
+
 COMMANDS: dict[str, type[_Command]] = {
     "dispatch": Dispatch, "dr_event": DrEvent, "mode": ModeCommand, "cancel": Cancel,
+    "ev_session": EvSession,
 }
 

@@ -13,6 +13,9 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 CmdId = Annotated[str, Field(pattern=ID_PATTERN, description="unique per command; 1-64 of A-Z a-z 0-9 _ . : - "
                              "(first alphanumeric)")]
 EventId = Annotated[str, Field(pattern=ID_PATTERN, description="DR event id, same alphabet as cmd_id")]
+# As the configuration spells a device id (edge/config/base.py DeviceBase.id).
+DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$",
+                                description="a device id of the site's configuration")]
 # A sanity range only: each site's own limits are checked when a command arrives.
 Kw = Annotated[float, Field(ge=-100_000, le=100_000)]
 
@@ -40,5 +43,5 @@ def _iso_text(value: object) -> object:
 Stamp = Annotated[AwareDatetime, BeforeValidator(_iso_text),
                   Field(description="ISO 8601 with a UTC offset, e.g. 2026-06-22T04:00:00Z",
                         json_schema_extra={"pattern": STAMP_PATTERN})]
-CommandName = Literal["dispatch", "dr_event", "mode", "cancel"]
+CommandName = Literal["dispatch", "dr_event", "mode", "cancel", "ev_session"]
 Mode = Literal["auto", "hold", "local"]

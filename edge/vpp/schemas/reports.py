@@ -153,6 +153,12 @@ class Ack(_Report):
     grid_max_kw: float | None = None
     grid_min_kw: float | None = None
     mode: Mode | None = None
+    device_id: str | None = Field(None, description="ev_session: the charger")
+    session: int | None = Field(None, ge=0, description="ev_session: the charger's session "
+                                "the request is for (0: the next car to plug in)")
+    departure: Stamp | None = Field(None, description="ev_session: the departure now in force")
+    energy_kwh: float | None = Field(None, description="ev_session: the energy still needed, "
+                                     "as of the command")
 
 
 class DrInterval(BaseModel):
