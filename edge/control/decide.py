@@ -129,7 +129,7 @@ class Controller:
         """The kernel settles the site; roles that share what it leaves (EV chargers) are
         then given that room, and the kernel runs again with their new draw in place."""
         cfg = self.config.control
-        combined = (book or InstructionBook()).combine(image.ts)
+        combined = (book if book is not None else InstructionBook()).combine(image.ts)
         sharing = [(n, devs) for n, devs in self.groups.items() if ROLES[n].allocates and devs]
         drawn = sum(ROLES[n].drawn_kw(devs, image) for n, devs in sharing)
         grid = image.value(self.config.grid_meter.id, "power_kw") - drawn

@@ -152,8 +152,3 @@ class InstructionBook:
 
     def __len__(self) -> int:
         return len(self._items)
-
-    def __bool__(self) -> bool:
-        """A book is there even with no instruction in it (its requests may still stand):
-        `book or InstructionBook()` must not drop it."""
-        return True

@@ -193,7 +193,7 @@ class EvCharger(Role):
                 out[d.id] = 0.0  # no car: nothing may start before the room is shared
                 continue
             if (req := room.requests.get(d.id)) is not None:
-                apply_request(c.session, req, image.value(d.id, "session_kwh"))
+                apply_request(c, req, image.value(d.id, "session_kwh"))
             wants.append(self._want(d, image, mem, c, room, now_s))
         verdict = economic_minimums(wants, room.surplus_kw)
         for w in wants:

@@ -40,7 +40,6 @@ class Session:
     departure: datetime
     needed_kwh: float  # the session's energy in all (delivered + still needed)
     source: str  # where needed_kwh came from: "soc", "default" or "command"
-    request_at: datetime | None = None  # the command applied, if any
 
     def remaining_kwh(self, delivered_kwh: float) -> float:
         return max(self.needed_kwh - delivered_kwh, 0.0)
@@ -59,10 +58,12 @@ class Charging:
     since_s: float = -math.inf
     want_since_s: float | None = None  # the room for its minimum has been there since
     short_since_s: float | None = None  # the economic room has been short since
+    request_at: datetime | None = None  # the last command applied: each applies once
 
     def clone(self) -> Charging:
         s = None if self.session is None else replace(self.session)
-        return Charging(s, self.running, self.since_s, self.want_since_s, self.short_since_s)
+        return Charging(s, self.running, self.since_s, self.want_since_s, self.short_since_s,
+                        self.request_at)
 
 
 @dataclass(slots=True)
@@ -117,13 +118,15 @@ def observe_session(dev: EvChargerDevice, image: ProcessImage, state: Charging,
         s.needed_kwh, s.source = needed, "soc"
 
 
-def apply_request(s: Session, req: EvRequest, delivered_kwh: float) -> None:
-    """A command's departure and energy win over the car's and the defaults."""
-    if s.request_at == req.at:
+def apply_request(c: Charging, req: EvRequest, delivered_kwh: float) -> None:
+    """A command's departure and energy win over the car's and the defaults, for the one
+    session it names (or the first to start after it)."""
+    s = c.session
+    if s is None or c.request_at == req.at:
         return
     if req.session not in (0.0, s.number) or (req.session == 0.0 and s.arrived < req.at):
         return
-    s.request_at = req.at
+    c.request_at = req.at
     if req.departure is not None:
         s.departure = req.departure
     if req.energy_kwh is not None:

@@ -132,3 +132,14 @@ def test_a_paused_car_resumes_only_after_the_room_has_stood_its_enable_delay(ker
     assert d.ev_a["ev1"] == 0.0
     d, mem = ctl.decide(image(40.0, ev1=ev(0.0)), None, mem, 64.0)
     assert d.ev_a["ev1"] == 28.9  # 20 kW of room
+
+
+def test_a_request_for_the_next_session_applies_to_that_one_only(kernel):
+    cfg = site()
+    ctl = Controller(cfg, kernel)
+    book = InstructionBook()
+    book.requests["ev1"] = EvRequest("ev1", T0 - timedelta(hours=2), energy_kwh=40.0)
+    d, mem = ctl.decide(image(20.0, ev1=ev(0.0)), book, ctl.initial_memory(), 0.0)
+    assert d.demands[0].energy_kwh == pytest.approx(40.0)
+    d, mem = ctl.decide(image(20.0, ev1=ev(0.0, session=2.0)), book, mem, 1.0)
+    assert d.demands[0].energy_kwh == pytest.approx(20.0)  # the next car: the default
