@@ -46,14 +46,14 @@ class Arrival(_Model):
 
     arrive: HhMm = Field(description="'HH:MM' local: the car plugs in")
     depart: HhMm = Field(description="'HH:MM' local: the car leaves (transaction stops)")
-    capacity_kwh: float = Field(60.0, gt=0, le=300)
+    capacity_kwh: float = Field(60.0, gt=0, le=300, description="usable battery")
     soc_pct: float = Field(30.0, ge=0, le=100, description="state of charge on arrival")
     car_phases: Literal[1, 3] = Field(3, description="phases the car's on-board charger uses")
     car_max_a: float = Field(32.0, gt=0, le=500, description="per phase, what the car takes")
     reports_soc: bool = Field(False, description="the car tells its SoC (MeterValues SoC)")
     taper_from_pct: float = Field(80.0, ge=0, le=100, description="above this SoC the car "
                                   "takes less and less, down to a tenth at 100 %")
-    connector: int = Field(1, ge=1, le=4)
+    connector: int = Field(1, ge=1, le=4, description="the connector it plugs into")
     id_tag: str = Field("SIMCAR", min_length=1, max_length=20, description="the RFID it shows")
 
     @model_validator(mode="after")
