@@ -26,6 +26,7 @@ from hil.devices.base import Env, Fault, SimulatedDevice
 from hil.ledger import Ledger, Sample
 from hil.physics import load_kw
 from hil.serve import dlt645
+from hil.serve.clients import Clients
 from hil.serve.dlt645 import MeterBus, meter_bus, meter_bus_key
 from hil.serve.rtu import RTU_PROTOCOLS, RtuBus
 from hil.serve.tcp import Endpoint
@@ -72,8 +73,12 @@ class SimSite:
         self._endpoints: dict[tuple[str, int], Endpoint] = {}
         self._buses: dict[str, RtuBus] = {}  # serial port -> the RTU units on that bus
         self._dlt645: dict[tuple, MeterBus] = {}  # gateway or serial port -> its meters
+        self._clients = Clients()  # units that connect out (OCPP charge points)
         for d in config.devices:
             dev = self.devices[d.id]
+            if dev.connects_out:
+                self._clients.add(dev)
+                continue
             units = dev.bus_units()  # a PCS with its BMS: two
             if d.protocol in RTU_PROTOCOLS and d.serial is not None:
                 for unit in units:
@@ -175,7 +180,7 @@ class SimSite:
 
     # -- serving ------------------------------------------------------------------------
     async def start(self) -> None:
-        """Listen on every endpoint (listening when this returns), then run physics."""
+        """Listen on every endpoint (listening when this returns), run physics, start clients."""
         try:
             for ep in self._endpoints.values():
                 await ep.listen()
@@ -188,6 +193,7 @@ class SimSite:
             raise
         self.step_to(self.clock.elapsed_s())
         self._task = asyncio.create_task(self._run(), name=f"hil-physics-{self.config.site.id}")
+        self._clients.start(self.config)
 
     async def stop(self) -> None:
         if self._task:
@@ -197,6 +203,7 @@ class SimSite:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        await self._clients.stop()
         for ep in self._endpoints.values():
             await ep.shutdown()
         for bus in self._buses.values():
@@ -238,8 +245,8 @@ class SimSite:
             if not any(m.online for m in gateway.meters):
                 await gateway.stop()
             return
-        ep = self._endpoint(dev)
-        if not any(d.online for d in ep.devices):
+        ep = self._endpoints.get((dev.cfg.host, dev.cfg.port))  # None: a unit that connects out
+        if ep is not None and not any(d.online for d in ep.devices):
             await ep.shutdown()
 
     async def start_device(self, device_id: str) -> None:
@@ -251,8 +258,8 @@ class SimSite:
         if gateway := self._gateway(dev):
             await gateway.start()
             return
-        ep = self._endpoint(dev)
-        if ep.server is None:
+        ep = self._endpoints.get((dev.cfg.host, dev.cfg.port))  # None: it reconnects itself
+        if ep is not None and ep.server is None:
             await ep.listen()
 
     def _tcp_endpoint(self, dev: SimulatedDevice, what: str) -> Endpoint:

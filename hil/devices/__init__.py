@@ -15,6 +15,7 @@ from hil.config import sim_of
 from hil.devices.base import SimulatedDevice
 from hil.devices.dcbus import MapDcBusSim
 from hil.devices.dlt645 import Dlt645SimMeter
+from hil.devices.evcharger import EvChargerSim
 from hil.devices.flexload import MapFlexLoadSim
 from hil.devices.mapped import MapBatteryPcs, MapThreePhaseMeter
 from hil.devices.sunspec import BatteryPcs, Meter, PvInverter
@@ -22,7 +23,7 @@ from hil.devices.variants import BatteryVariant, MeterVariant, PvVariant
 
 SIMULATORS: tuple[type[SimulatedDevice], ...] = (
     PvInverter, BatteryPcs, Meter, MapBatteryPcs, MapThreePhaseMeter, MapFlexLoadSim,
-    MapDcBusSim, Dlt645SimMeter,
+    MapDcBusSim, Dlt645SimMeter, EvChargerSim,
 )
 CHAINS: dict[str, type[SimulatedDevice]] = {
     cls.role: cls for cls in (PvVariant, BatteryVariant, MeterVariant)

@@ -30,7 +30,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.sunspec.models import BASES, chain_registers, decode, encode_point, layout, model
-from edge.config import DeviceConfig
+from edge.config import Config, DeviceConfig
 from hil.config import SimParams, sim_of
 from hil.physics import Battery
 
@@ -96,6 +96,9 @@ class SimulatedDevice:
     # (what the building draws, − consumes).
     account: ClassVar[Literal["pv", "battery", "load"]] = "load"
     available_kw: float = 0.0  # kW the unit could supply now (PV); 0 for the others
+    # True: the unit connects out (an OCPP charge point to the daemon's CSMS) instead of
+    # being served; the site runs its `run(config)` as a task beside the servers.
+    connects_out: ClassVar[bool] = False
 
     def __init__(self, cfg: DeviceConfig, site_max_kw: float) -> None:
         self._init_unit(cfg)
@@ -148,6 +151,10 @@ class SimulatedDevice:
 
     def state(self) -> dict[str, float | int | None]:
         return {"power_kw": self.power_kw}
+
+    async def run(self, config: Config) -> None:
+        """Units that connect out: connect and keep connecting until cancelled."""
+        raise NotImplementedError
 
     def stored(self) -> Battery | None:
         """The energy store behind the unit (site SoC), if it has one."""
