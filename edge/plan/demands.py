@@ -118,9 +118,11 @@ def add(m, inp: PlanInput, dt: np.ndarray, cap: np.ndarray, big: float,
 
 
 def valley(inp: PlanInput) -> np.ndarray:
-    """The steps at the horizon's lowest import price (the tariff's valley)."""
+    """The steps wholly in the tariff's cheapest period (without a tariff: at the horizon's
+    lowest import price); a step straddling its edge pays a blend and is not one."""
     price = np.asarray(inp.import_price, dtype=float)
-    return price <= price.min(initial=math.inf) + VALLEY_TOL
+    low = price.min(initial=math.inf) if inp.valley_price is None else inp.valley_price
+    return price <= low + VALLEY_TOL
 
 
 def result(inp: PlanInput, cols: dict[str, slice], x: np.ndarray, dt: np.ndarray) -> DemandPlan:

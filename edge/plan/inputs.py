@@ -55,6 +55,7 @@ class PlanInput:
     # Energy devices need by a deadline (EV sessions), from the last decision; demands.py.
     demands: tuple[Demand, ...] = ()
     demand_from_battery: bool = False  # config.control.ev_from_battery
+    valley_price: float | None = None  # the tariff's cheapest period (None: the horizon's)
 
     @property
     def now(self) -> datetime:
@@ -225,4 +226,5 @@ def build_input(config: Config, start: datetime, step_s: int, load_kw, pv_kw,
         first_step_s=first,
         demands=tuple(d for d in demands if d.energy_kwh > 0),
         demand_from_battery=ctl.ev_from_battery,
+        valley_price=min(p.price for p in config.tariff.periods),
     )

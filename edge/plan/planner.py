@@ -371,4 +371,3 @@ class Planner:
 
     def _publish(self, plan: Plan, now: datetime, until: datetime | None = None) -> None:
         self.view.book.replace_source("plan", self.instructions(plan, now, until))
-

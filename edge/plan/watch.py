@@ -22,6 +22,7 @@ import numpy as np
 DRIFT_KWH = 3.0  # remaining energy this far off the plan's course asks for a re-plan
 HOLDOFF_S = 120.0  # simulated seconds between demand-driven re-plans
 DEPARTURE_S = 60.0  # a deadline moved by more than this is a change
+_SAY = 5  # changes named in the reason (a car park's round names the first few)
 
 
 def planned_kwh(plan, device_id: str, since: datetime, until: datetime) -> float:
@@ -100,4 +101,5 @@ class DemandWatch:
             if t is not None and now - t < hold:
                 return None
         self.last_request = now
-        return "demands changed: " + ", ".join(changed)
+        more = f" and {len(changed) - _SAY} more" if len(changed) > _SAY else ""
+        return "demands changed: " + ", ".join(changed[:_SAY]) + more

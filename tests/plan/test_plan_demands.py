@@ -92,6 +92,13 @@ def test_a_car_leaving_before_the_valley_charges_in_the_cheapest_hours_it_is_the
     assert plan.demand_short_kwh == {"ev1": 0.0}
 
 
+def test_the_valley_share_counts_the_tariffs_valley_not_the_horizons_cheapest_hours():
+    inp = tou_input(local(22, 8), 6, [Demand("ev1", 11.0, local(22, 10), 11.0)])
+    plan = solve(inp)  # 08:00-10:00 is the cheapest this horizon has, but it is flat
+    assert plan.demand_kwh == pytest.approx(11.0, abs=1e-3)
+    assert plan.demand_valley_kwh == 0.0
+
+
 def test_a_deadline_inside_a_step_allows_only_that_share_of_the_step():
     # 15-min steps, leaves at 08:05: the 08:00 step allows a third of 11 kW
     inp = tou_input(local(22, 7), 4, [Demand("ev1", 50.0, local(22, 8, 5), 11.0)])

@@ -161,7 +161,9 @@ def test_the_watch_is_rate_limited():
     hold = watch_mod.HOLDOFF_S / 3600
     assert w.due([car()], at(hold), last_round=T0) == "demands changed: +ev1"
     assert w.due([car(), car(dev="ev2")], at(hold + 0.01), last_round=T0) is None
-    assert w.due([car(), car(dev="ev2")], at(2 * hold + 0.01), last_round=T0) is not None
+    many = [car(dev=f"ev{i}") for i in range(1, 9)]
+    assert w.due(many, at(2 * hold + 0.01), last_round=T0) == \
+        "demands changed: +ev1, +ev2, +ev3, +ev4, +ev5 and 3 more"
 
 
 async def test_a_new_session_asks_the_planner_for_a_round():
