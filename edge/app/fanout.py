@@ -19,6 +19,11 @@ class SiteView:
         self.decision: Decision | None = None
         self._wake = wake
 
+    @property
+    def demands(self) -> tuple:
+        """The energy demands (EV sessions) the last decision reported, for the planner."""
+        return self.decision.demands if self.decision is not None else ()
+
     def publish(self, image: ProcessImage, decision: Decision) -> None:
         self.image, self.decision = image, decision
 

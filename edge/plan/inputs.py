@@ -13,6 +13,7 @@ import numpy as np
 
 from edge.config import BatteryDevice, Config, TariffConfig
 from edge.control.instructions import PRIORITY, Instruction
+from edge.roles.role import Demand
 
 inf = math.inf
 COMMITMENT_SOURCES = ("grid_operator", "park")
@@ -51,6 +52,15 @@ class PlanInput:
     degradation_cost_per_kwh: float = 0.0  # per kWh of battery throughput (charge + discharge)
     terminal_value_per_kwh: float | None = None
     first_step_s: float | None = None  # step 0 is shorter when a plan starts mid-step (now)
+    # Energy devices need by a deadline (EV sessions), from the last decision; demands.py.
+    demands: tuple[Demand, ...] = ()
+    demand_from_battery: bool = False  # config.control.ev_from_battery
+    valley_price: float | None = None  # the tariff's cheapest period (None: the horizon's)
+
+    @property
+    def now(self) -> datetime:
+        """The moment of planning: where step 0 begins."""
+        return self.start + timedelta(seconds=self.step_s - (self.first_step_s or self.step_s))
 
     @property
     def n(self) -> int:
@@ -96,6 +106,16 @@ def check(inp: PlanInput) -> None:
     ids = [b.id for b in inp.batteries]
     if len(set(ids)) != len(ids):
         raise ValueError("batteries: ids must be unique")
+    ids = [d.id for d in inp.demands]
+    if len(set(ids)) != len(ids):
+        raise ValueError("demands: one per device (ids must be unique)")
+    for d in inp.demands:
+        if not (math.isfinite(d.energy_kwh) and d.energy_kwh >= 0):
+            raise ValueError(f"demands[{d.id}]: energy_kwh must be finite and >= 0")
+        if not (math.isfinite(d.max_kw) and d.max_kw > 0):
+            raise ValueError(f"demands[{d.id}]: max_kw must be finite and > 0")
+        if d.deadline.tzinfo is None:
+            raise ValueError(f"demands[{d.id}]: deadline must be timezone-aware")
     for b in inp.batteries:
         if b.capacity_kwh <= 0 or b.max_charge_kw < 0 or b.max_discharge_kw < 0:
             raise ValueError(f"batteries[{b.id}]: capacity must be > 0 and power limits >= 0")
@@ -168,11 +188,13 @@ def _battery(b: BatteryDevice, soc_pct: dict[str, float]) -> PlanBattery:
 def build_input(config: Config, start: datetime, step_s: int, load_kw, pv_kw,
                 soc_pct: dict[str, float], peak_so_far_kw: float = 0.0,
                 commitments: Sequence[Instruction] = (), *, now: datetime | None = None,
-                battery_ids: Sequence[str] | None = None) -> PlanInput:
+                battery_ids: Sequence[str] | None = None,
+                demands: Sequence[Demand] = ()) -> PlanInput:
     """A `PlanInput` for the site: prices from `config.tariff` (local time), limits from
     `config.control`, batteries from the devices (those in `battery_ids`, default all),
-    reserve, degradation and end value from `config.planner`. With `now` inside step 0 the
-    plan starts now and step 0 is the rest of that step."""
+    reserve, degradation and end value from `config.planner`, and the energy `demands`
+    (those with energy still to deliver). With `now` inside step 0 the plan starts now and
+    step 0 is the rest of that step."""
     load = np.asarray(load_kw, dtype=float)
     pv = np.asarray(pv_kw, dtype=float)
     n = len(load)
@@ -202,4 +224,7 @@ def build_input(config: Config, start: datetime, step_s: int, load_kw, pv_kw,
         degradation_cost_per_kwh=plan.degradation_cost_per_kwh,
         terminal_value_per_kwh=plan.terminal_value_per_kwh,
         first_step_s=first,
+        demands=tuple(d for d in demands if d.energy_kwh > 0),
+        demand_from_battery=ctl.ev_from_battery,
+        valley_price=min(p.price for p in config.tariff.periods),
     )

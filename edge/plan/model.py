@@ -9,6 +9,8 @@ Variables per step t (kW averages over the step; dt in hours):
   short           per battery and step: kWh below the reserve SoC (soft, see below)
   tshort          per battery: kWh the horizon ends below the starting energy
   c_over, c_under kW above / below a commitment's grid bound in a step (soft, see below)
+  dem, dem_short  per energy demand (EV session): its power per step, its shortfall (kWh);
+                  demands.py has them, and they add to the load in the balance
 Objective: sum dt*(price_imp*imp - price_exp*exp) + demand*peak + degradation*dt*(ch+dis)
   + penalties. Choices that matter:
 - The demand peak is what the bill counts (hil/site.py `Ledger`, the site history): the
@@ -52,6 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from edge.plan import demands
 from edge.plan.inputs import PlanBattery, PlanInput, build_input, check
 
 __all__ = ["PlanBattery", "PlanInput", "Lp", "build", "build_input", "check",
@@ -203,7 +206,8 @@ def build(inp: PlanInput, elastic: bool = False) -> Lp:
     g_lo, g_hi = grid_window(inp, limits=False)
 
     # Physical reach of the grid each step (PV can be curtailed to zero), inside the limits.
-    imp_ub = np.maximum(load + ch_max.sum(), 0.0)
+    dem_cap = demands.caps(inp)
+    imp_ub = np.maximum(load + ch_max.sum() + dem_cap.sum(axis=0), 0.0)
     exp_ub = np.maximum(pv + dis_max.sum() - load, 0.0)
     if not elastic:
         imp_ub = np.minimum(imp_ub, inp.import_limit_kw)
@@ -222,7 +226,7 @@ def build(inp: PlanInput, elastic: bool = False) -> Lp:
         e_cost[np.arange(nb) * n + n - 1] = -inp.terminal_value_per_kwh
     e = m.col("e", e_cost, np.repeat(e_lo, n), np.repeat(e_hi, n), nb * n)
 
-    # Balance: imp - exp + pv + sum_b (dis - ch) = load
+    # Balance: imp - exp + pv + sum_b (dis - ch) - sum_d dem = load (dem: demands.add)
     bal = m.row("balance", load, load, n)
     m.coef(bal, imp, 1.0)
     m.coef(bal, exp, -1.0)
@@ -258,6 +262,8 @@ def build(inp: PlanInput, elastic: bool = False) -> Lp:
     # demand charge), so the soft bounds below give way only when nothing else can.
     big = 100.0 * (np.abs(pi).max() + np.abs(pe).max() + deg + 1.0
                    + inp.demand_charge_per_kw * 3600.0 / inp.step_s)
+
+    demands.add(m, inp, dt, dem_cap, big, {"balance": bal, "imp": imp, "exp": exp, "pv": pvu})
 
     # Reserve SoC, soft: e + short >= reserve
     if nb:

@@ -16,6 +16,13 @@ drifts from the plan; the next re-plan (every `replan_min`, from the measured So
 that, whereas a battery target would push the error onto the grid - onto the peak and the
 export limit, which are exactly what the plan protects.
 
+Energy demands (EV sessions, from the last decision) are planned with the rest
+(demands.py); each plan instruction carries the planned kW per charger (`demand_kw`). The
+cycle settles the batteries on the site without its EVs and adds their draw on top (unless
+`control.ev_from_battery`), so then the instruction's grid target and cap are those of the
+site without the planned EV power; with `ev_from_battery` they are the whole site's. A
+material change in the demands asks for a re-plan, rate-limited (watch.py).
+
 Only the next two re-plan periods of the plan are published: a planner that stops re-planning
 leaves the cycle to its rule-based functions soon after, never with stale setpoints.
 
@@ -56,9 +63,11 @@ from edge.app.clock import Clock
 from edge.config import Config
 from edge.control.instructions import Instruction
 from edge.forecast import NotMeasured
+from edge.plan.demands import kpis, usable
 from edge.plan.model import build_input
 from edge.plan.solve import Plan, PlanInfeasible, solve
 from edge.plan.stats import PlannerStats
+from edge.plan.watch import DemandWatch
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +89,8 @@ def billing_peak_kw(history, now: datetime, tz: str) -> float:
 
 class Planner:
     """`view` is what the daemon publishes after each cycle (edge/app/fanout.py): the planner
-    reads its process image (SoC) and writes its instruction book. `forecast(start, n, step_s) -> (load_kw, pv_kw)` comes from the
+    reads its process image (SoC) and the last decision's energy demands, and writes its
+    instruction book. `forecast(start, n, step_s) -> (load_kw, pv_kw)` comes from the
     daemon (edge/forecast); `history` (optional) gives the billing peak so far."""
 
     def __init__(self, config: Config, view, clock: Clock, forecast: Forecast,
@@ -101,6 +111,8 @@ class Planner:
         self._scheduler = None
         self._pending: str | None = None
         self._seen: dict[str, tuple] = {}
+        self.demand_watch = DemandWatch()
+        self._bad_demands: set[str] = set()  # said once each
 
     @property
     def plan(self) -> Plan | None:
@@ -142,6 +154,17 @@ class Planner:
         if changed or gone:
             self.request_replan("commitments changed: " + ", ".join(
                 [f"+{k}" for k in changed] + [f"-{k}" for k in gone]))
+        elif reason := self.demand_watch.due(self._demands(), now, self.stats.last_at):
+            self.request_replan(reason)
+
+    def _demands(self) -> list:
+        """The usable demands of the last decision; a bad one is said once and left out."""
+        ok, bad = usable(getattr(self.view, "demands", ()))
+        for why in bad:
+            if why not in self._bad_demands:
+                log.warning("planning without %s", why)
+        self._bad_demands = set(bad)
+        return ok
 
     async def _scheduled(self) -> None:
         reason, self._pending = self._pending or "schedule", None
@@ -223,23 +246,28 @@ class Planner:
         load, pv = self.forecast(start, self.n, self.step_s)
         commitments = [i for i in self.view.book.all() if i.source != "plan"]
         peak = billing_peak_kw(self.history, now, self.config.site.timezone)
+        demands = self._demands()
+        self.demand_watch.planned_with(demands, now)
         return build_input(self.config, start, self.step_s, load, pv, soc, peak, commitments,
-                           now=now, battery_ids=list(soc))
+                           now=now, battery_ids=list(soc), demands=demands)
 
     def _adopt(self, plan: Plan, made_at: datetime) -> Plan:
         self.last, self.made_at = plan, made_at
+        self.demand_watch.adopted(plan)
         self._publish(plan, self.clock.now())
         s = self.stats
         s.solves += 1
         s.last_status, s.last_reason = plan.status, plan.reason
         s.rounds.append((s.last_at, s.last_trigger, plan.status))
         s.last_solve_s, s.last_build_s = plan.solve_s, plan.build_s
+        s.demand_kwh, s.demand_valley_kwh = plan.demand_kwh, plan.demand_valley_kwh
+        s.demand_short_kwh = dict(plan.demand_short_kwh)
         short = plan.status != "optimal" or plan.commitment_short_kwh > 0
         level = logging.WARNING if short else logging.INFO
         log.log(level, "plan (%s, %s): %d x %d min, cost %.2f, peak %.1f kW, build %.0f ms, "
-                "solve %.0f ms%s", s.last_trigger, plan.status, plan.n, self.cfg.step_min,
+                "solve %.0f ms%s%s", s.last_trigger, plan.status, plan.n, self.cfg.step_min,
                 plan.objective, plan.peak_kw, plan.build_s * 1e3, plan.solve_s * 1e3,
-                f"; {plan.reason}" if plan.reason else "")
+                kpis(plan), f"; {plan.reason}" if plan.reason else "")
         return plan
 
     def keep_until(self) -> datetime | None:
@@ -310,9 +338,13 @@ class Planner:
             step_cap = g if math.isfinite(cap) and g > plan.peak_kw + 1e-6 else cap
             bess = float(plan.bess_kw[k]) if self.cfg.follow == "battery" and \
                 not self._on_bound(g, step_cap) else math.nan
+            demand = tuple((i, round(float(kw[k]), 3)) for i, kw in plan.demand_kw.items()
+                           if kw[k] >= 1e-3)
+            apart = 0.0 if self.config.control.ev_from_battery else sum(v for _, v in demand)
             out.append(Instruction(
                 id=f"plan-{a.strftime('%Y%m%dT%H%M%SZ')}", source="plan", start=max(a, now),
-                end=b, grid_max_kw=step_cap, grid_target_kw=g, bess_target_kw=bess))
+                end=b, grid_max_kw=step_cap - apart, grid_target_kw=g - apart,
+                bess_target_kw=bess, demand_kw=demand))
         return out
 
     def _on_bound(self, grid_kw: float, cap_kw: float) -> bool:

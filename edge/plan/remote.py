@@ -3,7 +3,8 @@ its plans in the book, and starts it again when it dies. Light on purpose: the c
 process imports neither the forecaster nor the solver.
 
 What the worker gets, about once a second (and every `_WATCH_S` simulated seconds at
-speed): the last image (battery SoCs), the book's commitments, the site balance terms with
+speed): the last image (battery SoCs), the book's commitments, the last decision's energy
+demands (EV sessions), the site balance terms with
 the PV-held-back flag of every cycle since the last send, and the history intervals closed
 meanwhile (forecast errors). What comes back after every planning round: the plan's
 instructions (the book's `plan` source is replaced with them), the round's stats and a
@@ -80,7 +81,8 @@ class PlannerWorker:
         commitments = [i for i in self.view.book.all() if i.source != "plan"]
         observed, self._observed = list(self._observed), deque(maxlen=_BACKLOG)
         metered, self._metered = self._metered, []
-        self._send(("tick", self.view.image, commitments, observed, metered))
+        self._send(("tick", self.view.image, commitments, observed, metered,
+                    tuple(self.view.demands)))
 
     def _send(self, msg: tuple) -> None:
         proc = self._proc

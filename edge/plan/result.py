@@ -1,4 +1,5 @@
-"""From an LP solution to a `Plan`: grid, battery and PV schedules, SoC, and the money."""
+"""From an LP solution to a `Plan`: grid, battery, PV and demand (EV) schedules, SoC, and
+the money."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
+from edge.plan import demands
 from edge.plan.model import Lp, PlanInput, committed, demand_blocks
 
 _TOL_KW = 1e-4
@@ -37,6 +39,12 @@ class Plan:
     soc_pct_by_id: dict[str, np.ndarray] = field(default_factory=dict)
     first_step_s: float | None = None
     commitment_short_kw: np.ndarray | None = None  # (n,) kW outside a DR/dispatch bound
+    # Energy demands (EV sessions): kW per device and step (part of grid_kw), the kWh each
+    # falls short by its deadline, and their energy over the horizon, all and in the valley.
+    demand_kw: dict[str, np.ndarray] = field(default_factory=dict)
+    demand_short_kwh: dict[str, float] = field(default_factory=dict)
+    demand_kwh: float = 0.0
+    demand_valley_kwh: float = 0.0
 
     @property
     def n(self) -> int:
@@ -96,14 +104,17 @@ def to_plan(inp: PlanInput, lp: Lp, x: np.ndarray, status: str, solve_s: float,
     energy_cost = float(np.sum(dt * (inp.import_price * imp - inp.export_price * exp)))
     demand = inp.demand_charge_per_kw * peak
     degradation = float(inp.degradation_cost_per_kwh * np.sum(dt * (ch + dis)))
+    dem = demands.result(inp, lp.cols, x, dt)
+    reason = "; ".join(r for r in (_notes(inp, lp, x, dt), *dem.notes) if r)
     return Plan(
         start=inp.start, step_s=inp.step_s, grid_kw=grid, bess_kw=net.sum(axis=0),
         bess_kw_by_id={i: net[k] for k, i in enumerate(ids)}, soc_pct=site_soc, pv_kw=pv,
         objective=energy_cost + demand + degradation, energy_cost=energy_cost,
-        demand_charge=demand, status=status, reason=_notes(inp, lp, x, dt), solve_s=solve_s,
+        demand_charge=demand, status=status, reason=reason, solve_s=solve_s,
         build_s=build_s, degradation_cost=degradation, peak_kw=peak,
         soc_pct_by_id={i: energy[k] / cap[k] * 100 for k, i in enumerate(ids)},
-        first_step_s=inp.first_step_s, commitment_short_kw=short,
+        first_step_s=inp.first_step_s, commitment_short_kw=short, demand_kw=dem.kw,
+        demand_short_kwh=dem.short_kwh, demand_kwh=dem.kwh, demand_valley_kwh=dem.valley_kwh,
     )
 
 

@@ -23,6 +23,11 @@ class PlannerStats:
     last_solve_s: float = math.nan
     last_build_s: float = math.nan
     rounds: deque = field(default_factory=lambda: deque(maxlen=100))  # (at, trigger, status)
+    # The last plan's energy demands (EV sessions): kWh over the horizon, of which in the
+    # valley (the cheapest tariff period), and the kWh each device falls short.
+    demand_kwh: float = 0.0
+    demand_valley_kwh: float = 0.0
+    demand_short_kwh: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ the control cycle and a solver blow-up or an out-of-memory kill ends only this p
 
 Run as `python -m edge.plan.worker` with pipes on stdin/stdout (edge/plan/pipe.py). The
 first message is ("init", config, clock, history path, log level, the daemon's start
-as a Unix time: the planner keeps its schedule); then, about once a
-second, ("tick", image, commitments, observations, metered intervals) and now and then
+as a Unix time: the planner keeps its schedule); then, about once a second, ("tick",
+image, commitments, observations, metered intervals, energy demands) and now and then
 ("replan", reason). The worker drives the same `Planner` as an in-process daemon, against a
 mirror of the daemon's view, and after every round sends ("plan", plan instructions, stats,
 plan summary). End of stdin ends the worker.
@@ -35,15 +35,17 @@ log = logging.getLogger("edge.plan.worker")  # __name__ is __main__ under -m
 
 
 class Mirror:
-    """The daemon's view as the planner reads it: the last image and the book's
-    commitments (the plan's own instructions stay those the planner wrote)."""
+    """The daemon's view as the planner reads it: the last image, the book's commitments
+    (the plan's own instructions stay those the planner wrote) and the last decision's
+    energy demands."""
 
     def __init__(self) -> None:
         self.image = None
         self.book = InstructionBook()
+        self.demands: tuple = ()
 
-    def update(self, image, commitments) -> None:
-        self.image = image
+    def update(self, image, commitments, demands=()) -> None:
+        self.image, self.demands = image, tuple(demands)
         for source in PRIORITY:
             if source != "plan":
                 self.book.replace_source(source, [i for i in commitments if i.source == source])
@@ -74,8 +76,8 @@ class Worker:
     def handle(self, msg: tuple) -> None:
         kind = msg[0]
         if kind == "tick":
-            _, image, commitments, observed, metered = msg
-            self.view.update(image, commitments)
+            _, image, commitments, observed, metered, demands = msg
+            self.view.update(image, commitments, demands)
             for ts, power, curtailed, dt_s in observed:
                 self.forecaster.observe(ts, power, curtailed, dt_s)
             for closed in metered:
