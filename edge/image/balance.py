@@ -1,5 +1,7 @@
 """The site balance of one process image, the one place it is computed: load = grid + pv +
-battery (docs/domain.md §2). Each device's role says which term its power is."""
+battery − EV charging (docs/domain.md §2). Each device's role says which term its power is.
+The building's load leaves the EV chargers out: the planner plans their sessions as demands
+of their own, and a load forecast that had learnt them would count them twice."""
 
 from __future__ import annotations
 
@@ -19,27 +21,29 @@ class SitePower:
     grid_kw: float | None
     pv_kw: float | None
     bess_kw: float | None
-    load_kw: float | None
+    load_kw: float | None  # the building, without EV charging
+    ev_kw: float | None = 0.0  # EV chargers
 
 
 def site_power(config, image: ProcessImage) -> SitePower:
     """A term summed over its devices is None when any of them is not GOOD (a partial sum
     would look real); load comes from load meters when the site has them, else from the
     balance."""
-    terms: dict[str, list] = {"grid": [], "pv": [], "bess": [], "load": []}
+    terms: dict[str, list] = {"grid": [], "pv": [], "bess": [], "load": [], "ev": []}
     for d in config.devices:
         term = role_of(d).balance_term(d)
         if term is not None:
             terms[term].append(d)
 
-    grid_kw, pv_kw, bess_kw = (total(image, terms[t], "power_kw") for t in ("grid", "pv", "bess"))
+    grid_kw, pv_kw, bess_kw, ev_kw = (total(image, terms[t], "power_kw")
+                                      for t in ("grid", "pv", "bess", "ev"))
     if terms["load"]:
         load_kw = total(image, terms["load"], "power_kw")
-    elif None not in (grid_kw, pv_kw, bess_kw):
-        load_kw = grid_kw + pv_kw + bess_kw
+    elif None not in (grid_kw, pv_kw, bess_kw, ev_kw):
+        load_kw = grid_kw + pv_kw + bess_kw - ev_kw
     else:
         load_kw = None
-    return SitePower(grid_kw, pv_kw, bess_kw, load_kw)
+    return SitePower(grid_kw, pv_kw, bess_kw, load_kw, ev_kw)
 
 
 def pv_held_back(pvs: list, limits: dict[str, float], image: ProcessImage) -> bool:

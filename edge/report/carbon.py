@@ -36,7 +36,7 @@ class Carbon:
 def account(intervals: list[Interval], cfg: CarbonConfig, start: datetime,
             end: datetime) -> Carbon:
     imp = sum(iv.import_kwh for iv in intervals)
-    load = sum(iv.load_kwh for iv in intervals)
+    load = sum(iv.consumed_kwh for iv in intervals)
     grey = imp * (1 - cfg.green_import_share)
     share = None if load <= 0 else min(max(1 - grey / load, 0.0), 1.0)
     return Carbon(start, end, imp, load, imp * cfg.import_factor, share)

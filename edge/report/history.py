@@ -22,7 +22,8 @@ from edge.image.balance import SitePower
 
 INTERVAL_S = 900
 PER_DAY = 86400 // INTERVAL_S
-ENERGY = ("import_kwh", "export_kwh", "pv_kwh", "load_kwh", "charge_kwh", "discharge_kwh")
+ENERGY = ("import_kwh", "export_kwh", "pv_kwh", "load_kwh", "charge_kwh", "discharge_kwh",
+          "ev_kwh")
 _COV_TERMS = ("covered_s", "covered_load_s", "covered_pv_s", "covered_bess_s")
 
 
@@ -41,6 +42,12 @@ class Interval:
     covered_load_s: float | None = None
     covered_pv_s: float | None = None
     covered_bess_s: float | None = None
+    ev_kwh: float = 0.0  # EV charging (not in load_kwh, the building's); last: added later
+
+    @property
+    def consumed_kwh(self) -> float:
+        """All the site consumed: the building and its EVs."""
+        return self.load_kwh + self.ev_kwh
 
     @property
     def grid_kwh(self) -> float:
@@ -60,7 +67,7 @@ class Interval:
 
 
 _COVER = {"load": "covered_load_s", "pv": "covered_pv_s", "charge": "covered_bess_s",
-          "discharge": "covered_bess_s"}
+          "discharge": "covered_bess_s", "ev": "covered_load_s"}
 
 
 def interval_start(ts: datetime) -> datetime:
@@ -108,6 +115,8 @@ class Accumulator:
         if p.load_kw is not None:
             terms["load_kwh"] = max(p.load_kw, 0.0) * h
             self._cov["covered_load_s"] += dt_s
+        if p.ev_kw is not None:
+            terms["ev_kwh"] = max(p.ev_kw, 0.0) * h
         if p.bess_kw is not None:
             terms["discharge_kwh"] = max(p.bess_kw, 0.0) * h
             terms["charge_kwh"] = max(-p.bess_kw, 0.0) * h
@@ -152,6 +161,10 @@ class History:
         cols = ", ".join(f"{c} REAL" + (" NOT NULL" if c in ENERGY or c == "covered_s" else "")
                          for c in _COLUMNS[1:])
         self.db.execute(f"CREATE TABLE IF NOT EXISTS interval (start TEXT PRIMARY KEY, {cols})")
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(interval)")}
+        for c in ENERGY:
+            if c not in have:  # a file from before the term existed
+                self.db.execute(f"ALTER TABLE interval ADD COLUMN {c} REAL NOT NULL DEFAULT 0")
         self.db.execute("CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, kwh REAL)")
         self.db.commit()
 

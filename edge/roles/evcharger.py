@@ -158,6 +158,9 @@ class EvCharger(Role):
             safe_current_a=dev.fail_safe_a, heartbeat_s=config.ocpp.heartbeat_s,
             deadband_a=dev.deadband_a, min_interval_s=dev.min_interval_s)}
 
+    def balance_term(self, dev) -> str:
+        return "ev"  # apart from the building's load: the plan has the sessions as demands
+
     # -- control --------------------------------------------------------------------------
     def new_state(self, devs, config) -> EvStates:
         return EvStates({d.id: Charging() for d in devs}, ZoneInfo(config.site.timezone))

@@ -154,7 +154,7 @@ class Role:
         return []
 
     def balance_term(self, dev: Any) -> str | None:
-        """Which term of the site balance (grid, pv, bess, load) its power_kw is."""
+        """Which term of the site balance (grid, pv, bess, load, ev) its power_kw is."""
         return None
 
     # -- control ------------------------------------------------------------------------

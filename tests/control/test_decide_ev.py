@@ -143,3 +143,21 @@ def test_a_request_for_the_next_session_applies_to_that_one_only(kernel):
     assert d.demands[0].energy_kwh == pytest.approx(40.0)
     d, mem = ctl.decide(image(20.0, ev1=ev(0.0, session=2.0)), book, mem, 1.0)
     assert d.demands[0].energy_kwh == pytest.approx(20.0)  # the next car: the default
+
+
+def test_the_buildings_load_leaves_the_cars_out_and_history_keeps_them_apart(tmp_path):
+    from edge.image.balance import site_power
+    from edge.report.history import Accumulator, History, Interval
+
+    p = site_power(site(), image(50.0, ev1=ev(29.0)))
+    assert p.ev_kw == pytest.approx(20.01) and p.load_kw == pytest.approx(50.0 - 20.01)
+    acc, closed = Accumulator(), []
+    for i in range(1, 17):
+        closed.append(acc.add(T0 + timedelta(seconds=60 * i), 60.0, p))
+    iv = next(c for c in closed if c is not None)
+    assert iv.ev_kwh == pytest.approx(20.01 / 4, rel=0.1)
+    assert iv.load_kwh == pytest.approx((50.0 - 20.01) / 4, rel=0.1)
+    history = History(tmp_path / "h.sqlite")
+    history.put(iv)
+    back = history.intervals(T0, T0 + timedelta(hours=1))[0]
+    assert back.ev_kwh == pytest.approx(iv.ev_kwh) and isinstance(back, Interval)

@@ -123,3 +123,23 @@ def test_saved_counters_resume_at_or_above_what_was_published(tmp_path):
     h.close()
     again = Accumulator(History(tmp_path / "h.sqlite").counters())
     assert again.counters["import_kwh"] == pytest.approx(published) and published > 0.99
+
+
+def test_a_file_from_before_the_ev_term_gains_it_and_keeps_its_intervals(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE interval (start TEXT PRIMARY KEY, import_kwh REAL NOT NULL, "
+               "export_kwh REAL NOT NULL, pv_kwh REAL NOT NULL, load_kwh REAL NOT NULL, "
+               "charge_kwh REAL NOT NULL, discharge_kwh REAL NOT NULL, covered_s REAL NOT NULL, "
+               "covered_load_s REAL, covered_pv_s REAL, covered_bess_s REAL)")
+    db.execute("INSERT INTO interval VALUES (?, 1, 0, 0, 1, 0, 0, 900, NULL, NULL, NULL)",
+               (T0.isoformat(),))
+    db.commit()
+    db.close()
+    h = History(path)
+    (iv,) = h.intervals(T0, T0 + timedelta(hours=1))
+    assert (iv.import_kwh, iv.ev_kwh) == (1.0, 0.0)
+    h.put(Interval(T0 + timedelta(seconds=INTERVAL_S), import_kwh=2.0, ev_kwh=1.5, covered_s=900))
+    assert h.intervals(T0, T0 + timedelta(hours=1))[1].ev_kwh == 1.5

@@ -26,6 +26,7 @@ class Counters(BaseModel):
     load_kwh: float | None = None
     charge_kwh: float | None = None
     discharge_kwh: float | None = None
+    ev_kwh: float | None = None
 
 
 class ChargerState(BaseModel):
@@ -49,7 +50,7 @@ class Telemetry(_Report):
     pv_kw: float | None
     bess_kw: float | None
     soc_pct: float | None = Field(ge=0, le=100)
-    load_kw: float | None
+    load_kw: float | None = Field(description="the building, without EV charging (ev_kw)")
     flex_load_kw: float | None = Field(None, description="switchable loads: what they draw")
     flex_loads_on: int | None = Field(None, ge=0, description="switchable loads running")
     ev_kw: float | None = Field(None, ge=0, description="EV chargers: what the cars draw")
