@@ -25,6 +25,7 @@ from drivers.ocpp.station import Station
 from drivers.ocpp.v16 import V16
 from drivers.ocpp.v201 import V201
 from drivers.ocpp.writer import Wanted, Writer
+from drivers.quietlog import Episode
 from drivers.spec import OcppSpec
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 SILENCE_MARGIN_S = 10.0  # beyond two heartbeats of silence the charger's values are stale
 POINTS = {"ocpp1.6": V16, "ocpp2.0.1": V201}
 BACKOFF_MAX_S = 300.0
+RESTART_S = 10.0  # a CSMS that could not listen (port taken) is tried again this often
 
 
 class Session:
@@ -93,8 +95,10 @@ class Session:
     async def _boot_or_wait(self) -> None:
         if not self.station.booted:
             await asyncio.sleep(self.charger.boot_wait_s)
-            log.info("charger %s: no BootNotification within %g s of connecting; taking it "
-                     "as accepted before", self.station.name, self.charger.boot_wait_s)
+            self.charger.throttle.say(
+                "no boot", logging.INFO, "charger %s: no BootNotification within %g s of "
+                "connecting; taking it as accepted before", self.station.name,
+                self.charger.boot_wait_s)
         self._start_setup()
 
     def _booted(self) -> None:
@@ -112,12 +116,13 @@ class Session:
         self._setup = self._spawn(self._setup_profiles())
 
     async def _setup_profiles(self) -> None:
-        st, spec = self.station, self.station.spec
+        st, spec, say = self.station, self.station.spec, self.charger.throttle.say
         try:
             level = await self.point.read_stack_level()
         except CallFailed as exc:
             level = None
-            log.info("charger %s: stack level not readable (%s)", st.name, exc)
+            say("stack level", logging.INFO, "charger %s: profile stack level not readable "
+                "(%s); using 1", st.name, exc)
         st.stack_level = max(1, level or 1)
         todo = {"max": spec.max_current_a, "safe": spec.safe_current_a}
         backoff = self.charger.retry_s
@@ -127,21 +132,21 @@ class Session:
                     status = await self.point.set_profile(purpose, amps, stack=0)
                 except CallFailed as exc:
                     if exc.answered:
-                        log.warning("charger %s: fail-safe %s profile refused: %s", st.name,
-                                    purpose, exc)
+                        say(("refused", purpose), logging.WARNING, "charger %s: fail-safe "
+                            "%s profile refused: %s", st.name, purpose, exc)
                         del todo[purpose]
                     continue
                 del todo[purpose]
                 if status != "Accepted":
-                    log.warning("charger %s answered %s to its fail-safe %s profile (%g A)",
-                                st.name, status, purpose, amps)
+                    say(("refused", purpose), logging.WARNING, "charger %s answered %s to "
+                        "its fail-safe %s profile (%g A)", st.name, status, purpose, amps)
             self.ready.set()
             if todo:
                 await asyncio.sleep(backoff)
                 backoff = min(2 * backoff, BACKOFF_MAX_S)
-        log.info("charger %s: fail-safe profiles sent (max %g A, fallback %g A), control at "
-                 "stack level %d", st.name, spec.max_current_a, spec.safe_current_a,
-                 st.stack_level)
+        say("setup", logging.INFO, "charger %s: fail-safe profiles sent (max %g A, fallback "
+            "%g A), limits at stack level %d", st.name, spec.max_current_a,
+            spec.safe_current_a, st.stack_level)
 
 
 class OcppCharger:
@@ -161,6 +166,11 @@ class OcppCharger:
         self.wanted = Wanted()
         self.station.on_tx = self.wanted.poke
         self.throttle = Throttle(log)
+        who = device_id.replace("%", "%%")
+        self.link = Episode(log, f"charger {who}: connection lost (%(reason)s)",
+                            f"charger {who}: connection lost %(count)d times in %(since)s, "
+                            "last: %(reason)s", f"charger {who}: connected again after "
+                            "%(since)s", level=logging.INFO)
         self._session: Session | None = None
         self._restart_at = 0.0
 
@@ -180,16 +190,19 @@ class OcppCharger:
         session, old = Session(self, connection), self._session
         self._session = session
         if old is not None:
-            log.info("charger %s: new connection replaces the old one", self.id)
+            self.throttle.say("replaced", logging.INFO, "charger %s: a new connection "
+                              "replaces the old one", self.id)
             await old.stop(CloseCode.POLICY_VIOLATION, "replaced by a new connection",
                            clear=False)
-        log.info("charger %s connected (%s)", self.id, connection.subprotocol)
+        self.link.ok()
+        self.throttle.say("connected", logging.INFO, "charger %s connected (%s)", self.id,
+                          connection.subprotocol)
         try:
             await session.run()
         finally:
             if self._session is session:
                 self._session = None
-                log.info("charger %s disconnected", self.id)
+                self.link.failed(_closed(connection))
 
     @property
     def connected(self) -> bool:
@@ -203,7 +216,7 @@ class OcppCharger:
 
     async def poll(self) -> Reading:
         if not self.csms.serving and time.monotonic() >= self._restart_at:
-            self._restart_at = time.monotonic() + 10.0
+            self._restart_at = time.monotonic() + RESTART_S
             try:
                 await self.csms.open(self)  # its start at connect failed (port taken?)
             except OSError as exc:
@@ -228,3 +241,13 @@ class OcppCharger:
                 "endpoint": f"{self.csms.url}{self.cp_id}", **st.info,
                 "stack_level": st.stack_level,
                 "limit_profile": "TxProfile" if st.tx_profiles else "TxDefaultProfile"}
+
+
+def _closed(connection: ServerConnection) -> str:
+    """Why a connection ended, as its close frames tell."""
+    rcvd, sent = connection.close_rcvd, connection.close_sent
+    if rcvd is not None:
+        return f"charger closed it: {rcvd.code} {rcvd.reason}".strip()
+    if sent is not None:
+        return f"closed: {sent.code} {sent.reason}".strip()
+    return "connection dropped"

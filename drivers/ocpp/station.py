@@ -110,7 +110,9 @@ class Station:
                              "charger %s: unknown connector status %r ignored", self.name, name)
             return
         self.status[connector] = name
-        if name == "Available":  # unplugged: what it drew and the car's SoC are gone
+        if name == "Available":  # unplugged: its transaction, what it drew, the SoC are gone
+            if (tx := self.tx_on(connector)) is not None:
+                self.stop_tx(tx.id)
             self._idle(connector)
             if (m := self.meters.get(connector)) is not None:
                 m.soc = NAN
@@ -125,6 +127,8 @@ class Station:
                  meter_start_wh: float = NAN) -> Tx:
         tx = self.txs.get(tx_id)
         if tx is None:
+            if (stale := self.tx_on(connector)) is not None:  # one per connector: the
+                self.stop_tx(stale.id)  # charger started again without stopping that one
             self._next_session += 1
             tx = self.txs[tx_id] = Tx(tx_id, connector, start_s, number=self._next_session)
             if math.isfinite(meter_start_wh) and meter_start_wh >= 0:
@@ -216,15 +220,22 @@ class Station:
 
     def values(self) -> dict[str, float]:
         """The EvCharger reading keys (drivers.base), summed over connectors; connector 0
-        (the whole charger's meter) counts only when no connector reports its own."""
+        (the whole charger's meter) counts only when no connector reports its own. A
+        charger that sends only currents gets its power from them (× voltage_v), one that
+        sends only power its currents from it (spread over its phases)."""
         own = [c for c in self.meters if c > 0]
         meters = [self.meters[c] for c in (own or [c for c in self.meters if c == 0])]
-        volts = self.spec.voltage_v
+        volts, n = self.spec.voltage_v, self.spec.phases
         powers, phases = [], [0.0, 0.0, 0.0]
         for m in meters:
-            amps = [0.0 if math.isnan(a) else a for a in m.amps]
+            amps = m.amps
+            if all(math.isnan(a) for a in amps) and m.metered and not math.isnan(m.power_w):
+                amps = [m.power_w / (volts * n) if i < n else 0.0 for i in range(3)]
+            amps = [0.0 if math.isnan(a) else a for a in amps]
             phases = [p + a for p, a in zip(phases, amps, strict=True)]
             powers.append(m.power_w if m.metered else sum(amps) * volts)
+        if not meters and self.txs:  # charging, but no meter value yet
+            phases = [NAN, NAN, NAN]
         known = [p for p in powers if not math.isnan(p)]
         charging = bool(self.txs)
         power = sum(known) if known else (NAN if charging else 0.0)

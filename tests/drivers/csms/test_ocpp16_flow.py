@@ -127,6 +127,20 @@ async def test_power_comes_from_the_currents_when_the_charger_sends_none(site):
     assert v["power_kw"] == pytest.approx(3 * 10 * 230 / 1000)
 
 
+async def test_currents_come_from_the_power_when_the_charger_sends_only_power(site):
+    charger = site.charger()
+    await charger.connect()
+    client = await site.client()
+    await boot(client)
+    tx_id = await start_session(client)
+    await client.cp.call(call.MeterValues(connector_id=1, transaction_id=tx_id, meter_value=[
+        {"timestamp": now_iso(), "sampled_value": [
+            {"value": "6900", "measurand": "Power.Active.Import", "unit": "W"}]}]))
+    v = (await charger.poll()).values
+    assert (v["l1_a"], v["l2_a"], v["l3_a"]) == pytest.approx((10.0, 10.0, 10.0))
+    assert v["power_kw"] == pytest.approx(6.9)
+
+
 async def test_limits_go_as_tx_default_profile_with_deadband_min_interval_cuts_and_pause(site):
     charger = site.charger()
     await charger.connect()

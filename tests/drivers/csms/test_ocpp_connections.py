@@ -6,6 +6,7 @@ life from the first connect to the last close, and the registry sharing one CSMS
 from __future__ import annotations
 
 import logging
+import socket
 
 import pytest
 import websockets
@@ -16,6 +17,7 @@ from websockets.exceptions import InvalidStatus
 
 from drivers.base import DeviceError
 from drivers.ocpp import Csms, OcppCharger
+from drivers.ocpp import charger as ocpp_charger
 from drivers.registry import build_device
 from drivers.spec import DeviceSpec
 
@@ -118,6 +120,38 @@ async def test_a_reconnect_mid_session_keeps_the_session_and_gets_the_latest_lim
     await again.cp.call(call.StopTransaction(meter_stop=4000, timestamp=now_iso(),
                                              transaction_id=started.transaction_id))
     assert (await charger.poll()).values["charging"] == 0.0
+
+
+async def test_a_rebooted_charger_gets_its_fail_safe_and_the_latest_limit_again(site):
+    charger = site.charger()
+    await charger.connect()
+    client = await site.client()
+    await boot(client)
+    await charger.write_current(16, 300)
+    await wait_for(lambda: client.cp.control(), TIMEOUT, "the limit")
+    client.cp.got.clear()
+    await boot(client)  # it restarted: what it had may be gone
+    await wait_for(lambda: client.cp.control(), TIMEOUT, "the limit again")
+    assert [g.purpose for g in client.cp.got] == [
+        "ChargePointMaxProfile", "TxDefaultProfile", "TxDefaultProfile"]
+    assert client.cp.control()[-1].limit == 16.0
+
+
+async def test_a_csms_that_cannot_listen_is_retried_from_poll(site, monkeypatch):
+    monkeypatch.setattr(ocpp_charger, "RESTART_S", 0.0)
+    charger = site.charger()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", site.port))
+        squatter.listen()
+        with pytest.raises(OSError):
+            await charger.connect()
+        with pytest.raises(DeviceError, match="cannot listen"):
+            await charger.poll()
+    with pytest.raises(DeviceError, match="not connected"):
+        await charger.poll()  # listening now
+    client = await site.client()
+    await boot(client)
+    await charger.poll()
 
 
 async def test_the_csms_runs_from_the_first_connect_to_the_last_close(site):

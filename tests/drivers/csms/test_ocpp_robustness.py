@@ -59,6 +59,15 @@ async def test_bad_frames_and_unknown_actions_get_a_call_error_and_the_session_g
     assert len(lines) <= 4, lines  # one per kind of fault, not one per frame
 
 
+async def test_a_2_0_1_station_s_bad_frame_is_a_format_violation_and_it_goes_on(site):
+    await site.charger().connect()
+    ws = await websockets.connect(f"ws://127.0.0.1:{site.port}/CP1",
+                                  subprotocols=["ocpp2.0.1"])
+    assert (await exchange(ws, "{not json"))[:3] == [4, "-1", "FormatViolation"]
+    assert (await exchange(ws, [2, "x1", "Heartbeat", {}]))[:2] == [3, "x1"]
+    await ws.close()
+
+
 async def test_absurd_meter_values_never_reach_the_reading(site, caplog):
     charger = site.charger()
     await charger.connect()
