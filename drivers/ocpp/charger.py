@@ -71,10 +71,10 @@ class Session:
         """End this connection; `clear` first removes our limits so the charger falls back
         to its fail-safe profile at once rather than when they lapse."""
         await self._cancel(*self._tasks)
-        if clear and self.writer.sent:
+        if clear and self.writer.tried:
             with contextlib.suppress(CallFailed, TimeoutError):
                 async with asyncio.timeout(min(3.0, self.charger.response_timeout_s)):
-                    for purpose in {k.split(":")[0] for k in self.writer.sent}:
+                    for purpose in sorted(self.writer.tried):
                         await self.point.clear_profile(purpose)
         with contextlib.suppress(ConnectionClosed):
             await self.connection.close(code, reason)
@@ -88,8 +88,14 @@ class Session:
 
     @staticmethod
     async def _cancel(*tasks: asyncio.Task) -> None:
-        for t in tasks:
-            t.cancel()
+        """Cancel and wait for `tasks`, cancelling again those that go on: Python 3.11's
+        asyncio.wait_for (the ocpp library's calls use it) swallows a cancellation that
+        meets the awaited reply, and the task would then live on."""
+        pending = {t for t in tasks if not t.done()}
+        while pending:
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _boot_or_wait(self) -> None:
@@ -210,9 +216,10 @@ class OcppCharger:
 
     @property
     def settled(self) -> bool:
-        """The writer of the current connection has acted on the latest write_current."""
+        """The writer of the current connection has acted on the latest write_current (sent
+        it, or decided not to yet) and has no CALL out."""
         s = self._session
-        return s is not None and s.writer.acted == self.wanted.version
+        return s is not None and not s.writer.busy and s.writer.acted == self.wanted.version
 
     async def poll(self) -> Reading:
         if not self.csms.serving and time.monotonic() >= self._restart_at:

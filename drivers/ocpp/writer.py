@@ -66,6 +66,8 @@ class Writer:
         self.sent: dict[str, Sent] = {}  # target key -> in force
         self.hold: dict[str, tuple[float, int]] = {}  # target -> (until, wanted version)
         self.acted = -1  # the wanted version the last pass fully handled
+        self.busy = False  # in a pass (a CALL may be out)
+        self.tried: set[str] = set()  # profile purposes sent on this connection
 
     def forget(self) -> None:
         """The charger rebooted: what it had may be gone; send again."""
@@ -77,7 +79,11 @@ class Writer:
         while True:
             await self.ready.wait()
             self.wanted.wake.clear()
-            delay = await self.step()
+            self.busy = True
+            try:
+                delay = await self.step()
+            finally:
+                self.busy = False
             if delay == 0:
                 continue
             try:
@@ -140,6 +146,7 @@ class Writer:
     async def _send(self, key: str, tx: Tx | None, amps: float, revert_s: int) -> bool:
         st = self.station
         purpose = "tx" if tx is not None else "default"
+        self.tried.add(purpose)
         try:
             status = await self.point.set_profile(purpose, amps, st.stack_level,
                                                   duration=revert_s + LEAD_S, tx=tx)

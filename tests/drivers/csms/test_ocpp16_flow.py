@@ -175,11 +175,11 @@ async def test_limits_go_as_tx_default_profile_with_deadband_min_interval_cuts_a
 
     await charger.write_current(0, 300)  # pause: a cut, goes at once
     await wait_for(lambda: cp.control()[-1].limit == 0.0, TIMEOUT, "the pause")
-    await charger.write_current(0.5, 300)  # not a resume: still 0 after the deadband
-    await wait_for(lambda: charger.settled, TIMEOUT, "the writer to settle")
-    assert cp.control()[-1].limit == 0.0
+    await charger.write_current(0.5, 300)  # within the deadband, but a resume: it goes
+    await wait_for(lambda: cp.control()[-1].limit == 0.5, TIMEOUT, "the resume")
     await charger.write_current(99, 300)  # clamped to the charger's max
-    await wait_for(lambda: cp.control()[-1].limit == 32.0, TIMEOUT, "the clamped resume")
+    await wait_for(lambda: cp.control()[-1].limit == 32.0, TIMEOUT, "the clamped raise")
+    await wait_for(lambda: charger.settled, TIMEOUT, "the writer to settle")
     assert (await charger.poll()).values["offered_a"] == 32.0
 
 
@@ -211,6 +211,7 @@ async def test_a_charger_refusing_tx_default_gets_tx_profile_with_its_transactio
     await wait_for(lambda: charger.settled, TIMEOUT, "the writer to settle")
     await charger.write_current(8, 300)  # from now on straight to TxProfile
     await wait_for(lambda: cp.control()[-1].limit == 8.0, TIMEOUT, "the cut")
+    await wait_for(lambda: charger.settled, TIMEOUT, "the writer to settle")
     assert cp.control()[-1].purpose == "TxProfile"
     assert sum(g.purpose == "TxDefaultProfile" for g in cp.control()) == 1
     assert charger.describe()["limit_profile"] == "TxProfile"
