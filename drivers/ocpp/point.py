@@ -110,7 +110,10 @@ class Point:
 
     async def request(self, payload):
         """`call` with every failure as CallFailed (the library raises timeouts, OCPPError,
-        its own unknown-error-code exception, the socket's ConnectionClosed ...)."""
+        its own unknown-error-code exception, the socket's ConnectionClosed ...). One CALL
+        is out at a time, and its answer is found by message id: a reply that comes after
+        its CALL timed out waits in the library's queue until the next CALL reads it, sees
+        a foreign id and drops it, so it never answers a later CALL (a test proves it)."""
         action = type(payload).__name__
         try:
             return await self.call(payload, suppress=False)  # type: ignore[attr-defined]
