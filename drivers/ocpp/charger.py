@@ -52,7 +52,8 @@ class Session:
             charger.station, connection, response_timeout_s=charger.response_timeout_s,
             throttle=charger.throttle, on_boot=self._booted, now=charger.now)
         self.writer = Writer(self.point, self.station, charger.wanted, self.ready,
-                             retry_s=charger.retry_s, throttle=charger.throttle)
+                             retry_s=charger.retry_s, throttle=charger.throttle,
+                             clock=lambda: charger.now().timestamp())
         self._tasks: set[asyncio.Task] = set()
         self._setup: asyncio.Task | None = None
         self._waiting: asyncio.Task | None = None
