@@ -131,7 +131,7 @@ class Controller:
         cfg = self.config.control
         combined = (book if book is not None else InstructionBook()).combine(image.ts)
         sharing = [(n, devs) for n, devs in self.groups.items() if ROLES[n].allocates and devs]
-        drawn = sum(ROLES[n].drawn_kw(devs, image) for n, devs in sharing)
+        drawn = sum(ROLES[n].drawn_kw(devs, image, mem, now_s) for n, devs in sharing)
         grid = image.value(self.config.grid_meter.id, "power_kw") - drawn
         natural = grid + sum(ROLES[n].idle_offset_kw(devs, image)
                              for n, devs in self.groups.items())

@@ -161,3 +161,24 @@ def test_the_buildings_load_leaves_the_cars_out_and_history_keeps_them_apart(tmp
     history.put(iv)
     back = history.intervals(T0, T0 + timedelta(hours=1))[0]
     assert back.ev_kwh == pytest.approx(iv.ev_kwh) and isinstance(back, Interval)
+
+
+def test_a_car_cut_by_a_hard_limit_waits_its_enable_delay_even_when_the_room_is_back(kernel):
+    ctl = Controller(site(functions=["peak_shaving"]), kernel)
+    d, mem = ctl.decide(image(50.0, ev1=ev(10.0)), None, ctl.initial_memory(), 0.0)
+    d, mem = ctl.decide(image(50.0, ev1=ev(10.0)), None, mem, 100.0)
+    assert d.ev_a["ev1"] > 0
+    d, mem = ctl.decide(image(65.0, ev1=ev(10.0)), None, mem, 101.0)  # a peak: cut
+    assert d.ev_a["ev1"] == 0.0
+    d, mem = ctl.decide(image(40.0, ev1=ev(0.0)), None, mem, 102.0)  # the peak is gone
+    assert d.ev_a["ev1"] == 0.0
+    d, mem = ctl.decide(image(40.0, ev1=ev(0.0)), None, mem, 161.0)
+    assert d.ev_a["ev1"] > 0
+
+
+def test_a_car_just_cut_counts_at_its_new_limit_not_its_last_meter_value(kernel):
+    # The charger accepted 6 A but its last meter value still says 29 A: the site without
+    # it is 50 - 4.14 kW, not 50 - 20 kW.
+    stale = {**ev(29.0), "offered_a": 6.0}
+    d, _ = decide(site(functions=["peak_shaving"]), image(50.0, ev1=stale), kernel)
+    assert d.ev_a["ev1"] * 0.69 <= 60 - (50 - 6 * 0.69) + 1e-6
