@@ -95,13 +95,17 @@ def _states(mem) -> EvStates:
     return mem.roles["ev_charger"]
 
 
-def kw_per_a(d: EvChargerDevice, image) -> float:
-    """kW per ampere of limit: the phases the car draws on while it charges (a 1-phase car
-    on a 3-phase charger), else the charger's."""
+def kw_per_a(d: EvChargerDevice, image, c: Charging | None = None) -> float:
+    """kW per ampere of limit: the phases the car draws on (a 1-phase car on a 3-phase
+    charger), as seen while it charges and remembered for its session; else the charger's."""
     phases = d.phases
     if image.value(d.id, "current_a") > 1.0:
         phases = max(1, sum(image.value(d.id, k) > 1.0 for k in ("l1_a", "l2_a", "l3_a")))
         phases = min(phases, d.phases)
+        if c is not None and c.session is not None:
+            c.session.phases = phases
+    elif c is not None and c.session is not None and c.session.phases:
+        phases = c.session.phases
     return d.kw(1.0, d.connectors) * phases / d.phases
 
 
@@ -145,7 +149,7 @@ def drawn_kw(d: EvChargerDevice, image, c: Charging, now_s: float) -> float:
     amps = offered if c.car_a is None else min(offered, c.car_a)
     if now_s - c.changed_at_s < SETTLE_S:
         amps = max(amps, c.cut_from_a)
-    return amps * kw_per_a(d, image)
+    return amps * kw_per_a(d, image, c)
 
 
 class EvCharger(Role):
@@ -248,7 +252,7 @@ class EvCharger(Role):
 
     def _want(self, d: EvChargerDevice, image, mem, c: Charging, room: Room,
               now_s: float) -> Want:
-        per_a = kw_per_a(d, image)
+        per_a = kw_per_a(d, image, c)
         s = c.session
         remaining = s.remaining_kwh(image.value(d.id, "session_kwh"))
         hours = s.hours_left(image.ts)
@@ -301,13 +305,13 @@ class EvCharger(Role):
     def demands(self, devs, image, mem) -> list[Demand]:
         out = []
         for d in devs:
-            s = _states(mem).by_id[d.id].session
-            if s is None or not image.good(d.id):
+            c = _states(mem).by_id[d.id]
+            if c.session is None or not image.good(d.id):
                 continue
-            remaining = s.remaining_kwh(image.value(d.id, "session_kwh"))
+            remaining = c.session.remaining_kwh(image.value(d.id, "session_kwh"))
             if remaining > 0:
-                out.append(Demand(d.id, remaining, s.departure,
-                                  d.max_current_a * kw_per_a(d, image)))
+                out.append(Demand(d.id, remaining, c.session.departure,
+                                  d.max_current_a * kw_per_a(d, image, c)))
         return out
 
     # -- reporting --------------------------------------------------------------------------

@@ -40,6 +40,7 @@ class Session:
     departure: datetime
     needed_kwh: float  # the session's energy in all (delivered + still needed)
     source: str  # where needed_kwh came from: "soc", "default" or "command"
+    phases: int = 0  # the phases the car has drawn on (0: not seen charging yet)
 
     def remaining_kwh(self, delivered_kwh: float) -> float:
         return max(self.needed_kwh - delivered_kwh, 0.0)

@@ -182,3 +182,13 @@ def test_a_car_just_cut_counts_at_its_new_limit_not_its_last_meter_value(kernel)
     stale = {**ev(29.0), "offered_a": 6.0}
     d, _ = decide(site(functions=["peak_shaving"]), image(50.0, ev1=stale), kernel)
     assert d.ev_a["ev1"] * 0.69 <= 60 - (50 - 6 * 0.69) + 1e-6
+
+
+def test_a_one_phase_car_is_planned_at_its_one_phase_power_while_paused(kernel):
+    ctl = Controller(site(functions=["peak_shaving"]), kernel)
+    one_phase = {**ev(16.0), "l2_a": 0.0, "l3_a": 0.0, "power_kw": 16 * 0.23}
+    d, mem = ctl.decide(image(40.0, ev1=one_phase), None, ctl.initial_memory(), 0.0)
+    assert d.demands[0].max_kw == pytest.approx(32 * 0.23)
+    paused = {**ev(0.0), "offered_a": 0.0}
+    d, mem = ctl.decide(image(40.0, ev1=paused), None, mem, 1.0)
+    assert d.demands[0].max_kw == pytest.approx(32 * 0.23)
