@@ -82,7 +82,8 @@ class Controller:
     def initial_memory(self) -> Memory:
         writers = [d for name, devs in self.groups.items() if ROLES[name].writes for d in devs]
         return Memory({d.id: Written() for d in writers},
-                      {name: ROLES[name].new_state(devs, self.config) for name, devs in self.groups.items()})
+                      {name: ROLES[name].new_state(devs, self.config)
+                       for name, devs in self.groups.items()})
 
     # -- the decision ---------------------------------------------------------------------
     def decide(self, image: ProcessImage, book: InstructionBook | None, memory: Memory,
