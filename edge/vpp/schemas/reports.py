@@ -65,8 +65,12 @@ class Telemetry(_Report):
     green_share: float | None = Field(None, ge=0, le=1,
                                       description="today's share of consumption not from grey import")
     dc_bus_v: float | None = Field(None, description="DC bus voltage, when the site has one")
-    mode: str = Field(description="active control functions joined by +, or safe, hold, idle, "
-                      "starting")
+    reason: str | None = Field(None, description="why, in one line: what steers the grid "
+                               "(plan, dispatch, DR event or the control functions) and which "
+                               "limit binds")
+    mode: str = Field(description="what steers the grid: plan, dispatch, dr (an instruction in "
+                      "force), else the active control functions joined by +; or safe, hold, "
+                      "idle, starting")
     stale: list[str] = Field(description="devices whose values are not GOOD")
     limits_unmet: list[Literal["import_limit", "export_limit", "grid_target"]]
     alarms: list[str] = Field([], description="standing alarms, e.g. dc_bus_out_of_band:<id> "
