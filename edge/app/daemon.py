@@ -159,6 +159,13 @@ class Daemon:
                              decision.demands if decision is not None else ())
         self.outbox.enqueue(self.link.topic("flex"), payload)
 
+    def publish_plan(self, report: dict) -> None:
+        """An adopted plan's report (edge/plan/message.py); a failure costs the report only."""
+        try:
+            self.outbox.enqueue(self.link.topic("plan"), report)
+        except Exception:  # noqa: BLE001
+            log.exception("the plan report could not be queued")
+
     async def dr_tick(self) -> None:
         """DR events: late baselines, expired instructions, and the `dr/<event_id>`
         reports that are due (every dr.report_s, at phase changes, the final one)."""
@@ -239,6 +246,7 @@ class Daemon:
                 self.dr_tick, "interval", id="dr", max_instances=1, coalesce=True,
                 seconds=max(self.clock.wall_s(min(10.0, self.config.dr.report_s)), 0.05))
             if self.planner is not None:
+                self.planner.on_adopt = self.publish_plan  # each adopted plan, once
                 self.planner.attach(self.scheduler)  # re-plans on schedule and on request
             self.scheduler.start()
             if self.commands is not None:  # commands are judged against the first image

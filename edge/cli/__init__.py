@@ -74,7 +74,8 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("schema", help="print the JSON Schema of an MQTT message (all without NAME)")
     sp.add_argument("name", nargs="?", metavar="NAME",
-                    help="telemetry, devices, flex, ack, dr_report, dispatch, dr_event, mode, cancel")
+                    help="telemetry, devices, flex, plan, carbon, ack, dr_report, dispatch, "
+                    "dr_event, mode, cancel, ev_session")
     sp.set_defaults(fn=cmd_schema)
 
     sp = sub.add_parser("demo", help="HIL + controller for one simulated day, then a KPI table")
