@@ -31,7 +31,6 @@ class Stream:
         self.max_clients = max_clients
         self._clients: set[asyncio.Queue[str | None]] = set()
         self._new = asyncio.Event()
-        self.sent = 0  # states offered to clients
         self.dropped = 0  # states a slow client lost
         self._task: asyncio.Task | None = None
 
@@ -69,7 +68,6 @@ class Stream:
             text = event(doc)
             for q in list(self._clients):
                 self._offer(q, text)
-                self.sent += 1
 
     def _offer(self, q: asyncio.Queue[str | None], item: str | None) -> None:
         if q.full():
