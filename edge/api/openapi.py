@@ -55,13 +55,15 @@ def document() -> dict[str, Any]:
     stamp = {"type": "string", "format": "date-time"}
     paths[f"{PREFIX}/history"] = {"get": {
         "operationId": "get_history",
-        "summary": "15-min energy intervals in [from, to), at most 31 days",
+        "summary": "15-min energy intervals from the one holding `from` until `to` "
+                   "(exclusive); at most 31 days from `from` (the answer's `to` says where it "
+                   "ends)",
         "parameters": [
             {"name": "from", "in": "query", "required": True, "schema": stamp},
             {"name": "to", "in": "query", "required": True, "schema": stamp}],
         "responses": {"200": _json("HistoryView", "OK"),
-                      "422": _json("Problem", "from/to missing, not a time with its offset, "
-                                   "or the range is empty or too long")}}}
+                      "422": _json("Problem", "from or to missing, or not an ISO 8601 time "
+                                   "with its offset")}}}
     paths[f"{PREFIX}/stream"] = {"get": {
         "operationId": "stream",
         "summary": "Server-Sent Events: one `state` event per cycle (data: the /state JSON)",

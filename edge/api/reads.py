@@ -7,12 +7,12 @@ say the same."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from edge.api.views import num
 from edge.plan.inputs import tariff_prices
-from edge.report.history import INTERVAL_S, History, interval_start
+from edge.report.history import INTERVAL_S, History
 from edge.vpp import flex as flex_message
 from edge.vpp.commands.parse import iso
 
@@ -72,15 +72,21 @@ def _planner(planner) -> dict[str, Any] | None:
             "restarts": getattr(planner, "restarts", None)}
 
 
-def history_range(start: datetime, end: datetime) -> str | None:
-    """Why [start, end) is not a range the API answers; None when it is."""
-    if start.tzinfo is None or end.tzinfo is None:
-        return "from and to need a UTC offset (Z or ±hh:mm)"
-    if end <= start:
-        return "to must be after from"
+def history_range(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """[start, end) in UTC as the API answers it: at most HISTORY_MAX from `start` (the
+    answer's `to` says where it ends), empty when `end` is not after `start`."""
+    start, end = _utc(start), _utc(end)
     if end - start > HISTORY_MAX:
-        return f"at most {HISTORY_MAX.days} days at once"
-    return None
+        end = start + HISTORY_MAX
+    return start, max(start, end)
+
+
+def _utc(t: datetime) -> datetime:
+    try:
+        return t.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 with an offset: the edge of time in UTC
+        edge = datetime.min if t.year == 1 else datetime.max
+        return edge.replace(tzinfo=UTC)
 
 
 def history(reader: History, start: datetime, end: datetime) -> dict[str, Any]:
@@ -91,8 +97,7 @@ def history(reader: History, start: datetime, end: datetime) -> dict[str, Any]:
                **{k: round(getattr(iv, k), 4) for k in _ENERGY},
                "covered_s": round(iv.covered_s, 1)}
         rows.append(row)
-    return {"from": iso(interval_start(start)), "to": iso(end), "interval_s": INTERVAL_S,
-            "intervals": rows}
+    return {"from": iso(start), "to": iso(end), "interval_s": INTERVAL_S, "intervals": rows}
 
 
 def dr(daemon: Daemon, now: datetime) -> dict[str, Any]:

@@ -73,10 +73,7 @@ def build(api: Api) -> Starlette:
             except ValidationError as exc:
                 why = exc.errors()[0]["msg"].removeprefix("Value error, ")
                 return _problem(422, f"{key}: {why}")
-        start, end = bounds
-        if (why := reads.history_range(start, end)) is not None:
-            return _problem(422, why)
-        return JSONResponse(await api.history(start, end))
+        return JSONResponse(await api.history(*reads.history_range(*bounds)))
 
     async def stream(request: Request) -> Response:
         if api.stream.full():

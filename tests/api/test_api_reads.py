@@ -54,6 +54,12 @@ async def test_every_read_fits_the_openapi_document_and_tells_what_the_daemon_ho
         assert bad.status_code == 422
         check(openapi, "/api/v1/history", 422, bad.json())
         assert bad.json()["detail"].startswith("from:")
+        backwards = await c.get("/api/v1/history", params={"from": day["to"], "to": day["from"]})
+        assert backwards.status_code == 200 and backwards.json()["intervals"] == []
+        long = await c.get("/api/v1/history", params={
+            "from": (START - timedelta(days=40)).isoformat(), "to": START.isoformat()})
+        assert long.status_code == 200
+        assert long.json()["to"] == "2026-06-13T02:00:00.000Z"  # 31 days from `from`
         cycles = run.daemon.cycle.stats.cycles
 
     state = docs["state"]
