@@ -10,6 +10,7 @@ import socket
 
 import psutil
 import pytest
+import yaml
 from api_helpers import client, with_api
 from conftest import wait_for
 from site_harness import running_site, site_dict
@@ -126,3 +127,18 @@ async def test_too_many_streams_are_answered_503(tmp_path, mosquitto):
             assert one.status_code == two.status_code == 200
             third = await c.get("/api/v1/stream")
             assert third.status_code == 503 and "2 streams" in third.json()["detail"]
+
+
+@pytest.mark.parametrize("api", [None, {"enabled": True, "port": 8181}])
+def test_check_names_the_api_only_when_it_is_enabled(tmp_path, capsys, api):
+    from edge.cli import main
+
+    data = site_dict(tmp_path, 1883)
+    if api is not None:
+        data["api"] = api
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["check", "-c", str(path)]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("api:")]
+    assert lines == ([] if api is None else [
+        "api: http://127.0.0.1:8181/api/v1 and /metrics; no token_file: commands refused"])
