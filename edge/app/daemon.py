@@ -101,6 +101,11 @@ class Daemon:
         elif config.planner.enabled:
             self.planner = PlannerWorker(config, self.view, self.clock,
                                          directory / "history.sqlite")
+        self.api = None  # the operator's HTTP API (edge/api), only with api.enabled
+        if config.api.enabled:
+            from edge.api.server import Api  # starlette, uvicorn: only when used
+
+            self.api = Api(self)
         self.scheduler: AsyncIOScheduler | None = None
         self.ready = asyncio.Event()
         self.undelivered = 0  # outbox rows left at shutdown; they go out on the next start
@@ -252,6 +257,8 @@ class Daemon:
             if self.commands is not None:  # commands are judged against the first image
                 self._commands_task = asyncio.create_task(self.commands.run(), name="commands")
                 self._commands_task.add_done_callback(_log_if_failed)
+            if self.api is not None:
+                await self.api.start()
             cycle_task = asyncio.create_task(
                 self.cycle.run(stop), name="control-cycle"
             )
@@ -267,6 +274,7 @@ class Daemon:
         self.notifier.stopping()
         log.info("site %s: stopping", self.config.site.id)
         steps = [
+            ("operator api", self._stop_api),
             ("commands", lambda: self._cancel(self._commands_task)),
             ("openadr", self._stop_ven),
             ("scheduler", self._stop_scheduler),
@@ -293,6 +301,10 @@ class Daemon:
     async def _stop_worker(self) -> None:
         if isinstance(self.planner, PlannerWorker):
             await self.planner.stop()
+
+    async def _stop_api(self) -> None:
+        if self.api is not None:
+            await self.api.stop()
 
     async def _stop_ven(self) -> None:
         if self.ven is not None:
