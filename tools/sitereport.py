@@ -14,7 +14,6 @@ and WAL lets it read while the daemon writes."""
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -48,14 +47,6 @@ class Row:
     soc_pct: float | None = None  # not in the history
 
 
-def open_history(path: Path) -> History:
-    """`path` read-only, as a History (its queries only)."""
-    history = History.__new__(History)
-    history.path = path
-    history.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    return history
-
-
 def recorded_days(history: History, tz: tzinfo) -> list[date]:
     starts = history.db.execute("SELECT start FROM interval").fetchall()
     return sorted({datetime.fromisoformat(s).astimezone(tz).date() for (s,) in starts})
@@ -87,7 +78,7 @@ def day_intervals(config: Config, day: date) -> tuple[list[Interval], Path]:
     if not path.exists():
         raise NoHistory(f"no history in {directory} (no history.sqlite): has `pedf-edge run` "
                         "run with this config's storage.dir?")
-    history = open_history(path)
+    history = History.reader(path)
     try:
         intervals = history.intervals(*day_bounds(day, tz))
         days = [] if intervals else recorded_days(history, tz)
