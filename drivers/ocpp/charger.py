@@ -255,7 +255,11 @@ class OcppCharger:
 
 def _closed(connection: ServerConnection) -> str:
     """Why a connection ended, as its close frames tell."""
-    rcvd, sent = connection.close_rcvd, connection.close_sent
+    # The protocol object keeps the close frames; not every websockets release exposes
+    # them on the connection itself.
+    proto = getattr(connection, "protocol", connection)
+    rcvd = getattr(connection, "close_rcvd", getattr(proto, "close_rcvd", None))
+    sent = getattr(connection, "close_sent", getattr(proto, "close_sent", None))
     if rcvd is not None:
         return f"charger closed it: {rcvd.code} {rcvd.reason}".strip()
     if sent is not None:

@@ -20,7 +20,8 @@ from edge.roles.role import Demand, Part, Role, Room, rounded, total
 
 CAR_LIMITED_A = 2.0  # a car drawing this far below its offer for a while has shown its limit
 CAR_LIMITED_S = 120.0  # ... this long after the offer (meter values may come once a minute)
-SETTLE_S = 10.0  # a car follows a new limit within 5 s (IEC 61851-1); twice that to settle
+RESPOND_S = 5.0  # a car follows a new limit within 5 s (IEC 61851-1)
+SETTLE_S = 2 * RESPOND_S  # no raise until the last change has settled at the PCC
 SLACK_H = 0.1  # a car needing its full power until this close to leaving is charged flat out
 
 
@@ -99,9 +100,12 @@ def kw_per_a(d: EvChargerDevice, image, c: Charging | None = None) -> float:
     """kW per ampere of limit: the phases the car draws on (a 1-phase car on a 3-phase
     charger), as seen while it charges and remembered for its session; else the charger's."""
     phases = d.phases
-    if image.value(d.id, "current_a") > 1.0:
-        phases = max(1, sum(image.value(d.id, k) > 1.0 for k in ("l1_a", "l2_a", "l3_a")))
-        phases = min(phases, d.phases)
+    amps, kw = image.value(d.id, "current_a"), image.value(d.id, "power_kw")
+    if amps > 1.0 and kw > 0.0:
+        # From power over current, not from which phases report a current: some chargers
+        # send one unphased current, which would read as a 1-phase car.
+        per_phase_kw = d.voltage_v * amps * d.connectors / 1000
+        phases = min(max(round(kw / per_phase_kw), 1), d.phases)
         if c is not None and c.session is not None:
             c.session.phases = phases
     elif c is not None and c.session is not None and c.session.phases:
@@ -140,14 +144,17 @@ def drawn_kw(d: EvChargerDevice, image, c: Charging, now_s: float) -> float:
     show room that is not there, and one just resumed its old zero, whose ramp would then
     count as the building's and cut it again. So a car counts at the limit its charger
     accepted (or its own maximum, once it has shown one), and for a few seconds after a
-    cut at the limit before it, while it ramps down; a car not charging, or whose charger
+    cut at the limit before it, while it ramps down (after that, a grid still over the limit
+    is real and cut further); a car not charging, or whose charger
     has taken no limit yet, at what it reported."""
     kw = image.value(d.id, "power_kw")
+    if not math.isfinite(kw):
+        kw = 0.0  # charging before its first meter value: the PCC has it in the building
     offered = image.value(d.id, "offered_a")
     if c.session is None or not math.isfinite(offered):
         return kw
     amps = offered if c.car_a is None else min(offered, c.car_a)
-    if now_s - c.changed_at_s < SETTLE_S:
+    if now_s - c.changed_at_s < RESPOND_S:
         amps = max(amps, c.cut_from_a)
     return amps * kw_per_a(d, image, c)
 
@@ -214,13 +221,15 @@ class EvCharger(Role):
         for d in devs:
             c = st.by_id[d.id]
             if not image.good(d.id):
-                # Unreachable: it holds our last limit, then lapses to its fail-safe.
-                last = mem.written[d.id].value
-                out[d.id] = d.fail_safe_a
+                # Unreachable: it holds our last limit, then lapses to its fail-safe. The
+                # limit stays what it was: a new one would reach it when it reconnects,
+                # before the room for it is known.
+                last = c.limit_a
+                out[d.id] = d.fail_safe_a if last is None else last
                 circuits.take(_want_stub(d), max(d.fail_safe_a, last or 0.0))
                 continue
             if c.session is None:
-                out[d.id] = 0.0  # no car: nothing may start before the room is shared
+                out[d.id] = c.limit_a = 0.0  # no car: nothing starts before it has room
                 continue
             if (req := room.requests.get(d.id)) is not None:
                 apply_request(c, req, image.value(d.id, "session_kwh"))
@@ -247,7 +256,7 @@ class EvCharger(Role):
             if abs(a - before) >= by_id[w.id].deadband_a or (a > 0) != (before > 0):
                 c.changed_at_s, c.cut_from_a = now_s, (before if a < before else 0.0)
             kw += a * w.kw_per_a
-            out[w.id] = a
+            out[w.id] = c.limit_a = a
         return out, kw
 
     def _want(self, d: EvChargerDevice, image, mem, c: Charging, room: Room,
@@ -340,7 +349,8 @@ class EvCharger(Role):
         maximum; how long a pause may last is the plan's business (departures)."""
         if not image.good(d.id):
             return None
-        p = -image.value(d.id, "power_kw")
+        p = image.value(d.id, "power_kw")
+        p = -p if math.isfinite(p) else 0.0
         low = -d.max_current_a * kw_per_a(d, image) if image.value(d.id, "connected") else p
         return Part(d.id, "consumption", p, 0.0, min(low, p))
 

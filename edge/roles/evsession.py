@@ -63,11 +63,13 @@ class Charging:
     car_a: float | None = None  # what the car has shown it takes (None: it follows its offer)
     changed_at_s: float = -math.inf  # its limit last changed (by more than the deadband)
     cut_from_a: float = 0.0  # the limit before that change, when it was a cut
+    limit_a: float | None = None  # the last limit decided for it (kept while unreachable)
 
     def clone(self) -> Charging:
         s = None if self.session is None else replace(self.session)
         return Charging(s, self.running, self.since_s, self.want_since_s, self.short_since_s,
-                        self.request_at, self.car_a, self.changed_at_s, self.cut_from_a)
+                        self.request_at, self.car_a, self.changed_at_s, self.cut_from_a,
+                        self.limit_a)
 
 
 @dataclass(slots=True)

@@ -252,7 +252,8 @@ def total(image: ProcessImage, devs: list[Any], key: str, weight=lambda d: 1.0) 
     figure to whoever reads it."""
     if not all(image.good(d.id) for d in devs):
         return None
-    return sum(image.value(d.id, key) * weight(d) for d in devs)
+    out = sum(image.value(d.id, key) * weight(d) for d in devs)
+    return out if math.isfinite(out) else None  # a device that does not know yet
 
 
 def rounded(x: float | None, nd: int = 3) -> float | None:

@@ -102,7 +102,15 @@ def test_the_battery_does_not_discharge_into_a_car_unless_allowed(kernel):
 def test_an_unplugged_charger_is_held_at_zero_and_an_unreachable_one_at_its_fail_safe(kernel):
     d, _ = decide(site(), image(20.0, ev1=ev(0.0, car=False),
                                 ev2_quality=Quality.STALE), kernel)
-    assert d.ev_a == {"ev1": 0.0, "ev2": 6.0}
+    assert d.ev_a == {"ev1": 0.0, "ev2": 6.0}  # never decided: its fail-safe
+
+
+def test_a_charger_that_drops_out_keeps_its_limit_for_when_it_comes_back(kernel):
+    ctl = Controller(site(functions=["peak_shaving"]), kernel)
+    d, mem = ctl.decide(image(75.0, ev2=ev(0.0, session=2.0)), None, ctl.initial_memory(), 0.0)
+    assert d.ev_a["ev2"] == 0.0  # no room for it
+    d, mem = ctl.decide(image(75.0, ev2_quality=Quality.STALE), None, mem, 1.0)
+    assert d.ev_a["ev2"] == 0.0  # not its fail-safe 6 A: that would go out on reconnection
 
 
 def test_a_plan_steers_the_chargers_and_a_car_out_of_slack_ignores_it(kernel):
@@ -224,3 +232,13 @@ def test_pv_held_back_by_a_zero_export_limit_goes_into_a_car_the_plan_left_waiti
     assert held.ev_a["ev1"] >= 6.0
     free, _ = decide(cfg, img(100.0), kernel, book)  # PV unlimited and no export: no surplus
     assert free.ev_a["ev1"] == 0.0
+
+
+def test_a_car_charging_before_its_first_meter_value_does_not_break_the_decision(kernel):
+    unknown = {**ev(0.0), "power_kw": math.nan, "current_a": math.nan, "l1_a": math.nan,
+               "l2_a": math.nan, "l3_a": math.nan, "offered_a": math.nan}
+    d, _ = decide(site(), image(30.0, ev1=unknown), kernel)
+    assert not d.crashed and d.mode != "safe" and d.ev_a["ev1"] >= 6.0
+
+    from edge.image.balance import site_power
+    assert site_power(site(), image(30.0, ev1=unknown)).ev_kw is None
