@@ -177,6 +177,8 @@ def _day_figures(data: ReportData, day: date, rows: list) -> dict[str, str]:
 def _fmt(v: float | None) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
+    if isinstance(v, int):  # a count
+        return f"{v:,d}"
     return f"{v:,.2f}"
 
 

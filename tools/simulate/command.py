@@ -13,7 +13,7 @@ from rich.table import Table
 from drivers.fileerrors import refuse
 from edge.config import Config
 from hil import scenario as scenario_mod
-from tools.simulate.kpis import evaluate, strategies, write_json
+from tools.simulate.kpis import evaluate, extra_rows, strategies, write_json
 from tools.simulate.run import run
 
 
@@ -34,6 +34,9 @@ def summary_table(k: dict, console: Console) -> None:
                             ("PV curtailed", "kWh", "pv_curtailed_kwh"),
                             ("SoC min", "%", "soc_min_pct"), ("SoC max", "%", "soc_max_pct")):
         table.add_row(name, unit, *(("–" if c.get(key) is None else f"{c[key]:,.2f}")
+                                    for _, c in cols))
+    for name, unit, key, digits in extra_rows(k):
+        table.add_row(name, unit, *(("–" if c.get(key) is None else f"{c[key]:,.{digits}f}")
                                     for _, c in cols))
     console.print(table)
     r = k.get("cost_ratio_vs_optimum")

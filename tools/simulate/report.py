@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from edge.report.history import INTERVAL_S
 from tools.report_html import ReportData, Steps
-from tools.simulate.kpis import strategies
+from tools.simulate.kpis import extra_rows, strategies
 from tools.simulate.run import RunResult
 from tools.simulate.tracks import VIOLATION_TOL_KW
 
@@ -26,6 +26,8 @@ def report_data(res: RunResult) -> ReportData:
         ("Stored energy change", "kWh", "stored_energy_change_kwh"),
     ]
     kpi_rows = [(name, unit, [c.get(key) for _, c in cols]) for name, unit, key in rows]
+    kpi_rows += [(name, unit, [c.get(key) for _, c in cols])
+                 for name, unit, key, _ in extra_rows(k)]
     kpi_rows.append(("Cost ratio vs optimum", "", [
         k.get("cost_ratio_vs_optimum") if n == "controller" else
         c.get("cost_ratio_vs_optimum", 1.0 if n == "optimum" else None) for n, c in cols]))
