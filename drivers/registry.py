@@ -13,6 +13,7 @@ from drivers.modbus.mapped import ROLES as MAP_ROLES
 from drivers.modbus.mapped import MapBattery, MapDevice
 from drivers.modbus.regmap import load_map, map_for
 from drivers.modbus.serial import SerialEndpoint
+from drivers.ocpp import Csms, OcppCharger
 from drivers.spec import DeviceSpec
 from drivers.sunspec.roles import SunSpecBattery, SunSpecMeter, SunSpecPv
 
@@ -76,6 +77,18 @@ def _dlt645(spec: DeviceSpec, endpoints: dict) -> Device:
                        ct_ratio=spec.ct_ratio, pt_ratio=spec.pt_ratio)
 
 
+def _ocpp(spec: DeviceSpec, endpoints: dict) -> Device:
+    """Chargers connect to us: every charger on one listen host:port shares one CSMS."""
+    if spec.role != "ev_charger" or spec.ocpp is None:
+        raise ValueError(f"device {spec.id}: OCPP drives EV chargers (role ev_charger with "
+                         "its charge point settings)")
+    o = spec.ocpp
+    key = ("ocpp", o.listen_host, o.listen_port)
+    if key not in endpoints:
+        endpoints[key] = Csms(o.listen_host, o.listen_port)
+    return OcppCharger(spec.id, o, endpoints[key])
+
+
 BUILDERS: dict[str, Builder] = {
     "sunspec-tcp": _sunspec,
     "sunspec-rtu": _sunspec,  # shares the port's SerialEndpoint with modbus-rtu units
@@ -83,6 +96,7 @@ BUILDERS: dict[str, Builder] = {
     "modbus-rtu": _modbus_map,
     "dlt645-tcp": _dlt645,
     "dlt645-serial": _dlt645,
+    "ocpp": _ocpp,
 }
 
 
