@@ -13,6 +13,7 @@ from rich.table import Table
 from drivers.fileerrors import refuse
 from edge.config import Config
 from hil import scenario as scenario_mod
+from tools.simulate.evkpis import unmet
 from tools.simulate.kpis import evaluate, extra_rows, strategies, write_json
 from tools.simulate.run import run
 
@@ -52,6 +53,8 @@ def summary_table(k: dict, console: Console) -> None:
                   + (f", solve p50 {1e3 * st['p50_s']:.0f} ms, max {1e3 * st['max_s']:.0f} ms"
                      if st["plans"] else "")
                   + f"; cycles {k['cycles']}, crashes {k['crashes']}")
+    if short := unmet(k.get("ev_sessions", {}).get("controller", [])):
+        console.print(f"EV sessions the controller left short: {short}")
 
 
 def command(config: Config, scenario_path: str, *, out: Path | None, report: Path | None,

@@ -85,7 +85,8 @@ def true_sessions(config: Config, start: datetime, end: datetime) -> list[TrueSe
             for day in days:
                 arrive, depart = stay_window(a, day, tz)
                 if arrive < end and depart > start:
-                    out.append(TrueSession(dev, a, a.connector, max(arrive, start), depart))
+                    out.append(TrueSession(dev, a, a.connector,
+                                           max(arrive, start).astimezone(tz), depart))
     return sorted(out, key=lambda s: (s.arrives, s.device.id, s.connector))
 
 
@@ -127,8 +128,8 @@ class EvLedger:
                 key = (dev.id, p.number, p.stay)
                 s = self._sessions.get(key)
                 if p.car is not None and (s is None or s[2] is not p.car):
-                    self._sessions[key] = [dev, sim_of(dev).arrivals[p.stay[0]], p.car, t,
-                                           p.stay[1]]
+                    self._sessions[key] = [dev, sim_of(dev).arrivals[p.stay[0]], p.car,
+                                           t.astimezone(self.tz), p.stay[1]]
         self.kwh += kw * dt_s / 3600
         if self._in_valley(t):
             self.valley_kwh += kw * dt_s / 3600
@@ -160,6 +161,13 @@ def ev_kpis(kwh: float, valley_kwh: float, outcomes: list[Outcome],
         "import_over_min": imports.seconds / 60, "import_worst_kw": imports.worst_kw,
         "import_over_kwh": imports.kwh, "import_over_count": imports.count,
     }
+
+
+def unmet(rows: list[dict]) -> str:
+    """The sessions of a strategy (`session_rows`) that left short, in words."""
+    return ", ".join(f"{r['device']} (left {r['departs'][11:16]}) short "
+                     f"{r['need_kwh'] - r['delivered_kwh']:.1f} kWh"
+                     for r in rows if r["done"] and not r["met"])
 
 
 def session_rows(outcomes: list[Outcome]) -> list[dict]:

@@ -80,7 +80,7 @@ def _costs(k: dict, value: float) -> dict:
     return out
 
 
-EV_KEYS = ("import_over_min", "import_worst_kw", "ev_kwh", "ev_valley_kwh",
+EV_KEYS = ("import_over_min", "import_worst_kw", "import_over_kwh", "ev_kwh", "ev_valley_kwh",
            "ev_valley_share_pct", "ev_sessions", "ev_sessions_met", "ev_sessions_open",
            "ev_short_kwh")
 
@@ -132,7 +132,7 @@ def evaluate(res: RunResult, *, with_optimum: bool = True, with_rules: bool = Tr
         pv_kwh=real["pv_kwh"], load_kwh=real["load_kwh"], max_import_kw=real["max_import_kw"],
         max_export_kw=real["max_export_kw"], self_consumption_pct=self_consumption_pct(real),
         import_over_min=res.recorder.imports.seconds / 60,
-        import_worst_kw=res.recorder.imports.worst_kw)
+        import_worst_kw=res.recorder.imports.worst_kw, import_over_kwh=res.recorder.imports.kwh)
     sessions: dict = {}
     ev = res.recorder.ev
     if ev is not None:

@@ -119,7 +119,8 @@ def optimum(cfg: Config, scenario: Scenario, truth: Truth, value_per_kwh: float,
     limit = math.inf if cfg.control.import_limit_kw is None else cfg.control.import_limit_kw
     for g in plan.grid_kw:
         imports.add(float(g) - limit, BILLING_S)
-    kpis.update(import_over_min=imports.seconds / 60, import_worst_kw=imports.worst_kw)
+    kpis.update(import_over_min=imports.seconds / 60, import_worst_kw=imports.worst_kw,
+                import_over_kwh=imports.kwh)
     if sessions:
         outcomes = [_served(s, plan, end) for s in sessions]
         kpis.update(ev_kpis(plan.demand_kwh, plan.demand_valley_kwh, outcomes, imports),

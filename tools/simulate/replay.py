@@ -166,7 +166,8 @@ def replay_rules(cfg: Config, truth: Truth, duration_s: float, dr: list[Window],
     out = ledger.kpis()
     out.update(stored_kwh_start=e0, stored_kwh_end=site.stored_kwh(),
                soc_min_pct=min(socs, default=None), soc_max_pct=max(socs, default=None),
-               import_over_min=imports.seconds / 60, import_worst_kw=imports.worst_kw)
+               import_over_min=imports.seconds / 60, import_worst_kw=imports.worst_kw,
+               import_over_kwh=imports.kwh)
     if chargers:
         outcomes = evs.outcomes()
         out.update(ev_kpis(evs.kwh, evs.valley_kwh, outcomes, imports),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from edge.report.history import INTERVAL_S
 from tools.report_html import ReportData, Steps
+from tools.simulate.evkpis import unmet
 from tools.simulate.kpis import extra_rows, strategies
 from tools.simulate.run import RunResult
 from tools.simulate.tracks import VIOLATION_TOL_KW
@@ -53,6 +54,15 @@ def report_data(res: RunResult) -> ReportData:
         f"{res.wall_s:.0f} s wall. End-of-run energy valued at "
         f"{k['terminal_value_per_kwh']:.3f} {cur}/kWh in the adjusted cost.",
     ]
+    ctrl = k["controller"]
+    if "ev_kwh" in ctrl:
+        notes.append(
+            f"EV sessions (a car's stay; its need: the energy to the charger's target SoC, "
+            f"or its default energy for a car that does not tell its SoC): "
+            f"{ctrl['ev_sessions_met']} of {ctrl['ev_sessions']} that left in the run met "
+            f"it, {ctrl['ev_sessions_open']} still plugged in at the end"
+            + (f"; short: {short}." if (short := unmet(k["ev_sessions"]["controller"]))
+               else "."))
     if fe.get("load"):
         notes.append(f"Forecast MAE ({res.forecast}): load {fe['load']['mae_kw']:.2f} kW, "
                      f"PV {fe['pv']['mae_kw']:.2f} kW over {fe['forecasts']} forecasts.")
