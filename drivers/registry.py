@@ -4,6 +4,7 @@ TCP host:port or serial port. A new protocol registers a builder here."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 
 from drivers.base import Device
 from drivers.dlt645.bus import Dlt645Bus, Serial, Tcp
@@ -14,11 +15,14 @@ from drivers.modbus.mapped import MapBattery, MapDevice
 from drivers.modbus.regmap import load_map, map_for
 from drivers.modbus.serial import SerialEndpoint
 from drivers.ocpp import Csms, OcppCharger
+from drivers.ocpp.point import wall_clock
 from drivers.spec import DeviceSpec
 from drivers.sunspec.roles import SunSpecBattery, SunSpecMeter, SunSpecPv
 
-# protocol -> (device spec, shared endpoints keyed by spec.endpoint) -> driver
-Builder = Callable[[DeviceSpec, dict], Device]
+Now = Callable[[], datetime]  # the site's clock (simulated under the HIL)
+# protocol -> (device spec, shared endpoints keyed by spec.endpoint, the site's clock for
+# protocols that tell a device the time) -> driver
+Builder = Callable[[DeviceSpec, dict, Now | None], Device]
 
 
 def _modbus_endpoint(spec: DeviceSpec, endpoints: dict) -> ModbusEndpoint:
@@ -41,7 +45,7 @@ _SUNSPEC = {
 }
 
 
-def _sunspec(spec: DeviceSpec, endpoints: dict) -> Device:
+def _sunspec(spec: DeviceSpec, endpoints: dict, now: Now | None = None) -> Device:
     endpoint = _modbus_endpoint(spec, endpoints)
     driver = _SUNSPEC.get(spec.role)
     if driver is None:
@@ -49,7 +53,7 @@ def _sunspec(spec: DeviceSpec, endpoints: dict) -> Device:
     return driver(spec, endpoint)
 
 
-def _modbus_map(spec: DeviceSpec, endpoints: dict) -> Device:
+def _modbus_map(spec: DeviceSpec, endpoints: dict, now: Now | None = None) -> Device:
     regmap = map_for(spec)
     endpoint = _modbus_endpoint(spec, endpoints)
     if spec.bms_map is not None and spec.bms_unit_id is not None:
@@ -59,7 +63,7 @@ def _modbus_map(spec: DeviceSpec, endpoints: dict) -> Device:
     return MAP_ROLES[spec.role](spec.id, endpoint, spec.unit_id, regmap, spec.protocol)
 
 
-def _dlt645(spec: DeviceSpec, endpoints: dict) -> Device:
+def _dlt645(spec: DeviceSpec, endpoints: dict, now: Now | None = None) -> Device:
     """Every meter on one serial port or gateway shares one bus (one connection, one request
     on the wire at a time, one slow read per poll round)."""
     if spec.role != "meter":
@@ -77,7 +81,7 @@ def _dlt645(spec: DeviceSpec, endpoints: dict) -> Device:
                        ct_ratio=spec.ct_ratio, pt_ratio=spec.pt_ratio)
 
 
-def _ocpp(spec: DeviceSpec, endpoints: dict) -> Device:
+def _ocpp(spec: DeviceSpec, endpoints: dict, now: Now | None = None) -> Device:
     """Chargers connect to us: every charger on one listen host:port shares one CSMS."""
     if spec.role != "ev_charger" or spec.ocpp is None:
         raise ValueError(f"device {spec.id}: OCPP drives EV chargers (role ev_charger with "
@@ -86,7 +90,7 @@ def _ocpp(spec: DeviceSpec, endpoints: dict) -> Device:
     key = ("ocpp", o.listen_host, o.listen_port)
     if key not in endpoints:
         endpoints[key] = Csms(o.listen_host, o.listen_port)
-    return OcppCharger(spec.id, o, endpoints[key])
+    return OcppCharger(spec.id, o, endpoints[key], now=now or wall_clock)
 
 
 BUILDERS: dict[str, Builder] = {
@@ -104,13 +108,14 @@ class UnsupportedProtocol(ValueError):
     """The spec names a protocol no driver is built for yet."""
 
 
-def build_device(spec: DeviceSpec, endpoints: dict) -> Device:
+def build_device(spec: DeviceSpec, endpoints: dict, now: Now | None = None) -> Device:
     """The driver of one device; `endpoints` (shared across a site's calls) holds one
-    connection per host:port or serial port."""
+    connection per host:port or serial port; `now` is the site's clock, for protocols that
+    tell the device the time (default: the wall clock)."""
     builder = BUILDERS.get(spec.protocol)
     if builder is None:
         raise UnsupportedProtocol(
             f"device {spec.id}: protocol {spec.protocol} has no driver yet "
             f"(available: {', '.join(sorted(BUILDERS))})"
         )
-    return builder(spec, endpoints)
+    return builder(spec, endpoints, now)

@@ -12,6 +12,8 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
+from datetime import datetime
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -19,7 +21,7 @@ from websockets.frames import CloseCode
 
 from drivers.base import DeviceError, Reading
 from drivers.ocpp.csms import Csms
-from drivers.ocpp.point import CallFailed, Point
+from drivers.ocpp.point import CallFailed, Point, wall_clock
 from drivers.ocpp.quiet import Throttle
 from drivers.ocpp.station import Station
 from drivers.ocpp.v16 import V16
@@ -48,9 +50,10 @@ class Session:
         self.ready = asyncio.Event()
         self.point: Point = POINTS[connection.subprotocol](
             charger.station, connection, response_timeout_s=charger.response_timeout_s,
-            throttle=charger.throttle, on_boot=self._booted)
+            throttle=charger.throttle, on_boot=self._booted, now=charger.now)
         self.writer = Writer(self.point, self.station, charger.wanted, self.ready,
-                             retry_s=charger.retry_s, throttle=charger.throttle)
+                             retry_s=charger.retry_s, throttle=charger.throttle,
+                             clock=lambda: charger.now().timestamp())
         self._tasks: set[asyncio.Task] = set()
         self._setup: asyncio.Task | None = None
         self._waiting: asyncio.Task | None = None
@@ -163,8 +166,8 @@ class OcppCharger:
 
     def __init__(self, device_id: str, spec: OcppSpec, csms: Csms, *,
                  response_timeout_s: float = 10.0, retry_s: float = 5.0,
-                 boot_wait_s: float = 10.0) -> None:
-        self.id, self.spec, self.csms = device_id, spec, csms
+                 boot_wait_s: float = 10.0, now: Callable[[], datetime] = wall_clock) -> None:
+        self.id, self.spec, self.csms, self.now = device_id, spec, csms, now
         self.cp_id = spec.charge_point_id
         self.response_timeout_s, self.retry_s = response_timeout_s, retry_s
         self.boot_wait_s = boot_wait_s

@@ -38,12 +38,8 @@ def iso(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def now_iso() -> str:
-    return iso(datetime.now(UTC))
-
-
-def schedule_start() -> str:
-    return iso(datetime.now(UTC) - timedelta(seconds=LEAD_S))
+def wall_clock() -> datetime:
+    return datetime.now(UTC)
 
 
 class Point:
@@ -53,12 +49,21 @@ class Point:
     protocol = ""  # the WebSocket subprotocol
 
     def __init__(self, station: Station, connection, *, response_timeout_s: float,
-                 throttle: Throttle, on_boot: Callable[[], None]) -> None:
+                 throttle: Throttle, on_boot: Callable[[], None],
+                 now: Callable[[], datetime] = wall_clock) -> None:
         who = f"charger {station.name}"
         super().__init__(station.spec.charge_point_id, connection,  # type: ignore[call-arg]
                          response_timeout=response_timeout_s,
                          logger=WireLog(logging.getLogger(type(self).__module__), throttle, who))
         self.station, self.throttle, self.on_boot, self.who = station, throttle, on_boot, who
+        self.now = now  # the site's clock: simulated under the HIL, as the chargers' is
+
+    def now_iso(self) -> str:
+        return iso(self.now())
+
+    def schedule_start(self) -> str:
+        """A minute in the past, so a charger whose clock runs a little ahead applies it."""
+        return iso(self.now() - timedelta(seconds=LEAD_S))
 
     async def start(self) -> None:
         """Receive and handle frames until the socket closes."""

@@ -10,7 +10,7 @@ from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action, RegistrationStatus
 
-from drivers.ocpp.point import PROFILE_ID, Point, now_iso, schedule_start
+from drivers.ocpp.point import PROFILE_ID, Point
 from drivers.ocpp.station import ENERGY, Sample, Tx, parse_time, to_base
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class V16(Point, ChargePoint):
                           firmware=kw.get("firmware_version"))
         log.info("%s booted: %s %s (OCPP 1.6)", self.who, charge_point_vendor,
                  charge_point_model)
-        return call_result.BootNotification(current_time=now_iso(),
+        return call_result.BootNotification(current_time=self.now_iso(),
                                             interval=self.station.spec.heartbeat_s,
                                             status=RegistrationStatus.accepted)
 
@@ -65,7 +65,7 @@ class V16(Point, ChargePoint):
 
     @on(Action.heartbeat)
     def on_heartbeat(self, **_: object) -> call_result.Heartbeat:
-        return call_result.Heartbeat(current_time=now_iso())
+        return call_result.Heartbeat(current_time=self.now_iso())
 
     @on(Action.status_notification)
     def on_status_notification(self, connector_id: int, status: str, error_code: str,
@@ -128,7 +128,7 @@ class V16(Point, ChargePoint):
 
     async def set_profile(self, purpose: str, amps: float, stack: int,
                           duration: int | None = None, tx: Tx | None = None) -> str:
-        schedule = {"charging_rate_unit": "A", "start_schedule": schedule_start(),
+        schedule = {"charging_rate_unit": "A", "start_schedule": self.schedule_start(),
                     "charging_schedule_period": [{"start_period": 0,
                                                   "limit": round(amps, 1)}]}
         if duration is not None:

@@ -11,7 +11,7 @@ from ocpp.routing import after, on
 from ocpp.v201 import ChargePoint, call, call_result
 from ocpp.v201.enums import Action
 
-from drivers.ocpp.point import PROFILE_ID, Point, now_iso, schedule_start
+from drivers.ocpp.point import PROFILE_ID, Point
 from drivers.ocpp.station import ENERGY, Sample, Tx, parse_time, to_base
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class V201(Point, ChargePoint):
                           serial=cs.get("serial_number"), firmware=cs.get("firmware_version"))
         log.info("%s booted: %s %s (OCPP 2.0.1, %s)", self.who, cs.get("vendor_name"),
                  cs.get("model"), reason)
-        return call_result.BootNotification(current_time=now_iso(),
+        return call_result.BootNotification(current_time=self.now_iso(),
                                             interval=self.station.spec.heartbeat_s,
                                             status="Accepted")
 
@@ -70,7 +70,7 @@ class V201(Point, ChargePoint):
 
     @on(Action.heartbeat)
     def on_heartbeat(self, **_: object) -> call_result.Heartbeat:
-        return call_result.Heartbeat(current_time=now_iso())
+        return call_result.Heartbeat(current_time=self.now_iso())
 
     @on(Action.status_notification)
     def on_status_notification(self, connector_status: str, evse_id: int,
@@ -167,7 +167,7 @@ class V201(Point, ChargePoint):
     async def set_profile(self, purpose: str, amps: float, stack: int,
                           duration: int | None = None, tx: Tx | None = None) -> str:
         pid = PROFILE_ID[purpose]
-        schedule = {"id": pid, "charging_rate_unit": "A", "start_schedule": schedule_start(),
+        schedule = {"id": pid, "charging_rate_unit": "A", "start_schedule": self.schedule_start(),
                     "charging_schedule_period": [{"start_period": 0,
                                                   "limit": round(amps, 1)}]}
         if duration is not None:

@@ -54,6 +54,9 @@ class Sent:
     revert_s: int
 
 
+MAX_NAP_S = 0.5  # wall seconds the writer sleeps at most before it reads the clock again
+
+
 class Writer:
     """One per connection; `sent` (what is in force per target) starts empty, so the
     latest wanted limit goes out as soon as the connection is ready."""
@@ -86,6 +89,9 @@ class Writer:
                 self.busy = False
             if delay == 0:
                 continue
+            if delay is not None:
+                # The site's clock may run faster than the wall (the HIL): look again soon.
+                delay = min(delay, MAX_NAP_S)
             try:
                 await asyncio.wait_for(self.wanted.wake.wait(), delay)
             except TimeoutError:

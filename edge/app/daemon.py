@@ -58,7 +58,7 @@ class Daemon:
         directory.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(directory / "outbox.sqlite")
         self.link = MqttLink(mqtt, config.site.id, self.outbox)
-        self.devices = build_devices(config)
+        self.devices = build_devices(config, self.clock.now)
         self.book = InstructionBook()  # fed by DR, park dispatch and the planner
         self.cycle = ControlCycle(config, self.devices, self.kernel, self.clock, self.book)
         # Services read the last cycle's image and decision from the view, never the cycle.

@@ -3,6 +3,9 @@ the drivers need (drivers.spec), so drivers never see the config."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+
 from drivers.base import Device
 from drivers.modbus.regmap import MapError, load_map, map_for
 from drivers.registry import build_device
@@ -24,10 +27,13 @@ def device_spec(config: Config, dev) -> DeviceSpec:
     )
 
 
-def build_devices(config: Config) -> dict[str, Device]:
-    """Every configured device's driver, sharing one endpoint per host:port or serial port."""
+def build_devices(config: Config, now: Callable[[], datetime] | None = None
+                  ) -> dict[str, Device]:
+    """Every configured device's driver, sharing one endpoint per host:port or serial port;
+    `now` is the site's clock (simulated under the HIL), for protocols that carry the time."""
     endpoints: dict = {}
-    return {dev.id: build_device(device_spec(config, dev), endpoints) for dev in config.devices}
+    return {dev.id: build_device(device_spec(config, dev), endpoints, now)
+            for dev in config.devices}
 
 
 def check_maps(config: Config) -> list[str]:

@@ -82,7 +82,8 @@ class Controller:
     def initial_memory(self) -> Memory:
         writers = [d for name, devs in self.groups.items() if ROLES[name].writes for d in devs]
         return Memory({d.id: Written() for d in writers},
-                      {name: ROLES[name].new_state(devs, self.config) for name, devs in self.groups.items()})
+                      {name: ROLES[name].new_state(devs, self.config)
+                       for name, devs in self.groups.items()})
 
     # -- the decision ---------------------------------------------------------------------
     def decide(self, image: ProcessImage, book: InstructionBook | None, memory: Memory,
@@ -131,7 +132,7 @@ class Controller:
         cfg = self.config.control
         combined = (book if book is not None else InstructionBook()).combine(image.ts)
         sharing = [(n, devs) for n, devs in self.groups.items() if ROLES[n].allocates and devs]
-        drawn = sum(ROLES[n].drawn_kw(devs, image) for n, devs in sharing)
+        drawn = sum(ROLES[n].drawn_kw(devs, image, mem, now_s) for n, devs in sharing)
         grid = image.value(self.config.grid_meter.id, "power_kw") - drawn
         natural = grid + sum(ROLES[n].idle_offset_kw(devs, image)
                              for n, devs in self.groups.items())

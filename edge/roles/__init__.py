@@ -39,5 +39,5 @@ def grouped(devices: list[Any]) -> dict[str, list[Any]]:
 
 
 __all__ = ["ROLES", "BatteryDevice", "BmsParams", "Part", "DcConverterDevice",
-           "DeviceConfig", "EvChargerDevice", "FlexLoadDevice", "Memory", "MeterDevice", "PvDevice", "Role",
-           "Written", "grouped", "role_of"]
+           "DeviceConfig", "EvChargerDevice", "FlexLoadDevice", "Memory", "MeterDevice",
+           "PvDevice", "Role", "Written", "grouped", "role_of"]

@@ -19,7 +19,8 @@ from edge.roles.evshare import PHASES, Circuits, Want, economic_minimums, share
 from edge.roles.role import Demand, Part, Role, Room, rounded, total
 
 CAR_LIMITED_A = 2.0  # a car drawing this far below its offer for a while has shown its limit
-CAR_LIMITED_S = 30.0  # ... after this long since the offer (cars ramp in seconds)
+CAR_LIMITED_S = 120.0  # ... this long after the offer (meter values may come once a minute)
+SETTLE_S = 10.0  # a car follows a new limit within 5 s (IEC 61851-1); twice that to settle
 SLACK_H = 0.1  # a car needing its full power until this close to leaving is charged flat out
 
 
@@ -94,36 +95,61 @@ def _states(mem) -> EvStates:
     return mem.roles["ev_charger"]
 
 
-def kw_per_a(d: EvChargerDevice, image) -> float:
-    """kW per ampere of limit: the phases the car draws on while it charges (a 1-phase car
-    on a 3-phase charger), else the charger's."""
+def kw_per_a(d: EvChargerDevice, image, c: Charging | None = None) -> float:
+    """kW per ampere of limit: the phases the car draws on (a 1-phase car on a 3-phase
+    charger), as seen while it charges and remembered for its session; else the charger's."""
     phases = d.phases
     if image.value(d.id, "current_a") > 1.0:
         phases = max(1, sum(image.value(d.id, k) > 1.0 for k in ("l1_a", "l2_a", "l3_a")))
         phases = min(phases, d.phases)
+        if c is not None and c.session is not None:
+            c.session.phases = phases
+    elif c is not None and c.session is not None and c.session.phases:
+        phases = c.session.phases
     return d.kw(1.0, d.connectors) * phases / d.phases
 
 
 def enabled(d: EvChargerDevice, c: Charging, economic: bool, must: bool, now_s: float) -> bool:
-    """The economic room's verdict after the delays: a paused car resumes once the room for
-    its minimum has stood enable_delay_s (at once when it was never paused in this
-    session); a running car is paused once the room has been gone disable_delay_s."""
+    """The economic room's verdict after the delays. A running car is paused once that room
+    has been gone for disable_delay_s. A paused car resumes once the room for its minimum has
+    stood enable_delay_s and its pause (for whatever reason: a hard limit cuts at once) is
+    as old; at once when it was never paused in this session."""
     if must:
         c.want_since_s = c.short_since_s = None
         return True
-    if economic:
-        c.short_since_s = None
-        if c.running:
+    if c.running:
+        if economic:
+            c.short_since_s = None
             return True
-        if c.want_since_s is None:
-            c.want_since_s = now_s
-        return not math.isfinite(c.since_s) or now_s - c.want_since_s >= d.enable_delay_s
-    c.want_since_s = None
-    if not c.running:
+        if c.short_since_s is None:
+            c.short_since_s = now_s
+        return now_s - c.short_since_s < d.disable_delay_s
+    if not economic:
+        c.want_since_s = None
         return False
-    if c.short_since_s is None:
-        c.short_since_s = now_s
-    return now_s - c.short_since_s < d.disable_delay_s
+    if c.want_since_s is None:
+        c.want_since_s = now_s
+    if not math.isfinite(c.since_s):
+        return True
+    return min(now_s - c.want_since_s, now_s - c.since_s) >= d.enable_delay_s
+
+
+def drawn_kw(d: EvChargerDevice, image, c: Charging, now_s: float) -> float:
+    """What the car draws now, for the site without it. Meter values come every few seconds
+    to a minute, the PCC meter every cycle: a car just cut would still read its old draw and
+    show room that is not there, and one just resumed its old zero, whose ramp would then
+    count as the building's and cut it again. So a car counts at the limit its charger
+    accepted (or its own maximum, once it has shown one), and for a few seconds after a
+    cut at the limit before it, while it ramps down; a car not charging, or whose charger
+    has taken no limit yet, at what it reported."""
+    kw = image.value(d.id, "power_kw")
+    offered = image.value(d.id, "offered_a")
+    if c.session is None or not math.isfinite(offered):
+        return kw
+    amps = offered if c.car_a is None else min(offered, c.car_a)
+    if now_s - c.changed_at_s < SETTLE_S:
+        amps = max(amps, c.cut_from_a)
+    return amps * kw_per_a(d, image, c)
 
 
 class EvCharger(Role):
@@ -175,11 +201,12 @@ class EvCharger(Role):
             observe_session(d, image, c, st.tz)
             if c.session is not before and (before is None or c.session is None
                                             or before.number != c.session.number):
-                c.running, c.since_s, c.want_since_s, c.short_since_s = (
-                    False, -math.inf, None, None)
+                c.running, c.since_s, c.want_since_s, c.short_since_s, c.car_a = (
+                    False, -math.inf, None, None, None)
 
-    def drawn_kw(self, devs, image) -> float:
-        return sum(image.value(d.id, "power_kw") for d in devs if image.good(d.id))
+    def drawn_kw(self, devs, image, mem, now_s) -> float:
+        st = _states(mem)
+        return sum(drawn_kw(d, image, st.by_id[d.id], now_s) for d in devs if image.good(d.id))
 
     def allocate(self, devs, image, mem, now_s, config, room: Room):
         st, out, wants = _states(mem), {}, []
@@ -202,30 +229,42 @@ class EvCharger(Role):
         for w in wants:
             w.wants_min = enabled(next(d for d in devs if d.id == w.id), st.by_id[w.id],
                                   verdict[w.id], w.must, now_s)
+        if any(now_s - st.by_id[d.id].changed_at_s < SETTLE_S for d in devs):
+            # Cars are still following the last change: the PCC does not show it yet, so
+            # nothing is raised until it does (cuts go on).
+            for w in wants:
+                now_a = mem.written[w.id].value or 0.0
+                w.max_a = min(w.max_a, now_a)
+                w.wants_min = w.wants_min and now_a >= w.min_a
         amps = share(wants, room.import_kw, room.surplus_kw, circuits)
         kw = 0.0
+        by_id = {d.id: d for d in devs}
         for w in wants:
             c, a = st.by_id[w.id], amps[w.id]
             if c.running != (a > 0):
                 c.running, c.since_s = a > 0, now_s
+            before = mem.written[w.id].value or 0.0
+            if abs(a - before) >= by_id[w.id].deadband_a or (a > 0) != (before > 0):
+                c.changed_at_s, c.cut_from_a = now_s, (before if a < before else 0.0)
             kw += a * w.kw_per_a
             out[w.id] = a
         return out, kw
 
     def _want(self, d: EvChargerDevice, image, mem, c: Charging, room: Room,
               now_s: float) -> Want:
-        per_a = kw_per_a(d, image)
+        per_a = kw_per_a(d, image, c)
         s = c.session
         remaining = s.remaining_kwh(image.value(d.id, "session_kwh"))
         hours = s.hours_left(image.ts)
         full_kw = d.max_current_a * per_a
         must = remaining > 0 and remaining / full_kw >= hours - SLACK_H
-        max_a = d.max_current_a
         offered, drawn = image.value(d.id, "offered_a"), image.value(d.id, "current_a")
-        if (math.isfinite(offered) and offered >= d.min_current_a and c.running
-                and drawn < offered - CAR_LIMITED_A
-                and now_s - mem.written[d.id].at_s > CAR_LIMITED_S):
-            max_a = max(drawn + CAR_LIMITED_A, d.min_current_a)
+        if math.isfinite(offered) and offered >= d.min_current_a and c.running:
+            if drawn >= offered - CAR_LIMITED_A:
+                c.car_a = None  # it follows its offer
+            elif now_s - mem.written[d.id].at_s > CAR_LIMITED_S:
+                c.car_a = max(drawn + CAR_LIMITED_A, d.min_current_a)
+        max_a = d.max_current_a if c.car_a is None else c.car_a
         if must or room.planned_kw is None:
             target = math.inf
         else:
@@ -266,13 +305,13 @@ class EvCharger(Role):
     def demands(self, devs, image, mem) -> list[Demand]:
         out = []
         for d in devs:
-            s = _states(mem).by_id[d.id].session
-            if s is None or not image.good(d.id):
+            c = _states(mem).by_id[d.id]
+            if c.session is None or not image.good(d.id):
                 continue
-            remaining = s.remaining_kwh(image.value(d.id, "session_kwh"))
+            remaining = c.session.remaining_kwh(image.value(d.id, "session_kwh"))
             if remaining > 0:
-                out.append(Demand(d.id, remaining, s.departure,
-                                  d.max_current_a * kw_per_a(d, image)))
+                out.append(Demand(d.id, remaining, c.session.departure,
+                                  d.max_current_a * kw_per_a(d, image, c)))
         return out
 
     # -- reporting --------------------------------------------------------------------------

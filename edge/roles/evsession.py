@@ -40,6 +40,7 @@ class Session:
     departure: datetime
     needed_kwh: float  # the session's energy in all (delivered + still needed)
     source: str  # where needed_kwh came from: "soc", "default" or "command"
+    phases: int = 0  # the phases the car has drawn on (0: not seen charging yet)
 
     def remaining_kwh(self, delivered_kwh: float) -> float:
         return max(self.needed_kwh - delivered_kwh, 0.0)
@@ -59,11 +60,14 @@ class Charging:
     want_since_s: float | None = None  # the room for its minimum has been there since
     short_since_s: float | None = None  # the economic room has been short since
     request_at: datetime | None = None  # the last command applied: each applies once
+    car_a: float | None = None  # what the car has shown it takes (None: it follows its offer)
+    changed_at_s: float = -math.inf  # its limit last changed (by more than the deadband)
+    cut_from_a: float = 0.0  # the limit before that change, when it was a cut
 
     def clone(self) -> Charging:
         s = None if self.session is None else replace(self.session)
         return Charging(s, self.running, self.since_s, self.want_since_s, self.short_since_s,
-                        self.request_at)
+                        self.request_at, self.car_a, self.changed_at_s, self.cut_from_a)
 
 
 @dataclass(slots=True)

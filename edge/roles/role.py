@@ -181,7 +181,8 @@ class Role:
              config: Config, out: np.ndarray) -> None:
         """Fill the kernel block `out` (one row per device)."""
 
-    def drawn_kw(self, devs: list[Any], image: ProcessImage) -> float:
+    def drawn_kw(self, devs: list[Any], image: ProcessImage, mem: Memory,
+                 now_s: float) -> float:
         """An allocating role: what its readable devices draw now (the kernel first settles
         the site without it)."""
         return 0.0

@@ -161,3 +161,66 @@ def test_the_buildings_load_leaves_the_cars_out_and_history_keeps_them_apart(tmp
     history.put(iv)
     back = history.intervals(T0, T0 + timedelta(hours=1))[0]
     assert back.ev_kwh == pytest.approx(iv.ev_kwh) and isinstance(back, Interval)
+
+
+def test_a_car_cut_by_a_hard_limit_waits_its_enable_delay_even_when_the_room_is_back(kernel):
+    ctl = Controller(site(functions=["peak_shaving"]), kernel)
+    d, mem = ctl.decide(image(50.0, ev1=ev(10.0)), None, ctl.initial_memory(), 0.0)
+    d, mem = ctl.decide(image(50.0, ev1=ev(10.0)), None, mem, 100.0)
+    assert d.ev_a["ev1"] > 0
+    d, mem = ctl.decide(image(65.0, ev1=ev(10.0)), None, mem, 101.0)  # a peak: cut
+    assert d.ev_a["ev1"] == 0.0
+    d, mem = ctl.decide(image(40.0, ev1=ev(0.0)), None, mem, 102.0)  # the peak is gone
+    assert d.ev_a["ev1"] == 0.0
+    d, mem = ctl.decide(image(40.0, ev1=ev(0.0)), None, mem, 161.0)
+    assert d.ev_a["ev1"] > 0
+
+
+def test_a_car_just_cut_counts_at_its_new_limit_not_its_last_meter_value(kernel):
+    # The charger accepted 6 A but its last meter value still says 29 A: the site without
+    # it is 50 - 4.14 kW, not 50 - 20 kW.
+    stale = {**ev(29.0), "offered_a": 6.0}
+    d, _ = decide(site(functions=["peak_shaving"]), image(50.0, ev1=stale), kernel)
+    assert d.ev_a["ev1"] * 0.69 <= 60 - (50 - 6 * 0.69) + 1e-6
+
+
+def test_a_one_phase_car_is_planned_at_its_one_phase_power_while_paused(kernel):
+    ctl = Controller(site(functions=["peak_shaving"]), kernel)
+    one_phase = {**ev(16.0), "l2_a": 0.0, "l3_a": 0.0, "power_kw": 16 * 0.23}
+    d, mem = ctl.decide(image(40.0, ev1=one_phase), None, ctl.initial_memory(), 0.0)
+    assert d.demands[0].max_kw == pytest.approx(32 * 0.23)
+    paused = {**ev(0.0), "offered_a": 0.0}
+    d, mem = ctl.decide(image(40.0, ev1=paused), None, mem, 1.0)
+    assert d.demands[0].max_kw == pytest.approx(32 * 0.23)
+
+
+def test_pv_held_back_by_a_zero_export_limit_goes_into_a_car_the_plan_left_waiting(kernel):
+    cfg = parse({
+        "site": {"id": "s"},
+        "devices": [
+            {"id": "pv1", "host": "127.0.0.1", "role": "pv", "port": 1502, "rated_kw": 100},
+            {"id": "bess1", "host": "127.0.0.1", "role": "battery", "port": 1503,
+             "capacity_kwh": 200, "max_charge_kw": 50, "max_discharge_kw": 50},
+            {"id": "pcc", "host": "127.0.0.1", "role": "meter", "port": 1504},
+            {"id": "ev1", "role": "ev_charger", "charge_point_id": "CP1", "max_current_a": 32},
+        ],
+        "control": {"export_limit_kw": 0},
+        "tariff": {"periods": [{"name": "flat", "start": "00:00", "end": "00:00", "price": 0.5}]},
+    })
+    book = InstructionBook()
+    book.put(Instruction("plan-1", "plan", T0 - timedelta(minutes=5), T0 + timedelta(minutes=10),
+                         demand_kw=(("ev1", 0.0),)))
+
+    def img(pv_limit):
+        return ProcessImage(T0, 1.0, {
+            "pv1": DeviceState(Reading("pv1", {"power_kw": pv_limit, "limit_kw": pv_limit}),
+                               Quality.GOOD, 0),
+            "bess1": DeviceState(Reading("bess1", {"power_kw": 0.0, "soc_pct": 95.0}),
+                                 Quality.GOOD, 0),
+            "pcc": DeviceState(Reading("pcc", {"power_kw": 0.0}), Quality.GOOD, 0),
+            "ev1": DeviceState(Reading("ev1", ev(0.0)), Quality.GOOD, 0)})
+
+    held, _ = decide(cfg, img(30.0), kernel, book)  # PV at its limit: the sun offers more
+    assert held.ev_a["ev1"] >= 6.0
+    free, _ = decide(cfg, img(100.0), kernel, book)  # PV unlimited and no export: no surplus
+    assert free.ev_a["ev1"] == 0.0

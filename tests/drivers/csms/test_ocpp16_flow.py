@@ -243,3 +243,20 @@ async def test_poll_raises_when_a_connected_charger_went_silent(site):
         await charger.poll()
     await client.cp.call(call.Heartbeat())
     await charger.poll()
+
+
+async def test_times_told_to_the_charger_follow_the_sites_clock(site):
+    """Under the HIL both sides run on simulated time: a schedule stamped with the wall
+    clock would start months away from the simulated charger's now."""
+    from datetime import UTC
+
+    simulated = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
+    charger = site.charger(now=lambda: simulated)
+    await charger.connect()
+    client = await site.client()
+    res = await boot(client)
+    assert seconds(res.current_time) == simulated.timestamp()
+    await start_session(client)
+    await charger.write_current(16.0, 300)
+    await wait_for(lambda: len(client.cp.got) >= 3, TIMEOUT, "the limit")
+    assert seconds(client.cp.got[2].start) == simulated.timestamp() - 60
