@@ -24,7 +24,6 @@ from tools.broker import ensure_broker, free_port
 from tools.simulate.events import fire_events
 from tools.simulate.evkpis import EvLedger
 from tools.simulate.evpark import chargers_of
-from tools.simulate.ocppclock import on_run_clock
 from tools.simulate.tracks import ForecastLog, PlanTrack, Recorder
 
 log = logging.getLogger(__name__)
@@ -194,14 +193,13 @@ async def run(scenario: Scenario, config: Config, *, forecast: str = "perfect",
             await site.stop()
             raise
         try:
-            with on_run_clock(clock):
-                daemon = Daemon(cfg, clock, mqtt_host=broker.host, mqtt_port=broker.port,
-                                in_process_planner=True)  # it swaps and scores the forecasts
-                flog = None
-                if daemon.planner is not None:
-                    inner = truth.forecast if forecast == "perfect" else daemon.planner.forecast
-                    flog = daemon.planner.forecast = ForecastLog(inner)
-                result = await _drive(scenario, clock, site, daemon, progress)
+            daemon = Daemon(cfg, clock, mqtt_host=broker.host, mqtt_port=broker.port,
+                            in_process_planner=True)  # it swaps and scores the forecasts
+            flog = None
+            if daemon.planner is not None:
+                inner = truth.forecast if forecast == "perfect" else daemon.planner.forecast
+                flog = daemon.planner.forecast = ForecastLog(inner)
+            result = await _drive(scenario, clock, site, daemon, progress)
         finally:
             await site.stop()
             await broker.close()
