@@ -81,7 +81,10 @@ def command(config: Config, scenario_path: str, *, out: Path | None, report: Pat
                               progress=progress))
     console.print("solving the references (perfect-foresight LP, rule-based replay) ...")
     kpis = evaluate(res)
-    summary_table(kpis, Console(quiet=quiet))
+    screen = Console(quiet=quiet)
+    if not screen.is_terminal:  # piped or logged: room for every column, not 80 characters
+        screen = Console(quiet=quiet, width=132)
+    summary_table(kpis, screen)
     if out is not None:
         write_json(kpis, out)
         console.print(f"KPIs written to {out}")
