@@ -94,6 +94,17 @@ def valley_price(tariff: TariffConfig) -> float:
     return min(p.price for p in tariff.periods)
 
 
+@dataclass
+class _Seen:
+    """A session as the ledger follows it: its car (whose energy and SoC move on)."""
+
+    dev: EvChargerDevice
+    arrival: Arrival
+    car: Car
+    arrived: datetime
+    day: date  # the stay's, for its departure
+
+
 class EvLedger:
     """Watches chargers step by step (the HIL's charge points or the replay's): EV energy,
     the part of it in the tariff's valley, and each session's car."""
@@ -107,8 +118,7 @@ class EvLedger:
         self.valley_kwh = 0.0
         self._minute: int | None = None
         self._valley = False
-        # (device, connector, stay) -> [device config, arrival, car, arrived, stay's day]
-        self._sessions: dict[tuple, list] = {}
+        self._sessions: dict[tuple, _Seen] = {}  # by (device, connector, stay)
 
     def _in_valley(self, t: datetime) -> bool:
         minute = int(t.timestamp() // 60)
@@ -127,25 +137,21 @@ class EvLedger:
                 kw += p.power_kw if p.car is not None else 0.0
                 key = (dev.id, p.number, p.stay)
                 s = self._sessions.get(key)
-                if p.car is not None and (s is None or s[2] is not p.car):
-                    self._sessions[key] = [dev, sim_of(dev).arrivals[p.stay[0]], p.car,
-                                           t.astimezone(self.tz), p.stay[1]]
+                if p.car is not None and (s is None or s.car is not p.car):
+                    self._sessions[key] = _Seen(dev, sim_of(dev).arrivals[p.stay[0]], p.car,
+                                                t.astimezone(self.tz), p.stay[1])
         self.kwh += kw * dt_s / 3600
         if self._in_valley(t):
             self.valley_kwh += kw * dt_s / 3600
 
     def outcomes(self) -> list[Outcome]:
         out = []
-        for (dev_id, number, _), (dev, a, car, arrived, day) in self._sessions.items():
-            out.append(_outcome(dev, a, number, car, arrived, day, self.tz, self.end))
+        for (_, number, _), s in self._sessions.items():
+            _, departs = stay_window(s.arrival, s.day, self.tz)
+            out.append(Outcome(s.dev.id, number, s.arrived, departs, need_kwh(s.dev, s.arrival),
+                               s.car.energy_kwh, s.car.soc_pct, s.dev.target_soc_pct,
+                               departs <= self.end))
         return sorted(out, key=lambda o: (o.arrived, o.device, o.connector))
-
-
-def _outcome(dev: EvChargerDevice, a: Arrival, number: int, car: Car, arrived: datetime,
-             day: date, tz: ZoneInfo, end: datetime) -> Outcome:
-    _, departs = stay_window(a, day, tz)
-    return Outcome(dev.id, number, arrived, departs, need_kwh(dev, a), car.energy_kwh,
-                   car.soc_pct, dev.target_soc_pct, departs <= end)
 
 
 def ev_kpis(kwh: float, valley_kwh: float, outcomes: list[Outcome],

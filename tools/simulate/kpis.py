@@ -66,6 +66,12 @@ def extra_rows(k: dict) -> list[tuple[str, str, str, int]]:
     return rows
 
 
+# The import-limit and EV figures a strategy carries beside its costs.
+EV_KEYS = ("import_over_min", "import_worst_kw", "import_over_kwh", "ev_kwh", "ev_valley_kwh",
+           "ev_valley_share_pct", "ev_sessions", "ev_sessions_met", "ev_sessions_open",
+           "ev_short_kwh")
+
+
 def _costs(k: dict, value: float) -> dict:
     """The comparable figures of one strategy: costs and the end-of-run adjustment."""
     d_e = k.get("stored_kwh_end", 0.0) - k.get("stored_kwh_start", 0.0)
@@ -78,11 +84,6 @@ def _costs(k: dict, value: float) -> dict:
         if key in k:
             out[key] = k[key]
     return out
-
-
-EV_KEYS = ("import_over_min", "import_worst_kw", "import_over_kwh", "ev_kwh", "ev_valley_kwh",
-           "ev_valley_share_pct", "ev_sessions", "ev_sessions_met", "ev_sessions_open",
-           "ev_short_kwh")
 
 
 def _split_sessions(k: dict, name: str, sessions: dict) -> dict:
