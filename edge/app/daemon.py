@@ -101,6 +101,11 @@ class Daemon:
         elif config.planner.enabled:
             self.planner = PlannerWorker(config, self.view, self.clock,
                                          directory / "history.sqlite")
+        self.api = None  # the operator's HTTP API (edge/api), only with api.enabled
+        if config.api.enabled:
+            from edge.api.server import Api  # starlette, uvicorn: only when used
+
+            self.api = Api(self)
         self.scheduler: AsyncIOScheduler | None = None
         self.ready = asyncio.Event()
         self.undelivered = 0  # outbox rows left at shutdown; they go out on the next start
@@ -158,6 +163,13 @@ class Daemon:
         payload = flex.build(self.config, image, self.clock.now(), plan,
                              decision.demands if decision is not None else ())
         self.outbox.enqueue(self.link.topic("flex"), payload)
+
+    def publish_plan(self, report: dict) -> None:
+        """An adopted plan's report (edge/plan/message.py); a failure costs the report only."""
+        try:
+            self.outbox.enqueue(self.link.topic("plan"), report)
+        except Exception:  # noqa: BLE001
+            log.exception("the plan report could not be queued")
 
     async def dr_tick(self) -> None:
         """DR events: late baselines, expired instructions, and the `dr/<event_id>`
@@ -239,11 +251,14 @@ class Daemon:
                 self.dr_tick, "interval", id="dr", max_instances=1, coalesce=True,
                 seconds=max(self.clock.wall_s(min(10.0, self.config.dr.report_s)), 0.05))
             if self.planner is not None:
+                self.planner.on_adopt = self.publish_plan  # each adopted plan, once
                 self.planner.attach(self.scheduler)  # re-plans on schedule and on request
             self.scheduler.start()
             if self.commands is not None:  # commands are judged against the first image
                 self._commands_task = asyncio.create_task(self.commands.run(), name="commands")
                 self._commands_task.add_done_callback(_log_if_failed)
+            if self.api is not None:
+                await self.api.start()
             cycle_task = asyncio.create_task(
                 self.cycle.run(stop), name="control-cycle"
             )
@@ -259,6 +274,7 @@ class Daemon:
         self.notifier.stopping()
         log.info("site %s: stopping", self.config.site.id)
         steps = [
+            ("operator api", self._stop_api),
             ("commands", lambda: self._cancel(self._commands_task)),
             ("openadr", self._stop_ven),
             ("scheduler", self._stop_scheduler),
@@ -285,6 +301,10 @@ class Daemon:
     async def _stop_worker(self) -> None:
         if isinstance(self.planner, PlannerWorker):
             await self.planner.stop()
+
+    async def _stop_api(self) -> None:
+        if self.api is not None:
+            await self.api.stop()
 
     async def _stop_ven(self) -> None:
         if self.ven is not None:

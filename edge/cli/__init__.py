@@ -1,10 +1,10 @@
-"""`pedf-edge` command line: check, run, hil, demo, simulate, scan, schema.
+"""`pedf-edge` command line: check, run, hil, demo, simulate, report, scan, schema.
 
 Exit codes:
   0  ok (scan: at least one SunSpec device identified)
   1  runtime failure (hil --platform: a check failed; another process holds the state dir;
      run --hil-clock without a running hil)
-  2  invalid configuration or usage
+  2  invalid configuration or usage (report: no history for the day)
   3  the compiled kernel is missing
   4  scan: nothing answered at all (connection refused or timed out, or every unit silent)
   5  scan: something answered, but it is not SunSpec (no "SunS" marker) or its model chain
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from edge.cli.common import EXIT_CONFIG, EXIT_INTERRUPTED
 from edge.cli.daemon import _target, _unit, cmd_check, cmd_run, cmd_scan, cmd_schema
-from edge.cli.offline import cmd_demo, cmd_hil, cmd_simulate
+from edge.cli.offline import cmd_demo, cmd_hil, cmd_report, cmd_simulate, day_arg
 from edge.config.shipped import config_path
 
 
@@ -74,7 +74,8 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("schema", help="print the JSON Schema of an MQTT message (all without NAME)")
     sp.add_argument("name", nargs="?", metavar="NAME",
-                    help="telemetry, devices, flex, ack, dr_report, dispatch, dr_event, mode, cancel")
+                    help="telemetry, devices, flex, plan, carbon, ack, dr_report, dispatch, "
+                    "dr_event, mode, cancel, ev_session")
     sp.set_defaults(fn=cmd_schema)
 
     sp = sub.add_parser("demo", help="HIL + controller for one simulated day, then a KPI table")
@@ -105,6 +106,15 @@ def parser() -> argparse.ArgumentParser:
                     help="run only the first H hours of the scenario")
     sp.add_argument("--quiet", action="store_true", help="no progress bar or table")
     sp.set_defaults(fn=cmd_simulate, log_level="warning")
+
+    sp = sub.add_parser("report", help="the HTML day report of a site from its own history: "
+                        "flows, prices, the bill and what the battery saved")
+    common(sp)
+    sp.add_argument("--day", type=day_arg, metavar="YYYY-MM-DD",
+                    help="the local day (default: yesterday)")
+    sp.add_argument("--out", type=Path, metavar="FILE.html",
+                    help="where to write it (default: report-<site>-<day>.html here)")
+    sp.set_defaults(fn=cmd_report, log_level="warning")
 
     sp = sub.add_parser("scan", help="find SunSpec devices at HOST[:PORT] and show their values")
     sp.add_argument("target", type=_target, metavar="HOST[:PORT]", help="Modbus TCP address (port 502)")

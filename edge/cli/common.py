@@ -69,6 +69,11 @@ def _summary(cfg: Config) -> str:
         lines.append(f"openadr: VEN {oa.ven_name or cfg.site.id} -> {oa.vtn_url}, poll every "
                      f"{oa.poll_interval_s:g} s, SIMPLE shed kW {{{levels}}}, "
                      f"{'TLS + signed' if oa.cert_file else 'no certificates'}")
+    api = cfg.api
+    if api.enabled:
+        token = f"commands with the token in {api.token_file}" if api.token_file else \
+            "no token_file: commands refused"
+        lines.append(f"api: http://{api.host}:{api.port}/api/v1 and /metrics; {token}")
     return "\n".join(lines)
 
 

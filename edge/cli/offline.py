@@ -1,5 +1,6 @@
 """The commands around the daemon: the simulator (`hil`, with its VTN and platform
-emulators), the demo and the scenario runner. They import hil/ and tools/ only when run."""
+emulators), the demo, the scenario runner and a site's day report. They import hil/ and
+tools/ only when run."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from datetime import date
 from pathlib import Path
 
 from drivers.fileerrors import FileError, refuse
@@ -136,3 +138,22 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         planner=not args.no_planner, speed=args.speed, hours=args.hours, quiet=args.quiet))
 
 
+def day_arg(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day: write YYYY-MM-DD") from None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tools.sitereport import NoHistory, day_report
+
+    cfg = _load(args.config)
+    _logging(args.log_level)
+    try:
+        path, headline = day_report(cfg, args.day, args.out)
+    except NoHistory as exc:
+        print(f"pedf-edge report: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{headline}\nReport: {path}")
+    return 0

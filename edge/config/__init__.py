@@ -15,6 +15,7 @@ from edge.config.base import (
 )
 from edge.config.buses import bus_problems
 from edge.config.sections import (
+    ApiConfig,
     ControlConfig,
     ForecastConfig,
     MqttConfig,
@@ -43,7 +44,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "HINTS", "BatteryDevice", "BmsParams", "CarbonConfig", "Config", "ConfigError",
+    "HINTS", "ApiConfig", "BatteryDevice", "BmsParams", "CarbonConfig", "Config", "ConfigError",
     "ControlConfig", "DcConverterDevice", "DeviceBase", "DeviceConfig", "DrConfig",
     "FlexLoadDevice", "ForecastConfig", "MeterDevice", "MqttConfig", "OpenAdrConfig",
     "PlannerConfig", "PvDevice", "SerialParams", "SiteConfig", "StorageConfig", "TariffConfig",

@@ -139,6 +139,24 @@ class MqttConfig(_Model):
         return self
 
 
+class ApiConfig(_Model):
+    """The operator's HTTP API inside the daemon (edge/api): JSON views of the state, devices,
+    plan, history, DR and flex, a live stream (Server-Sent Events), commands and Prometheus
+    metrics. Off unless enabled. Reads need no token: keep `host` on loopback or behind a
+    proxy that authenticates; commands need the bearer token in `token_file`."""
+
+    enabled: bool = Field(False, description="serve the API; false: no port is opened")
+    host: str = Field("127.0.0.1", min_length=1, description="address to listen on")
+    port: int = Field(8080, ge=1, le=65535)
+    token_file: Path | None = Field(
+        None, description="file holding the bearer token for commands (at least 16 "
+        "characters, e.g. a systemd credential); none: every command is refused (401)")
+    max_body_bytes: int = Field(65_536, ge=256, le=1_048_576,
+                                description="a longer request body is refused (413)")
+    max_connections: int = Field(32, ge=2, le=1024, description="open connections and "
+                                 "streams at once; more are answered 503")
+
+
 class StorageConfig(_Model):
     dir: Path = Field(Path("var"), description="outbox, history, DR and OpenADR databases; a "
                       "relative path resolves under $STATE_DIRECTORY when systemd sets it")

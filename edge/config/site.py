@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from edge.config.base import SiteConfig, _Model, default_timeout_s
 from edge.config.buses import bus_problems
 from edge.config.sections import (
+    ApiConfig,
     ControlConfig,
     ForecastConfig,
     MqttConfig,
@@ -39,6 +40,7 @@ class Config(_Model):
     dr: DrConfig = DrConfig()
     carbon: CarbonConfig = CarbonConfig()
     ocpp: OcppConfig = OcppConfig()
+    api: ApiConfig = ApiConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from drivers.base import Quality
+from edge.control import explain
 from edge.control import kernel as kernel_mod
 from edge.control.bounds import SiteBounds, run_functions
 from edge.control.instructions import Combined, InstructionBook
@@ -57,6 +58,8 @@ class Decision:
     alarms: tuple[str, ...] = ()  # standing alarms, e.g. dc_bus_out_of_band:<converter id>
     crashed: bool = False  # the decision failed and this is the safe state in its place
     demands: tuple[Demand, ...] = ()  # energy devices need by a deadline (EV sessions)
+    reason: str = ""  # why, in one line: what steers the grid and which limit binds
+    reason_key: tuple = ()  # the reason without its numbers: it changes when the reason does
 
     def __getattr__(self, name: str) -> dict:
         """A role's setpoints under the name its role gives them (`bess_kw`, `pv_limit_kw`,
@@ -94,10 +97,16 @@ class Controller:
             decision = _HANDLERS[self.mode(image, mem)](self, image, book, mem, now_s)
         except Exception:  # noqa: BLE001 - a bug in one decision must not stop the site
             log.exception("control cycle crashed; applying safe state")
-            decision = replace(self.safe(image, mem, now_s), crashed=True)
+            reason, key = explain.safe(self.config.grid_meter.id, "", crashed=True)
+            decision = replace(self.safe(image, mem, now_s), crashed=True, reason=reason,
+                               reason_key=key)
         demands = tuple(x for n, devs in self.groups.items()
                         for x in ROLES[n].demands(devs, image, mem))
         decision = replace(decision, alarms=self._alarms(mem), demands=demands)
+        if mem.last is None or mem.last.reason_key != decision.reason_key:
+            log.info("control: %s", decision.reason)
+        else:
+            log.debug("control: %s", decision.reason)
         mem.last = decision
         return decision, mem
 
@@ -160,9 +169,12 @@ class Controller:
             if role.writes and not role.allocates:
                 setpoints[name] = role.setpoints(devs, image, mem, self.config,
                                                  outputs.get(role.block))
-        mode = "+".join(n for n in cfg.functions if n not in failed) or "idle"
+        functions = "+".join(n for n in cfg.functions if n not in failed) or "idle"
+        mode, reason, key = explain.normal(functions, explain.steering(book, combined), bounds,
+                                           result)
         return Decision(image.ts, mode, bounds, setpoints, result.expected_grid_kw,
-                        result.status, tuple(failed), combined.active)
+                        result.status, tuple(failed), combined.active, reason=reason,
+                        reason_key=key)
 
     def _dispatch(self, image: ProcessImage, mem: Memory, now_s: float, bounds: SiteBounds,
                   grid_kw: float) -> kernel_mod.DispatchResult:
@@ -199,10 +211,17 @@ class Controller:
                     combined.requests)
 
     def _hold(self, image, book, mem, now_s) -> Decision:
-        return replace(mem.last, ts=image.ts, mode="hold")
+        reason, key = explain.HOLD
+        return replace(mem.last, ts=image.ts, mode="hold", reason=reason, reason_key=key)
+
+    def _settling(self, image, book, mem, now_s) -> Decision:
+        reason, key = explain.SETTLING
+        return replace(mem.last, ts=image.ts, mode="hold", reason=reason, reason_key=key)
 
     def _safe(self, image, book, mem, now_s) -> Decision:
-        return self.safe(image, mem, now_s)
+        grid = self.config.grid_meter.id
+        reason, key = explain.safe(grid, image.devices[grid].quality.value, crashed=False)
+        return replace(self.safe(image, mem, now_s), reason=reason, reason_key=key)
 
     def safe(self, image: ProcessImage, mem: Memory, now_s: float,
              final: bool = False) -> Decision:
@@ -246,4 +265,4 @@ class Controller:
 
 
 _HANDLERS = {Mode.NORMAL: Controller._normal, Mode.HOLD: Controller._hold,
-             Mode.SETTLING: Controller._hold, Mode.SAFE: Controller._safe}
+             Mode.SETTLING: Controller._settling, Mode.SAFE: Controller._safe}

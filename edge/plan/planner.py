@@ -63,6 +63,7 @@ from edge.app.clock import Clock
 from edge.config import Config
 from edge.control.instructions import Instruction
 from edge.forecast import NotMeasured
+from edge.plan import message
 from edge.plan.demands import kpis, usable
 from edge.plan.model import build_input
 from edge.plan.solve import Plan, PlanInfeasible, solve
@@ -113,6 +114,8 @@ class Planner:
         self._seen: dict[str, tuple] = {}
         self.demand_watch = DemandWatch()
         self._bad_demands: set[str] = set()  # said once each
+        # Called with the `plan` report (message.py) of each plan adopted, once per plan.
+        self.on_adopt: Callable[[dict], None] | None = None
 
     @property
     def plan(self) -> Plan | None:
@@ -200,7 +203,7 @@ class Planner:
                 if not isinstance(exc, ValueError):  # bad input says enough; a bug needs its trace
                     log.error("planning round raised", exc_info=True)
                 return self._fall_back(now, f"{type(exc).__name__}: {exc}")
-            return self._adopt(plan, now)
+            return self._adopt(plan, now, inp)
 
     async def _solve(self, inp) -> Plan:
         """`solve` in a daemon thread; the result comes back through a future of this loop.
@@ -251,10 +254,16 @@ class Planner:
         return build_input(self.config, start, self.step_s, load, pv, soc, peak, commitments,
                            now=now, battery_ids=list(soc), demands=demands)
 
-    def _adopt(self, plan: Plan, made_at: datetime) -> Plan:
+    def _adopt(self, plan: Plan, made_at: datetime, inp=None) -> Plan:
         self.last, self.made_at = plan, made_at
         self.demand_watch.adopted(plan)
         self._publish(plan, self.clock.now())
+        if self.on_adopt is not None and inp is not None:
+            try:  # the report is for people: it never costs the site its plan
+                self.on_adopt(message.build(plan, inp, made_at, self.clock.now(),
+                                            self.stats.last_trigger, self.config.tariff.currency))
+            except Exception:  # noqa: BLE001
+                log.exception("the plan report could not be built; the plan stands")
         s = self.stats
         s.solves += 1
         s.last_status, s.last_reason = plan.status, plan.reason

@@ -7,8 +7,9 @@ speed): the last image (battery SoCs), the book's commitments, the last decision
 demands (EV sessions), the site balance terms with
 the PV-held-back flag of every cycle since the last send, and the history intervals closed
 meanwhile (forecast errors). What comes back after every planning round: the plan's
-instructions (the book's `plan` source is replaced with them), the round's stats and a
-summary of the plan in force (`last`, `plan`; flex reads it).
+instructions (the book's `plan` source is replaced with them), the round's stats, a
+summary of the plan in force (`last`, `plan`; flex reads it) and, when the round adopted a
+plan, its `plan` report, handed to `on_adopt` (the daemon publishes it).
 
 A dead worker is logged and started again after a back-off (1 s, doubling to 60 s while it
 keeps dying within a minute). Control goes on meanwhile; the plan instructions already in
@@ -22,6 +23,7 @@ import logging
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from edge.plan.pipe import frame, read_async
@@ -42,6 +44,7 @@ class PlannerWorker:
         self.last: PlanSummary | None = None  # the plan in force, as the worker made it
         self.stats = PlannerStats()  # the running worker's
         self.restarts = 0
+        self.on_adopt: Callable[[dict], None] | None = None  # each adopted plan's report
         self.pid: int | None = None
         self._observed: deque = deque(maxlen=_BACKLOG)
         self._metered: list = []
@@ -118,8 +121,10 @@ class PlannerWorker:
                     self._since))
         try:
             while (msg := await read_async(proc.stdout)) is not None:
-                _, instructions, self.stats, self.last = msg
+                _, instructions, self.stats, self.last, report = msg
                 self.view.book.replace_source("plan", instructions)
+                if report is not None and self.on_adopt is not None:
+                    self.on_adopt(report)
             return await proc.wait()
         finally:
             self._proc = None

@@ -45,11 +45,14 @@ class PlanSummary:
     reason: str = ""
     objective: float = math.nan
     peak_kw: float = 0.0
+    demand_kw: dict[str, np.ndarray] = field(default_factory=dict)  # (n,) per EV charger
+    first_step_s: float | None = None
 
     @classmethod
     def of(cls, plan) -> PlanSummary:
         return cls(plan.start, plan.step_s, plan.grid_kw, plan.bess_kw, plan.soc_pct,
-                   plan.pv_kw, plan.status, plan.reason, plan.objective, plan.peak_kw)
+                   plan.pv_kw, plan.status, plan.reason, plan.objective, plan.peak_kw,
+                   dict(plan.demand_kw), plan.first_step_s)
 
     @property
     def n(self) -> int:

@@ -8,7 +8,8 @@ as a Unix time: the planner keeps its schedule); then, about once a second, ("ti
 image, commitments, observations, metered intervals, energy demands) and now and then
 ("replan", reason). The worker drives the same `Planner` as an in-process daemon, against a
 mirror of the daemon's view, and after every round sends ("plan", plan instructions, stats,
-plan summary). End of stdin ends the worker.
+plan summary, the `plan` report of a plan adopted in that round or None). End of stdin ends
+the worker.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class Worker:
         self.forecaster = Forecaster(config, self.history)
         self.view = Mirror()
         self.planner = Planner(config, self.view, clock, self.forecaster, self.history)
+        self.adopted: dict | None = None  # the round's `plan` report, sent with its plan
+        self.planner.on_adopt = self._adopted
         inner = self.planner.replan
 
         async def replan(reason: str = "schedule"):
@@ -68,10 +71,14 @@ class Worker:
 
         self.planner.replan = replan  # every round, whoever started it, reports back
 
+    def _adopted(self, report: dict) -> None:
+        self.adopted = report
+
     def send_plan(self) -> None:
-        plan = self.planner.last
+        plan, report, self.adopted = self.planner.last, self.adopted, None
         self.out.write(frame(("plan", [i for i in self.view.book.all() if i.source == "plan"],
-                              self.planner.stats, PlanSummary.of(plan) if plan else None)))
+                              self.planner.stats, PlanSummary.of(plan) if plan else None,
+                              report)))
 
     def handle(self, msg: tuple) -> None:
         kind = msg[0]

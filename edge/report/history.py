@@ -168,6 +168,17 @@ class History:
         self.db.execute("CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, kwh REAL)")
         self.db.commit()
 
+    @classmethod
+    def reader(cls, path: str | Path) -> History:
+        """A read-only second connection to the file, usable from a worker thread (one at a
+        time): readers outside the cycle, such as the operator API, query it there and
+        never hold the event loop; WAL keeps them from blocking the writer."""
+        self = cls.__new__(cls)
+        self.path = Path(path)
+        self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                  check_same_thread=False)
+        return self
+
     def put(self, iv: Interval, counters: dict[str, float] | None = None,
             merge: bool = False) -> None:
         """Store an interval and, in the same transaction, the counters as they stood at its

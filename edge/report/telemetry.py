@@ -34,6 +34,7 @@ def build(config: Config, image: ProcessImage, decision: Decision | None) -> dic
         "import_kwh": _r(image.last(grid, "import_kwh")),
         "export_kwh": _r(image.last(grid, "export_kwh")),
         "mode": decision.mode if decision else "starting",
+        "reason": decision.reason if decision else "starting",
         "stale": sorted(d for d, s in image.devices.items() if s.quality.value != "good"),
         "limits_unmet": _unmet(decision),
         "alarms": list(decision.alarms) if decision else [],

@@ -115,8 +115,9 @@ def message_name(suffix: str) -> str | None:
 
 
 async def test_every_report_the_daemon_publishes_matches_its_schema(tmp_path, mosquitto):
-    """telemetry, devices, flex, ack, carbon and dr reports from the real daemon, with every
-    device good and then with the battery gone (nulls where a figure needs it)."""
+    """telemetry, devices, flex, ack, carbon, plan and dr reports from the real daemon (the
+    planner in its worker), with every device good and then with the battery gone (nulls
+    where a figure needs it)."""
     data = site_dict(tmp_path, mosquitto.port)
     # PV, load and battery all at work; a quarter hour closes 90 simulated seconds in
     data["hil"]["start"] = "2026-06-22T09:58:30+08:00"
@@ -124,6 +125,7 @@ async def test_every_report_the_daemon_publishes_matches_its_schema(tmp_path, mo
     data["mqtt"]["devices_s"] = 20
     data["vpp"] = {"flex_s": 20}
     data["dr"] = {"ramp_in_s": 0, "restore_s": 0, "report_s": 20}
+    data["planner"] = {"enabled": True, "horizon_h": 4, "step_min": 15, "replan_min": 15}
     # The daemon ran from 09:45 and saved the open quarter hour before a restart: the one
     # closing at 10:00 is then measured well enough for M&V figures, not nulls.
     history = History(Path(data["storage"]["dir"]) / "history.sqlite")
@@ -150,8 +152,8 @@ async def test_every_report_the_daemon_publishes_matches_its_schema(tmp_path, mo
             run.sub.client.publish(topic, json.dumps({"cmd_id": "s-1", "grid_max_kw": 70,
                                                       "duration_s": 30}), qos=1)
             run.sub.client.publish(topic, b"{bad", qos=1)
-            await wait_for(lambda: {"telemetry", "devices", "flex", "carbon"} <= names(), 15,
-                           "reports")
+            await wait_for(lambda: {"telemetry", "devices", "flex", "carbon", "plan"} <= names(),
+                           15, "reports")
             await wait_for(lambda: sum(t.endswith("/ack") for t, _ in docs()) >= 4, 15,
                            "accepted, rejected and done acks")
             await wait_for(lambda: any(d.get("final") for t, d in dr.documents()), 20,
@@ -172,7 +174,8 @@ async def test_every_report_the_daemon_publishes_matches_its_schema(tmp_path, mo
         model.model_validate(doc)
         assert undeclared(model, doc) == [], (name, doc)
         checked[name] = checked.get(name, 0) + 1
-    assert checked.keys() >= {"telemetry", "devices", "flex", "ack", "carbon", "dr_report"}, checked
+    assert checked.keys() >= {"telemetry", "devices", "flex", "ack", "carbon", "plan",
+                              "dr_report"}, checked
     acks = {(d["cmd_id"], d["status"]) for t, d in docs() if t.endswith("/ack")}
     assert acks >= {("s-1", "accepted"), ("s-1", "done"), (None, "rejected"), ("e-1", "accepted")}
     last_flex = [d for t, d in docs() if t.endswith("/flex")][-1]

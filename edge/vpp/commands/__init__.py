@@ -34,5 +34,5 @@ DR events persist in the DR manager.
 Modules: parse.py (the payload: JSON, schema), checks.py (the window and the site:
 limits, what the batteries can reach, the charger an ev_session names), judge.py (one
 message into the book and its acks), handler.py (the loop: broker queue, command store,
-outbox).
+outbox; the operator's HTTP API submits into the same queue).
 """

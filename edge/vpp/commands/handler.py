@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from edge.app.clock import Clock
 from edge.app.fanout import SiteView
 from edge.config import Config
-from edge.report.mqtt import MqttLink
+from edge.report.mqtt import Inbound, MqttLink
 from edge.report.outbox import Outbox
 from edge.vpp.cmdstore import CommandStore, SavedCommand, Snapshot
 from edge.vpp.commands.judge import HOLD_ID, Accepted, CommandJudge, DrSink, Seen
@@ -21,6 +22,14 @@ from edge.vpp.commands.parse import iso
 log = logging.getLogger(__name__)
 
 _BATCH = 64  # commands judged per pass of the loop
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted(Inbound):
+    """A command from another door than the broker (the operator's HTTP API): `reply` gets
+    its acks, as stored in the outbox, once they are."""
+
+    reply: asyncio.Future | None = None
 
 
 class CommandHandler(CommandJudge):
@@ -40,6 +49,15 @@ class CommandHandler(CommandJudge):
 
     def subscribe(self) -> None:
         self.link.subscribe(self._prefix + "+")
+
+    async def submit(self, name: str, payload: bytes) -> list[dict[str, Any]]:
+        """Judge `payload` as the command `cmd/<name>` from the broker would be: it joins
+        the broker's queue, and its acks are stored and sent on MQTT the same way. Returns
+        them as sent (with their msg_id; None where the outbox refused one). QueueFull
+        when the queue is full."""
+        reply = asyncio.get_running_loop().create_future()
+        self.link.inbound.put_nowait(Submitted(self._prefix + name, payload, reply))
+        return await reply
 
     async def run(self) -> None:
         """Consume commands until cancelled; a failure on one message is logged, never
@@ -65,6 +83,7 @@ class CommandHandler(CommandJudge):
             while items and len(items) < _BATCH and not self.link.inbound.empty():
                 items.append(self.link.inbound.get_nowait())
             acks: list[dict[str, Any]] = []
+            replies: list[tuple[asyncio.Future, int, int]] = []  # (reply, first ack, count)
             changed = False
             for item in items:
                 try:
@@ -72,6 +91,8 @@ class CommandHandler(CommandJudge):
                 except Exception:  # noqa: BLE001 - a bug must not end command handling
                     log.exception("command on %s failed in the handler", item.topic[:200])
                     more, did = [self._rejected(None, None, "internal error; see the log")], False
+                if isinstance(item, Submitted) and item.reply is not None:
+                    replies.append((item.reply, len(acks), len(more)))
                 acks += more
                 changed |= did
             ended = self.expire()
@@ -89,6 +110,9 @@ class CommandHandler(CommandJudge):
                     raise
                 if not saved and snap is not None:  # try those answers again next batch
                     self._unsaved.update(cmd_id for cmd_id, _, _ in snap.seen)
+                for reply, first, count in replies:
+                    if not reply.done():
+                        reply.set_result(stamped[first:first + count])
 
     def _store(self, acks: list[dict[str, Any]], snap: Snapshot | None = None) -> bool:
         """The handler's state first, then the acks: an ack never speaks of a command the
@@ -102,8 +126,9 @@ class CommandHandler(CommandJudge):
                 log.exception("accepted commands could not be saved; a restart would lose them")
         topic = self.link.topic("ack")
         for ack in acks:
+            ack["msg_id"] = None
             try:
-                self.outbox.enqueue(topic, ack)
+                ack["msg_id"] = self.outbox.enqueue(topic, ack)
             except Exception:  # noqa: BLE001 - e.g. a full disk: control goes on
                 log.exception("ack for %s could not be stored in the outbox", ack["cmd_id"])
         return saved

@@ -137,6 +137,11 @@ class DrManager:
                 log.exception("DR event %s: tick failed", t.event.id)
         return out
 
+    def events(self) -> list[tuple[DrEvent, DrExecution | None]]:
+        """The events in hand, each with its execution (None while a realtime baseline
+        waits for its reference), for readers such as the operator API."""
+        return [(t.event, t.exe) for t in self._events.values()]
+
     def get(self, event_id: str) -> DrExecution | None:
         t = self._events.get(event_id)
         return None if t is None else t.exe

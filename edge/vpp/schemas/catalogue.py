@@ -10,7 +10,15 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel
 
 from edge.vpp.schemas.commands import Cancel, Dispatch, DrEvent, EvSession, ModeCommand
-from edge.vpp.schemas.reports import Ack, CarbonReport, Devices, DrReport, Flex, Telemetry
+from edge.vpp.schemas.reports import (
+    Ack,
+    CarbonReport,
+    Devices,
+    DrReport,
+    Flex,
+    PlanReport,
+    Telemetry,
+)
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -29,6 +37,7 @@ MESSAGES: dict[str, Message] = {m.name: m for m in (
     Message("ack", Ack, "out", "ack"),
     Message("dr_report", DrReport, "out", "dr/<event_id>"),
     Message("carbon", CarbonReport, "out", "carbon"),
+    Message("plan", PlanReport, "out", "plan"),
     Message("dispatch", Dispatch, "in", "cmd/dispatch"),
     Message("dr_event", DrEvent, "in", "cmd/dr_event"),
     Message("mode", ModeCommand, "in", "cmd/mode"),

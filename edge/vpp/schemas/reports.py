@@ -65,8 +65,12 @@ class Telemetry(_Report):
     green_share: float | None = Field(None, ge=0, le=1,
                                       description="today's share of consumption not from grey import")
     dc_bus_v: float | None = Field(None, description="DC bus voltage, when the site has one")
-    mode: str = Field(description="active control functions joined by +, or safe, hold, idle, "
-                      "starting")
+    reason: str | None = Field(None, description="why, in one line: what steers the grid "
+                               "(plan, dispatch, DR event or the control functions) and which "
+                               "limit binds")
+    mode: str = Field(description="what steers the grid: plan, dispatch, dr (an instruction in "
+                      "force), else the active control functions joined by +; or safe, hold, "
+                      "idle, starting")
     stale: list[str] = Field(description="devices whose values are not GOOD")
     limits_unmet: list[Literal["import_limit", "export_limit", "grid_target"]]
     alarms: list[str] = Field([], description="standing alarms, e.g. dc_bus_out_of_band:<id> "
@@ -249,3 +253,53 @@ class CarbonReport(_Report):
     interval: CarbonPeriod
     day: CarbonPeriod
     month: CarbonPeriod
+
+
+class PlanStep(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    start: Stamp = Field(description="start of the step; the plan's powers are step averages")
+    grid_kw: float = Field(description="planned PCC power, + import / − export (EV charging in it)")
+    bess_kw: float = Field(description="all batteries, + discharge / − charge")
+    soc_pct: float | None = Field(ge=0, le=100, description="site SoC at the end of the step "
+                                  "(capacity-weighted); null without a battery")
+    import_price: float = Field(description="per kWh in `currency`, from the tariff")
+    export_price: float = Field(description="per kWh in `currency`")
+    pv_kw: float = Field(ge=0, description="PV forecast: what the panels can give")
+    pv_used_kw: float = Field(ge=0, description="PV the plan uses; the rest is curtailed")
+    load_kw: float = Field(description="load forecast of the building, without EV charging")
+    ev_kw: dict[str, float] = Field(default_factory=dict, description="planned EV charging "
+                                    "per charger (device id); chargers at 0 are left out")
+
+
+class PlanReport(_Report):
+    """The plan the planner adopted, sent once per adoption (every planner.replan_min and
+    when a DR event, a dispatch or the EV sessions change), never per cycle: its steps over
+    planner.horizon_h, with the forecasts and prices it was made from. A round that fails
+    sends nothing; the site then keeps the previous plan for a while or controls by rules
+    (telemetry `mode` says which)."""
+
+    plan_id: str = Field(description="when the plan was made, UTC to the millisecond, e.g. "
+                         "20260622T020012.345Z; a later plan replaces an earlier one")
+    made_at: Stamp
+    status: Literal["optimal", "time_limit"] = Field(
+        description="time_limit: the best schedule found within planner.time_limit_s")
+    trigger: str = Field(description="what started the round: schedule, retry, or the event "
+                         "(commitments changed: +<id>, demands changed: ...)")
+    reason: str = Field(description="what the plan cannot meet (a commitment short by kWh, "
+                        "below the reserve, an EV short); empty when it meets everything")
+    currency: str
+    objective: float = Field(description="energy cost + demand charge + battery wear over "
+                             "the horizon")
+    energy_cost: float = Field(description="import cost − export revenue over the horizon")
+    demand_charge: float = Field(description="demand_charge_per_kw × peak_kw")
+    peak_kw: float = Field(description="billing peak the plan holds: 15-min mean net import, "
+                           "the month's so far included")
+    ev_short_kwh: dict[str, float] = Field(default_factory=dict, description="per EV charger, "
+                                           "the kWh its car will lack at its departure")
+    start: Stamp = Field(description="start of step 0 on the step grid; step 0 runs from "
+                         "made_at")
+    step_s: int = Field(gt=0)
+    soc_start_pct: float | None = Field(ge=0, le=100, description="site SoC the plan started "
+                                        "from; null without a battery")
+    steps: list[PlanStep]
