@@ -287,6 +287,8 @@ def _bill_figure(data: ReportData, lo: datetime, hi: datetime) -> str:
 def _fmt(v: float | None) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
+    if isinstance(v, int):  # a count
+        return f"{v:,d}"
     return f"{v:,.2f}"
 
 

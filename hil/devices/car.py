@@ -1,5 +1,7 @@
 """A car on a charge point, stepped in simulated time: what it draws for the current the
-charger offers, and how its battery fills.
+charger offers, and how its battery fills; and when a charger's daily arrivals are plugged
+in (`stay_at`, `stay_window`). Pure models: the simulated charge point and the offline
+replay (tools/simulate) run the same cars.
 
 Deterministic on purpose (tests compare what the controller asked with what happened):
 
@@ -14,6 +16,7 @@ Deterministic on purpose (tests compare what the controller asked with what happ
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 
 from hil.config import Arrival
 
@@ -84,3 +87,26 @@ class Car:
         if self.ramp_s <= 0 or self._since_s >= self.ramp_s:
             return self._target
         return self._from + (self._target - self._from) * self._since_s / self.ramp_s
+
+
+def stay_at(arrivals: list[Arrival], connector: int, t_local: datetime) -> tuple[int, date] | None:
+    """The arrival whose car is on `connector` at t_local, with the day it arrived (a stay
+    past midnight belongs to the day before); None while the connector is free."""
+    m = t_local.hour * 60 + t_local.minute + t_local.second / 60
+    for i, a in enumerate(arrivals):
+        if a.connector != connector:
+            continue
+        lo, hi = a.minutes()
+        if lo < hi and lo <= m < hi:
+            return i, t_local.date()
+        if lo > hi and (m >= lo or m < hi):
+            return i, t_local.date() - timedelta(days=0 if m >= lo else 1)
+    return None
+
+
+def stay_window(a: Arrival, day: date, tz) -> tuple[datetime, datetime]:
+    """When the car of `a` that arrives on `day` (local) plugs in and leaves, aware."""
+    lo, hi = a.minutes()
+    arrive = datetime(day.year, day.month, day.day, lo // 60, lo % 60, tzinfo=tz)
+    depart = datetime(day.year, day.month, day.day, hi // 60, hi % 60, tzinfo=tz)
+    return arrive, depart + timedelta(days=1 if hi < lo else 0)

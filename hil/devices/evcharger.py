@@ -18,7 +18,7 @@ import asyncio
 import logging
 import math
 from collections import deque
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import ClassVar
 
 from drivers.quietlog import Episode
@@ -26,7 +26,7 @@ from edge.config import Config
 from edge.roles.evcharger import EvChargerDevice
 from hil.config import minute_of_day
 from hil.devices.base import Env, SimulatedDevice
-from hil.devices.car import Car
+from hil.devices.car import Car, stay_at
 from hil.devices.chargingprofiles import Profile, ProfileRejected, ProfileStore, Tx
 from hil.devices.evsession import VOLATILE, Event, Kind, Sample, Session
 from hil.serve.ocpp_client import csms_url, run_charge_point
@@ -118,21 +118,8 @@ class EvChargerSim(SimulatedDevice):
                 self.drop_requested = True
                 self.offline_until_s = self.t_s + self.sim.offline_s
 
-    def _stay_at(self, number: int, t_local: datetime) -> tuple[int, object] | None:
-        """The arrival whose car is on connector `number` at t_local, with its day."""
-        m = t_local.hour * 60 + t_local.minute + t_local.second / 60
-        for i, a in enumerate(self.sim.arrivals):
-            if a.connector != number:
-                continue
-            lo, hi = a.minutes()
-            if lo < hi and lo <= m < hi:
-                return i, t_local.date()
-            if lo > hi and (m >= lo or m < hi):
-                return i, t_local.date() - timedelta(days=0 if m >= lo else 1)
-        return None
-
     def _presence(self, c: Connector, env: Env) -> None:
-        stay = self._stay_at(c.number, env.t_local)
+        stay = stay_at(self.sim.arrivals, c.number, env.t_local)
         if stay == c.stay:
             return
         if c.car is not None:

@@ -13,7 +13,8 @@ from rich.table import Table
 from drivers.fileerrors import refuse
 from edge.config import Config
 from hil import scenario as scenario_mod
-from tools.simulate.kpis import evaluate, strategies, write_json
+from tools.simulate.evkpis import unmet
+from tools.simulate.kpis import evaluate, extra_rows, strategies, write_json
 from tools.simulate.run import run
 
 
@@ -35,6 +36,9 @@ def summary_table(k: dict, console: Console) -> None:
                             ("SoC min", "%", "soc_min_pct"), ("SoC max", "%", "soc_max_pct")):
         table.add_row(name, unit, *(("–" if c.get(key) is None else f"{c[key]:,.2f}")
                                     for _, c in cols))
+    for name, unit, key, digits in extra_rows(k):
+        table.add_row(name, unit, *(("–" if c.get(key) is None else f"{c[key]:,.{digits}f}")
+                                    for _, c in cols))
     console.print(table)
     r = k.get("cost_ratio_vs_optimum")
     lv = k["limit_violations"]
@@ -49,6 +53,8 @@ def summary_table(k: dict, console: Console) -> None:
                   + (f", solve p50 {1e3 * st['p50_s']:.0f} ms, max {1e3 * st['max_s']:.0f} ms"
                      if st["plans"] else "")
                   + f"; cycles {k['cycles']}, crashes {k['crashes']}")
+    if short := unmet(k.get("ev_sessions", {}).get("controller", [])):
+        console.print(f"EV sessions the controller left short: {short}")
 
 
 def command(config: Config, scenario_path: str, *, out: Path | None, report: Path | None,
@@ -75,7 +81,10 @@ def command(config: Config, scenario_path: str, *, out: Path | None, report: Pat
                               progress=progress))
     console.print("solving the references (perfect-foresight LP, rule-based replay) ...")
     kpis = evaluate(res)
-    summary_table(kpis, Console(quiet=quiet))
+    screen = Console(quiet=quiet)
+    if not screen.is_terminal:  # piped or logged: room for every column, not 80 characters
+        screen = Console(quiet=quiet, width=132)
+    summary_table(kpis, screen)
     if out is not None:
         write_json(kpis, out)
         console.print(f"KPIs written to {out}")

@@ -11,6 +11,10 @@ and otherwise the no-battery site's gross import cost (a site that earns money o
 no meaningful cost ratio; the gap is then measured against what the site buys).
 `cost_gap_vs_optimum` (money) and `savings_capture` ((no battery − controller) /
 (no battery − optimum)) are reported too.
+
+A site with EV chargers adds the uncontrolled-charging reference and, per strategy, the EV
+figures of tools/simulate/evkpis.py (energy, valley share, departures met) beside the
+minutes and worst kW above the import limit; `ev_sessions` lists each session per strategy.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from hil.scenario import BILLING_S
-from tools.simulate.references import optimum
+from tools.simulate.evkpis import ev_kpis, session_rows
+from tools.simulate.references import optimum, uncontrolled
 from tools.simulate.replay import replay_rules
 from tools.simulate.run import RunResult
 from tools.simulate.tracks import VIOLATION_TOL_KW, PlanTrack
@@ -42,8 +47,29 @@ def strategies(k: dict) -> list[tuple[str, dict]]:
     in the order the tables show them."""
     refs = k["references"]
     cols = [("controller", k["controller"]), ("rule-based", refs.get("rule_based")),
-            ("no battery", refs["no_battery"]), ("optimum", refs.get("optimum"))]
+            ("uncontrolled EV", refs.get("uncontrolled")), ("no battery", refs["no_battery"]),
+            ("optimum", refs.get("optimum"))]
     return [(name, c) for name, c in cols if c is not None and "error" not in c]
+
+
+def extra_rows(k: dict) -> list[tuple[str, str, str, int]]:
+    """(name, unit, key, decimals) of the rows the console table and the report show after
+    the costs: the car park's figures on a site with chargers, the import limit always."""
+    rows = [("Time above import limit", "min", "import_over_min", 1),
+            ("Worst kW above import limit", "kW", "import_worst_kw", 2)]
+    c = k["controller"]
+    if "ev_kwh" in c:
+        n = c["ev_sessions"]
+        rows = [("EV energy delivered", "kWh", "ev_kwh", 1),
+                ("EV energy in valley hours", "%", "ev_valley_share_pct", 1),
+                ("EV departures met", f"of {n}", "ev_sessions_met", 0)] + rows
+    return rows
+
+
+# The import-limit and EV figures a strategy carries beside its costs.
+EV_KEYS = ("import_over_min", "import_worst_kw", "import_over_kwh", "ev_kwh", "ev_valley_kwh",
+           "ev_valley_share_pct", "ev_sessions", "ev_sessions_met", "ev_sessions_open",
+           "ev_short_kwh")
 
 
 def _costs(k: dict, value: float) -> dict:
@@ -54,10 +80,18 @@ def _costs(k: dict, value: float) -> dict:
                                    "peak_15min_import_kw", "pv_curtailed_kwh") if key in k}
     out["stored_energy_change_kwh"] = d_e
     out["adjusted_cost"] = k["total_cost"] - value * d_e
-    for key in ("soc_min_pct", "soc_max_pct", "status", "solve_s"):
+    for key in ("soc_min_pct", "soc_max_pct", "status", "solve_s", *EV_KEYS):
         if key in k:
             out[key] = k[key]
     return out
+
+
+def _split_sessions(k: dict, name: str, sessions: dict) -> dict:
+    """A strategy's figures without its session list, which goes to `sessions[name]`."""
+    if "ev_sessions_detail" in k:
+        k = dict(k)
+        sessions[name] = k.pop("ev_sessions_detail")
+    return k
 
 
 def ratio(controller: float, opt: float, no_battery: float, nb_import_cost: float) -> dict:
@@ -97,11 +131,22 @@ def evaluate(res: RunResult, *, with_optimum: bool = True, with_rules: bool = Tr
     controller = _costs(ctrl, value)
     controller.update(
         pv_kwh=real["pv_kwh"], load_kwh=real["load_kwh"], max_import_kw=real["max_import_kw"],
-        max_export_kw=real["max_export_kw"], self_consumption_pct=self_consumption_pct(real))
+        max_export_kw=real["max_export_kw"], self_consumption_pct=self_consumption_pct(real),
+        import_over_min=res.recorder.imports.seconds / 60,
+        import_worst_kw=res.recorder.imports.worst_kw, import_over_kwh=res.recorder.imports.kwh)
+    sessions: dict = {}
+    ev = res.recorder.ev
+    if ev is not None:
+        outcomes = ev.outcomes()
+        controller.update(ev_kpis(ev.kwh, ev.valley_kwh, outcomes, res.recorder.imports))
+        sessions["controller"] = session_rows(outcomes)
     refs: dict = {"no_battery": _costs(nb, value)}
     if with_rules:
-        refs["rule_based"] = _costs(
-            replay_rules(cfg, truth, sc.duration_s, sc.dr_windows(), sc.initial_soc(cfg)), value)
+        rules = replay_rules(cfg, truth, sc.duration_s, sc.dr_windows(), sc.initial_soc(cfg))
+        refs["rule_based"] = _costs(_split_sessions(rules, "rule_based", sessions), value)
+    if with_rules and ev is not None:
+        refs["uncontrolled"] = _costs(
+            _split_sessions(uncontrolled(cfg, sc, truth), "uncontrolled", sessions), value)
     k: dict = {
         "scenario": sc.name, "site": cfg.site.id, "start": sc.start.isoformat(),
         "hours": sc.duration_s / 3600, "forecast": res.forecast if res.planner else None,
@@ -119,10 +164,12 @@ def evaluate(res: RunResult, *, with_optimum: bool = True, with_rules: bool = Tr
         "references": refs,
         "notes": res.notes,
     }
+    if sessions:
+        k["ev_sessions"] = sessions
     if with_optimum:
         try:
             opt, plan = optimum(cfg, sc, truth, value)
-            refs["optimum"] = _costs(opt, value)
+            refs["optimum"] = _costs(_split_sessions(opt, "optimum", sessions), value)
             res.optimum_plan = plan
         except Exception as exc:  # noqa: BLE001 - report it, the run's own KPIs still stand
             log.warning("perfect-foresight optimum failed: %s", exc)
@@ -131,10 +178,11 @@ def evaluate(res: RunResult, *, with_optimum: bool = True, with_rules: bool = Tr
     if opt_cost is not None:
         k.update(ratio(controller["adjusted_cost"], opt_cost, refs["no_battery"]["adjusted_cost"],
                        nb["import_cost"]))
-        if "rule_based" in refs:
-            refs["rule_based"]["cost_ratio_vs_optimum"] = ratio(
-                refs["rule_based"]["adjusted_cost"], opt_cost,
-                refs["no_battery"]["adjusted_cost"], nb["import_cost"])["cost_ratio_vs_optimum"]
+        for name in ("rule_based", "uncontrolled"):
+            if name in refs:
+                refs[name]["cost_ratio_vs_optimum"] = ratio(
+                    refs[name]["adjusted_cost"], opt_cost, refs["no_battery"]["adjusted_cost"],
+                    nb["import_cost"])["cost_ratio_vs_optimum"]
     else:
         k.update(cost_ratio_vs_optimum=None, ratio_basis=None, cost_gap_vs_optimum=None,
                  savings_capture=None)

@@ -8,10 +8,16 @@ with a fair baseline (`--no-planner` gives the HIL figure for the rules when wan
 
 Switchable loads draw their rating while on, on top of the scenario's load, and DC
 converters carry their DC loads and DC PV (their `sim` profiles) through the AC side with
-the droop the HIL gives them (hil/devices/dcbus.py), so the replay meets the same site."""
+the droop the HIL gives them (hil/devices/dcbus.py), so the replay meets the same site.
+EV chargers and their cars are tools/simulate/evpark.py: the cars of their `sim:` blocks
+draw the current decide() gives them, and the image has the chargers' readings as the
+OCPP driver reports them. `uncontrolled` is the site with its car park left alone: the
+controller knows nothing of the chargers (their cars are load at the PCC to it) and every
+car draws its maximum from arrival until it is full or leaves."""
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
@@ -30,6 +36,9 @@ from hil.physics import Battery, clear_sky_kw, load_kw, ramp_toward
 from hil.scenario import Truth, Window
 from hil.site import Ledger
 from tools.simulate.events import dr_instruction
+from tools.simulate.evkpis import EvLedger, ev_kpis, session_rows
+from tools.simulate.evpark import EvPark, chargers_of, without_chargers
+from tools.simulate.tracks import Excess
 
 
 class _Site:
@@ -73,9 +82,12 @@ class _Site:
                   * s.cloud_factor if s.peak_kw else 0.0)
             self.dc_kw[c.id] = load_kw(s.profile, t.astimezone(self.tz), s.base_kw, s.day_kw) - pv
 
-    def image(self, t, dt: float, load: float) -> ProcessImage:
+    def image(self, t, dt: float, load: float, ev_kw: float, ev: dict) -> ProcessImage:
+        """The readings of the last step: `ev_kw` the cars' draw (at the PCC, not behind
+        the load meters), `ev` the chargers' readings the controller gets."""
         bess = sum(ph.power_kw for ph in self.phys.values())
-        values = {self.grid_id: {"power_kw": load - sum(self.pv_kw.values()) - bess}}
+        values = {self.grid_id: {"power_kw": load + ev_kw - sum(self.pv_kw.values()) - bess}}
+        values.update(ev)
         values.update({m.id: {"power_kw": load} for m in self.meters if m.id != self.grid_id})
         values.update({b.id: {"power_kw": self.phys[b.id].power_kw,
                               "soc_pct": self.phys[b.id].soc_pct} for b in self.bats})
@@ -100,13 +112,18 @@ class _Site:
 
 
 def replay_rules(cfg: Config, truth: Truth, duration_s: float, dr: list[Window],
-                 soc0: dict[str, float]) -> dict:
+                 soc0: dict[str, float], uncontrolled: bool = False) -> dict:
     """The daemon's rules (no planner) replayed on the true series. Returns ledger KPIs plus
-    the stored energy at the start and end and the SoC range."""
-    controller = Controller(cfg, load_kernel())
+    the stored energy at the start and end, the SoC range, the time above the import limit
+    and, with EV chargers, their figures (tools/simulate/evkpis.py). `uncontrolled`: the
+    car park left alone (see the module docstring)."""
+    chargers = chargers_of(cfg)
+    ctl_cfg = without_chargers(cfg) if uncontrolled else cfg
+    controller = Controller(ctl_cfg, load_kernel())
     memory = controller.initial_memory()
-    writer = Writer(cfg, {})  # its rules of what is due; the replay's physics take the values
-    site = _Site(cfg, controller.groups, soc0)
+    writer = Writer(ctl_cfg, {})  # its rules of what is due; the replay's physics take the values
+    site = _Site(ctl_cfg, controller.groups, soc0)
+    park = EvPark(chargers, site.tz, uncontrolled)
     book = InstructionBook()
     for w in dr:
         book.put(dr_instruction(w))
@@ -114,29 +131,45 @@ def replay_rules(cfg: Config, truth: Truth, duration_s: float, dr: list[Window],
     ledger = Ledger(cfg.tariff)
     e0, socs = site.stored_kwh(), []
     dt = cfg.control.cycle_s
+    n = int(round(duration_s / dt))
+    evs = EvLedger(cfg, truth.start + timedelta(seconds=n * dt))
+    imports = Excess()
+    limit = math.inf if cfg.control.import_limit_kw is None else cfg.control.import_limit_kw
     price_minute, price = -1, 0.0
-    for k in range(int(round(duration_s / dt))):
+    for k in range(n):
         t, now_s = truth.start + timedelta(seconds=k * dt), k * dt
         minute = int(now_s // 60)
         if minute != price_minute:
             price_minute, price = minute, truth.price_at(t)
         site.dc_step(t)
+        park.presence(t)
         load = truth.load_at(t) + site.flex_kw()
         avail = np.minimum(rated, truth.pv_at(t) * site.share)
-        image = site.image(t, dt, load)
+        image = site.image(t, dt, load, park.kw, {} if uncontrolled else park.values())
         decision, memory = controller.decide(image, book, memory, now_s)
         violated = limit_violated(image, decision, site.grid_id)
         due = {d.id: v for phase in writer.jobs(decision, memory, now_s, violated)
                for d, v in phase}
         memory = controller.after_writes(memory, due, now_s)
         site.setpoint.update(due)
+        park.want(due, now_s)
         load = truth.load_at(t) + site.flex_kw()
         bess, pv = site.step(avail, dt)
-        ledger.add(t, price, dt, load, pv, float(avail.sum()), bess, load - pv - bess)
+        ev = park.step(dt)
+        grid = load + ev - pv - bess
+        ledger.add(t, price, dt, load + ev, pv, float(avail.sum()), bess, grid)
+        imports.add(grid - limit, dt)
+        evs.see(t, dt, park.watched())
         if site.phys:
             socs.append(sum(b.soc_pct * b.capacity_kwh for b in site.phys.values())
                         / sum(b.capacity_kwh for b in site.phys.values()))
     out = ledger.kpis()
     out.update(stored_kwh_start=e0, stored_kwh_end=site.stored_kwh(),
-               soc_min_pct=min(socs, default=None), soc_max_pct=max(socs, default=None))
+               soc_min_pct=min(socs, default=None), soc_max_pct=max(socs, default=None),
+               import_over_min=imports.seconds / 60, import_worst_kw=imports.worst_kw,
+               import_over_kwh=imports.kwh)
+    if chargers:
+        outcomes = evs.outcomes()
+        out.update(ev_kpis(evs.kwh, evs.valley_kwh, outcomes, imports),
+                   ev_sessions_detail=session_rows(outcomes))
     return out

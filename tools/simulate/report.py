@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from edge.report.history import INTERVAL_S
 from tools.report_html import ReportData, Steps
-from tools.simulate.kpis import strategies
+from tools.simulate.evkpis import unmet
+from tools.simulate.kpis import extra_rows, strategies
 from tools.simulate.run import RunResult
 from tools.simulate.tracks import VIOLATION_TOL_KW
 
@@ -26,6 +27,8 @@ def report_data(res: RunResult) -> ReportData:
         ("Stored energy change", "kWh", "stored_energy_change_kwh"),
     ]
     kpi_rows = [(name, unit, [c.get(key) for _, c in cols]) for name, unit, key in rows]
+    kpi_rows += [(name, unit, [c.get(key) for _, c in cols])
+                 for name, unit, key, _ in extra_rows(k)]
     kpi_rows.append(("Cost ratio vs optimum", "", [
         k.get("cost_ratio_vs_optimum") if n == "controller" else
         c.get("cost_ratio_vs_optimum", 1.0 if n == "optimum" else None) for n, c in cols]))
@@ -51,6 +54,15 @@ def report_data(res: RunResult) -> ReportData:
         f"{res.wall_s:.0f} s wall. End-of-run energy valued at "
         f"{k['terminal_value_per_kwh']:.3f} {cur}/kWh in the adjusted cost.",
     ]
+    ctrl = k["controller"]
+    if "ev_kwh" in ctrl:
+        notes.append(
+            f"EV sessions (a car's stay; its need: the energy to the charger's target SoC, "
+            f"or its default energy for a car that does not tell its SoC): "
+            f"{ctrl['ev_sessions_met']} of {ctrl['ev_sessions']} that left in the run met "
+            f"it, {ctrl['ev_sessions_open']} still plugged in at the end"
+            + (f"; short: {short}." if (short := unmet(k["ev_sessions"]["controller"]))
+               else "."))
     if fe.get("load"):
         notes.append(f"Forecast MAE ({res.forecast}): load {fe['load']['mae_kw']:.2f} kW, "
                      f"PV {fe['pv']['mae_kw']:.2f} kW over {fe['forecasts']} forecasts.")

@@ -22,6 +22,8 @@ from hil.scenario import Scenario, Truth
 from hil.site import Sample, SimSite
 from tools.broker import ensure_broker, free_port
 from tools.simulate.events import fire_events
+from tools.simulate.evkpis import EvLedger
+from tools.simulate.evpark import chargers_of
 from tools.simulate.tracks import ForecastLog, PlanTrack, Recorder
 
 log = logging.getLogger(__name__)
@@ -88,18 +90,33 @@ def billing_notes(scenario: Scenario, cfg: Config) -> list[str]:
 
 
 def isolated(cfg: Config) -> Config:
-    """The site with every TCP device on its own free loopback port: the HIL stands in for
-    all of them, so a simulation never collides with a running HIL or reaches a real
-    device, whatever the config says. Units that share an endpoint keep sharing one. Its
-    reports go under their own topic prefix (and to a broker of the run's own)."""
+    """The site with every TCP device on its own free loopback port and the CSMS the
+    charge points connect to on another: the HIL stands in for all of them, so a
+    simulation never collides with a running HIL or daemon or reaches a real device,
+    whatever the config says. Units that share an endpoint keep sharing one. Its reports go
+    under their own topic prefix (and to a broker of the run's own)."""
     data = cfg.model_dump()
     data["mqtt"]["topic_prefix"] = TOPIC_PREFIX
+    taken: set[int] = set()
+
+    def fresh() -> int:  # free now, and not one this run has already handed out
+        while (port := free_port()) in taken:
+            pass
+        taken.add(port)
+        return port
+
+    data["ocpp"]["host"], data["ocpp"]["port"] = "127.0.0.1", fresh()
     ports: dict[tuple[str, int], int] = {}
     for d in data["devices"]:
         if d.get("serial") is not None and d["protocol"] in ("sunspec-rtu", "modbus-rtu",
                                                              "dlt645-serial"):
             continue
-        d["port"] = ports.setdefault((d["host"], d["port"]), free_port())
+        if d.get("host") is None:  # it connects to us (a charge point to the CSMS)
+            continue
+        key = (d["host"], d["port"])
+        if key not in ports:
+            ports[key] = fresh()
+        d["port"] = ports[key]
         d["host"] = "127.0.0.1"
     return Config.model_validate(data)
 
@@ -159,13 +176,19 @@ async def run(scenario: Scenario, config: Config, *, forecast: str = "perfect",
         clock = RunClock(scenario.start, speed, scenario.duration_s)
         site = SimSite(cfg, clock, truth=truth)
         recorder = Recorder(cfg, scenario.start, scenario.duration_s, scenario.dr_windows())
+        if chargers := chargers_of(cfg):
+            recorder.ev = EvLedger(cfg, scenario.end)
+            recorder.chargers = [(d, site.devices[d.id].connectors) for d in chargers]
         site.on_substep = recorder
         e0 = _stored_kwh(site)
         await site.start()  # before the broker: its free port must not be a device's port
         # Never the configured broker: simulated telemetry must not reach a real platform
         # under the site's id. A broker of its own keeps the daemon's whole path real.
+        port = free_port()
+        while port == cfg.ocpp.port:  # the CSMS listens there once the daemon starts
+            port = free_port()
         try:
-            broker = await ensure_broker("127.0.0.1", free_port())
+            broker = await ensure_broker("127.0.0.1", port)
         except BaseException:
             await site.stop()
             raise

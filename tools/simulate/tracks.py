@@ -44,7 +44,9 @@ class Excess:
 
 class Recorder:
     """Sees every physics sub-step of the HIL: limit and DR excursions at 1 s resolution,
-    the SoC range, and per-15-min means for plan-vs-actual."""
+    the SoC range, and per-15-min means for plan-vs-actual. With `ev` (an EV ledger,
+    tools/simulate/evkpis.py) and `chargers` ([(charger config, its connectors)]) it
+    follows the car park too."""
 
     def __init__(self, config: Config, start: datetime, duration_s: float,
                  dr: list[Window]) -> None:
@@ -60,6 +62,8 @@ class Recorder:
         self.imports, self.exports, self.dr_excess = Excess(), Excess(), Excess()
         self.soc_min = math.inf
         self.soc_max = -math.inf
+        self.ev = None
+        self.chargers: list = []
 
     def __call__(self, s: Sample, dt_s: float) -> None:
         t = s.t.timestamp() - self.t0 - dt_s  # start of the sub-step
@@ -74,6 +78,8 @@ class Recorder:
             self.soc_min = min(self.soc_min, s.soc_pct)
             self.soc_max = max(self.soc_max, s.soc_pct)
         self.imports.add(s.grid_kw - self.import_limit, dt_s)
+        if self.ev is not None:
+            self.ev.see(s.t - timedelta(seconds=dt_s), dt_s, self.chargers)
         self.exports.add(-s.grid_kw - self.export_limit, dt_s)
         worst = 0.0
         for a, b, e in self.dr:
