@@ -18,15 +18,18 @@ The commands alternate: a cut moves the cap from HIGH (every charger at 32 A) to
 for every minimum plus 3.5 kW: the first charger ~11 A, the others 6 A), a raise moves it
 back, so every command changes every charger's limit by far more than its deadband. A
 command's latency is publish -> the first SetChargingProfile with a new limit (lower for a
-cut, higher for a raise) at the first charger to get one, and at the last.
+cut, higher for a raise) at the first charger to get one, and at the last. For cuts the
+simulated PCC import is watched too: publish -> under the new cap for good (the cars
+follow a new limit within ramp_s = 2 s).
 
 Cuts are the headline: they go out at once. Raises are held back on purpose, twice: the
 role raises nothing while cars still follow the last change (10 s), and the driver sends a
 raise at most every min_interval_s (10 s) after the last change. After a cut the next
 command waits a random 12-15 s, so the cars have followed and the raise measures the path
 rather than the hold (a raise inside those 10 s waits for them, as the boot shows: 6 A
-first, 32 A 10 s later); after a raise 4-6 s (the cars ramp up in 2 s; a cut is never
-held). The random gaps keep the commands off the cycle's phase. 30 cuts and 30 raises take
+first, 32 A 10 s later; `--after-cut 3 6` sends them inside it, and then the cut that
+follows right after a held raise lands shows a slow, partial cut); after a raise 4-6 s (the
+cars ramp up in 2 s; a cut is never held). The random gaps keep the commands off the cycle's phase. 30 cuts and 30 raises take
 ~10 min.
 
 Where a command falls in the cycle shapes the tail: the daemon wakes its cycle on a command,
@@ -37,7 +40,8 @@ also shown split by that. (bench_command_latency.py sends its commands 0.1-0.4 s
 comes after the cycle the last one woke, and no periodic cycle runs in between, so it never
 meets that gap.)
 
-Run: python tests/bench/bench_ev_limit.py [--commands 60] [--chargers 4] [--cycle-s 1.0]
+Run: python tests/bench/bench_ev_limit.py [--commands 60] [--chargers 4] [--after-cut 12 15]
+     [--cycle-s 1.0]
 """
 
 from __future__ import annotations
@@ -45,23 +49,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import json
 import logging
-import os
 import random
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
 
 import benchlib
-import paho.mqtt.client as paho
 import yaml
+from bench_command_latency import MOSQUITTO, Platform, accepts
 from benchlib import HOST, free_port, stop_process
 
 from edge import config as config_mod
@@ -70,9 +69,6 @@ from edge.app.statedir import state_dir
 from hil.config import hil_of
 from hil.site import SimSite
 
-MOSQUITTO = shutil.which("mosquitto") or (
-    "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
-)
 BASE_KW = 40.0  # the building, flat
 MAX_A, MIN_A, DEADBAND_A = 32.0, 6.0, 1.0
 KW_PER_A = 3 * 230 / 1000  # 3 phases at 230 V
@@ -80,15 +76,8 @@ EXTRA_KW = 3.5  # room above the minimums under the low cap
 START = "2026-06-22T10:00:00+08:00"
 AFTER_CUT_S, AFTER_RAISE_S = (12.0, 15.0), (4.0, 6.0)
 TIMEOUT_S = 60.0  # for one command's new limits to reach every charger
+OVER_KW = 0.5  # the PCC above the cap by more than this counts as over it
 NEAR_POLL_MS = 60.0  # a cycle's poll + decide + write, plus the 50 ms wake gap after it
-
-
-def accepts(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def caps(n: int) -> tuple[float, float]:
@@ -122,38 +111,6 @@ def site(tmp: Path, mqtt_port: int, n: int, cycle_s: float) -> dict:
         "storage": {"dir": str(tmp / "state")},
         "hil": {"start": START},
     }
-
-
-class Platform:
-    """Publishes commands and records the acks (paho's thread)."""
-
-    def __init__(self, port: int, prefix: str) -> None:
-        self.prefix = prefix
-        self.accepted: dict[str, float] = {}
-        self.rejected: dict[str, str] = {}
-        self.ready = threading.Event()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-platform")
-        self.client.on_connect = lambda c, *a: c.subscribe(prefix + "ack", qos=1)
-        self.client.on_subscribe = lambda *a: self.ready.set()
-        self.client.on_message = self._on_message
-        self.client.connect(HOST, port)
-        self.client.loop_start()
-
-    def _on_message(self, client, userdata, msg) -> None:
-        ack = json.loads(msg.payload)
-        if ack["status"] == "accepted":
-            self.accepted.setdefault(ack["cmd_id"], time.monotonic())
-        elif ack["status"] == "rejected":
-            self.rejected[ack["cmd_id"]] = ack["reason"]
-
-    def send(self, cmd: dict) -> float:
-        t = time.monotonic()
-        self.client.publish(self.prefix + "cmd/dispatch", json.dumps(cmd), qos=1)
-        return t
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def stamp_profiles(evs: dict) -> list[tuple[float, str, float]]:
@@ -205,7 +162,7 @@ def landed(got, mark: int, before: dict, cut: bool, platform: Platform,
 
 
 async def measure(cfg, clock: Clock, platform: Platform, n_cmd: int,
-                  proc: subprocess.Popen) -> dict[str, list]:
+                  after_cut: tuple[float, float], proc: subprocess.Popen) -> dict[str, list]:
     sim = SimSite(cfg, clock)
     evs = {d.id: sim.devices[d.id] for d in cfg.devices if d.role == "ev_charger"}
     got = stamp_profiles(evs)
@@ -218,7 +175,10 @@ async def measure(cfg, clock: Clock, platform: Platform, n_cmd: int,
 
     pcc.refresh = polled
     low, high = caps(len(evs))
-    out: dict[str, list] = {"cut": [], "raise": [], "ack": [], "cut_to": [], "changes": []}
+    out: dict[str, list] = {"cut": [], "raise": [], "ack": [], "cut_to": [], "changes": [],
+                            "under": []}
+    grid: list[tuple[float, float]] = []  # (monotonic, PCC kW) every physics step (50 ms)
+    sim.on_substep = lambda sample, dt_s: grid.append((time.monotonic(), sample.grid_kw))
     await sim.start()  # the chargers retry until the daemon's CSMS listens
     try:
         ev_kw = lambda: sum(e.power_kw for e in evs.values())  # noqa: E731
@@ -240,11 +200,13 @@ async def measure(cfg, clock: Clock, platform: Platform, n_cmd: int,
             out["cut" if cut else "raise"].append(
                 ((min(first.values()) - t0) * 1000, (max(first.values()) - t0) * 1000,
                  since_poll))
-            gap = random.uniform(*(AFTER_CUT_S if cut else AFTER_RAISE_S))
+            gap = random.uniform(*(after_cut if cut else AFTER_RAISE_S))
             await asyncio.sleep(max(0.0, t0 + gap - time.monotonic()))
             if cmd_id in platform.accepted:
                 out["ack"].append((platform.accepted[cmd_id] - t0) * 1000)
-            if cut:
+            if cut:  # when the PCC import came under the new cap for good (the cars followed)
+                over = [t for t, kw in grid if t >= t0 and kw > low + OVER_KW]
+                out["under"].append((over[-1] if over else t0) - t0)
                 out["cut_to"].append(tuple(sorted(in_force(got, evs).values(), reverse=True)))
         last: dict[str, float] = {}
         for _, dev_id, amps in got:  # how often a limit changed: the commands' and no more
@@ -281,6 +243,9 @@ def main() -> int:
     ap.add_argument("--commands", type=int, default=60,
                     help="commands, alternately a cut and a raise (default 60: 30 of each)")
     ap.add_argument("--chargers", type=int, default=4)
+    ap.add_argument("--after-cut", type=float, nargs=2, default=AFTER_CUT_S, metavar=("LO", "HI"),
+                    help="seconds from a cut to the raise after it, drawn uniformly (default "
+                    "12 15; under 10 the raises wait for the hold)")
     ap.add_argument("--cycle-s", type=float, default=1.0, help="control.cycle_s of the daemon")
     args = ap.parse_args()
     if MOSQUITTO is None:
@@ -325,7 +290,8 @@ def main() -> int:
             platform.ready.wait(10)
             t_start = time.monotonic()
             try:
-                res = asyncio.run(measure(cfg, clock, platform, args.commands, daemon))
+                res = asyncio.run(measure(cfg, clock, platform, args.commands,
+                                         tuple(args.after_cut), daemon))
             except RuntimeError as exc:
                 print(f"bench failed: {exc}\n--- daemon log ---\n"
                       + log.read_text(errors="replace")[-3000:], file=sys.stderr)
@@ -343,13 +309,18 @@ def main() -> int:
           f"OCPP 1.6J chargers, building {BASE_KW:g} kW, cap {high:g} <-> {low:g} kW, "
           f"control.cycle_s {args.cycle_s:g} s, daemon in its own process, loopback, "
           f"{wall / 60:.1f} min")
-    print(f"cuts (sent at once; next command {AFTER_CUT_S[0]:g}-{AFTER_CUT_S[1]:g} s later):")
+    lo, hi = args.after_cut
+    print(f"cuts (sent at once; next command {lo:g}-{hi:g} s later):")
     print("\n".join(report(res["cut"])))
+    u = res["under"]
+    print(f"  publish -> PCC import under the new cap for good: p50 {benchlib.pct(u, 50):.2f} s, "
+          f"p99 {benchlib.pct(u, 99):.2f} s, max {max(u):.2f} s (physics steps of 50 ms)")
     print(f"  limits in force after the cuts (A): {', '.join(map(str, cut_to))}")
     print(f"  limit changes at the chargers: {sum(res['changes'])} (expected: boot 6 A, 32 A "
           f"10 s later, then one per command: {args.chargers * (2 + args.commands)})")
     print(f"raises (next command {AFTER_RAISE_S[0]:g}-{AFTER_RAISE_S[1]:g} s later; each "
-          f"{AFTER_CUT_S[0]:g}-{AFTER_CUT_S[1]:g} s after its cut, past the 10 s raise hold):")
+          f"{lo:g}-{hi:g} s after its cut{', past' if lo >= 10 else ', inside'} the 10 s raise "
+          "hold):")
     print("\n".join(report(res["raise"])))
     print("every command:")
     print(line("publish -> accepted ack back", res["ack"]))
