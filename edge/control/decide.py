@@ -150,7 +150,7 @@ class Controller:
         result = self._dispatch(image, mem, now_s, bounds, grid)
         setpoints: dict[str, dict[str, float]] = {}
         if sharing:
-            room = self._room(image, bounds, result, combined)
+            room = self._room(image, bounds, result, combined, grid)
             added = 0.0
             for name, devs in sharing:
                 setpoints[name], kw = ROLES[name].allocate(devs, image, mem, now_s,
@@ -190,7 +190,7 @@ class Controller:
             dt_s=image.dt_s, **blocks)
 
     def _room(self, image: ProcessImage, bounds: SiteBounds,
-              result: kernel_mod.DispatchResult, combined: Combined) -> Room:
+              result: kernel_mod.DispatchResult, combined: Combined, site_kw: float) -> Room:
         """What the kernel's settlement leaves: import under the hard limits (plus what the
         batteries could still discharge, where they may feed EVs) and the power the site
         would export or curtail (probed upwards while PV is held back)."""
@@ -208,7 +208,7 @@ class Controller:
             if pv_held_back(generators, limits, image):
                 surplus += 0.05 * sum(d.rated_kw for d in generators)
         return Room(image.ts, max(import_kw, 0.0), surplus, combined.demand_kw,
-                    combined.requests)
+                    combined.requests, site_kw)
 
     def _hold(self, image, book, mem, now_s) -> Decision:
         reason, key = explain.HOLD

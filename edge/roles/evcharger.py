@@ -245,7 +245,12 @@ class EvCharger(Role):
                 now_a = mem.written[w.id].value or 0.0
                 w.max_a = min(w.max_a, now_a)
                 w.wants_min = w.wants_min and now_a >= w.min_a
-        amps = share(wants, room.import_kw, room.surplus_kw, circuits)
+        import_kw = room.import_kw
+        settling = now_s < st.site_until_s and math.isfinite(st.site_kw)
+        if settling and math.isfinite(room.site_kw):
+            import_kw = max(import_kw - max(st.site_kw - room.site_kw, 0.0), 0.0)
+        amps = share(wants, import_kw, room.surplus_kw, circuits)
+        changed = False
         kw = 0.0
         by_id = {d.id: d for d in devs}
         for w in wants:
@@ -255,8 +260,13 @@ class EvCharger(Role):
             before = mem.written[w.id].value or 0.0
             if abs(a - before) >= by_id[w.id].deadband_a or (a > 0) != (before > 0):
                 c.changed_at_s, c.cut_from_a = now_s, (before if a < before else 0.0)
+                changed = True
             kw += a * w.kw_per_a
             out[w.id] = c.limit_a = a
+        if changed:
+            if not settling:
+                st.site_kw = room.site_kw
+            st.site_until_s = now_s + SETTLE_S
         return out, kw
 
     def _want(self, d: EvChargerDevice, image, mem, c: Charging, room: Room,

@@ -76,9 +76,15 @@ class Charging:
 class EvStates:
     by_id: dict[str, Charging]
     tz: ZoneInfo  # the site's: default departures are local times
+    # The site without the cars as it stood, settled, before the last change of their limits,
+    # and until when it is kept: while cars follow a change, the estimate of the site from
+    # their limits is off by their ramps, and the larger of the two is the safe one.
+    site_kw: float = math.nan
+    site_until_s: float = -math.inf
 
     def clone(self) -> EvStates:
-        return EvStates({k: c.clone() for k, c in self.by_id.items()}, self.tz)
+        return EvStates({k: c.clone() for k, c in self.by_id.items()}, self.tz, self.site_kw,
+                        self.site_until_s)
 
 
 def default_departure(dev: EvChargerDevice, arrived: datetime, tz: ZoneInfo) -> datetime:

@@ -242,3 +242,19 @@ def test_a_car_charging_before_its_first_meter_value_does_not_break_the_decision
 
     from edge.image.balance import site_power
     assert site_power(site(), image(30.0, ev1=unknown)).ev_kw is None
+
+
+def test_a_cap_right_after_a_raise_counts_the_site_as_it_stood_before_the_raise(kernel):
+    ctl = Controller(site(functions=["peak_shaving"]), kernel)
+    d, mem = ctl.decide(image(44.14, ev1=ev(6.0)), None, ctl.initial_memory(), 0.0)
+    raised = d.ev_a["ev1"]
+    assert raised > 20  # 20 kW of room under 60 kW
+    mem = ctl.after_writes(mem, {"ev1": raised}, 0.0)
+    # The charger took the raise, the car is still ramping (it draws 6 A), and a park cap
+    # of 50 kW arrives: the building is 40 kW, so 10 kW are left, not 50 - 44.14 + the raise.
+    ramping = {**ev(6.0), "offered_a": raised}
+    book = InstructionBook()
+    book.put(Instruction("cap", "park", T0 - timedelta(minutes=1), T0 + timedelta(hours=1),
+                         grid_max_kw=50.0))
+    d, mem = ctl.decide(image(44.14, ev1=ramping), book, mem, 1.0)
+    assert 6.0 <= d.ev_a["ev1"] and d.ev_a["ev1"] * 0.69 <= 10.0 + 1e-6
