@@ -234,10 +234,10 @@ class EvCharger(Role):
             if (req := room.requests.get(d.id)) is not None:
                 apply_request(c, req, image.value(d.id, "session_kwh"))
             wants.append(self._want(d, image, mem, c, room, now_s))
+        by_id = {d.id: d for d in devs}
         verdict = economic_minimums(wants, room.surplus_kw)
         for w in wants:
-            w.wants_min = enabled(next(d for d in devs if d.id == w.id), st.by_id[w.id],
-                                  verdict[w.id], w.must, now_s)
+            w.wants_min = enabled(by_id[w.id], st.by_id[w.id], verdict[w.id], w.must, now_s)
         if any(now_s - st.by_id[d.id].changed_at_s < SETTLE_S for d in devs):
             # Cars are still following the last change: the PCC does not show it yet, so
             # nothing is raised until it does (cuts go on).
@@ -252,7 +252,6 @@ class EvCharger(Role):
         amps = share(wants, import_kw, room.surplus_kw, circuits)
         changed = False
         kw = 0.0
-        by_id = {d.id: d for d in devs}
         for w in wants:
             c, a = st.by_id[w.id], amps[w.id]
             if c.running != (a > 0):

@@ -63,6 +63,19 @@ def accepts(port: int) -> bool:
         return False
 
 
+def start_broker(conf: Path, port: int) -> subprocess.Popen:
+    """A private mosquitto with `conf`, once it accepts connections on `port`."""
+    broker = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not accepts(port):
+        if broker.poll() is not None or time.monotonic() > deadline:
+            stop_process(broker)
+            raise RuntimeError("mosquitto did not start")
+        time.sleep(0.05)
+    return broker
+
+
 def site(tmp: Path, mqtt_port: int, cycle_s: float) -> dict:
     data = copy.deepcopy(yaml.safe_load((ROOT / "configs/demo.yaml").read_text()))
     for dev in data["devices"]:
@@ -182,17 +195,11 @@ def main() -> int:
         cfg_path = tmp / "site.yaml"
         cfg_path.write_text(yaml.safe_dump(data))
         env = dict(os.environ)
-        broker = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+        broker = start_broker(conf, mqtt_port)
         log = tmp / "daemon.log"
         daemon = None
         platform = None
         try:
-            deadline = time.monotonic() + 10
-            while not accepts(mqtt_port):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("mosquitto did not start")
-                time.sleep(0.05)
             with log.open("wb") as out:
                 daemon = subprocess.Popen(
                     [sys.executable, "-m", "edge.cli", "run", "-c", str(cfg_path),

@@ -60,7 +60,7 @@ from pathlib import Path
 
 import benchlib
 import yaml
-from bench_command_latency import MOSQUITTO, Platform, accepts
+from bench_command_latency import MOSQUITTO, Platform, start_broker
 from benchlib import HOST, free_port, stop_process
 
 from edge import config as config_mod
@@ -271,16 +271,10 @@ def main() -> int:
         clock = Clock(datetime.fromisoformat(START), 1.0)
         assert clock.start == hil_of(cfg).start
         clock.save(state / RUN_CLOCK)
-        broker = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+        broker = start_broker(conf, mqtt_port)
         log = tmp / "daemon.log"
         daemon = platform = None
         try:
-            deadline = time.monotonic() + 10
-            while not accepts(mqtt_port):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("mosquitto did not start")
-                time.sleep(0.05)
             with log.open("wb") as out:
                 daemon = subprocess.Popen(
                     [sys.executable, "-m", "edge.cli", "run", "-c", str(cfg_path), "--speed",
