@@ -121,7 +121,9 @@ class EvCharger(Device, Protocol):
     transaction runs), session_kwh (energy of the running transaction, 0 without one),
     session_start_s (its start, Unix s; NaN without one), session (a number that changes
     with each new transaction, 0 without one), offered_a (the limit in force as the charger
-    accepted it; NaN before the first), status (index into CHARGER_STATUS).
+    accepted it; NaN before the first), meter_lag_s (how long after that limit came into
+    force the last meter value was taken; negative when it predates it, NaN without
+    either), status (index into CHARGER_STATUS).
 
     `write_current` never waits for the charger: it hands the latest limit (A per phase,
     per connector; 0 pauses) to the charger's own writer, which sends it when the deadband

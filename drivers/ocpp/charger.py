@@ -171,7 +171,7 @@ class OcppCharger:
         self.cp_id = spec.charge_point_id
         self.response_timeout_s, self.retry_s = response_timeout_s, retry_s
         self.boot_wait_s = boot_wait_s
-        self.station = Station(device_id, spec)
+        self.station = Station(device_id, spec, clock=lambda: now().timestamp())
         self.wanted = Wanted()
         self.station.on_tx = self.wanted.poke
         self.throttle = Throttle(log)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -78,14 +79,17 @@ def parse_time(stamp: object) -> float:
 class Station:
     """State of one charge point; `seen()` on every frame it sends keeps it fresh."""
 
-    def __init__(self, name: str, spec: OcppSpec) -> None:
-        self.name, self.spec = name, spec
+    def __init__(self, name: str, spec: OcppSpec,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.name, self.spec, self.clock = name, spec, clock
         self.protocol = ""  # the subprotocol of the current or last connection
         self.info: dict[str, str] = {}
         self.booted = False  # a BootNotification was accepted since we started
         self.stack_level = 1  # the highest the charger supports, read after boot
         self.tx_profiles = False  # it refused TxDefaultProfile: limit each transaction
         self.offered_a = NAN  # the last limit it accepted
+        self.offered_at = NAN  # when that limit changed (clock s)
+        self.metered_at = NAN  # when the last meter value came (clock s)
         self.status: dict[int, str] = {}
         self.meters: dict[int, Meter] = {}
         self.txs: dict[str, Tx] = {}
@@ -94,6 +98,11 @@ class Station:
         self._next_session = float(int(time.time()))  # differs across restarts too
         self._next_tx_id = int(time.time()) % 2_000_000_000
         self._absurd = Throttle(log)
+
+    def offer(self, amps: float) -> None:
+        """The charger accepted a limit of `amps`."""
+        if amps != self.offered_a:
+            self.offered_a, self.offered_at = amps, self.clock()
 
     def seen(self) -> None:
         self.last_seen = time.monotonic()
@@ -198,6 +207,8 @@ class Station:
         if total is not None or per_phase:
             m.power_w = total if total is not None else sum(per_phase.values())
             m.metered = True
+        if total is not None or per_phase or amps:
+            self.metered_at = self.clock()
         for i, a in amps.items():
             m.amps[i] = a
 
@@ -258,6 +269,7 @@ class Station:
             "session_start_s": min(starts) if starts else NAN,
             "session": max((t.number for t in self.txs.values()), default=0.0),
             "offered_a": self.offered_a,
+            "meter_lag_s": self.metered_at - self.offered_at,
             "status": float(CHARGER_STATUS.index(self.overall_status())),
         }
 

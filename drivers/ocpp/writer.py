@@ -164,7 +164,7 @@ class Writer:
             now, before = self.clock(), self.sent.get(key)
             changed = now if before is None or before.amps != amps else before.changed_at
             self.sent[key] = Sent(amps, now, changed, revert_s)
-            st.offered_a = amps
+            st.offer(amps)
             log.debug("charger %s: limit %g A in force (%s)", st.name, amps, key)
             return True
         if tx is None and status in ("Rejected", "NotSupported"):

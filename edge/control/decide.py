@@ -142,6 +142,10 @@ class Controller:
         combined = (book if book is not None else InstructionBook()).combine(image.ts)
         sharing = [(n, devs) for n, devs in self.groups.items() if ROLES[n].allocates and devs]
         drawn = sum(ROLES[n].drawn_kw(devs, image, mem, now_s) for n, devs in sharing)
+        # Devices just cut count at their old draw for the room, but the batteries settle
+        # against the limits in force: they bridge the ramps, so the PCC follows at once.
+        held = drawn - sum(ROLES[n].drawn_kw(devs, image, mem, now_s, hold=False)
+                           for n, devs in sharing)
         grid = image.value(self.config.grid_meter.id, "power_kw") - drawn
         natural = grid + sum(ROLES[n].idle_offset_kw(devs, image)
                              for n, devs in self.groups.items())
@@ -158,11 +162,11 @@ class Controller:
                 added += kw
             if cfg.ev_from_battery:
                 bounds, failed = run_functions(cfg.functions, image, cfg, combined,
-                                               natural + added)
+                                               natural + held + added)
             elif not math.isnan(bounds.grid_target_kw):
                 # The batteries keep what they would do without the added draw.
                 bounds = replace(bounds, grid_target_kw=bounds.grid_target_kw + added)
-            result = self._dispatch(image, mem, now_s, bounds, grid + added)
+            result = self._dispatch(image, mem, now_s, bounds, grid + held + added)
         outputs = {"bess": result.bess_kw, "pv": result.pv_limit_kw, "loads": result.load_on}
         for name, devs in self.groups.items():
             role = ROLES[name]

@@ -18,8 +18,8 @@ from edge.roles.evsession import Charging, EvRequest, EvStates, apply_request, o
 from edge.roles.evshare import PHASES, Circuits, Want, economic_minimums, share
 from edge.roles.role import Demand, Part, Role, Room, rounded, total
 
-CAR_LIMITED_A = 2.0  # a car drawing this far below its offer for a while has shown its limit
-CAR_LIMITED_S = 120.0  # ... this long after the offer (meter values may come once a minute)
+CAR_LIMITED_A = 2.0  # a car drawing this far below its settled offer has shown its limit
+CAR_FOLLOWS_A = 1.0  # ... and one drawing this close to it may take more
 RESPOND_S = 5.0  # a car follows a new limit within 5 s (IEC 61851-1)
 SETTLE_S = 2 * RESPOND_S  # no raise until the last change has settled at the PCC
 SLACK_H = 0.1  # a car needing its full power until this close to leaving is charged flat out
@@ -138,7 +138,7 @@ def enabled(d: EvChargerDevice, c: Charging, economic: bool, must: bool, now_s: 
     return min(now_s - c.want_since_s, now_s - c.since_s) >= d.enable_delay_s
 
 
-def drawn_kw(d: EvChargerDevice, image, c: Charging, now_s: float) -> float:
+def drawn_kw(d: EvChargerDevice, image, c: Charging, now_s: float, hold: bool = True) -> float:
     """What the car draws now, for the site without it. Meter values come every few seconds
     to a minute, the PCC meter every cycle: a car just cut would still read its old draw and
     show room that is not there, and one just resumed its old zero, whose ramp would then
@@ -154,9 +154,25 @@ def drawn_kw(d: EvChargerDevice, image, c: Charging, now_s: float) -> float:
     if c.session is None or not math.isfinite(offered):
         return kw
     amps = offered if c.car_a is None else min(offered, c.car_a)
-    if now_s - c.changed_at_s < RESPOND_S:
+    if hold and now_s - c.changed_at_s < RESPOND_S:
         amps = max(amps, c.cut_from_a)
     return amps * kw_per_a(d, image, c)
+
+
+def learn_car_limit(d: EvChargerDevice, image, c: Charging) -> None:
+    """A car drawing well below its offer on a meter value taken after it had time to
+    follow the offer has shown its own limit (a battery near full, a 1-phase or 16 A car):
+    it counts at that limit (plus a margin it may show it would take) until it draws close
+    to its offer again. Learned before anything is decided, so the room it leaves is
+    handed out in the same cycle in which the site stops counting it as drawn."""
+    offered, drawn = image.value(d.id, "offered_a"), image.value(d.id, "current_a")
+    if not (c.running and math.isfinite(offered) and math.isfinite(drawn)
+            and offered >= d.min_current_a):
+        return
+    if drawn >= offered - CAR_FOLLOWS_A:
+        c.car_a = None
+    elif drawn < offered - CAR_LIMITED_A and image.value(d.id, "meter_lag_s") >= RESPOND_S:
+        c.car_a = max(drawn + CAR_LIMITED_A, d.min_current_a)
 
 
 class EvCharger(Role):
@@ -210,10 +226,12 @@ class EvCharger(Role):
                                             or before.number != c.session.number):
                 c.running, c.since_s, c.want_since_s, c.short_since_s, c.car_a = (
                     False, -math.inf, None, None, None)
+            learn_car_limit(d, image, c)
 
-    def drawn_kw(self, devs, image, mem, now_s) -> float:
+    def drawn_kw(self, devs, image, mem, now_s, hold: bool = True) -> float:
         st = _states(mem)
-        return sum(drawn_kw(d, image, st.by_id[d.id], now_s) for d in devs if image.good(d.id))
+        return sum(drawn_kw(d, image, st.by_id[d.id], now_s, hold) for d in devs
+                   if image.good(d.id))
 
     def allocate(self, devs, image, mem, now_s, config, room: Room):
         st, out, wants = _states(mem), {}, []
@@ -276,12 +294,6 @@ class EvCharger(Role):
         hours = s.hours_left(image.ts)
         full_kw = d.max_current_a * per_a
         must = remaining > 0 and remaining / full_kw >= hours - SLACK_H
-        offered, drawn = image.value(d.id, "offered_a"), image.value(d.id, "current_a")
-        if math.isfinite(offered) and offered >= d.min_current_a and c.running:
-            if drawn >= offered - CAR_LIMITED_A:
-                c.car_a = None  # it follows its offer
-            elif now_s - mem.written[d.id].at_s > CAR_LIMITED_S:
-                c.car_a = max(drawn + CAR_LIMITED_A, d.min_current_a)
         max_a = d.max_current_a if c.car_a is None else c.car_a
         if must or room.planned_kw is None:
             target = math.inf

@@ -183,9 +183,12 @@ class Role:
         """Fill the kernel block `out` (one row per device)."""
 
     def drawn_kw(self, devs: list[Any], image: ProcessImage, mem: Memory,
-                 now_s: float) -> float:
+                 now_s: float, hold: bool = True) -> float:
         """An allocating role: what its readable devices draw now (the kernel first settles
-        the site without it)."""
+        the site without it). `hold`: devices that were just cut still count at what they
+        drew before, for as long as they take to follow (so no room is shown twice);
+        without it, every device counts at the limit in force, which is what the batteries
+        settle against (they then bridge the devices' ramps at the PCC)."""
         return 0.0
 
     def allocate(self, devs: list[Any], image: ProcessImage, mem: Memory, now_s: float,

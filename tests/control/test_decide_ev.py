@@ -43,7 +43,7 @@ def ev(amps=0.0, car=True, soc=math.nan, session=1.0, kwh=0.0):
             "charging": float(car), "session_kwh": kwh,
             "session_start_s": (T0 - timedelta(hours=1)).timestamp() if car else math.nan,
             "session": session if car else 0.0, "offered_a": amps if car else math.nan,
-            "status": 2.0 if car else 0.0}
+            "meter_lag_s": 30.0 if car else math.nan, "status": 2.0 if car else 0.0}
 
 
 def image(grid, bess=0.0, ev1=None, ev2=None, ts=T0, ev2_quality=Quality.GOOD):
@@ -187,7 +187,7 @@ def test_a_car_cut_by_a_hard_limit_waits_its_enable_delay_even_when_the_room_is_
 def test_a_car_just_cut_counts_at_its_new_limit_not_its_last_meter_value(kernel):
     # The charger accepted 6 A but its last meter value still says 29 A: the site without
     # it is 50 - 4.14 kW, not 50 - 20 kW.
-    stale = {**ev(29.0), "offered_a": 6.0}
+    stale = {**ev(29.0), "offered_a": 6.0, "meter_lag_s": -1.0}
     d, _ = decide(site(functions=["peak_shaving"]), image(50.0, ev1=stale), kernel)
     assert d.ev_a["ev1"] * 0.69 <= 60 - (50 - 6 * 0.69) + 1e-6
 
@@ -252,9 +252,51 @@ def test_a_cap_right_after_a_raise_counts_the_site_as_it_stood_before_the_raise(
     mem = ctl.after_writes(mem, {"ev1": raised}, 0.0)
     # The charger took the raise, the car is still ramping (it draws 6 A), and a park cap
     # of 50 kW arrives: the building is 40 kW, so 10 kW are left, not 50 - 44.14 + the raise.
-    ramping = {**ev(6.0), "offered_a": raised}
+    ramping = {**ev(6.0), "offered_a": raised, "meter_lag_s": -1.0}
     book = InstructionBook()
     book.put(Instruction("cap", "park", T0 - timedelta(minutes=1), T0 + timedelta(hours=1),
                          grid_max_kw=50.0))
     d, mem = ctl.decide(image(44.14, ev1=ramping), book, mem, 1.0)
     assert 6.0 <= d.ev_a["ev1"] and d.ev_a["ev1"] * 0.69 <= 10.0 + 1e-6
+
+
+def test_the_battery_bridges_a_car_still_ramping_down_after_a_cut(kernel):
+    # 48 kW of building and a car at 32 A (22.08 kW) over a 60 kW limit: the car is cut to
+    # 12 kW. A second later the charger has taken the cut but the car still draws 32 A:
+    # the battery covers the 10 kW it has yet to shed, so the PCC is at the limit now,
+    # not once the car has followed.
+    ctl = Controller(site(functions=["peak_shaving"]), kernel)
+    mem = ctl.after_writes(ctl.initial_memory(), {"ev1": 32.0}, -60.0)
+    d, mem = ctl.decide(image(70.08, ev1=ev(32.0)), None, mem, 0.0)
+    cut = d.ev_a["ev1"]
+    assert cut * 0.69 == pytest.approx(12.0, abs=0.1)
+    mem = ctl.after_writes(mem, {"ev1": cut}, 0.0)
+    following = {**ev(32.0), "offered_a": cut, "meter_lag_s": -1.0}
+    d, mem = ctl.decide(image(70.08, ev1=following), None, mem, 1.0)
+    assert d.ev_a["ev1"] == pytest.approx(cut)
+    assert d.bess_kw["bess1"] == pytest.approx(10.08, abs=0.1)
+
+
+def test_a_car_drawing_below_its_settled_offer_frees_its_room_in_the_same_cycle(kernel):
+    # ev1 is offered 32 A but its car takes 10 A (a battery near full), on a meter value
+    # taken well after the offer: it counts at 12 A (its draw and a margin), and the room
+    # it never used goes to ev2 at once, not counted twice while ev1 is lowered.
+    ctl = Controller(site(functions=["peak_shaving"]), kernel)
+    _, mem = ctl.decide(image(40.0 + 6.9, ev1=ev(10.0)), None, ctl.initial_memory(), 0.0)
+    limited = {**ev(10.0), "offered_a": 32.0, "meter_lag_s": 20.0}
+    img = image(40.0 + 6.9 + 4.14, ev1=limited, ev2=ev(6.0, session=2.0))
+    d, _ = ctl.decide(img, None, mem, 30.0)
+    assert d.ev_a["ev1"] == pytest.approx(12.0)
+    # the 40 kW building, ev1's 6.9 kW and ev2's new limit fill the 60 kW but for the
+    # margin ev1 keeps to show it would take more
+    pcc_next = 40.0 + 6.9 + d.ev_a["ev2"] * 0.69
+    assert 60.0 - 2.0 * 0.69 - 1e-6 <= pcc_next <= 60.0 + 1e-6
+
+
+def test_a_meter_value_from_before_the_offer_does_not_mark_the_car_limited(kernel):
+    ctl = Controller(site(functions=["peak_shaving"]), kernel)
+    _, mem = ctl.decide(image(40.0 + 6.9, ev1=ev(10.0)), None, ctl.initial_memory(), 0.0)
+    early = {**ev(10.0), "offered_a": 32.0, "meter_lag_s": 2.0}
+    d, mem = ctl.decide(image(40.0 + 6.9, ev1=early), None, mem, 30.0)
+    assert mem.roles["ev_charger"].by_id["ev1"].car_a is None
+    assert d.ev_a["ev1"] > 12.0

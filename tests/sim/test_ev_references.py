@@ -79,21 +79,21 @@ def run_for(c: Charger, start: str, seconds: int, want: float | None = None,
 def test_a_car_plugs_in_at_its_arrival_and_its_session_ends_when_it_leaves() -> None:
     c = one_charger()
     run_for(c, "07:59", 30)
-    v = c.values()
+    v = c.values(0.0)
     assert v["connected"] == 0 and v["session"] == 0 and math.isnan(v["session_start_s"])
     assert CHARGER_STATUS[int(v["status"])] == "Available"
     run_for(c, "08:00", 30)
-    v = c.values()
+    v = c.values(0.0)
     assert v["connected"] == v["charging"] == 1 and v["session"] == 1
     assert v["session_start_s"] == at("08:00").timestamp()
     run_for(c, "10:00", 1)
-    assert c.values()["session"] == 0 and c.values()["power_kw"] == 0
+    assert c.values(0.0)["session"] == 0 and c.values(0.0)["power_kw"] == 0
 
 
 def test_before_any_limit_the_car_draws_the_chargers_fail_safe_current() -> None:
     c = one_charger()
     run_for(c, "08:00", 10)
-    v = c.values()
+    v = c.values(0.0)
     assert math.isnan(v["offered_a"])
     assert v["current_a"] == pytest.approx(6.0)  # min_current_a: the fail-safe default
     assert v["power_kw"] == pytest.approx(6 * 230 * 3 / 1000)
@@ -102,7 +102,7 @@ def test_before_any_limit_the_car_draws_the_chargers_fail_safe_current() -> None
 def test_the_car_draws_the_limit_on_the_phases_its_charger_uses() -> None:
     c = one_charger(sim={"arrivals": [stay("08:00", "10:00", car_phases=1)]})
     run_for(c, "08:00", 20, want=16.0)
-    v = c.values()
+    v = c.values(0.0)
     assert v["offered_a"] == 16 and v["current_a"] == pytest.approx(16)
     assert (v["l1_a"], v["l2_a"], v["l3_a"]) == (pytest.approx(16), 0.0, 0.0)
     assert v["power_kw"] == pytest.approx(16 * 230 / 1000)
@@ -140,18 +140,18 @@ def test_only_a_car_that_tells_its_soc_has_one_in_the_reading() -> None:
     telling = one_charger(sim={"arrivals": [stay("08:00", "10:00", reports_soc=True)]})
     for c in (quiet, telling):
         run_for(c, "08:00", 5)
-    assert math.isnan(quiet.values()["soc_pct"])
-    assert telling.values()["soc_pct"] == pytest.approx(telling.plugs[0].car.soc_pct)
+    assert math.isnan(quiet.values(0.0)["soc_pct"])
+    assert telling.values(0.0)["soc_pct"] == pytest.approx(telling.plugs[0].car.soc_pct)
 
 
 def test_uncontrolled_the_car_takes_the_chargers_maximum_until_it_is_full() -> None:
     c = one_charger(uncontrolled=True,
                     sim={"arrivals": [stay("08:00", "10:00", capacity_kwh=10, soc_pct=95)]})
     run_for(c, "08:00", 5, want=6.0)  # a controller's wish changes nothing
-    assert c.values()["offered_a"] == 32.0 and c.values()["current_a"] > 6.0
+    assert c.values(0.0)["offered_a"] == 32.0 and c.values(0.0)["current_a"] > 6.0
     run_for(c, "08:00", 3600)
     car = c.plugs[0].car
-    assert car.full and c.values()["power_kw"] == 0
+    assert car.full and c.values(0.0)["power_kw"] == 0
     assert car.energy_kwh == pytest.approx(0.5, abs=1e-6)
 
 
@@ -264,4 +264,4 @@ def test_isolated_moves_the_csms_to_a_free_port_and_leaves_the_charge_points_be(
     ports = [d.port for d in iso.devices if d.port is not None]
     assert iso.ocpp.port not in ports and len(set(ports)) == len(ports)
     assert all(d.host is None and d.port is None for d in chargers_of(iso))
-    assert EvPark(chargers_of(iso), TZ).values().keys() == {d.id for d in chargers_of(iso)}
+    assert EvPark(chargers_of(iso), TZ).values(0.0).keys() == {d.id for d in chargers_of(iso)}

@@ -43,7 +43,7 @@ def ev(amps=0.0, car=True, session=3.0, kwh=0.0, started=T0 - timedelta(hours=1)
             "charging": float(car and amps > 0), "session_kwh": kwh,
             "session_start_s": started.timestamp() if car else math.nan,
             "session": session if car else 0.0, "offered_a": amps if car else math.nan,
-            "status": 2.0 if car else 0.0}
+            "meter_lag_s": 30.0 if car else math.nan, "status": 2.0 if car else 0.0}
 
 
 def image(grid, ev1=None, ev2=None, ts=T0, bess=0.0, soc=50.0, stale=()):

@@ -113,8 +113,9 @@ class Charger:
             return "Charging"
         return "SuspendedEVSE" if self.limit_a < self.cfg.min_current_a else "SuspendedEV"
 
-    def values(self) -> dict[str, float]:
-        """The reading the OCPP driver would give (drivers/base.py EvCharger)."""
+    def values(self, now_s: float) -> dict[str, float]:
+        """The reading the OCPP driver would give (drivers/base.py EvCharger), with a meter
+        value taken at `now_s`."""
         phases = [0.0, 0.0, 0.0]
         socs, starts, number, session_kwh = [], [], 0.0, 0.0
         for p in self.plugs:
@@ -136,6 +137,7 @@ class Charger:
             "soc_pct": max(socs) if socs else NAN, "connected": plugged, "charging": plugged,
             "session_kwh": session_kwh, "session_start_s": min(starts) if starts else NAN,
             "session": number, "offered_a": NAN if self.offered is None else self.offered,
+            "meter_lag_s": now_s - self.changed_s,
             "status": float(CHARGER_STATUS.index(status)),
         }
 
@@ -154,8 +156,8 @@ class EvPark:
         for c in self.chargers.values():
             c.presence(t, t_local)
 
-    def values(self) -> dict[str, dict[str, float]]:
-        return {k: c.values() for k, c in self.chargers.items()}
+    def values(self, now_s: float) -> dict[str, dict[str, float]]:
+        return {k: c.values(now_s) for k, c in self.chargers.items()}
 
     def want(self, due: dict[str, float], now_s: float) -> None:
         """The currents the controller wrote this cycle, then the writers' rules."""

@@ -145,7 +145,7 @@ def replay_rules(cfg: Config, truth: Truth, duration_s: float, dr: list[Window],
         park.presence(t)
         load = truth.load_at(t) + site.flex_kw()
         avail = np.minimum(rated, truth.pv_at(t) * site.share)
-        image = site.image(t, dt, load, park.kw, {} if uncontrolled else park.values())
+        image = site.image(t, dt, load, park.kw, {} if uncontrolled else park.values(now_s))
         decision, memory = controller.decide(image, book, memory, now_s)
         violated = limit_violated(image, decision, site.grid_id)
         due = {d.id: v for phase in writer.jobs(decision, memory, now_s, violated)

@@ -157,3 +157,17 @@ def test_absurd_power_is_dropped(value):
     st.samples(1, [Sample(POWER, None, 5000.0)])
     st.samples(1, [Sample(POWER, None, value)])
     assert st.values()["power_kw"] == 5.0
+
+
+def test_meter_lag_tells_whether_a_meter_value_was_taken_after_the_limit_changed():
+    now = [100.0]
+    st = Station("ev1", SPEC, clock=lambda: now[0])
+    assert math.isnan(st.values()["meter_lag_s"])
+    st.samples(1, [Sample(CURRENT, "L1", 16.0)])
+    now[0] = 110.0
+    st.offer(10.0)
+    assert st.values()["meter_lag_s"] == -10.0  # the car had not seen the limit yet
+    now[0] = 125.0
+    st.offer(10.0)  # the same limit again (a refresh) does not restart the wait
+    st.samples(1, [Sample(CURRENT, "L1", 9.8)])
+    assert st.values()["meter_lag_s"] == 15.0
