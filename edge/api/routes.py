@@ -62,6 +62,12 @@ def build(api: Api) -> Starlette:
             return _problem(503, "no control cycle has run yet")
         return JSONResponse(doc)
 
+    async def today(request: Request) -> Response:
+        return JSONResponse(await api.today())
+
+    async def tariff(request: Request) -> Response:
+        return JSONResponse(reads.tariff(d.config, d.clock.now()))
+
     async def history(request: Request) -> Response:
         bounds = []
         for key in ("from", "to"):
@@ -118,6 +124,8 @@ def build(api: Api) -> Starlette:
         Route(f"{PREFIX}/history", history, methods=["GET"]),
         Route(f"{PREFIX}/dr", dr, methods=["GET"]),
         Route(f"{PREFIX}/flex", flex, methods=["GET"]),
+        Route(f"{PREFIX}/today", today, methods=["GET"]),
+        Route(f"{PREFIX}/tariff", tariff, methods=["GET"]),
         Route(f"{PREFIX}/stream", stream, methods=["GET"]),
         Route(f"{PREFIX}/openapi.json", openapi, methods=["GET"]),
         Route(f"{PREFIX}/commands/{{name}}", command, methods=["POST"]),
