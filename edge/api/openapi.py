@@ -99,6 +99,11 @@ def document() -> dict[str, Any]:
         "operationId": "openapi", "summary": "This document",
         "responses": {"200": {"description": "OpenAPI 3.1",
                               "content": {"application/json": {"schema": {"type": "object"}}}}}}}
+    paths["/"] = {"get": {
+        "operationId": "dashboard", "summary": "The operator's live dashboard (HTML; its "
+        "script and styles under /static/)",
+        "responses": {"200": {"description": "the page",
+                              "content": {"text/html": {"schema": {"type": "string"}}}}}}}
     paths["/metrics"] = {"get": {
         "operationId": "metrics", "summary": "Prometheus text exposition",
         "responses": {"200": {"description": "metrics",

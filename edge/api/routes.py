@@ -1,19 +1,22 @@
 """The operator API's routes (Starlette). Reads answer from what the cycle and the services
 published; commands go to the same handler as the MQTT ones (CommandHandler.submit), behind
-the bearer token, and answer with the acks it stored for MQTT."""
+the bearer token, and answer with the acks it stored for MQTT. `/` is the operator's
+dashboard, a static page (static/) that reads the same endpoints."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from edge.api import reads, views
 from edge.api.metrics import CONTENT_TYPE
@@ -27,6 +30,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SUBMIT_TIMEOUT_S = 10.0  # wall seconds a command may wait for its ack before 503
+STATIC = Path(__file__).with_name("static")  # the dashboard: index.html, its script, styles
+# The page runs only its own script (no inline code, nothing from elsewhere); uPlot styles
+# its elements inline. The answer is read fresh each time: it changes with an upgrade.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' "
+    "'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'none'",
+    "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer"}
 _STAMP: TypeAdapter = TypeAdapter(Stamp)
 
 
@@ -94,6 +106,9 @@ def build(api: Api) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(await api.metrics.render(), media_type=CONTENT_TYPE)
 
+    async def dashboard(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
     async def command(request: Request) -> Response:
         name = request.path_params["name"]
         if name not in COMMAND_MODELS:
@@ -130,6 +145,8 @@ def build(api: Api) -> Starlette:
         Route(f"{PREFIX}/openapi.json", openapi, methods=["GET"]),
         Route(f"{PREFIX}/commands/{{name}}", command, methods=["POST"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/", dashboard, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     return Starlette(routes=routes)
 
