@@ -46,6 +46,16 @@ class _TooLarge(Exception):
     pass
 
 
+class _Static(StaticFiles):
+    """The page's scripts and styles, revalidated on each load (a 304 while unchanged): an
+    upgrade must not leave a browser on the old script with the new API."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
 def _problem(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
 
@@ -146,7 +156,7 @@ def build(api: Api) -> Starlette:
         Route(f"{PREFIX}/commands/{{name}}", command, methods=["POST"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/", dashboard, methods=["GET"]),
-        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        Mount("/static", _Static(directory=STATIC), name="static"),
     ]
     return Starlette(routes=routes)
 

@@ -66,8 +66,8 @@ def test_the_daemon_serves_the_api_and_still_stops_on_sigterm(tmp_path, mosquitt
         assert "script-src 'self';" in headers["content-security-policy"]
         assert b'src="/static/dashboard.js"' in body
         for asset in ("dashboard.js", "chart.js", "dashboard.css", "vendor/uPlot.iife.min.js"):
-            status, body, _ = fetch(port, f"/static/{asset}")
-            assert status == 200 and body, asset
+            status, body, headers = fetch(port, f"/static/{asset}")
+            assert status == 200 and body and headers["cache-control"] == "no-cache", asset
         assert fetch(port, "/static/../routes.py")[0] == 404
         rss_mib = psutil.Process(proc.pid).memory_info().rss / 2**20
         print(f"daemon RSS with the API on: {rss_mib:.0f} MiB")
