@@ -1,13 +1,14 @@
 """The operator's dashboard in a real browser: Debian's Chromium, driven by Playwright, on
 the page the daemon serves while it controls the HIL building. Values appear and follow the
-stream, a dispatch sent from the page's form is acknowledged on the page and takes effect,
-a wrong token shows the 401, a dropped stream is reopened, a stopped daemon shows as
-disconnected; on a phone's screen nothing is wider than the screen."""
+stream, a DR event shows its live response ratio, a dispatch sent from the page's form is
+acknowledged on the page and takes effect, a wrong token shows the 401, a dropped stream is
+reopened, a stopped daemon shows as disconnected; on a phone's screen nothing is wider than
+the screen."""
 
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -17,6 +18,7 @@ from conftest import wait_for
 from playwright.async_api import async_playwright
 from site_harness import running_site, site_dict
 
+from edge.vpp.shaping import DrEvent
 from tools.screenshot import chromium_path
 
 SPEED = 60.0
@@ -78,7 +80,7 @@ def site(tmp_path: Path, broker_port: int, planner: bool) -> tuple[dict, int]:
     if planner:
         data["planner"] = {"enabled": True, "horizon_h": 6, "step_min": 15}
     port = with_api(data, tmp_path)
-    prefill_history(Path(data["storage"]["dir"]) / "history.sqlite", START, days=2)
+    prefill_history(Path(data["storage"]["dir"]) / "history.sqlite", START, days=14)
     return data, port
 
 
@@ -86,6 +88,9 @@ async def test_the_page_follows_the_stream_and_acknowledges_a_dispatch_from_its_
         tmp_path, mosquitto, browser):
     data, port = site(tmp_path, mosquitto.port, planner=True)
     async with running_site(data, mosquitto, SPEED) as run:
+        now = run.clock.now()
+        run.daemon.dr.add(DrEvent("ev-page", "grid_operator", "reduce", now + timedelta(
+            minutes=1), now + timedelta(minutes=60), kw=5.0), now)
         page, errors = await open_page(browser, port)
         first = await cycle(page)
         first_time = await page.text_content("#site-time")
@@ -104,6 +109,10 @@ async def test_the_page_follows_the_stream_and_acknowledges_a_dispatch_from_its_
             "() => document.querySelectorAll('#devices tbody .badge.good').length === 4",
             timeout=WAIT_MS)
         assert (await page.text_content("#mode")) not in ("", "—")
+        response = await page.wait_for_selector(  # the live response ratio of the DR event
+            "#dr tbody tr:first-child td:nth-child(5) .badge", timeout=WAIT_MS)
+        assert re.fullmatch(r"-?\d+ %", await response.inner_text())
+        assert (await page.text_content("#dr tbody td")).startswith("ev-page (reduce)")
         await no_bad_text(page)
 
         await page.fill("#cmd-token", TOKEN)
