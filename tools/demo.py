@@ -19,13 +19,13 @@ from edge.app.clock import Clock
 from edge.app.daemon import Daemon
 from edge.app.statedir import StateLock, state_dir
 from edge.config import Config
+from edge.report.bill import self_consumption_pct
 from edge.report.history import INTERVAL_S, PER_DAY, History, interval_start
 from hil.config import hil_of
 from hil.site import SimSite
 from tools import report_html
 from tools.broker import ensure_broker
 from tools.report_html import Steps
-from tools.simulate.kpis import self_consumption_pct
 from tools.simulate.run import put_intervals
 from tools.simulate.tracks import PlanTrack
 

@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib.dates import DateFormatter
 from matplotlib.figure import Figure
 
-from tools.simulate.kpis import self_consumption_pct
+from edge.report.bill import self_consumption_pct
 
 FIGURES = ("power", "soc", "prices", "plan")  # ids per day: fig-<name>-<YYYY-MM-DD>
 _C = {"load": "#444444", "pv": "#e0a000", "pv_av": "#e0a000", "bess": "#2a7ab0",

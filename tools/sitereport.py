@@ -23,9 +23,9 @@ import numpy as np
 
 from edge.app.statedir import state_dir
 from edge.config import Config
+from edge.report.bill import energy_cost, self_consumption_pct
 from edge.report.history import INTERVAL_S, History, Interval
 from tools.report_html import Bills, ReportData, write
-from tools.simulate.kpis import self_consumption_pct
 
 
 class NoHistory(LookupError):
@@ -121,26 +121,25 @@ def bills(config: Config, day: date, intervals: list[Interval]) -> tuple[Bills, 
     tz = ZoneInfo(config.site.timezone)
     lo, hi = day_bounds(day, tz)
     n = int((hi - lo).total_seconds() // INTERVAL_S)
-    export_price = config.tariff.export_price
     cost = {"with battery": np.zeros(n), "without battery": np.zeros(n)}
     kpis = {case: dict.fromkeys(("import_kwh", "export_kwh", "import_cost", "export_revenue",
                                  "peak_kw", "pv_kwh", "consumed_kwh"), 0.0) for case in cost}
     for iv in intervals:
         i = int((iv.start - lo).total_seconds() // INTERVAL_S)
-        price = config.tariff.price_at(iv.start.astimezone(tz).time())
         net = iv.grid_kwh + iv.discharge_kwh - iv.charge_kwh
         for case, imp, exp in (("with battery", iv.import_kwh, iv.export_kwh),
                                ("without battery", max(net, 0.0), max(-net, 0.0))):
             k = kpis[case]
+            cost_in, revenue = energy_cost(config.tariff, tz, iv.start, imp, exp)
             k["import_kwh"] += imp
             k["export_kwh"] += exp
-            k["import_cost"] += imp * price
-            k["export_revenue"] += exp * export_price
+            k["import_cost"] += cost_in
+            k["export_revenue"] += revenue
             k["pv_kwh"] += iv.pv_kwh
             k["consumed_kwh"] += iv.consumed_kwh
             if iv.covered_s > 0:  # mean net import over what was measured
                 k["peak_kw"] = max(k["peak_kw"], (imp - exp) * 3600 / iv.covered_s)
-            cost[case][i] = imp * price - exp * export_price
+            cost[case][i] = cost_in - revenue
     for k in kpis.values():
         k["bill"] = k["import_cost"] - k["export_revenue"]
     return Bills(lo, INTERVAL_S, cost), kpis["with battery"], kpis["without battery"]

@@ -24,6 +24,10 @@ _READS: tuple[tuple[str, type[BaseModel], str], ...] = (
     ("plan", s.PlanView, "The plan in force, per step: battery, SoC, grid, PV, prices, EV"),
     ("dr", s.DrView, "DR events with their M&V so far, and the final reports kept"),
     ("flex", s.FlexView, "What the flex message would say now"),
+    ("today", s.TodayView, "The local day so far: import, export, PV, consumption, the bill "
+     "at the configured tariff, CO2, self-consumption and green share"),
+    ("tariff", s.TariffView, "The configured tariff, and its periods as absolute spans from "
+     "a day before now to a day after"),
 )
 
 
@@ -42,6 +46,7 @@ _NOT_YET = _json("Problem", "no control cycle has run yet")
 def document() -> dict[str, Any]:
     models = [(m, "serialization") for m in (
         s.State, s.DevicesView, s.PlanView, s.HistoryView, s.DrView, s.FlexView,
+        s.TodayView, s.TariffView,
         s.CommandResult, s.Problem)]
     models += [(m, "validation") for m in COMMAND_MODELS.values()]
     _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
@@ -94,6 +99,11 @@ def document() -> dict[str, Any]:
         "operationId": "openapi", "summary": "This document",
         "responses": {"200": {"description": "OpenAPI 3.1",
                               "content": {"application/json": {"schema": {"type": "object"}}}}}}}
+    paths["/"] = {"get": {
+        "operationId": "dashboard", "summary": "The operator's live dashboard (HTML; its "
+        "script and styles under /static/)",
+        "responses": {"200": {"description": "the page",
+                              "content": {"text/html": {"schema": {"type": "string"}}}}}}}
     paths["/metrics"] = {"get": {
         "operationId": "metrics", "summary": "Prometheus text exposition",
         "responses": {"200": {"description": "metrics",

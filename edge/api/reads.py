@@ -9,10 +9,14 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from edge.api.views import num
+from edge.config import Config
 from edge.plan.inputs import tariff_prices
-from edge.report.history import INTERVAL_S, History
+from edge.report.bill import day_so_far, tariff_spans
+from edge.report.carbon import day_bounds
+from edge.report.history import INTERVAL_S, History, Interval
 from edge.vpp import flex as flex_message
 from edge.vpp.commands.parse import iso
 
@@ -22,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HISTORY_MAX = timedelta(days=31)  # the longest range one history request may ask for
+TARIFF_AROUND = timedelta(hours=24)  # /tariff spans this much before and after now
 _ENERGY = ("import_kwh", "export_kwh", "pv_kwh", "load_kwh", "ev_kwh", "charge_kwh",
            "discharge_kwh")
 
@@ -98,6 +103,33 @@ def history(reader: History, start: datetime, end: datetime) -> dict[str, Any]:
                "covered_s": round(iv.covered_s, 1)}
         rows.append(row)
     return {"from": iso(start), "to": iso(end), "interval_s": INTERVAL_S, "intervals": rows}
+
+
+def today(reader: History, config: Config, now: datetime,
+          open_iv: Interval | None) -> dict[str, Any]:
+    """The local day from midnight to `now`: its stored intervals plus the one the meter
+    holds open (after a restart the stored part of that quarter hour and the meter's part
+    add up, as History.put merges them). Runs in a worker thread."""
+    tz = ZoneInfo(config.site.timezone)
+    day = now.astimezone(tz).date()
+    start, end = day_bounds(day, tz)
+    intervals = reader.intervals(start, now)
+    if open_iv is not None and start <= open_iv.start < end:
+        intervals.append(open_iv)
+    return {"ts": iso(now), "day": day.isoformat(), "timezone": config.site.timezone,
+            "from": iso(start), "to": iso(now), "currency": config.tariff.currency,
+            **day_so_far(config, intervals, tz, start, end)}
+
+
+def tariff(config: Config, now: datetime) -> dict[str, Any]:
+    """The configured tariff, and its periods as absolute spans from a day before `now` to
+    a day after: what the dashboard shades behind its chart."""
+    t, tz = config.tariff, ZoneInfo(config.site.timezone)
+    return {"ts": iso(now), "timezone": config.site.timezone, "currency": t.currency,
+            "export_price": t.export_price, "demand_charge_per_kw": t.demand_charge_per_kw,
+            "periods": [{"name": p.name, "start": f"{p.start:%H:%M}", "end": f"{p.end:%H:%M}",
+                         "price": p.price} for p in t.periods],
+            "spans": tariff_spans(t, tz, now - TARIFF_AROUND, now + TARIFF_AROUND)}
 
 
 def dr(daemon: Daemon, now: datetime) -> dict[str, Any]:

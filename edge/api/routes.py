@@ -1,19 +1,22 @@
 """The operator API's routes (Starlette). Reads answer from what the cycle and the services
 published; commands go to the same handler as the MQTT ones (CommandHandler.submit), behind
-the bearer token, and answer with the acks it stored for MQTT."""
+the bearer token, and answer with the acks it stored for MQTT. `/` is the operator's
+dashboard, a static page (static/) that reads the same endpoints."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from edge.api import reads, views
 from edge.api.metrics import CONTENT_TYPE
@@ -27,11 +30,30 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SUBMIT_TIMEOUT_S = 10.0  # wall seconds a command may wait for its ack before 503
+STATIC = Path(__file__).with_name("static")  # the dashboard: index.html, its script, styles
+# The page runs only its own script (no inline code, nothing from elsewhere); uPlot styles
+# its elements inline. The answer is read fresh each time: it changes with an upgrade.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' "
+    "'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'none'",
+    "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer"}
 _STAMP: TypeAdapter = TypeAdapter(Stamp)
 
 
 class _TooLarge(Exception):
     pass
+
+
+class _Static(StaticFiles):
+    """The page's scripts and styles, revalidated on each load (a 304 while unchanged): an
+    upgrade must not leave a browser on the old script with the new API."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
 
 def _problem(status: int, detail: str) -> JSONResponse:
@@ -62,6 +84,12 @@ def build(api: Api) -> Starlette:
             return _problem(503, "no control cycle has run yet")
         return JSONResponse(doc)
 
+    async def today(request: Request) -> Response:
+        return JSONResponse(await api.today())
+
+    async def tariff(request: Request) -> Response:
+        return JSONResponse(reads.tariff(d.config, d.clock.now()))
+
     async def history(request: Request) -> Response:
         bounds = []
         for key in ("from", "to"):
@@ -87,6 +115,9 @@ def build(api: Api) -> Starlette:
 
     async def metrics(request: Request) -> Response:
         return Response(await api.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def dashboard(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
     async def command(request: Request) -> Response:
         name = request.path_params["name"]
@@ -118,10 +149,14 @@ def build(api: Api) -> Starlette:
         Route(f"{PREFIX}/history", history, methods=["GET"]),
         Route(f"{PREFIX}/dr", dr, methods=["GET"]),
         Route(f"{PREFIX}/flex", flex, methods=["GET"]),
+        Route(f"{PREFIX}/today", today, methods=["GET"]),
+        Route(f"{PREFIX}/tariff", tariff, methods=["GET"]),
         Route(f"{PREFIX}/stream", stream, methods=["GET"]),
         Route(f"{PREFIX}/openapi.json", openapi, methods=["GET"]),
         Route(f"{PREFIX}/commands/{{name}}", command, methods=["POST"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/", dashboard, methods=["GET"]),
+        Mount("/static", _Static(directory=STATIC), name="static"),
     ]
     return Starlette(routes=routes)
 

@@ -206,3 +206,58 @@ class CommandResult(_View):
 
 class Problem(_View):
     detail: str
+
+
+class TodayView(_View):
+    """The site's local day from midnight until now, from its own 15-min history and the
+    quarter hour in progress, billed at the configured tariff (no demand charge: that is
+    billed on the month's peak)."""
+
+    ts: Stamp
+    day: str = Field(description="the local date, YYYY-MM-DD")
+    timezone: str
+    from_: Stamp = Field(alias="from", description="local midnight")
+    to: Stamp
+    currency: str
+    import_kwh: float
+    export_kwh: float
+    pv_kwh: float
+    consumed_kwh: float = Field(description="the building and its EVs")
+    charge_kwh: float
+    discharge_kwh: float
+    import_cost: float = Field(description="import at its period's price")
+    export_revenue: float = Field(description="export at the export price")
+    bill: float = Field(description="import cost − export revenue")
+    self_consumption_pct: float | None = Field(
+        description="share of the PV energy used on site; null: no PV yet")
+    co2_kg: float = Field(description="grid import × carbon.import_factor")
+    green_share: float | None = Field(description="share of consumption not from grey "
+                                      "import; null: nothing consumed yet")
+    covered_s: float = Field(description="seconds of the day with a GOOD grid reading")
+
+
+class TariffPeriod(_View):
+    name: str
+    start: str = Field(description="local HH:MM")
+    end: str = Field(description="local HH:MM")
+    price: float
+
+
+class TariffSpan(_View):
+    name: str
+    price: float
+    start: Stamp
+    end: Stamp
+
+
+class TariffView(_View):
+    """The configured tariff, and its periods as absolute spans from a day before now to a
+    day after."""
+
+    ts: Stamp
+    timezone: str
+    currency: str
+    export_price: float
+    demand_charge_per_kw: float
+    periods: list[TariffPeriod]
+    spans: list[TariffSpan]

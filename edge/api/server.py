@@ -13,7 +13,7 @@ import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -143,10 +143,17 @@ class Api:
                 self._history = None
 
     async def history(self, start: datetime, end: datetime) -> dict[str, Any]:
-        return await asyncio.to_thread(self._read_history, start, end)
+        return await asyncio.to_thread(self._read, reads.history, start, end)
 
-    def _read_history(self, start: datetime, end: datetime) -> dict[str, Any]:
+    async def today(self) -> dict[str, Any]:
+        """The local day so far: the stored intervals (read in a worker) and the open one,
+        taken from the meter here on the loop, where the cycle updates it."""
+        d = self.daemon
+        return await asyncio.to_thread(self._read, reads.today, d.config, d.clock.now(),
+                                       d.meter.current())
+
+    def _read(self, query: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
         with self._history_lock:  # one connection, one query at a time
             if self._history is None:
                 self._history = History.reader(self.daemon.history.path)
-            return reads.history(self._history, start, end)
+            return query(self._history, *args)

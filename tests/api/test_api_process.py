@@ -1,5 +1,6 @@
 """The daemon with its API as systemd runs it: a real process whose SIGTERM still stops it
-cleanly (uvicorn must not take the signals over), answering over HTTP while it runs."""
+cleanly (uvicorn must not take the signals over), answering over HTTP while it runs,
+the dashboard page and its assets included."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -20,8 +22,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-        return r.status, r.read()
+    status, body, _ = fetch(port, path)
+    return status, body
+
+
+def fetch(port: int, path: str) -> tuple[int, bytes, dict[str, str]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
 
 
 def test_the_daemon_serves_the_api_and_still_stops_on_sigterm(tmp_path, mosquitto):
@@ -50,6 +60,15 @@ def test_the_daemon_serves_the_api_and_still_stops_on_sigterm(tmp_path, mosquitt
         assert {d["quality"] for d in json.loads(body)["devices"]} == {"invalid"}
         status, body = get(port, "/metrics")
         assert status == 200 and b"pedf_cycles_total" in body
+        # The dashboard ships with the package (CI installs it non-editable).
+        status, body, headers = fetch(port, "/")
+        assert status == 200 and headers["content-type"].startswith("text/html")
+        assert "script-src 'self';" in headers["content-security-policy"]
+        assert b'src="/static/dashboard.js"' in body
+        for asset in ("dashboard.js", "chart.js", "dashboard.css", "vendor/uPlot.iife.min.js"):
+            status, body, headers = fetch(port, f"/static/{asset}")
+            assert status == 200 and body and headers["cache-control"] == "no-cache", asset
+        assert fetch(port, "/static/../routes.py")[0] == 404
         rss_mib = psutil.Process(proc.pid).memory_info().rss / 2**20
         print(f"daemon RSS with the API on: {rss_mib:.0f} MiB")
         proc.send_signal(signal.SIGTERM)

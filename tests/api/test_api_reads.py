@@ -5,20 +5,25 @@ the daemon serves, and says what the daemon holds."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pytest
 from api_helpers import check, client, prefill_history, with_api
 from prometheus_client.parser import text_string_to_metric_families
 from site_harness import running_site, site_dict
 
+from edge import config as config_mod
+from edge.api import reads
+from edge.api.openapi import document
+from edge.report.history import History, Interval
 from edge.vpp.shaping import DrEvent
 
 SPEED = 60.0
 SH = ZoneInfo("Asia/Shanghai")
 START = datetime(2026, 6, 22, 10, 0, tzinfo=SH)  # Monday morning: peak tariff from 10:00
-READS = ("state", "devices", "plan", "dr", "flex")
+READS = ("state", "devices", "plan", "dr", "flex", "today", "tariff")
 
 
 def planned_site(tmp_path: Path, broker_port: int) -> tuple[dict, int]:
@@ -85,6 +90,31 @@ async def test_every_read_fits_the_openapi_document_and_tells_what_the_daemon_ho
     assert len(history["intervals"]) == 96
     assert all(iv["import_kwh"] == 7.5 for iv in history["intervals"])
 
+    today = docs["today"]
+    assert (today["day"], today["from"], today["currency"]) == (
+        "2026-06-22", "2026-06-21T16:00:00.000Z", "CNY")
+    # Midnight to 10:00 from the prefill: 40 quarter hours of 7.5 kWh, 32 of them in the
+    # valley (0.31), 8 at the flat price (0.68); since 10:00 the peak price (1.12).
+    live = today["import_kwh"] - 300.0
+    assert live >= 0
+    assert today["covered_s"] > 40 * 900, "the time measured since the start counts"
+    assert today["import_cost"] == pytest.approx(32 * 7.5 * 0.31 + 8 * 7.5 * 0.68 + live * 1.12,
+                                                 abs=0.01)
+    assert today["export_revenue"] == pytest.approx(today["export_kwh"] * 0.39, abs=0.01)
+    assert today["bill"] == pytest.approx(today["import_cost"] - today["export_revenue"],
+                                          abs=0.001)
+    assert today["co2_kg"] == pytest.approx(today["import_kwh"] * 0.5366, abs=0.01)  # default
+    tariff = docs["tariff"]
+    spans = tariff["spans"]
+    assert all(a["end"] == b["start"] for a, b in zip(spans, spans[1:]))
+    t0, t1 = (datetime.fromisoformat(spans[i][k]) for i, k in ((0, "start"), (-1, "end")))
+    assert t1 - t0 == timedelta(hours=48), "a day either side of now"
+    at_start = next(s for s in spans if datetime.fromisoformat(s["start"]) <= START
+                    < datetime.fromisoformat(s["end"]))
+    assert (at_start["name"], at_start["price"]) == ("peak", 1.12)
+    assert [p["start"] for p in tariff["periods"]] == [
+        "00:00", "08:00", "10:00", "15:00", "18:00", "21:00"]
+
 
 async def test_the_stream_sends_a_state_per_cycle_with_advancing_ts(tmp_path, mosquitto):
     data = site_dict(tmp_path, mosquitto.port)
@@ -143,3 +173,28 @@ async def test_metrics_parse_as_prometheus_text_with_the_daemons_families(tmp_pa
         "grid", "pv", "bess", "load", "ev"}
     assert value("pedf_plan_solves", "pedf_plan_solves_total") >= 1
     assert value("pedf_plan_age_seconds") >= 0
+
+
+def test_today_adds_the_open_quarter_hour_to_the_stored_ones(tmp_path):
+    """After a restart the history holds the first part of the running quarter hour and the
+    meter the rest: the day so far is both, and nothing of yesterday."""
+    cfg = config_mod.parse(site_dict(tmp_path, 1883))
+    path = tmp_path / "history.sqlite"
+    now = datetime(2026, 6, 22, 0, 40, tzinfo=SH)
+    h = History(path)
+    for start, kwh in ((now - timedelta(hours=1), 99.0), (now.replace(minute=0), 5.0),
+                       (now.replace(minute=30), 1.0)):
+        h.put(Interval(start.astimezone(UTC), import_kwh=kwh, load_kwh=kwh, covered_s=300))
+    h.close()
+    reader = History.reader(path)
+    try:
+        open_part = Interval(now.replace(minute=30).astimezone(UTC), import_kwh=2.0,
+                             load_kwh=2.0, covered_s=300)
+        doc = reads.today(reader, cfg, now, open_part)
+        alone = reads.today(reader, cfg, now, None)
+    finally:
+        reader.close()
+    check(document(), "/api/v1/today", 200, doc)
+    assert (doc["import_kwh"], alone["import_kwh"]) == (8.0, 6.0)
+    assert doc["import_cost"] == pytest.approx(8.0 * 0.31)
+    assert doc["covered_s"] == 900.0

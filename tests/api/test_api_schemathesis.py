@@ -52,4 +52,4 @@ async def test_generated_requests_get_answers_that_fit_the_document(tmp_path, mo
         doc = (await c.get("/api/v1/openapi.json")).json()
         tried = await asyncio.to_thread(fuzz, doc, f"http://127.0.0.1:{port}")
     assert "/api/v1/history" in tried and "/metrics" in tried
-    assert len(tried) == 12, tried  # 8 reads, 4 commands
+    assert len(tried) == 15, tried  # 10 reads, the page, 4 commands

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.report.bill import self_consumption_pct
 from hil.scenario import BILLING_S
 from tools.simulate.evkpis import ev_kpis, session_rows
 from tools.simulate.references import optimum, uncontrolled
@@ -34,12 +35,6 @@ from tools.simulate.run import RunResult
 from tools.simulate.tracks import VIOLATION_TOL_KW, PlanTrack
 
 log = logging.getLogger(__name__)
-
-
-def self_consumption_pct(k: dict) -> float | None:
-    """The share of the PV energy used on site, from ledger KPIs; None without PV."""
-    pv = k["pv_kwh"]
-    return 100 * (pv - k["export_kwh"]) / pv if pv > 0 else None
 
 
 def strategies(k: dict) -> list[tuple[str, dict]]:
