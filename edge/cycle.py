@@ -23,6 +23,8 @@ from edge.setpoints.writer import Writer, limit_violated
 
 log = logging.getLogger(__name__)
 
+MIN_PERIOD_WALL_S = 0.02  # 50 Hz at most, however fast the clock runs
+
 _WAKE_GAP_S = 0.05  # shortest wall time between the end of a cycle and a woken one
 FINAL_WRITE_S, FINAL_ATTEMPTS = 2.0, 3  # the safe state on the way down: wall budget, tries
 
@@ -58,7 +60,7 @@ class ControlCycle:
     def period_wall_s(self) -> float:
         """Wall seconds between cycles: the configured (simulated) period, sped up, but never
         faster than 50 Hz so an accelerated HIL run cannot starve the devices."""
-        return max(self.config.control.cycle_s / self.clock.speed, 0.02)
+        return max(self.config.control.cycle_s / self.clock.speed, MIN_PERIOD_WALL_S)
 
     def subscribe(self, listener: Callable[[ProcessImage, Decision], None]) -> None:
         """Called after every cycle with its image and decision (the one fan-out)."""

@@ -269,3 +269,14 @@ def test_events_reach_the_controller_and_the_bill(tmp_path, demo) -> None:
     assert k["references"]["rule_based"]["import_kwh"] == pytest.approx(20 * 0.25, rel=0.05)
     assert k["device_errors"]["load"] > 0  # the silent meter was noticed
     assert k["crashes"] == 0
+
+
+def test_a_run_whose_daemon_could_not_keep_pace_is_flagged() -> None:
+    from tools.simulate.run import pace_note
+
+    # ×720 with a 1 s cycle: 50 cycles per wall second at most, 6,000 in 120 s
+    assert pace_note(5_900, 120.0, 720.0, 1.0) is None
+    note = pace_note(1_500, 120.0, 720.0, 1.0)
+    assert note is not None and "25 %" in note and "58 simulated s per cycle" in note
+    assert "lower --speed" in note
+    assert pace_note(100, 100.0, 1.0, 1.0) is None  # real time: one cycle a second

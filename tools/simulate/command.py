@@ -53,6 +53,8 @@ def summary_table(k: dict, console: Console) -> None:
                   + (f", solve p50 {1e3 * st['p50_s']:.0f} ms, max {1e3 * st['max_s']:.0f} ms"
                      if st["plans"] else "")
                   + f"; cycles {k['cycles']}, crashes {k['crashes']}")
+    for note in k.get("notes", []):
+        console.print(f"note: {note}")
     if short := unmet(k.get("ev_sessions", {}).get("controller", [])):
         console.print(f"EV sessions the controller left short: {short}")
 

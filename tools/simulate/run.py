@@ -17,6 +17,7 @@ import numpy as np
 from edge.app.clock import Clock
 from edge.app.statedir import StateLock
 from edge.config import Config
+from edge.cycle import MIN_PERIOD_WALL_S
 from edge.report.history import INTERVAL_S, History, Interval
 from hil.scenario import Scenario, Truth
 from hil.site import Sample, SimSite
@@ -28,6 +29,7 @@ from tools.simulate.tracks import ForecastLog, PlanTrack, Recorder
 
 log = logging.getLogger(__name__)
 
+PACE_OK = 0.5  # a run below this share of its allowed cycles is flagged
 DEFAULT_SPEED = 720.0  # a day in ~2 min; one cycle (50 Hz wall cap) spans ~15 simulated s
 TOPIC_PREFIX = "pedf-sim/v1"
 
@@ -204,6 +206,9 @@ async def run(scenario: Scenario, config: Config, *, forecast: str = "perfect",
             await site.stop()
             await broker.close()
         wall_s, plans = result
+        if note := pace_note(daemon.cycle.stats.cycles, wall_s, speed, cfg.control.cycle_s):
+            log.warning("scenario %s: %s", scenario.name, note)
+            notes.append(note)
         errors = None
         if forecast == "own" and daemon.planner is not None:
             errors = {"load": daemon.forecaster.errors.load.figures(),
@@ -214,6 +219,23 @@ async def run(scenario: Scenario, config: Config, *, forecast: str = "perfect",
             daemon.cycle.stats.cycles, daemon.cycle.stats.crashes,
             {d: h.errors for d, h in daemon.cycle.health.items()},
             _planner_stats(daemon.planner), notes=notes)
+
+
+def pace_note(cycles: int, wall_s: float, speed: float, cycle_s: float) -> str | None:
+    """A warning when the daemon took far fewer cycles than the accelerated clock allowed
+    (a busy machine, a stalled loop): each cycle then spans more simulated time than the
+    site's control would, so limit excursions and DR figures overstate what it does."""
+    if wall_s <= 0 or cycles <= 0:
+        return None
+    allowed = wall_s / max(cycle_s / speed, MIN_PERIOD_WALL_S)
+    if cycles >= PACE_OK * allowed:
+        return None
+    per_cycle = wall_s * speed / cycles
+    return (f"the daemon kept only {100 * cycles / allowed:.0f} % of the cycles this speed "
+            f"allows ({per_cycle:.0f} simulated s per cycle, the site's control takes "
+            f"{max(cycle_s, MIN_PERIOD_WALL_S * speed):.0f}): the machine was busy; limit and "
+            "DR figures are not representative, run again with a lower --speed or on a quiet "
+            "machine")
 
 
 def _planner_stats(planner) -> dict | None:
