@@ -65,6 +65,7 @@ class DcConverter(Role):
     model = DcConverterDevice
     writes = True
     decision_key = "v_ref"
+    setpoint_unit = "V"
 
     def summary(self, d: DcConverterDevice) -> str:
         lo, hi = (d.bus_nominal_v * (1 + s * d.band_pct / 100) for s in (-1, 1))

@@ -180,6 +180,7 @@ class EvCharger(Role):
     model = EvChargerDevice
     writes = True
     decision_key = "ev_a"
+    setpoint_unit = "A"
     allocates = True
 
     def summary(self, d: EvChargerDevice) -> str:

@@ -87,6 +87,7 @@ class FlexLoad(Role):
     block = "loads"
     writes = True
     decision_key = "load_on"
+    setpoint_unit = "(1 on, 0 off)"
 
     def summary(self, d: FlexLoadDevice) -> str:
         return (f"{d.rated_kw:g} kW, priority {d.priority}, min on/off "

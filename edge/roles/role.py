@@ -128,6 +128,7 @@ class Role:
     block: ClassVar[str | None] = None  # the kernel block its devices fill, if any
     writes: ClassVar[bool] = False  # has setpoints (and a revert timer on the device)
     decision_key: ClassVar[str | None] = None  # its setpoints' name on a Decision
+    setpoint_unit: ClassVar[str] = "kW"  # what its setpoints are in, for messages
     generates: ClassVar[bool] = False  # PV generation the forecaster predicts
     # Shares the headroom the kernel leaves (EV chargers): `allocate` instead of a block.
     allocates: ClassVar[bool] = False

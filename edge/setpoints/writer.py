@@ -78,7 +78,10 @@ class Writer:
             raise
         except Exception as exc:  # noqa: BLE001 - one device's fault must not stop the others
             if not mem.written[dev.id].failed:
-                log.warning("device %s: write %.2f kW failed: %s", dev.id, value, exc)
+                why = (f"no answer within {timeout:.2g} s" if isinstance(exc, TimeoutError)
+                       else str(exc) or type(exc).__name__)
+                log.warning("device %s: writing %.2f %s failed: %s", dev.id, value,
+                            role_of(dev).setpoint_unit, why)
             self.on_error(dev.id)
             record(dev.id, None)
             return

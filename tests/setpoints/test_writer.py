@@ -63,3 +63,21 @@ async def test_a_shed_that_went_out_is_remembered_when_the_cycle_is_cancelled():
     assert memory.written["heater"].value == 0.0
     safe = ctl.safe(image, memory, 11.0)
     assert safe.load_on == {"heater": False}  # min_off_s holds it off, not its safe "on"
+
+
+async def test_a_write_that_times_out_is_logged_with_its_unit_and_why(caplog):
+    ctl = Controller(SITE, load_kernel())
+    image = ProcessImage(datetime(2026, 6, 22, 12, tzinfo=UTC), 1.0, {
+        "bess1": DeviceState(Reading("bess1", {"power_kw": 0.0, "soc_pct": 50.0}),
+                             Quality.GOOD, 0),
+        "pcc": DeviceState(Reading("pcc", {"power_kw": 70.0}), Quality.GOOD, 0),
+        "heater": DeviceState(Reading("heater", {"power_kw": 0.0, "on": 0.0}), Quality.GOOD, 0),
+    })
+    decision, memory = ctl.decide(image, None, ctl.initial_memory(), 10.0)
+    assert decision.bess_kw["bess1"] > 0
+    failed = []
+    writer = Writer(SITE, {"heater": Relay(), "bess1": StuckPcs()},
+                    on_error=failed.append)
+    await writer.write(decision, memory, 10.0, 0.05, False, lambda dev_id, value: None)
+    assert failed == ["bess1"]
+    assert "device bess1: writing 50.00 kW failed: no answer within 0.05 s" in caplog.text
