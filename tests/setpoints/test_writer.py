@@ -41,14 +41,21 @@ class StuckPcs:
         await asyncio.sleep(3600)  # the daemon stops while this request is on the wire
 
 
+def site_image(soc: float, heater_kw: float) -> ProcessImage:
+    """70 kW at the PCC, the battery idle at `soc`, the heater drawing `heater_kw`."""
+    def good(dev: str, values: dict) -> DeviceState:
+        return DeviceState(Reading(dev, values), Quality.GOOD, 0)
+
+    return ProcessImage(datetime(2026, 6, 22, 12, tzinfo=UTC), 1.0, {
+        "bess1": good("bess1", {"power_kw": 0.0, "soc_pct": soc}),
+        "pcc": good("pcc", {"power_kw": 70.0}),
+        "heater": good("heater", {"power_kw": heater_kw, "on": float(heater_kw > 0)}),
+    })
+
+
 async def test_a_shed_that_went_out_is_remembered_when_the_cycle_is_cancelled():
     ctl = Controller(SITE, load_kernel())
-    image = ProcessImage(datetime(2026, 6, 22, 12, tzinfo=UTC), 1.0, {
-        "bess1": DeviceState(Reading("bess1", {"power_kw": 0.0, "soc_pct": 10.0}),
-                             Quality.GOOD, 0),
-        "pcc": DeviceState(Reading("pcc", {"power_kw": 70.0}), Quality.GOOD, 0),
-        "heater": DeviceState(Reading("heater", {"power_kw": 20.0, "on": 1.0}), Quality.GOOD, 0),
-    })
+    image = site_image(soc=10.0, heater_kw=20.0)
     decision, memory = ctl.decide(image, None, ctl.initial_memory(), 10.0)
     assert decision.load_on == {"heater": False}
     relay = Relay()
@@ -67,12 +74,7 @@ async def test_a_shed_that_went_out_is_remembered_when_the_cycle_is_cancelled():
 
 async def test_a_write_that_times_out_is_logged_with_its_unit_and_why(caplog):
     ctl = Controller(SITE, load_kernel())
-    image = ProcessImage(datetime(2026, 6, 22, 12, tzinfo=UTC), 1.0, {
-        "bess1": DeviceState(Reading("bess1", {"power_kw": 0.0, "soc_pct": 50.0}),
-                             Quality.GOOD, 0),
-        "pcc": DeviceState(Reading("pcc", {"power_kw": 70.0}), Quality.GOOD, 0),
-        "heater": DeviceState(Reading("heater", {"power_kw": 0.0, "on": 0.0}), Quality.GOOD, 0),
-    })
+    image = site_image(soc=50.0, heater_kw=0.0)
     decision, memory = ctl.decide(image, None, ctl.initial_memory(), 10.0)
     assert decision.bess_kw["bess1"] > 0
     failed = []
