@@ -57,6 +57,21 @@ class Sent:
 MAX_NAP_S = 0.5  # wall seconds the writer sleeps at most before it reads the clock again
 
 
+class Pace:
+    """How fast the site's clock runs against the wall (1 in the field, the speed-up under an
+    accelerated HIL), measured since the writer started: a wait due in `s` site seconds is
+    slept as `s / rate` wall seconds, so a refresh is not late by the speed-up."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.t0, self.c0 = time.monotonic(), clock()
+
+    def wall_s(self, site_s: float) -> float:
+        wall = time.monotonic() - self.t0
+        rate = (self.clock() - self.c0) / wall if wall > 0.1 else 1.0
+        return site_s / max(rate, 1.0)
+
+
 class Writer:
     """One per connection; `sent` (what is in force per target) starts empty, so the
     latest wanted limit goes out as soon as the connection is ready."""
@@ -79,6 +94,7 @@ class Writer:
         self.wanted.poke()
 
     async def run(self) -> None:
+        pace = Pace(self.clock)
         while True:
             await self.ready.wait()
             self.wanted.wake.clear()
@@ -91,7 +107,7 @@ class Writer:
                 continue
             if delay is not None:
                 # The site's clock may run faster than the wall (the HIL): look again soon.
-                delay = min(delay, MAX_NAP_S)
+                delay = min(pace.wall_s(delay), MAX_NAP_S)
             try:
                 await asyncio.wait_for(self.wanted.wake.wait(), delay)
             except TimeoutError:

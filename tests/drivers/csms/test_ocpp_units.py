@@ -171,3 +171,19 @@ def test_meter_lag_tells_whether_a_meter_value_was_taken_after_the_limit_changed
     st.offer(10.0)  # the same limit again (a refresh) does not restart the wait
     st.samples(1, [Sample(CURRENT, "L1", 9.8)])
     assert st.values()["meter_lag_s"] == 15.0
+
+
+def test_the_writer_sleeps_site_seconds_at_the_pace_the_site_clock_runs(monkeypatch):
+    from drivers.ocpp import writer as writer_mod
+
+    wall = [1000.0]
+    monkeypatch.setattr(writer_mod.time, "monotonic", lambda: wall[0])
+    site = [0.0]
+    pace = writer_mod.Pace(lambda: site[0])
+    assert pace.wall_s(150.0) == 150.0  # nothing measured yet: real time
+    wall[0] += 2.0
+    site[0] += 1440.0  # ×720
+    assert pace.wall_s(150.0) == pytest.approx(150.0 / 720)
+    site[0] += 0.0
+    wall[0] += 1438.0  # the site clock stood still (a paused run): never slower than the wall
+    assert pace.wall_s(10.0) == 10.0
