@@ -2,7 +2,8 @@
 with each device's quality: a device whose poll fails `stale_after_cycles` times in a row is
 STALE, and a slow value (nameplate, energy counter) not re-read for a while is STALE on its
 own. A failing device is that device's problem, never the cycle's; the log says so once,
-then sums it up every SUMMARY_S while it lasts, and says when it answers again."""
+then sums it up every SUMMARY_S while it lasts, and says when it answers again (a device
+that fails on and off is one outage until it has answered for SUMMARY_S)."""
 
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ _CHECK = ("check that it is powered and connected, and its host, port and unit i
 def _outage(dev_id: str) -> Episode:
     who = dev_id.replace("%", "%%")
     return Episode(log, f"device {who}: %(reason)s; {_CHECK}",
-                   f"device {who}: still failing after %(since)s, %(count)d polls failed; "
-                   "last error: %(reason)s",
-                   f"device {who}: answers again after %(since)s (%(count)d polls failed)",
+                   f"device {who}: still failing after %(since)s, %(count)d polls failed"
+                   "%(between)s; last error: %(reason)s",
+                   f"device {who}: answers again after %(since)s (%(count)d polls failed"
+                   "%(between)s)",
                    every_s=SUMMARY_S)
 
 

@@ -54,6 +54,9 @@ def site(state: Path, vtn_url: str, poll_s: float, cycle_s: float) -> config_mod
             dev["ramp_kw_per_s"] = 1000
     data["control"].update({"cycle_s": cycle_s, "deadband_kw": 0.1,
                             "functions": ["peak_shaving", "export_limit"]})
+    # No planner: its battery targets for the evening peak would keep the battery from
+    # coming to rest between events, and the figure is the event's path alone.
+    data["planner"] = {"enabled": False}
     data["mqtt"]["port"] = free_port()  # no broker: telemetry waits in the outbox
     data["storage"]["dir"] = str(state)
     data["hil"]["start"] = "2026-06-22T19:00:00+08:00"
@@ -63,11 +66,13 @@ def site(state: Path, vtn_url: str, poll_s: float, cycle_s: float) -> config_mod
     return config_mod.parse(data)
 
 
-async def until(check, timeout: float, what: str) -> None:
+async def until(check, timeout: float, what) -> None:
+    """Wait for `check()`; `what` (a string, or a function giving one) names it on time-out."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
+            said = what() if callable(what) else what
+            raise RuntimeError(f"timed out after {timeout:g} s waiting for {said}")
         await asyncio.sleep(0.005)
 
 
@@ -100,7 +105,9 @@ async def bench(n: int, poll_s: float, cycle_s: float) -> None:
             spec = EventSpec(signal="SIMPLE", type="level",
                              intervals=[IntervalSpec(duration_s=poll_s + 2, value=LEVEL)])
             for k in range(n):
-                await until(lambda: abs(pcs.command_kw) < 0.5, 30, "the battery at rest")
+                await until(lambda: abs(pcs.command_kw) < 0.5, 30,
+                            lambda: f"the battery at rest (commanded {pcs.command_kw:.1f} kW: "
+                                    f"{d.cycle.decision.reason})")
                 await asyncio.sleep(rng.uniform(0, poll_s))  # any phase of the VEN's polling
                 t0 = time.monotonic()
                 eid = vtn.issue(ven_id, spec, datetime.now(UTC) + timedelta(milliseconds=5))

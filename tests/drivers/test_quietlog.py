@@ -51,3 +51,38 @@ def test_flush_says_what_went_unsaid_and_nothing_more(caplog):
 
 def test_span_words_durations_as_people_read_them():
     assert [span(s) for s in (45, 720, 12600)] == ["45 s", "12 min", "3.5 h"]
+
+
+def test_a_flapping_device_is_one_episode_not_two_lines_per_flap(caplog):
+    clock = Clock()
+    ep = episode(caplog, clock)
+    for i in range(90):  # 15 min: down 5 s, up 5 s
+        ep.failed(f"refused {i}")
+        clock.t += 5
+        ep.ok()
+        clock.t += 5
+    for _ in range(61):  # then it stays up for 10 min
+        ep.ok()
+        clock.t += 10
+    ep.failed("refused again")
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert lines == [
+        ("WARNING", "down: refused 0"),
+        ("INFO", "up again after 5 s (1 failures)"),
+        ("WARNING", "still down after 10 min, 61 failures, 60 since 10 min ago: refused 60"),
+        ("INFO", "up again after 15 min (90 failures)"),
+        ("WARNING", "down: refused again"),
+    ]
+
+
+def test_a_recovery_that_lasts_closes_the_episode_quietly(caplog):
+    clock = Clock()
+    ep = episode(caplog, clock)
+    ep.failed("refused")
+    clock.t += 30
+    ep.ok()
+    clock.t += 600
+    ep.ok()
+    ep.failed("refused later")
+    assert [r.getMessage() for r in caplog.records] == [
+        "down: refused", "up again after 30 s (1 failures)", "down: refused later"]
