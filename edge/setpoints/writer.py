@@ -80,7 +80,9 @@ class Writer:
             if not mem.written[dev.id].failed:
                 why = (f"no answer within {timeout:.2g} s" if isinstance(exc, TimeoutError)
                        else str(exc) or type(exc).__name__)
-                log.warning("device %s: writing %.2f %s failed: %s", dev.id, value,
+                log.warning("device %s: writing %.2f %s failed: %s; retried every cycle, and "
+                            "its own revert timer takes it to its safe state if none gets "
+                            "through (check its link if this repeats)", dev.id, value,
                             role_of(dev).setpoint_unit, why)
             self.on_error(dev.id)
             record(dev.id, None)
