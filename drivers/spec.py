@@ -36,6 +36,7 @@ class OcppSpec:
     heartbeat_s: int  # interval granted at BootNotification
     deadband_a: float  # a new limit closer than this to the one in force is not sent
     min_interval_s: float  # raises are sent at most this often; cuts go at once
+    meter_interval_s: int = 0  # meter values asked for during a transaction (0: its own)
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,6 +124,18 @@ class Session:
             self._setup.cancel()
         self._setup = self._spawn(self._setup_profiles())
 
+    async def _ask_meter_interval(self, seconds: int) -> None:
+        """Meter values often enough to see what a car takes; a charger that keeps its own
+        interval still works, only slower to show a car that takes less than offered."""
+        try:
+            status = await self.point.set_meter_interval(seconds)
+        except CallFailed as exc:
+            status = str(exc)
+        if status != "Accepted":
+            self.charger.throttle.say(
+                "meter interval", logging.INFO, "charger %s keeps its own meter value "
+                "interval (asked for %d s: %s)", self.station.name, seconds, status)
+
     async def _setup_profiles(self) -> None:
         st, spec, say = self.station, self.station.spec, self.charger.throttle.say
         try:
@@ -133,6 +145,8 @@ class Session:
             say("stack level", logging.INFO, "charger %s: profile stack level not readable "
                 "(%s); using 1", st.name, exc)
         st.stack_level = max(1, level or 1)
+        if spec.meter_interval_s > 0:
+            await self._ask_meter_interval(spec.meter_interval_s)
         todo = {"max": spec.max_current_a, "safe": spec.safe_current_a}
         backoff = self.charger.retry_s
         while todo:

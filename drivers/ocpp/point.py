@@ -137,6 +137,10 @@ class Point:
     async def read_stack_level(self) -> int | None:
         raise NotImplementedError
 
+    async def set_meter_interval(self, seconds: int) -> str:
+        """Ask for meter values every `seconds` during a transaction; the charger's answer."""
+        raise NotImplementedError
+
     async def set_profile(self, purpose: str, amps: float, stack: int,
                           duration: int | None = None, tx: Tx | None = None) -> str:
         """Install one of our profiles (purpose a PROFILE_ID key) in A; the charger's status

@@ -126,6 +126,11 @@ class V16(Point, ChargePoint):
                     return None
         return None
 
+    async def set_meter_interval(self, seconds: int) -> str:
+        result = await self.request(call.ChangeConfiguration(
+            key="MeterValueSampleInterval", value=str(seconds)))
+        return str(result.status)
+
     async def set_profile(self, purpose: str, amps: float, stack: int,
                           duration: int | None = None, tx: Tx | None = None) -> str:
         schedule = {"charging_rate_unit": "A", "start_schedule": self.schedule_start(),

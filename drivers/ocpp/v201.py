@@ -164,6 +164,13 @@ class V201(Point, ChargePoint):
                     return None
         return None
 
+    async def set_meter_interval(self, seconds: int) -> str:
+        result = await self.request(call.SetVariables(set_variable_data=[
+            {"component": {"name": "SampledDataCtrlr"},
+             "variable": {"name": "TxUpdatedInterval"}, "attribute_value": str(seconds)}]))
+        answers = [e for e in result.set_variable_result or [] if isinstance(e, dict)]
+        return str(answers[0].get("attribute_status")) if answers else "Rejected"
+
     async def set_profile(self, purpose: str, amps: float, stack: int,
                           duration: int | None = None, tx: Tx | None = None) -> str:
         pid = PROFILE_ID[purpose]

@@ -54,6 +54,10 @@ class OcppConfig(_Model):
     host: str = Field("127.0.0.1", min_length=1, description="address to listen on")
     port: int = Field(9000, ge=1, le=65535)
     heartbeat_s: int = Field(60, ge=5, le=3600, description="interval granted at boot")
+    meter_interval_s: int = Field(
+        10, ge=0, le=3600, description="meter values asked of each charger during a "
+        "transaction (1.6 MeterValueSampleInterval, 2.0.1 SampledDataCtrlr.TxUpdatedInterval); "
+        "0 leaves the charger's own. The controller learns from them what a car takes")
     circuits: dict[str, Circuit] = Field(
         default_factory=dict, description="named current limits shared by chargers (their "
         "`circuit`)")

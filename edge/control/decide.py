@@ -154,7 +154,7 @@ class Controller:
         result = self._dispatch(image, mem, now_s, bounds, grid)
         setpoints: dict[str, dict[str, float]] = {}
         if sharing:
-            room = self._room(image, bounds, result, combined, grid)
+            room = self._room(image, bounds, result, combined, grid + self._stored_kw(image))
             added = 0.0
             for name, devs in sharing:
                 setpoints[name], kw = ROLES[name].allocate(devs, image, mem, now_s,
@@ -213,6 +213,18 @@ class Controller:
                 surplus += 0.05 * sum(d.rated_kw for d in generators)
         return Room(image.ts, max(import_kw, 0.0), surplus, combined.demand_kw,
                     combined.requests, site_kw)
+
+    def _stored_kw(self, image: ProcessImage) -> float:
+        """What the batteries give now (+ discharge): the site's own demand is the PCC
+        without them, so a battery bridging a car's ramp does not look like the building
+        dropping its load."""
+        total = 0.0
+        for name, devs in self.groups.items():
+            if ROLES[name].stores_energy:
+                for d in devs:
+                    kw = image.value(d.id, "power_kw") if image.good(d.id) else math.nan
+                    total += kw if math.isfinite(kw) else 0.0
+        return total
 
     def _hold(self, image, book, mem, now_s) -> Decision:
         reason, key = explain.HOLD

@@ -206,6 +206,7 @@ class EvCharger(Role):
             listen_port=config.ocpp.port, connectors=dev.connectors, phases=dev.phases,
             voltage_v=dev.voltage_v, max_current_a=dev.max_current_a,
             safe_current_a=dev.fail_safe_a, heartbeat_s=config.ocpp.heartbeat_s,
+            meter_interval_s=config.ocpp.meter_interval_s,
             deadband_a=dev.deadband_a, min_interval_s=dev.min_interval_s)}
 
     def balance_term(self, dev) -> str:

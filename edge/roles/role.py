@@ -108,7 +108,7 @@ class Room:
     surplus_kw: float
     planned_kw: dict[str, float] | None = None
     requests: dict[str, Any] = field(default_factory=dict)
-    site_kw: float = math.nan  # the grid without these devices, as estimated this cycle
+    site_kw: float = math.nan  # the grid without these devices nor the batteries, this cycle
 
 
 @dataclass(frozen=True, slots=True)

@@ -300,3 +300,15 @@ def test_a_meter_value_from_before_the_offer_does_not_mark_the_car_limited(kerne
     d, mem = ctl.decide(image(40.0 + 6.9, ev1=early), None, mem, 30.0)
     assert mem.roles["ev_charger"].by_id["ev1"].car_a is None
     assert d.ev_a["ev1"] > 12.0
+
+
+def test_a_battery_bridging_a_cut_does_not_look_like_the_building_dropping_its_load(kernel):
+    ctl = Controller(site(functions=["peak_shaving"]), kernel)
+    mem = ctl.after_writes(ctl.initial_memory(), {"ev1": 32.0}, -60.0)
+    d, mem = ctl.decide(image(70.08, ev1=ev(32.0)), None, mem, 0.0)
+    cut = d.ev_a["ev1"]
+    mem = ctl.after_writes(mem, {"ev1": cut, "bess1": 10.08}, 0.0)
+    # the battery covers the car's ramp: the PCC is at the limit while the car still draws
+    following = {**ev(32.0), "offered_a": cut, "meter_lag_s": -1.0}
+    d, mem = ctl.decide(image(60.0, bess=10.08, ev1=following), None, mem, 1.0)
+    assert d.ev_a["ev1"] == pytest.approx(cut)  # not cut again by what the battery gives

@@ -28,7 +28,7 @@ from drivers.spec import OcppSpec
 
 SPEC = OcppSpec(charge_point_id="CP1", listen_host="127.0.0.1", listen_port=0, connectors=1,
                 phases=3, voltage_v=230.0, max_current_a=32.0, safe_current_a=6.0,
-                heartbeat_s=30, deadband_a=1.0, min_interval_s=1.0)
+                heartbeat_s=30, deadband_a=1.0, min_interval_s=1.0, meter_interval_s=10)
 
 
 def now_iso() -> str:
@@ -59,6 +59,7 @@ class Recorder:
         self.got: list[Got] = []
         self.cleared: list[int] = []
         self.stack_level = stack_level
+        self.configured: dict[str, str] = {}  # settings the CSMS changed, by name
         self.answer: Callable[[Got], object] = lambda got: "Accepted"
 
     async def _answer(self, got: Got) -> str:
@@ -94,6 +95,11 @@ class Cp16(Recorder, Cp16Base):
             {"key": "ChargeProfileMaxStackLevel", "readonly": True,
              "value": str(self.stack_level)}])
 
+    @on(Action16.change_configuration)
+    def on_change_configuration(self, key: str, value: str, **_):
+        self.configured[key] = value
+        return result16.ChangeConfiguration(status="Accepted")
+
     @on(Action16.clear_charging_profile)
     def on_clear(self, id: int | None = None, **_):
         self.cleared.append(id)
@@ -123,6 +129,15 @@ class Cp201(Recorder, Cp201Base):
                 {"attribute_status": "UnknownVariable", **d}])
         return result201.GetVariables(get_variable_result=[
             {"attribute_status": "Accepted", "attribute_value": str(self.stack_level), **d}])
+
+    @on(Action201.set_variables)
+    def on_set_variables(self, set_variable_data: list, **_):
+        for d in set_variable_data:
+            self.configured[f"{d['component']['name']}.{d['variable']['name']}"] = (
+                d["attribute_value"])
+        return result201.SetVariables(set_variable_result=[
+            {"attribute_status": "Accepted", "component": d["component"],
+             "variable": d["variable"]} for d in set_variable_data])
 
     @on(Action201.clear_charging_profile)
     def on_clear(self, charging_profile_id: int | None = None, **_):

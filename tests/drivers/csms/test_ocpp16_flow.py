@@ -77,6 +77,7 @@ async def test_boot_is_accepted_with_the_heartbeat_and_gets_the_fail_safe_profil
     assert (d["protocol"], d["vendor"], d["model"], d["serial"], d["firmware"]) == (
         "ocpp1.6", "Acme", "Wallbox X", "S-1", "1.2.3")
     assert d["stack_level"] == 3  # the test charge point says ChargeProfileMaxStackLevel 3
+    assert client.cp.configured == {"MeterValueSampleInterval": "10"}
 
 
 async def test_transaction_and_meter_values_make_the_reading(site):

@@ -69,6 +69,7 @@ async def test_a_2_0_1_station_gets_its_fail_safe_and_limits_and_reports_its_ses
     d = charger.describe()
     assert (d["protocol"], d["vendor"], d["model"], d["serial"], d["firmware"]) == (
         "ocpp2.0.1", "Acme", "Station 2", "S-2", "2.0")
+    assert cp.configured == {"SampledDataCtrlr.TxUpdatedInterval": "10"}
 
     await cp.call(call.StatusNotification(timestamp=now_iso(), connector_status="Occupied",
                                           evse_id=1, connector_id=1))
