@@ -19,7 +19,7 @@ poll was in flight are set beside the others: the same machine at the same minut
 a request costs a cycle it overlaps shows through the noise between runs.
 
 Run: python tests/bench/bench_api.py [--rounds 6] [--seconds 60] [--cycle-s 0.2]
-     [--clients 10] [--poll-s 5]
+     [--clients 10] [--poll-s 5] [--save runs.json]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -94,7 +94,9 @@ def write_site(tmp: Path, mqtt_port: int, site_id: str, cycle_s: float, api: boo
     if api:
         token = tmp / "api.token"
         token.write_text(TOKEN + "\n")
-        data["api"] = {"enabled": True, "host": HOST, "port": free_port(),
+        taken = {d["port"] for d in data["devices"]}
+        port = next(p for p in iter(free_port, None) if p not in taken)
+        data["api"] = {"enabled": True, "host": HOST, "port": port,
                        "token_file": str(token)}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -253,6 +255,9 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=10, help="dashboards (10)")
     ap.add_argument("--poll-s", type=float, default=5.0,
                     help="seconds between one dashboard's polls of /state and /history (5)")
+    ap.add_argument("--save", type=Path, metavar="FILE.json",
+                    help="write every run's figures (per-cycle durations included) here, "
+                         "after each run")
     args = ap.parse_args()
     if not 1 <= args.rounds <= 10 or not 10 <= args.seconds <= 600 or args.warmup < 0:
         ap.error("--rounds must be 1..10, --seconds 10..600 and --warmup >= 0")
@@ -277,6 +282,8 @@ def main() -> int:
                     case = CASES[(i + rnd) % len(CASES)]
                     print(f"round {rnd + 1}/{args.rounds}: {case}", file=sys.stderr, flush=True)
                     runs.append(one_run(case, rnd, args, mqtt_port, root))
+                    if args.save:
+                        args.save.write_text(json.dumps([asdict(r) for r in runs]))
         finally:
             stop_process(broker)
     report(runs, args, env_lines)
