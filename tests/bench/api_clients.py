@@ -82,15 +82,17 @@ async def timed_get(c: httpx.AsyncClient, url: str, tally: Tally, into: list[flo
 
 
 async def poll(c: httpx.AsyncClient, tally: Tally, every_s: float) -> None:
-    """The page's refresh: the state, then the day's energy intervals, every `every_s`
-    from a random phase (dashboards are not opened in the same instant)."""
+    """The page's refresh: the state, then the day's energy intervals, every `every_s` on
+    average from a random phase. Each pause is drawn from 0.5-1.5 x `every_s`: a fixed one,
+    counted from an answer that comes just after a cycle, would lock the polls to the
+    cycle's phase (5 s is 25 cycles of 0.2 s), which a browser elsewhere never does."""
     await asyncio.sleep(random.uniform(0, every_s))
     while True:
         await timed_get(c, "/api/v1/state", tally, tally.state_ms)
         now = datetime.now().astimezone()
         span = {"from": (now - timedelta(hours=24)).isoformat(), "to": now.isoformat()}
         await timed_get(c, "/api/v1/history", tally, tally.history_ms, span)
-        await asyncio.sleep(every_s)
+        await asyncio.sleep(random.uniform(0.5, 1.5) * every_s)
 
 
 async def main(port: int, clients: int, every_s: float) -> dict:
