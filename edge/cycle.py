@@ -55,6 +55,10 @@ class ControlCycle:
         self.stats = CycleStats()
         self._listeners: list[Callable[[ProcessImage, Decision], None]] = []
         self._wake = asyncio.Event()
+        # Clear while a step runs: work outside control (the operator API's answers) waits
+        # for it, so it takes the event loop between cycles rather than inside one.
+        self.idle = asyncio.Event()
+        self.idle.set()
 
     @property
     def period_wall_s(self) -> float:
@@ -93,6 +97,13 @@ class ControlCycle:
             limit_violated(self.image, decision, self.config.grid_meter.id), record, force)
 
     async def step(self) -> Decision:
+        self.idle.clear()
+        try:
+            return await self._step()
+        finally:
+            self.idle.set()
+
+    async def _step(self) -> Decision:
         t0 = time.perf_counter()
         await self.poller.poll(self.period_wall_s)
         self.image = image = self.build_image()
@@ -109,7 +120,9 @@ class ControlCycle:
         self.decision = decision
         await self.write(decision)
         self.stats.cycles += 1
-        self.stats.durations_ms.append((time.perf_counter() - t0) * 1000.0)
+        took_ms = (time.perf_counter() - t0) * 1000.0
+        self.stats.durations_ms.append(took_ms)
+        log.debug("cycle %d took %.3f ms", self.stats.cycles, took_ms)  # benches read these
         for listener in self._listeners:
             try:
                 listener(image, decision)

@@ -132,6 +132,24 @@ async def test_self_consumption_discharges_battery_to_cover_import():
     assert d.status == 0
 
 
+async def test_the_cycle_is_busy_while_a_step_runs_and_idle_after_it_even_a_failed_one():
+    rig = make(load_kw=30.0)
+    seen = []
+    read = rig.dev["pcc"].read
+    rig.dev["pcc"].read = lambda: (seen.append(rig.cycle.idle.is_set()), read())[1]
+    assert rig.cycle.idle.is_set()
+    await rig.step()
+    assert seen == [False] and rig.cycle.idle.is_set()
+
+    async def broken(*_, **__):
+        raise RuntimeError("writer bug")
+
+    rig.cycle.write = broken
+    with pytest.raises(RuntimeError, match="writer bug"):
+        await rig.step()
+    assert seen == [False, False] and rig.cycle.idle.is_set()
+
+
 async def test_discharge_is_clamped_to_battery_limit_and_import_stays():
     rig = make(load_kw=100.0)
     d = await rig.step()

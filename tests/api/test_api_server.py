@@ -7,16 +7,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from types import SimpleNamespace
 
+import httpx
 import psutil
 import pytest
 import yaml
-from api_helpers import client, with_api
+from api_helpers import AUTH, TOKEN, client, with_api
 from conftest import wait_for
 from site_harness import running_site, site_dict
 
 from drivers.fileerrors import FileError
 from edge import config as config_mod
+from edge.api import routes
 from edge.api.server import read_token
 from edge.api.stream import QUEUE, Stream
 from edge.app.daemon import Daemon
@@ -116,6 +119,23 @@ async def test_a_slow_stream_client_loses_its_oldest_states_not_the_newest():
         await stream.stop()
     assert await anext(slow, "ended") == "ended" and await anext(fast, "ended") == "ended"
     assert stream.clients == 0
+
+
+async def test_a_read_that_arrives_while_a_cycle_runs_is_answered_after_the_cycle():
+    idle = asyncio.Event()  # clear: a cycle is in progress
+    daemon = SimpleNamespace(cycle=SimpleNamespace(idle=idle), commands=None,
+                             view=SimpleNamespace(image=None, decision=None))
+    app = routes.build(SimpleNamespace(daemon=daemon, token=TOKEN))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://edge") as c:
+        read = asyncio.create_task(c.get("/api/v1/state"))
+        command = await c.post("/api/v1/commands/mode", headers=AUTH, content=b"{}")
+        assert command.status_code == 503, "a command is not held back by the cycle"
+        await asyncio.sleep(0.2)
+        assert not read.done(), "answered while the cycle ran"
+        idle.set()
+        answer = await asyncio.wait_for(read, 10)
+    assert answer.status_code == 503 and "no control cycle" in answer.json()["detail"]
 
 
 async def test_too_many_streams_are_answered_503(tmp_path, mosquitto):

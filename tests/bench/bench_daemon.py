@@ -137,8 +137,8 @@ def environment() -> list[str]:
 def site_config(tmp: Path, mqtt_port: int, site_id: str) -> Path:
     data = yaml.safe_load((ROOT / "configs/demo.yaml").read_text())
     data["site"]["id"] = site_id  # own topics, even on a shared broker
-    for dev in data["devices"]:
-        dev["host"], dev["port"] = HOST, free_port()
+    for dev, port in zip(data["devices"], benchlib.free_ports(len(data["devices"]))):
+        dev["host"], dev["port"] = HOST, port
     data["control"]["cycle_s"] = 1.0
     data["mqtt"]["host"], data["mqtt"]["port"] = HOST, mqtt_port
     data["storage"]["dir"] = str(tmp / "state")

@@ -23,6 +23,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: bound all at once, so the OS cannot hand one out twice."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((HOST, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> tuple[int, float]:
     """SIGTERM, wait; kill only if it hangs. Returns (exit code, seconds to exit)."""
     t0 = time.monotonic()
