@@ -6,8 +6,10 @@ answered from the device."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+import uuid
+from typing import Any, Callable
 
+from ocpp.messages import MessageType, unpack
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action
@@ -54,6 +56,16 @@ class _Cp(ChargePoint):
         super().__init__(dev.cfg.charge_point_id, ws, response_timeout=RESPONSE_TIMEOUT_S,
                          logger=logger)
         self.dev = dev
+        self.on_result: dict[str, Callable[[dict], None]] = {}
+
+    async def route_message(self, raw_msg: str) -> None:
+        """A real charge point handles one frame after the other, so an answer is applied
+        before the CSMS's next request is read (the ocpp library would hand the answer to
+        the waiting call and read on, answering a TxProfile before the transaction id)."""
+        msg = unpack(raw_msg)
+        if msg.message_type_id == MessageType.CallResult and msg.unique_id in self.on_result:
+            self.on_result.pop(msg.unique_id)(msg.payload)
+        await super().route_message(raw_msg)
 
     @on(Action.set_charging_profile)
     def _set_profile(self, connector_id: int, cs_charging_profiles: dict, **_: Any):
@@ -134,13 +146,21 @@ class Wire16(Wire):
         s = ev.session
         if s.refused:
             return
-        res = await self.call(call.StartTransaction(
-            connector_id=ev.connector, id_tag=s.id_tag, meter_start=round(s.meter_start_wh),
-            timestamp=stamp(ev.t)))
+
+        def started(payload: dict) -> None:
+            s.csms_id = payload["transactionId"]
+            s.tx_id = str(s.csms_id)
+
+        uid = str(uuid.uuid4())
+        self.cp.on_result[uid] = started
+        try:
+            res = await self.call(call.StartTransaction(
+                connector_id=ev.connector, id_tag=s.id_tag, meter_start=round(s.meter_start_wh),
+                timestamp=stamp(ev.t)), unique_id=uid)
+        finally:
+            self.cp.on_result.pop(uid, None)
         s.start_sent = True
         if res is not None:
-            s.csms_id = res.transaction_id
-            s.tx_id = str(res.transaction_id)
             self.tag_refused(res.id_tag_info.get("status"), ev)
 
     async def _meter(self, ev: Event) -> None:

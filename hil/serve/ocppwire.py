@@ -37,10 +37,10 @@ class Wire:
     async def send_statuses(self) -> None:
         raise NotImplementedError
 
-    async def call(self, payload: Any) -> Any:
+    async def call(self, payload: Any, unique_id: str | None = None) -> Any:
         """The CSMS's answer (None for a CallError); ConnectionError if the connection
         closes first."""
-        task = asyncio.create_task(self.cp.call(payload))
+        task = asyncio.create_task(self.cp.call(payload, unique_id=unique_id))
         waits = {task} if self.reader is None else {task, self.reader}
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if task.done():

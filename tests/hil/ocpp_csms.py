@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -59,6 +60,29 @@ class Central16(_Recording, Cp16):
         self._record("StartTransaction", transaction_id=tx, **kw)
         return r16.StartTransaction(transaction_id=tx, id_tag_info={"status": "Accepted"})
 
+    async def _send(self, message: str) -> None:
+        """With `tx_limit_at_start` set, a TxProfile for the new transaction goes out in the
+        same breath as the StartTransaction answer, so both frames reach the charge point
+        together, as they can from a busy CSMS."""
+        await super()._send(message)
+        amps, msg = self.csms.tx_limit_at_start, json.loads(message)
+        if amps is None or msg[0] != 3 or "transactionId" not in msg[2]:
+            return
+        tx = msg[2]["transactionId"]
+        profile = {"chargingProfileId": tx, "transactionId": tx, "stackLevel": 1,
+                   "chargingProfilePurpose": "TxProfile", "chargingProfileKind": "Relative",
+                   "chargingSchedule": {"chargingRateUnit": "A", "chargingSchedulePeriod": [
+                       {"startPeriod": 0, "limit": amps}]}}
+        await self._connection.send(json.dumps(
+            [2, f"limit-{tx}", "SetChargingProfile", {"connectorId": 1, "csChargingProfiles": profile}]))
+
+    async def route_message(self, raw_msg: str) -> None:
+        msg = json.loads(raw_msg)
+        if msg[0] == 3 and str(msg[1]).startswith("limit-"):
+            self._record("SetChargingProfile.conf", **msg[2])
+            return
+        await super().route_message(raw_msg)
+
     @on(A16.stop_transaction)
     def _stop(self, **kw):
         self._record("StopTransaction", **kw)
@@ -109,6 +133,7 @@ class Csms:
     stations: dict[str, Cp16 | Cp201] = field(default_factory=dict)  # the live connection
     connections: dict[str, int] = field(default_factory=dict)
     id_tag_status: str = "Accepted"
+    tx_limit_at_start: float | None = None  # 1.6: a TxProfile (A) right behind StartTransaction
     server: object = None
 
     async def start(self) -> None:

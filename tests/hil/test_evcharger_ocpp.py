@@ -205,6 +205,16 @@ async def test_charger_rejecting_tx_default_still_honours_a_tx_profile(running, 
     assert [r["status"] for r in site.state("ev1")["received"]] == ["Rejected", "Accepted"]
 
 
+async def test_tx_profile_sent_right_behind_the_start_answer_finds_its_transaction(running):
+    csms, site = await running(ocpp_version="1.6", rejects_tx_default=True, csms_up=False)
+    csms.tx_limit_at_start = 10
+    await csms.start()
+    site.step_to(10 * 60)
+    assert (await csms.wait("CP1", "SetChargingProfile.conf"))[0]["status"] == "Accepted"
+    site.step_to(11 * 60)
+    assert site.state("ev1")["power_kw"] == pytest.approx(6.9)
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 async def test_charger_reconnects_after_drops_at_and_the_transaction_goes_on(running, version) -> None:
     csms, site = await running(ocpp_version=version, drops_at=["08:10"])
