@@ -19,6 +19,7 @@ import asyncio
 import getpass
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -41,9 +42,40 @@ MOSQUITTO = shutil.which("mosquitto") or (
 _HANDED_OUT: set[int] = set()  # ports given to this test process, not yet bound by anyone
 
 
+def _below_ephemeral() -> range:
+    """Ports under the kernel's ephemeral range: no outgoing connection (a test's MQTT or
+    Modbus client, anyone's) is ever given one, so a port picked here stays free until the
+    test binds it. The whole range is left when the ephemeral range starts too low."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    return range(10000, low) if low - 10000 >= 4000 else range(0)
+
+
+_PICKABLE = _below_ephemeral()
+_RANDOM = random.Random(os.getpid() ^ time.time_ns())
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
-    """A loopback port nobody listens on, never the same one twice in a test run: the OS may
-    hand a just-released port out again before the first taker has bound it."""
+    """A loopback port nobody listens on, never the same one twice in a test run. It is
+    drawn at random below the ephemeral range: a port the OS hands out for `bind(0)` can be
+    taken again by any outgoing connection (or another process's bind(0)) before the test
+    binds it, which made HIL devices fail to listen on a busy machine."""
+    for _ in range(200 if _PICKABLE else 0):
+        port = _RANDOM.choice(_PICKABLE)
+        if port not in _HANDED_OUT and _bindable(port):
+            _HANDED_OUT.add(port)
+            return port
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
