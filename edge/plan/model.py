@@ -77,6 +77,7 @@ class Lp:
     row_lo: np.ndarray
     row_hi: np.ndarray
     integer: np.ndarray  # column indices that are binary
+    dir_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))  # theirs
     cols: dict[str, slice] = field(default_factory=dict)
     rows: dict[str, slice] = field(default_factory=dict)
     e0_kwh: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -319,9 +320,23 @@ def build(inp: PlanInput, elastic: bool = False) -> Lp:
         r2 = m.row("dir_exp", -inf, exp_ub[both], k)  # exp + U_exp*d <= U_exp
         m.coef(r2, exp[both], 1.0)
         m.coef(r2, d, exp_ub[both])
+        # The balance seen from each side (valid for d in {0, 1}, far tighter when d is
+        # fractional): importing, the grid brings at most the load, the demands and the
+        # charging; exporting, at most the PV surplus and the discharging. Without these
+        # the relaxation imports and exports at once and the bound is loose.
+        r3 = m.row("dir_imp_bal", -inf, 0.0, k)  # imp - sum ch - d*(load + dem cap) <= 0
+        m.coef(r3, imp[both], 1.0)
+        m.coef(r3, d, -(load + dem_cap.sum(axis=0))[both])
+        r4 = m.row("dir_exp_bal", -inf, (pv - load)[both], k)  # exp - sum dis + (pv-load)*d
+        m.coef(r4, exp[both], 1.0)
+        m.coef(r4, d, (pv - load)[both])
+        if nb:
+            bsteps = (np.arange(nb)[:, None] * n + both).ravel()
+            m.coef(np.tile(r3, nb), ch[bsteps], -1.0)
+            m.coef(np.tile(r4, nb), dis[bsteps], -1.0)
 
     return Lp(
         cost=np.concatenate(m.cost), col_lo=np.concatenate(m.lo), col_hi=np.concatenate(m.hi),
         a=m.matrix(), row_lo=np.concatenate(m.rlo), row_hi=np.concatenate(m.rhi),
-        integer=integer, cols=m.cols, rows=m.rows, e0_kwh=e0, elastic=elastic,
+        integer=integer, dir_steps=both, cols=m.cols, rows=m.rows, e0_kwh=e0, elastic=elastic,
     )
