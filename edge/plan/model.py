@@ -29,7 +29,10 @@ Objective: sum dt*(price_imp*imp - price_exp*exp) + demand*peak + degradation*dt
 - Import and export are separate so the LP prices each direction. When the export price is
   <= the import price, importing and exporting in one step only loses money and the LP never
   does it. In steps where export pays more than import (and exporting is possible) a binary
-  picks the direction, making the problem a small MILP.
+  picks the direction, making the problem a small MILP. Two rows per such step bound import
+  by the load, demands and charging and export by the PV surplus and discharging, scaled by
+  the binary: valid for whole directions, they keep the relaxation from importing and
+  exporting at once, which is what lets solve.py settle most plans without branching.
 - Simultaneous charge and discharge only burns energy through the efficiencies, so it is
   never chosen unless burning earns money (negative prices, or a grid floor the site cannot
   otherwise absorb). It is not forbidden (that would need a binary per step); solve.py nets
