@@ -21,7 +21,7 @@ from pymodbus.exceptions import ModbusException, ModbusIOException
 
 from drivers.base import DeviceError, is_urgent
 
-_MAX_READ = 120  # registers per request (Modbus allows 125)
+MAX_READ = 120  # registers per request (Modbus allows 125)
 
 
 ILLEGAL_ADDRESS = 2
@@ -145,7 +145,7 @@ class ModbusEndpoint:
             sent = False
             try:
                 while count > 0:
-                    n = min(count, _MAX_READ)
+                    n = min(count, MAX_READ)
                     await self._pace()
                     sent = True
                     try:

@@ -13,7 +13,12 @@ import time
 from dataclasses import dataclass
 
 from drivers.base import DeviceError, Reading
-from drivers.modbus.endpoint import ILLEGAL_ADDRESS, ModbusEndpoint, ModbusExceptionReply
+from drivers.modbus.endpoint import (
+    ILLEGAL_ADDRESS,
+    MAX_READ,
+    ModbusEndpoint,
+    ModbusExceptionReply,
+)
 from drivers.modbus.unit import ModbusUnit
 from drivers.sunspec import models as sunspec
 
@@ -65,6 +70,10 @@ class SunSpecUnit(ModbusUnit):
         point are read (one short request instead of one or two long ones, which counts on
         RS-485) once the scale factors those points need are known; the ID register is always
         read, so a chain that moved under us is still noticed."""
+        return (await self.read_many({model_id: through}))[model_id]
+
+    def _span(self, model_id: int, through: str | None) -> tuple[int, int]:
+        """(address, registers) a read of the model needs (see `read`)."""
         mdef = sunspec.model(model_id)
         if model_id not in self.models:
             raise DeviceError(f"unit {self.unit}: model {model_id} not present")
@@ -76,18 +85,42 @@ class SunSpecUnit(ModbusUnit):
                       if isinstance(p.sf, str) and p.offset + p.size <= end}
             if all(s in sfs or mdef.through(s) <= end for s in needed):
                 count = end
-        try:
-            regs = await self._read_regs(self.models[model_id], count)
-        except ModbusExceptionReply as exc:
-            if exc.code == ILLEGAL_ADDRESS:
-                # A known model's address no longer exists: the device restarted with a
-                # shorter chain. Rediscover rather than stay stale forever.
-                self.models = {}
-            raise
+        return self.models[model_id], count
+
+    async def read_many(self, wanted: dict[int, str | None]) -> dict[int, dict]:
+        """Several models (`read`'s `through` each) in as few requests as the chain allows:
+        spans in address order are merged while the block stays within one request
+        (MAX_READ registers, the endpoint's request size), models in between included - a SunSpec chain is contiguous
+        and every register in it answers, so one request replaces two or three."""
+        spans = sorted((*self._span(mid, through), mid) for mid, through in wanted.items())
+        blocks: list[list[tuple[int, int, int]]] = []
+        for span in spans:
+            if blocks and span[0] + span[1] - blocks[-1][0][0] <= MAX_READ:
+                blocks[-1].append(span)
+            else:
+                blocks.append([span])
+        out: dict[int, dict] = {}
+        for block in blocks:
+            start = block[0][0]
+            end = max(a + n for a, n, _ in block)
+            try:
+                regs = await self._read_regs(start, end - start)
+            except ModbusExceptionReply as exc:
+                if exc.code == ILLEGAL_ADDRESS:
+                    # A known model's address no longer exists: the device restarted with a
+                    # shorter chain. Rediscover rather than stay stale forever.
+                    self.models = {}
+                raise
+            for address, count, mid in block:
+                out[mid] = self._decode(mid, regs[address - start:address - start + count])
+        return out
+
+    def _decode(self, model_id: int, regs: list[int]) -> dict:
         if regs[0] != model_id:
             self.models = {}  # the chain moved under us (device restarted): rediscover
             raise DeviceError(f"unit {self.unit}: expected model {model_id}, found {regs[0]}")
-        values = sunspec.decode(mdef, regs, sfs)
+        mdef = sunspec.model(model_id)
+        values = sunspec.decode(mdef, regs, self._sf.get(model_id, {}))
         for name, value in values.items():
             if mdef.points[name].type == "sunssf":  # None: known to be "not implemented"
                 self._sf.setdefault(model_id, {})[name] = None if value is None else int(value)
@@ -218,7 +251,8 @@ class SunSpecDevice:
             self._fast.setdefault(mid, point)  # read every poll: verifies the beat
 
     async def _read_slow(self, skip: tuple[int, ...] = ()) -> None:
-        values = {mid: await self.sunspec.read(mid) for mid in self._slow if mid not in skip}
+        values = await self.sunspec.read_many({mid: None for mid in self._slow
+                                               if mid not in skip})
         serial = self.sunspec.common.get("SN")
         if 1 in values:
             if serial is not None and values[1].get("SN") != serial:
@@ -269,8 +303,8 @@ class SunSpecDevice:
         elif self._since_slow >= self.slow_every:
             await self._read_slow()
         latest = dict(self._slow_values)
-        for mid, through in self._fast.items():
-            latest[mid] = {**self._slow_values.get(mid, {}), **await self.sunspec.read(mid, through)}
+        for mid, values in (await self.sunspec.read_many(self._fast)).items():
+            latest[mid] = {**self._slow_values.get(mid, {}), **values}
         self._check_beats(latest)
         self._latest = latest
         self._since_slow += 1

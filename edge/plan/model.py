@@ -29,7 +29,10 @@ Objective: sum dt*(price_imp*imp - price_exp*exp) + demand*peak + degradation*dt
 - Import and export are separate so the LP prices each direction. When the export price is
   <= the import price, importing and exporting in one step only loses money and the LP never
   does it. In steps where export pays more than import (and exporting is possible) a binary
-  picks the direction, making the problem a small MILP.
+  picks the direction, making the problem a small MILP. Two rows per such step bound import
+  by the load, demands and charging and export by the PV surplus and discharging, scaled by
+  the binary: valid for whole directions, they keep the relaxation from importing and
+  exporting at once, which is what lets solve.py settle most plans without branching.
 - Simultaneous charge and discharge only burns energy through the efficiencies, so it is
   never chosen unless burning earns money (negative prices, or a grid floor the site cannot
   otherwise absorb). It is not forbidden (that would need a binary per step); solve.py nets
@@ -77,6 +80,7 @@ class Lp:
     row_lo: np.ndarray
     row_hi: np.ndarray
     integer: np.ndarray  # column indices that are binary
+    dir_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))  # theirs
     cols: dict[str, slice] = field(default_factory=dict)
     rows: dict[str, slice] = field(default_factory=dict)
     e0_kwh: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -319,9 +323,23 @@ def build(inp: PlanInput, elastic: bool = False) -> Lp:
         r2 = m.row("dir_exp", -inf, exp_ub[both], k)  # exp + U_exp*d <= U_exp
         m.coef(r2, exp[both], 1.0)
         m.coef(r2, d, exp_ub[both])
+        # The balance seen from each side (valid for d in {0, 1}, far tighter when d is
+        # fractional): importing, the grid brings at most the load, the demands and the
+        # charging; exporting, at most the PV surplus and the discharging. Without these
+        # the relaxation imports and exports at once and the bound is loose.
+        r3 = m.row("dir_imp_bal", -inf, 0.0, k)  # imp - sum ch - d*(load + dem cap) <= 0
+        m.coef(r3, imp[both], 1.0)
+        m.coef(r3, d, -(load + dem_cap.sum(axis=0))[both])
+        r4 = m.row("dir_exp_bal", -inf, (pv - load)[both], k)  # exp - sum dis + (pv-load)*d
+        m.coef(r4, exp[both], 1.0)
+        m.coef(r4, d, (pv - load)[both])
+        if nb:
+            bsteps = (np.arange(nb)[:, None] * n + both).ravel()
+            m.coef(np.tile(r3, nb), ch[bsteps], -1.0)
+            m.coef(np.tile(r4, nb), dis[bsteps], -1.0)
 
     return Lp(
         cost=np.concatenate(m.cost), col_lo=np.concatenate(m.lo), col_hi=np.concatenate(m.hi),
         a=m.matrix(), row_lo=np.concatenate(m.rlo), row_hi=np.concatenate(m.rhi),
-        integer=integer, cols=m.cols, rows=m.rows, e0_kwh=e0, elastic=elastic,
+        integer=integer, dir_steps=both, cols=m.cols, rows=m.rows, e0_kwh=e0, elastic=elastic,
     )

@@ -20,6 +20,15 @@ Retransmission has one owner: the outbox (this link), never paho.
     in the instant the connection broke is sent twice (QoS 1 is at-least-once); with at
     most `window` messages in flight that is rare and bounded.
 
+Throughput while a backlog drains (tests/bench/bench_outbox.py): up to `window` (100)
+messages in flight; PUBACKs reach the event loop in batches (one wake-up for all that
+arrived meanwhile, not one each); acknowledged rows leave the outbox in one transaction
+per `delete_batch` acknowledgements, or as soon as nothing is in flight (so at a report
+every few seconds each row still goes at once). Acknowledged rows still on disk are never
+re-sent by a live link: they are deleted before a reconnect re-sends the outbox. Only a
+kill -9 (or power cut) can leave them behind, and the next start sends them again - at most
+`delete_batch` of them, duplicates the platform drops by msg_id; none is ever lost.
+
 Threads: paho runs its network loop in its own thread (`loop_start`). Its callbacks only
 hand events to the event loop (`call_soon_threadsafe`), except `on_connect`, which also
 drops paho's queue under `self._lock`. The drain loop publishes under the same lock and
@@ -37,6 +46,7 @@ Reconnects use paho's backoff (`reconnect_delay_set`); nothing raises into the c
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import socket
@@ -84,17 +94,21 @@ class MqttLink:
         site_id: str,
         outbox: Outbox,
         *,
-        window: int = 10,
+        window: int = 100,
+        delete_batch: int = 500,
         reconnect_min_s: float = 1.0,
         reconnect_max_s: float = 30.0,
         inbound_max: int = 10_000,
     ) -> None:
-        if not 1 <= window <= 20:  # paho queues (instead of sending) beyond 20 in flight
-            raise ValueError("window must be between 1 and 20 messages in flight")
+        if not 1 <= window <= 1000:
+            raise ValueError("window must be between 1 and 1000 messages in flight")
+        if delete_batch < 1:
+            raise ValueError("delete_batch must be at least 1")
         self.cfg = cfg
         self.site_id = site_id
         self.outbox = outbox
         self.window = window
+        self.delete_batch = delete_batch
         self.sent = 0  # PUBLISH packets handed to paho, re-sends included
         self.acked = 0  # PUBACKs that removed an outbox row
 
@@ -104,6 +118,8 @@ class MqttLink:
         self._gen: int | None = None  # generation the drain loop works in; None = offline
         self._inflight: dict[int, int] = {}  # paho mid -> msg_id, current generation only
         self._acked_ids: list[int] = []  # acknowledged, awaiting removal from the outbox
+        self._acks: collections.deque[tuple[int, int]] = collections.deque()  # paho -> loop
+        self._acks_posted = False  # a _take_acks is on its way to the loop
         self._cursor = 0  # highest msg_id handed to paho in the current generation
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
@@ -119,7 +135,9 @@ class MqttLink:
             clean_session=True,
             protocol=paho.MQTTv311,
         )
-        self._client.max_inflight_messages_set(20)
+        # paho would queue (not send) beyond its in-flight limit: room for the window and
+        # the status message
+        self._client.max_inflight_messages_set(window + 1)
         self._client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
         self._client.will_set(self.topic("status"), "offline", qos=1, retain=True)
         set_credentials(self._client, cfg)
@@ -193,6 +211,7 @@ class MqttLink:
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
         self._client.drop_out_messages()
+        self._take_acks()
         self._gen = None
         self._inflight.clear()
         self._remove_acked()
@@ -221,11 +240,12 @@ class MqttLink:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            self._remove_acked()
             self._fill_window()
+            if len(self._acked_ids) >= self.delete_batch or not self._inflight:
+                self._remove_acked()
 
     def _remove_acked(self) -> None:
-        """PUBACKs that arrived since the last pass leave the outbox in one transaction."""
+        """Acknowledged rows leave the outbox in one transaction."""
         if self._acked_ids:
             ids, self._acked_ids = self._acked_ids, []
             self.outbox.remove_many(ids)
@@ -257,6 +277,8 @@ class MqttLink:
                 self.sent += 1
 
     def _on_connected(self, gen: int) -> None:
+        self._take_acks()
+        self._remove_acked()  # before the re-send below, which would repeat them
         self._gen = gen
         self._inflight.clear()
         self._cursor = 0  # re-send everything still in the outbox, oldest first
@@ -267,15 +289,21 @@ class MqttLink:
         self._gen = None
         self._changed.set()
 
-    def _on_acked(self, gen: int, mid: int) -> None:
-        if gen != self._gen:
-            return
-        msg_id = self._inflight.pop(mid, None)
-        if msg_id is None:
-            return  # the status message
-        self._acked_ids.append(msg_id)
-        self._wake.set()
-        self._changed.set()
+    def _take_acks(self) -> None:
+        """Every PUBACK paho has handed over so far (flag first: see _on_publish)."""
+        self._acks_posted = False
+        took = False
+        while self._acks:
+            gen, mid = self._acks.popleft()
+            if gen != self._gen:
+                continue
+            msg_id = self._inflight.pop(mid, None)
+            if msg_id is not None:  # None: the status message
+                self._acked_ids.append(msg_id)
+                took = True
+        if took:
+            self._wake.set()
+            self._changed.set()
 
     def _on_enqueue(self, msg_id: int) -> None:
         loop = self._loop
@@ -337,8 +365,13 @@ class MqttLink:
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
-        # called under paho's message mutex: no locks here
-        self._post(self._on_acked, self._paho_gen, mid)
+        # called under paho's message mutex: no locks here. One post per batch: the loop
+        # clears the flag before it empties the deque, so an ack appended after that
+        # emptying finds the flag clear and posts again.
+        self._acks.append((self._paho_gen, mid))
+        if not self._acks_posted:
+            self._acks_posted = True
+            self._post(self._take_acks)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         # an exception here would stop paho's network thread: nothing may escape
