@@ -32,6 +32,12 @@ is handed, unparsed, to the `inbound` asyncio queue on the event-loop thread. Th
 bounded: a flood beyond it is dropped and counted, never allowed to grow the process.
 
 Reconnects use paho's backoff (`reconnect_delay_set`); nothing raises into the caller.
+
+Failover (`mqtt.hosts`): a failed connect, or a CONNACK that refuses, moves the next
+attempt to the next broker of the list (round robin); a working connection stays where it
+is, and one that drops is first tried again on the same broker. Nothing else changes on a
+failover: the outbox re-sends everything unacknowledged on the new connection, as after any
+reconnect, so a broker that dies with messages in flight loses none of them.
 """
 
 from __future__ import annotations
@@ -111,7 +117,11 @@ class MqttLink:
         self._task: asyncio.Task[None] | None = None
 
         self.client_id = cfg.client_id or default_client_id(site_id)
-        self._drops = DropWatch(self.client_id, f"{cfg.host}:{cfg.port}")
+        self._brokers = cfg.brokers
+        self._at = 0  # index in _brokers of the broker tried or connected now (paho thread)
+        self._refused = False  # the last CONNACK refused: fail over when it closes
+        self.failovers = 0  # moves to the next broker
+        self._drops = DropWatch(self.client_id, ", ".join(f"{h}:{p}" for h, p in self._brokers))
         self._down_reported = False  # paho thread: log the first failed connect only
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -146,6 +156,14 @@ class MqttLink:
     def connected(self) -> bool:
         return self._gen is not None
 
+    @property
+    def broker(self) -> tuple[str, int]:
+        """(host, port) of the broker connected or being tried now."""
+        return self._brokers[self._at]
+
+    def _where(self) -> str:
+        return "%s:%d" % self.broker
+
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -155,11 +173,12 @@ class MqttLink:
             raise RuntimeError("MqttLink already started")
         self._loop = asyncio.get_running_loop()
         self.outbox.add_listener(self._on_enqueue)
+        others = f" (then {len(self._brokers) - 1} more)" if len(self._brokers) > 1 else ""
         self._log.info(
-            "connecting to mqtt://%s:%d as %s (%d messages waiting in the outbox)",
-            self.cfg.host, self.cfg.port, self.client_id, len(self.outbox),
+            "connecting to mqtt://%s%s as %s (%d messages waiting in the outbox)",
+            self._where(), others, self.client_id, len(self.outbox),
         )
-        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        self._client.connect_async(*self.broker, keepalive=self.cfg.keepalive_s)
         self._client.loop_start()
         self._task = asyncio.create_task(self._drain(), name=f"mqtt-drain-{self.site_id}")
 
@@ -207,7 +226,7 @@ class MqttLink:
                 state = "connected" if self.connected else "not connected"
                 raise TimeoutError(
                     f"outbox still holds {left} messages after {timeout} s ({state} to "
-                    f"{self.cfg.host}:{self.cfg.port})"
+                    f"{self._where()})"
                 )
             self._changed.clear()
             try:
@@ -295,7 +314,8 @@ class MqttLink:
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:
         if reason.is_failure:
-            self._log.warning("broker refused the connection: %s", reason)
+            self._log.warning("broker %s refused the connection: %s", self._where(), reason)
+            self._refused = True
             return
         with self._lock:
             self._paho_gen += 1
@@ -315,25 +335,39 @@ class MqttLink:
         self._down_reported = False
         self._drops.connected()
         self._log.log(logging.DEBUG if self._drops.taken_over else logging.INFO,
-                      "connected to %s:%d", self.cfg.host, self.cfg.port)
+                      "connected to %s", self._where())
         self._post(self._on_connected, gen)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
         # may run while paho holds its message mutex: no locks here
+        if self._refused:
+            self._refused = False
+            self._next_broker()
         if reason.is_failure:
             self._log.log(*self._drops.dropped(reason))
             self._down_reported = True
         else:
-            self._log.info("disconnected from %s:%d", self.cfg.host, self.cfg.port)
+            self._log.info("disconnected from %s", self._where())
         self._post(self._on_disconnected)
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         if not self._down_reported:
             # paho calls this inside its `except OSError` around the attempt: that is the cause
-            level, why = connect_failure(sys.exc_info()[1], self.cfg)
-            self._log.log(level, "%s; retrying with backoff (reports wait in the outbox)", why)
+            level, why = connect_failure(sys.exc_info()[1], self.cfg, self.broker)
+            then = "the next broker" if len(self._brokers) > 1 else "with backoff"
+            self._log.log(level, "%s; retrying %s (reports wait in the outbox)", why, then)
             self._down_reported = True
+        self._next_broker()
+
+    def _next_broker(self) -> None:
+        """Point paho's next attempt at the next broker of the list (paho's thread, between
+        attempts: `connect_async` only sets where to connect; paho's loop does the rest)."""
+        if len(self._brokers) < 2:
+            return
+        self._at = (self._at + 1) % len(self._brokers)
+        self.failovers += 1
+        self._client.connect_async(*self.broker, keepalive=self.cfg.keepalive_s)
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
