@@ -27,7 +27,10 @@ only while the connection generation it has seen is paho's current one, so no pu
 can slip onto a new connection before the link has reset its bookkeeping for it. All
 outbox (SQLite) access stays on the event-loop thread.
 
-Inbound (platform commands): `subscribe(filter)` is renewed on every CONNACK; each message
+Inbound (platform commands): `subscribe(filter)` is renewed on every CONNACK, and a SUBACK
+that refuses it (0x80: a NATS server whose JetStream timed out creating the consumer, a
+broker's ACL) is tried again every few seconds while connected, so a site never stays deaf
+to its commands without a word in the log; each message
 is handed, unparsed, to the `inbound` asyncio queue on the event-loop thread. The queue is
 bounded: a flood beyond it is dropped and counted, never allowed to grow the process.
 
@@ -138,7 +141,11 @@ class MqttLink:
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_publish = self._on_publish
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._sub_retry_s = reconnect_min_s * 2
         self._subscriptions: list[str] = []
+        self._sub_mids: dict[int, str] = {}  # SUBSCRIBE mid -> filter, under _lock
+        self.refused_subscriptions = 0  # SUBACKs that refused a filter
         self.inbound: asyncio.Queue[Inbound] = asyncio.Queue(maxsize=inbound_max)
         self.inbound_dropped = 0  # messages lost because the queue was full (a flood)
 
@@ -150,7 +157,17 @@ class MqttLink:
         (the session is clean, so the broker forgets subscriptions with the connection)."""
         self._subscriptions.append(topic_filter)
         if self.connected:
-            self._client.subscribe(topic_filter, qos=1)
+            self._subscribe(topic_filter)
+
+    def _subscribe(self, topic_filter: str) -> None:
+        with self._lock:
+            _, mid = self._client.subscribe(topic_filter, qos=1)
+            if mid is not None:
+                self._sub_mids[mid] = topic_filter
+
+    def _resubscribe(self, gen: int, topic_filter: str) -> None:
+        if self._gen == gen:  # still the connection that refused it
+            self._subscribe(topic_filter)
 
     @property
     def connected(self) -> bool:
@@ -330,8 +347,10 @@ class MqttLink:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.publish(self.topic("status"), "online", qos=1, retain=True)
-        for topic_filter in list(self._subscriptions):
-            client.subscribe(topic_filter, qos=1)
+        with self._lock:
+            for topic_filter in list(self._subscriptions):
+                _, mid = client.subscribe(topic_filter, qos=1)
+                self._sub_mids[mid] = topic_filter
         self._down_reported = False
         self._drops.connected()
         self._log.log(logging.DEBUG if self._drops.taken_over else logging.INFO,
@@ -373,6 +392,24 @@ class MqttLink:
                     properties: Any) -> None:
         # called under paho's message mutex: no locks here
         self._post(self._on_acked, self._paho_gen, mid)
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any,
+                      properties: Any) -> None:
+        with self._lock:
+            topic_filter = self._sub_mids.pop(mid, None)
+        if topic_filter is None or not any(r.is_failure for r in reasons):
+            return
+        self.refused_subscriptions += 1
+        n = self.refused_subscriptions
+        if n in (1, 10, 100) or n % 1000 == 0:
+            self._log.warning("broker %s refused the subscription to %s (%d so far); trying "
+                              "again in %.0f s", self._where(), topic_filter, n,
+                              self._sub_retry_s)
+        self._post(self._retry_later, topic_filter)
+
+    def _retry_later(self, topic_filter: str) -> None:
+        if self._loop is not None and self._gen is not None:
+            self._loop.call_later(self._sub_retry_s, self._resubscribe, self._gen, topic_filter)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         # an exception here would stop paho's network thread: nothing may escape
