@@ -52,7 +52,6 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -61,29 +60,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from edge.config import MqttConfig
 from edge.report.connect import connect_failure, set_credentials
 from edge.report.mqttdrops import DropWatch
+from edge.report.mqttsubs import Inbound, SiteLog, Subscriptions, default_client_id
 from edge.report.outbox import Outbox
 
 log = logging.getLogger(__name__)
-
-
-def default_client_id(site_id: str) -> str:
-    """Site and host: a copy of the site's config on a second machine gets an id of its
-    own instead of taking this one's broker session at every reconnect."""
-    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())
-    return f"pedf-edge-{site_id}-{host or 'unknown'}"
-
-
-class _SiteLog(logging.LoggerAdapter):
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        return f"[site {self.extra['site']}] {msg}", kwargs
-
-
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """A message from a subscription, as received (payload unparsed: the consumer judges it)."""
-
-    topic: str
-    payload: bytes
 
 
 class MqttLink:
@@ -107,7 +87,7 @@ class MqttLink:
         self.sent = 0  # PUBLISH packets handed to paho, re-sends included
         self.acked = 0  # PUBACKs that removed an outbox row
 
-        self._log = _SiteLog(log, {"site": site_id})
+        self._log = SiteLog(log, {"site": site_id})
         self._lock = threading.Lock()
         self._paho_gen = 0  # bumped by on_connect (paho thread), read under _lock
         self._gen: int | None = None  # generation the drain loop works in; None = offline
@@ -143,9 +123,7 @@ class MqttLink:
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
         self._sub_retry_s = reconnect_min_s * 2
-        self._subscriptions: list[str] = []
-        self._sub_mids: dict[int, str] = {}  # SUBSCRIBE mid -> filter, under _lock
-        self.refused_subscriptions = 0  # SUBACKs that refused a filter
+        self.subscriptions = Subscriptions(self._log)
         self.inbound: asyncio.Queue[Inbound] = asyncio.Queue(maxsize=inbound_max)
         self.inbound_dropped = 0  # messages lost because the queue was full (a flood)
 
@@ -155,19 +133,13 @@ class MqttLink:
     def subscribe(self, topic_filter: str) -> None:
         """Receive `topic_filter` (QoS 1) into `inbound`, now and after every reconnect
         (the session is clean, so the broker forgets subscriptions with the connection)."""
-        self._subscriptions.append(topic_filter)
+        self.subscriptions.filters.append(topic_filter)
         if self.connected:
-            self._subscribe(topic_filter)
-
-    def _subscribe(self, topic_filter: str) -> None:
-        with self._lock:
-            _, mid = self._client.subscribe(topic_filter, qos=1)
-            if mid is not None:
-                self._sub_mids[mid] = topic_filter
+            self.subscriptions.send(self._client, topic_filter)
 
     def _resubscribe(self, gen: int, topic_filter: str) -> None:
         if self._gen == gen:  # still the connection that refused it
-            self._subscribe(topic_filter)
+            self.subscriptions.send(self._client, topic_filter)
 
     @property
     def connected(self) -> bool:
@@ -347,10 +319,7 @@ class MqttLink:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.publish(self.topic("status"), "online", qos=1, retain=True)
-        with self._lock:
-            for topic_filter in list(self._subscriptions):
-                _, mid = client.subscribe(topic_filter, qos=1)
-                self._sub_mids[mid] = topic_filter
+        self.subscriptions.renew(client)
         self._down_reported = False
         self._drops.connected()
         self._log.log(logging.DEBUG if self._drops.taken_over else logging.INFO,
@@ -395,17 +364,9 @@ class MqttLink:
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any,
                       properties: Any) -> None:
-        with self._lock:
-            topic_filter = self._sub_mids.pop(mid, None)
-        if topic_filter is None or not any(r.is_failure for r in reasons):
-            return
-        self.refused_subscriptions += 1
-        n = self.refused_subscriptions
-        if n in (1, 10, 100) or n % 1000 == 0:
-            self._log.warning("broker %s refused the subscription to %s (%d so far); trying "
-                              "again in %.0f s", self._where(), topic_filter, n,
-                              self._sub_retry_s)
-        self._post(self._retry_later, topic_filter)
+        refused = self.subscriptions.answered(mid, reasons, self._where(), self._sub_retry_s)
+        if refused is not None:
+            self._post(self._retry_later, refused)
 
     def _retry_later(self, topic_filter: str) -> None:
         if self._loop is not None and self._gen is not None:
