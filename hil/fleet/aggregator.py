@@ -59,8 +59,10 @@ class Aggregator:
         self.subscribed = threading.Event()
         topic = f"{prefix}/+/+"
         self._topic = f"$share/{share}/{topic}" if share else topic
+        # A persistent session: what the sites send while this client reconnects (a broker
+        # node lost, JetStream leaders moving) waits for it instead of being dropped.
         self._client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                   protocol=paho.MQTTv311)
+                                   protocol=paho.MQTTv311, clean_session=False)
         self._client.max_inflight_messages_set(100)
         self._client.max_queued_messages_set(0)
         self._client.reconnect_delay_set(0.2, 2.0)

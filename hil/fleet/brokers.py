@@ -48,7 +48,7 @@ class NatsNode:
     """One cluster member: `mqtt_port` for the sites, `client_port` for NATS clients."""
 
     def __init__(self, name: str, workdir: Path, ports: dict[str, int], routes: list[int],
-                 cluster: str) -> None:
+                 cluster: str, consumer_replicas: int = 1) -> None:
         self.name = name
         self.workdir = workdir
         self.mqtt_port = ports["mqtt"]
@@ -67,8 +67,8 @@ class NatsNode:
             # memory is enough, and 1,000 sites connecting at once then do not time out the
             # cluster creating 1,000 replicated consumers (they did with the default, R3 on
             # file). Messages and retained ones stay in replicated streams.
-            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port}, consumer_replicas: 1, "
-            "consumer_memory_storage: true }\n"
+            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port}, consumer_replicas: "
+            f"{consumer_replicas}, consumer_memory_storage: {str(consumer_replicas == 1).lower()} }}\n"
             "max_connections: 100000\n"
         )
         self._proc: subprocess.Popen[bytes] | None = None
@@ -114,7 +114,8 @@ class NatsCluster:
     """`size` routed nats-server nodes; `start` returns once every MQTT port accepts and an
     MQTT client can publish with QoS 1 through each (JetStream has its meta leader)."""
 
-    def __init__(self, workdir: Path, size: int = 3, name: str = "pedf") -> None:
+    def __init__(self, workdir: Path, size: int = 3, name: str = "pedf",
+                 consumer_replicas: int = 1) -> None:
         if not Path(NATS).exists():
             raise RuntimeError("nats-server is not installed (Debian: apt-get install "
                                "nats-server)")
@@ -122,7 +123,7 @@ class NatsCluster:
         ports = [{k: free_port() for k in ("mqtt", "client", "route")}
                  for _ in range(size)]
         routes = [p["route"] for p in ports]
-        self.nodes = [NatsNode(f"n{i + 1}", workdir, ports[i], routes, name)
+        self.nodes = [NatsNode(f"n{i + 1}", workdir, ports[i], routes, name, consumer_replicas)
                       for i in range(size)]
 
     @property

@@ -53,18 +53,21 @@ def main() -> int:
     ap.add_argument("--per-site", action="store_true", help="one command per site, not a group")
     ap.add_argument("--telemetry-s", type=float, default=5.0)
     ap.add_argument("--rate-s", type=float, default=20.0, help="seconds of message counting")
+    ap.add_argument("--consumer-replicas", type=int, default=1,
+                    help="replicas of the JetStream consumer behind each MQTT subscription")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     n = a.sites
     root = Path(tempfile.mkdtemp(dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
-    cluster = NatsCluster(root / "nats", a.cluster)
+    cluster = NatsCluster(root / "nats", a.cluster, consumer_replicas=a.consumer_replicas)
     cluster.start()
     agg = Aggregator(cluster.hosts[1:] or cluster.hosts)
     fleet = Fleet(n, a.capacity_mw * 1000, cluster.hosts, root / "sites", groups=("fleet",),
                   telemetry_s=a.telemetry_s, flex_s=30.0)
     out: dict = {"sites": n, "cluster": a.cluster, "processes": fleet.processes,
                  "capacity_mw": a.capacity_mw, "target_mw": a.target_mw,
-                 "dispatch": "per-site" if a.per_site else "group"}
+                 "dispatch": "per-site" if a.per_site else "group",
+                 "consumer_replicas": a.consumer_replicas}
     try:
         agg.start()
         wait(agg.subscribed.is_set, 30, "the aggregator's SUBACK")
@@ -118,6 +121,7 @@ def main() -> int:
     out["lost"] = sum(len(v) for v in lost.values())
     out["out_of_order_sites"] = len(agg.out_of_order())
     out["messages"] = sum(last.values())
+    out["outbox_left"] = sum(s["outbox"] for w in final for s in w["sites"])
     for line in benchlib.environment(("paho-mqtt",)):
         print(line)
     print(json.dumps(out, indent=1))
