@@ -54,6 +54,8 @@ class Daemon:
         mqtt = config.mqtt.model_copy(update={
             k: v for k, v in (("host", mqtt_host), ("port", mqtt_port)) if v is not None
         })
+        if mqtt_host is not None or mqtt_port is not None:
+            mqtt = mqtt.model_copy(update={"hosts": []})  # one broker given: that one only
         directory = state_dir(config)
         directory.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(directory / "outbox.sqlite")
@@ -163,6 +165,8 @@ class Daemon:
         payload = flex.build(self.config, image, self.clock.now(), plan,
                              decision.demands if decision is not None else ())
         self.outbox.enqueue(self.link.topic("flex"), payload)
+        if self.commands is not None:
+            self.commands.declare(payload)
 
     def publish_plan(self, report: dict) -> None:
         """An adopted plan's report (edge/plan/message.py); a failure costs the report only."""
@@ -175,7 +179,8 @@ class Daemon:
         """DR events: late baselines, expired instructions, and the `dr/<event_id>`
         reports that are due (every dr.report_s, at phase changes, the final one)."""
         for msg in self.dr.tick(self.clock.now(), self.view.image):
-            self.outbox.enqueue(self.link.topic(f"dr/{topic_level(msg['event_id'])}"), msg)
+            level = topic_level(msg["event_id"], nats=self.config.mqtt.broker == "nats")
+            self.outbox.enqueue(self.link.topic(f"dr/{level}"), msg)
 
     async def publish_devices(self) -> None:
         payload = telemetry.device_health(
@@ -340,7 +345,9 @@ def _not_cancelled(record: logging.LogRecord) -> bool:
     return not isinstance(exc, asyncio.CancelledError)
 
 
-def topic_level(name: str) -> str:
+def topic_level(name: str, nats: bool = False) -> str:
     """One MQTT topic level from an id we did not choose (an OpenADR VTN's event id): no
-    level separators, wildcards or NUL; the payload keeps the id as it was."""
-    return "".join("_" if c in "/+#\0" or c.isspace() else c for c in name) or "_"
+    level separators, wildcards or NUL (nor NATS's '.', '*', '>'); the payload keeps the
+    id as it was."""
+    bad = "/+#\0" + (".*>" if nats else "")
+    return "".join("_" if c in bad or c.isspace() else c for c in name) or "_"

@@ -60,7 +60,7 @@ def _summary(cfg: Config) -> str:
     lines += [
         f"control: every {c.cycle_s:g} s; {', '.join(c.functions)}; import limit {imp}; export limit {exp}",
         f"tariff: {len(cfg.tariff.periods)} periods, {cfg.tariff.currency}, export {cfg.tariff.export_price:g}/kWh",
-        f"mqtt: {cfg.mqtt.host}:{cfg.mqtt.port} {cfg.mqtt.topic_prefix}/{cfg.site.id}/... every {cfg.mqtt.telemetry_s:g} s",
+        *_mqtt_lines(cfg),
         f"state: {cfg.storage.dir}",
     ]
     oa = cfg.openadr
@@ -75,6 +75,29 @@ def _summary(cfg: Config) -> str:
             "no token_file: commands refused"
         lines.append(f"api: http://{api.host}:{api.port}/api/v1 and /metrics; {token}")
     return "\n".join(lines)
+
+
+def _mqtt_lines(cfg: Config) -> list[str]:
+    """Where the link goes and what it keeps to: MQTT 3.1.1 with QoS 1 everywhere, which
+    a NATS front end needs (it refuses MQTT 5 and drops a connection on a QoS 2 publish)."""
+    m = cfg.mqtt
+    where = ", ".join(f"{h}:{p}" for h, p in m.brokers)
+    lines = [f"mqtt: {where} {m.topic_prefix}/{cfg.site.id}/... every {m.telemetry_s:g} s; "
+             "MQTT 3.1.1, QoS 1"]
+    if len(m.brokers) > 1:
+        lines.append(f"  failover: {len(m.brokers)} brokers tried in this order on a failed "
+                     "connect; a connection stays on its broker; the outbox re-sends what "
+                     "was not acknowledged")
+    if m.broker == "nats":
+        lines.append("  broker nats: topics without '.', spaces, '*' or '>' (prefix and site "
+                     "id checked; DR event ids mapped to '_' in topics); retained status "
+                     "needs JetStream on the servers")
+    elif len(m.brokers) > 1:
+        lines.append("  on a NATS cluster set mqtt.broker: nats (its MQTT front end forbids "
+                     "'.' and spaces in topics)")
+    for gid in cfg.vpp.groups:
+        lines.append(f"  group commands: {m.topic_prefix}/group/{gid}/cmd/+")
+    return lines
 
 
 def _logging(level: str) -> None:

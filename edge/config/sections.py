@@ -103,9 +103,22 @@ class TariffConfig(_Model):
 
 
 
+NATS_FORBIDDEN = ". \t*>"  # NATS subject separators and wildcards: not allowed in its MQTT topics
+
+
 class MqttConfig(_Model):
+    """The link to the park platform's broker: MQTT 3.1.1, QoS 1 only (what every broker,
+    NATS's MQTT front end included, carries). `hosts` lists brokers to fail over between."""
+
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
+    hosts: list[str] = Field(
+        default_factory=list,
+        description="brokers to fail over between, each host:port, instead of host/port: "
+        "tried in order on a failed connect, kept while connected")
+    broker: Literal["mqtt", "nats"] = Field(
+        "mqtt", description="nats: NATS's MQTT front end (no '.', spaces, '*' or '>' in "
+        "topics; the prefix and topic ids are checked or mapped for it)")
     client_id: str | None = None
     username: str | None = None
     password: str | None = None
@@ -130,8 +143,31 @@ class MqttConfig(_Model):
                              "slash, e.g. pedf/v1")
         return value
 
+    @field_validator("hosts")
+    @classmethod
+    def _host_ports(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            host, sep, port = entry.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"{entry!r} is not host:port (e.g. broker-1.example:1883)")
+        if len(set(value)) != len(value):
+            raise ValueError("each broker may be listed once")
+        return value
+
+    @property
+    def brokers(self) -> list[tuple[str, int]]:
+        """(host, port) in the order the link tries them."""
+        if not self.hosts:
+            return [(self.host, self.port)]
+        return [(h.rpartition(":")[0].strip("[]"), int(h.rpartition(":")[2])) for h in self.hosts]
+
     @model_validator(mode="after")
     def _credentials(self) -> MqttConfig:
+        if self.hosts and {"host", "port"} & self.model_fields_set:
+            raise ValueError("give hosts (a list of host:port) or host and port, not both")
+        if self.broker == "nats" and any(c in self.topic_prefix for c in NATS_FORBIDDEN):
+            raise ValueError(f"topic_prefix {self.topic_prefix!r}: with broker: nats a topic "
+                             "may not hold '.', spaces, '*' or '>' (e.g. pedf/v1)")
         if self.password is not None and self.password_file is not None:
             raise ValueError("give password or password_file, not both")
         if (self.cert_file is None) != (self.key_file is None):

@@ -26,6 +26,9 @@ class VppConfig(_Model):
     max_window_s: float = Field(86_400, gt=0, description="longest window a command may span")
     past_tolerance_s: float = Field(
         30, ge=0, description="a dispatch starting longer ago than this is refused as stale")
+    groups: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]] = Field(
+        default_factory=list, description="fleet groups: also take commands from "
+        "<topic_prefix>/group/<id>/cmd/+ (this site's share given or computed by its rule)")
     flex_s: float = Field(60, gt=0, description="flex message period")
     flex_horizon_h: float = Field(4, gt=0, le=48, description="flex intervals cover this far")
 

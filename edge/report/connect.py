@@ -45,12 +45,13 @@ def set_credentials(client: paho.Client, cfg: MqttConfig) -> None:
     client.tls_insecure_set(cfg.tls_insecure)
 
 
-def connect_failure(exc: BaseException | None, cfg: MqttConfig) -> tuple[int, str]:
+def connect_failure(exc: BaseException | None, cfg: MqttConfig,
+                    where: tuple[str, int] | None = None) -> tuple[int, str]:
     """The log level and the message for a failed connection attempt: what failed and what
     to check. A TLS problem will not fix itself: an error. Under TLS the handshake follows
     the TCP connect within the attempt, so a peer that hangs up then (a plain MQTT port
     reading a ClientHello does) failed the handshake."""
-    host, port = cfg.host, cfg.port
+    host, port = where or (cfg.host, cfg.port)
     if isinstance(exc, ssl.SSLCertVerificationError):
         return logging.ERROR, (
             f"the broker's certificate at {host}:{port} is not trusted ({exc.verify_message}): "

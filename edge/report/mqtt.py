@@ -36,11 +36,20 @@ only while the connection generation it has seen is paho's current one, so no pu
 can slip onto a new connection before the link has reset its bookkeeping for it. All
 outbox (SQLite) access stays on the event-loop thread.
 
-Inbound (platform commands): `subscribe(filter)` is renewed on every CONNACK; each message
+Inbound (platform commands): `subscribe(filter)` is renewed on every CONNACK, and a SUBACK
+that refuses it (0x80: a NATS server whose JetStream timed out creating the consumer, a
+broker's ACL) is tried again every few seconds while connected, so a site never stays deaf
+to its commands without a word in the log; each message
 is handed, unparsed, to the `inbound` asyncio queue on the event-loop thread. The queue is
 bounded: a flood beyond it is dropped and counted, never allowed to grow the process.
 
 Reconnects use paho's backoff (`reconnect_delay_set`); nothing raises into the caller.
+
+Failover (`mqtt.hosts`): a failed connect, or a CONNACK that refuses, moves the next
+attempt to the next broker of the list (round robin); a working connection stays where it
+is, and one that drops is first tried again on the same broker. Nothing else changes on a
+failover: the outbox re-sends everything unacknowledged on the new connection, as after any
+reconnect, so a broker that dies with messages in flight loses none of them.
 """
 
 from __future__ import annotations
@@ -53,7 +62,6 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -62,29 +70,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from edge.config import MqttConfig
 from edge.report.connect import connect_failure, set_credentials
 from edge.report.mqttdrops import DropWatch
+from edge.report.mqttsubs import Inbound, SiteLog, Subscriptions, default_client_id
 from edge.report.outbox import Outbox
 
 log = logging.getLogger(__name__)
-
-
-def default_client_id(site_id: str) -> str:
-    """Site and host: a copy of the site's config on a second machine gets an id of its
-    own instead of taking this one's broker session at every reconnect."""
-    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())
-    return f"pedf-edge-{site_id}-{host or 'unknown'}"
-
-
-class _SiteLog(logging.LoggerAdapter):
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        return f"[site {self.extra['site']}] {msg}", kwargs
-
-
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """A message from a subscription, as received (payload unparsed: the consumer judges it)."""
-
-    topic: str
-    payload: bytes
 
 
 class MqttLink:
@@ -112,7 +101,7 @@ class MqttLink:
         self.sent = 0  # PUBLISH packets handed to paho, re-sends included
         self.acked = 0  # PUBACKs that removed an outbox row
 
-        self._log = _SiteLog(log, {"site": site_id})
+        self._log = SiteLog(log, {"site": site_id})
         self._lock = threading.Lock()
         self._paho_gen = 0  # bumped by on_connect (paho thread), read under _lock
         self._gen: int | None = None  # generation the drain loop works in; None = offline
@@ -127,7 +116,11 @@ class MqttLink:
         self._task: asyncio.Task[None] | None = None
 
         self.client_id = cfg.client_id or default_client_id(site_id)
-        self._drops = DropWatch(self.client_id, f"{cfg.host}:{cfg.port}")
+        self._brokers = cfg.brokers
+        self._at = 0  # index in _brokers of the broker tried or connected now (paho thread)
+        self._refused = False  # the last CONNACK refused: fail over when it closes
+        self.failovers = 0  # moves to the next broker
+        self._drops = DropWatch(self.client_id, ", ".join(f"{h}:{p}" for h, p in self._brokers))
         self._down_reported = False  # paho thread: log the first failed connect only
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -146,7 +139,9 @@ class MqttLink:
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_publish = self._on_publish
         self._client.on_message = self._on_message
-        self._subscriptions: list[str] = []
+        self._client.on_subscribe = self._on_subscribe
+        self._sub_retry_s = reconnect_min_s * 2
+        self.subscriptions = Subscriptions(self._log)
         self.inbound: asyncio.Queue[Inbound] = asyncio.Queue(maxsize=inbound_max)
         self.inbound_dropped = 0  # messages lost because the queue was full (a flood)
 
@@ -156,13 +151,25 @@ class MqttLink:
     def subscribe(self, topic_filter: str) -> None:
         """Receive `topic_filter` (QoS 1) into `inbound`, now and after every reconnect
         (the session is clean, so the broker forgets subscriptions with the connection)."""
-        self._subscriptions.append(topic_filter)
+        self.subscriptions.filters.append(topic_filter)
         if self.connected:
-            self._client.subscribe(topic_filter, qos=1)
+            self.subscriptions.send(self._client, topic_filter)
+
+    def _resubscribe(self, gen: int, topic_filter: str) -> None:
+        if self._gen == gen:  # still the connection that refused it
+            self.subscriptions.send(self._client, topic_filter)
 
     @property
     def connected(self) -> bool:
         return self._gen is not None
+
+    @property
+    def broker(self) -> tuple[str, int]:
+        """(host, port) of the broker connected or being tried now."""
+        return self._brokers[self._at]
+
+    def _where(self) -> str:
+        return "%s:%d" % self.broker
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -173,11 +180,12 @@ class MqttLink:
             raise RuntimeError("MqttLink already started")
         self._loop = asyncio.get_running_loop()
         self.outbox.add_listener(self._on_enqueue)
+        others = f" (then {len(self._brokers) - 1} more)" if len(self._brokers) > 1 else ""
         self._log.info(
-            "connecting to mqtt://%s:%d as %s (%d messages waiting in the outbox)",
-            self.cfg.host, self.cfg.port, self.client_id, len(self.outbox),
+            "connecting to mqtt://%s%s as %s (%d messages waiting in the outbox)",
+            self._where(), others, self.client_id, len(self.outbox),
         )
-        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        self._client.connect_async(*self.broker, keepalive=self.cfg.keepalive_s)
         self._client.loop_start()
         self._task = asyncio.create_task(self._drain(), name=f"mqtt-drain-{self.site_id}")
 
@@ -226,7 +234,7 @@ class MqttLink:
                 state = "connected" if self.connected else "not connected"
                 raise TimeoutError(
                     f"outbox still holds {left} messages after {timeout} s ({state} to "
-                    f"{self.cfg.host}:{self.cfg.port})"
+                    f"{self._where()})"
                 )
             self._changed.clear()
             try:
@@ -323,7 +331,8 @@ class MqttLink:
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:
         if reason.is_failure:
-            self._log.warning("broker refused the connection: %s", reason)
+            self._log.warning("broker %s refused the connection: %s", self._where(), reason)
+            self._refused = True
             return
         with self._lock:
             self._paho_gen += 1
@@ -338,30 +347,43 @@ class MqttLink:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.publish(self.topic("status"), "online", qos=1, retain=True)
-        for topic_filter in list(self._subscriptions):
-            client.subscribe(topic_filter, qos=1)
+        self.subscriptions.renew(client)
         self._down_reported = False
         self._drops.connected()
         self._log.log(logging.DEBUG if self._drops.taken_over else logging.INFO,
-                      "connected to %s:%d", self.cfg.host, self.cfg.port)
+                      "connected to %s", self._where())
         self._post(self._on_connected, gen)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
         # may run while paho holds its message mutex: no locks here
+        if self._refused:
+            self._refused = False
+            self._next_broker()
         if reason.is_failure:
             self._log.log(*self._drops.dropped(reason))
             self._down_reported = True
         else:
-            self._log.info("disconnected from %s:%d", self.cfg.host, self.cfg.port)
+            self._log.info("disconnected from %s", self._where())
         self._post(self._on_disconnected)
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         if not self._down_reported:
             # paho calls this inside its `except OSError` around the attempt: that is the cause
-            level, why = connect_failure(sys.exc_info()[1], self.cfg)
-            self._log.log(level, "%s; retrying with backoff (reports wait in the outbox)", why)
+            level, why = connect_failure(sys.exc_info()[1], self.cfg, self.broker)
+            then = "the next broker" if len(self._brokers) > 1 else "with backoff"
+            self._log.log(level, "%s; retrying %s (reports wait in the outbox)", why, then)
             self._down_reported = True
+        self._next_broker()
+
+    def _next_broker(self) -> None:
+        """Point paho's next attempt at the next broker of the list (paho's thread, between
+        attempts: `connect_async` only sets where to connect; paho's loop does the rest)."""
+        if len(self._brokers) < 2:
+            return
+        self._at = (self._at + 1) % len(self._brokers)
+        self.failovers += 1
+        self._client.connect_async(*self.broker, keepalive=self.cfg.keepalive_s)
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
@@ -372,6 +394,16 @@ class MqttLink:
         if not self._acks_posted:
             self._acks_posted = True
             self._post(self._take_acks)
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any,
+                      properties: Any) -> None:
+        refused = self.subscriptions.answered(mid, reasons, self._where(), self._sub_retry_s)
+        if refused is not None:
+            self._post(self._retry_later, refused)
+
+    def _retry_later(self, topic_filter: str) -> None:
+        if self._loop is not None and self._gen is not None:
+            self._loop.call_later(self._sub_retry_s, self._resubscribe, self._gen, topic_filter)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         # an exception here would stop paho's network thread: nothing may escape

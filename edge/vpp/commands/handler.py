@@ -16,8 +16,9 @@ from edge.config import Config
 from edge.report.mqtt import Inbound, MqttLink
 from edge.report.outbox import Outbox
 from edge.vpp.cmdstore import CommandStore, SavedCommand, Snapshot
+from edge.vpp.commands.group import group_of, site_command
 from edge.vpp.commands.judge import HOLD_ID, Accepted, CommandJudge, DrSink, Seen
-from edge.vpp.commands.parse import iso
+from edge.vpp.commands.parse import Rejected, iso, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,46 @@ class CommandHandler(CommandJudge):
         self.link = link
         self.wake = wake or (lambda: None)
         self.store = store
+        self.declared: dict[str, Any] | None = None  # first interval of the last flex sent
+
+    def declare(self, flex: dict[str, Any]) -> None:
+        """The flex message just queued: group commands with a pro-rata rule share by it."""
+        intervals = flex.get("intervals") or [None]
+        self.declared = intervals[0]
 
     # -- the loop -------------------------------------------------------------------------
 
     def subscribe(self) -> None:
         self.link.subscribe(self._prefix + "+")
+        for gid in self.vpp.groups:
+            self.link.subscribe(f"{self.link.cfg.topic_prefix}/group/{gid}/cmd/+")
+
+    def _judge(self, item: Inbound) -> tuple[list[dict[str, Any]], bool]:
+        """A site command as it is; a group command as this site's share of it (silent
+        when it has none), its acks naming the group and the share."""
+        found = group_of(item.topic, self.link.cfg.topic_prefix)
+        if found is None:
+            return self.handle(item.topic, item.payload)
+        gid, name = found
+        if gid not in self.vpp.groups:
+            return [], False
+        try:
+            cmd = site_command(gid, name, item.payload, self.link.site_id, self.declared,
+                               self.vpp.max_payload_bytes)
+        except Rejected as exc:
+            try:
+                cmd_id = parse_json(item.payload).get("cmd_id")
+            except ValueError:
+                cmd_id = None
+            cmd_id = cmd_id if isinstance(cmd_id, str) and len(cmd_id) <= 64 else None
+            return [{**self._rejected(cmd_id, name, str(exc)), "group": gid}], False
+        if cmd is None:
+            return [], False
+        acks, changed = self.handle(self._prefix + cmd.name, cmd.payload)
+        for ack in acks:
+            if ack.get("cmd_id") == cmd.cmd_id:
+                ack.update(cmd.extra)  # in place: the done ack of the window keeps them
+        return acks, changed
 
     async def submit(self, name: str, payload: bytes) -> list[dict[str, Any]]:
         """Judge `payload` as the command `cmd/<name>` from the broker would be: it joins
@@ -87,7 +123,7 @@ class CommandHandler(CommandJudge):
             changed = False
             for item in items:
                 try:
-                    more, did = self.handle(item.topic, item.payload)
+                    more, did = self._judge(item)
                 except Exception:  # noqa: BLE001 - a bug must not end command handling
                     log.exception("command on %s failed in the handler", item.topic[:200])
                     more, did = [self._rejected(None, None, "internal error; see the log")], False

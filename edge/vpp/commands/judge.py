@@ -138,7 +138,20 @@ class CommandJudge:
             self.stats.accepted += 1
             return acks, True
         except Rejected as exc:
+            if cmd_id is None and name in COMMANDS:
+                cmd_id = self._id_of(payload)
             return [self._rejected(cmd_id, name, str(exc))], False
+
+    def _id_of(self, payload: bytes) -> str | None:
+        """The cmd_id of a command refused before its payload was read (one this site does
+        not allow): the platform must learn which of its commands was refused."""
+        if len(payload) > self.vpp.max_payload_bytes:
+            return None
+        try:
+            raw = parse_json(payload).get("cmd_id")
+        except ValueError:
+            return None
+        return raw if isinstance(raw, str) and _ID_RE.match(raw) else None
 
     def _rejected(self, cmd_id: str | None, name: str | None, reason: str) -> dict[str, Any]:
         self.stats.rejected += 1
