@@ -7,11 +7,14 @@ the breaker closes (its synchronising function). Unserved critical energy is cou
 
 from __future__ import annotations
 
+import math
+
 from hil.devices.base import SimulatedDevice
 from hil.devices.breaker import MapBreakerSim
 from hil.devices.mapped import MapBatteryPcs
 
 _SLIP_HZ = 0.1  # the most a synchronising PCS detunes from the grid
+_SYNC_TAU_S = 2.0  # how fast its phase closes on the grid's once within reach
 
 
 class Pcc:
@@ -60,8 +63,10 @@ class Pcc:
         b.bus_v = b.nominal_v
         b.bus_hz = b.nominal_hz + 0.5 * charge + (1.0 if excess > 0.05 else 0.0)
         if b.grid_up:  # synchronise: slip towards the grid until the phase closes
-            b.bus_hz = b.grid_hz + max(-_SLIP_HZ, min(_SLIP_HZ, -b.phase_deg / 36.0))
-            b.phase_deg = ((b.phase_deg + (b.bus_hz - b.grid_hz) * 360 * dt_s) + 180) % 360 - 180
+            want = b.phase_deg * (1.0 - math.exp(-dt_s / _SYNC_TAU_S))
+            turn = max(-_SLIP_HZ * 360 * dt_s, min(_SLIP_HZ * 360 * dt_s, want))
+            b.phase_deg -= turn
+            b.bus_hz = b.grid_hz - turn / (360 * dt_s) if dt_s > 0 else b.grid_hz
         else:
             b.phase_deg = 180.0  # nothing to compare with
         self._account(dt_s)

@@ -40,7 +40,7 @@ CONFIG = parse(site(island={"detect_s": 1.0, "return_s": 10.0, "backup_hours": 4
 
 
 def image(soc=80.0, pv_kw=0.0, grid_v=230.0, closed=True, bus_v=230.0, forming=0.0,
-          loads=None) -> ProcessImage:
+          loads=None, bess_kw=0.0) -> ProcessImage:
     loads = loads or {"fridge": 1.0, "hvac": 1.0, "pump": 1.0}
     rated = {"fridge": 10.0, "hvac": 30.0, "pump": 20.0}
 
@@ -52,7 +52,7 @@ def image(soc=80.0, pv_kw=0.0, grid_v=230.0, closed=True, bus_v=230.0, forming=0
         "cb": st("cb", {"closed": float(closed), "tripped": 0.0, "grid_v": grid_v,
                         "grid_hz": 50.0 if grid_v else 0.0, "bus_v": bus_v,
                         "bus_hz": 50.0 if bus_v else 0.0, "phase_deg": 0.0}),
-        "bess": st("bess", {"power_kw": 0.0, "soc_pct": soc, "grid_mode": forming}),
+        "bess": st("bess", {"power_kw": bess_kw, "soc_pct": soc, "grid_mode": forming}),
         "pv": st("pv", {"power_kw": pv_kw, "limit_kw": 80.0}),
     }
     for k, on in loads.items():

@@ -26,6 +26,14 @@ class IslandPlan:
     reason: str
 
 
+def _sum(image: ProcessImage, devs: list[Any]) -> float:
+    out = 0.0
+    for d in devs:
+        kw = image.value(d.id, "power_kw") if image.good(d.id) else math.nan
+        out += kw if math.isfinite(kw) else 0.0
+    return out
+
+
 def critical_kw(loads: list[Any]) -> float:
     return sum(d.rated_kw for d in loads if getattr(d, "critical", False))
 
@@ -65,11 +73,14 @@ def plan(state: str, form: bool, batteries: list[Any], loads: list[Any], pv: lis
             on = {d.id: bool(getattr(d, "critical", False)) for d in loads}
         return IslandPlan(form, on, 0.0 if state == "black_start" else math.inf,
                           f"{state}: non-critical loads off")
-    pv_kw = sum(image.value(d.id, "power_kw") for d in pv if image.good(d.id))
+    pv_kw = max(_sum(image, pv), 0.0)
+    # What the island feeds beyond the switchable loads (the rest of the building): with
+    # the PCC open, every kW the loads draw comes from the batteries and PV.
+    base_kw = max(_sum(image, batteries) + pv_kw - _sum(image, loads), 0.0)
     crit = [d for d in loads if getattr(d, "critical", False)]
     flex = sorted((d for d in loads if not getattr(d, "critical", False)),
                   key=lambda d: -d.priority)
-    budget_kw = dis + max(pv_kw, 0.0) - critical_kw(crit)
+    budget_kw = dis + pv_kw - critical_kw(crit) - base_kw
     energy = out - reserve_kwh(loads, params)
     on = {d.id: True for d in crit}
     restored = False
@@ -92,7 +103,7 @@ def plan(state: str, form: bool, batteries: list[Any], loads: list[Any], pv: lis
             energy -= need_kwh
         else:
             shed.append(d.id)
-    loads_kw = sum(d.rated_kw for d in loads if on[d.id])
+    loads_kw = sum(d.rated_kw for d in loads if on[d.id]) + base_kw
     limit = loads_kw + chg
     why = f"island: shed {', '.join(shed)}" if shed else "island: every load runs"
     return IslandPlan(True, on, limit, f"{why}; PV held to {limit:.1f} kW")

@@ -52,6 +52,9 @@ class Observation:
     critical_kw: float = 0.0  # what the critical loads need
     critical_served_kw: float = 0.0  # ... and what of it is supplied
     shed_kw: float = 0.0  # non-critical loads switched off by the island
+    flex_on: bool = False  # a non-critical load still reads on (no island may form yet)
+    any_on: bool = False  # any load still reads on (no black start yet)
+    batteries_read: bool = True  # every grid-forming battery answered this cycle
 
 
 @dataclass(slots=True)
@@ -197,7 +200,7 @@ def islanding(m: GridMachine, o: Observation) -> tuple[str, str]:
         return ISLANDING, ""
     if not o.supply:
         return BLACK_START, "no grid-forming battery has energy left"
-    m.forming = True
+    m.forming = m.forming or not o.flex_on  # form only once the shed loads read off
     if o.forming and m.params.live(o.bus_v):
         return ISLAND, f"island formed at {o.bus_v:.0f} V {o.bus_hz:.2f} Hz"
     return ISLANDING, ""
@@ -206,8 +209,8 @@ def islanding(m: GridMachine, o: Observation) -> tuple[str, str]:
 def island(m: GridMachine, o: Observation) -> tuple[str, str]:
     m.command(False, o.t_s)
     m.forming = True
-    if not o.readable:
-        return ISLAND, ""
+    if not o.readable or not o.batteries_read:
+        return ISLAND, ""  # a missed poll is no evidence of a collapse
     if not o.supply or not o.forming or not m.params.live(o.bus_v):
         return BLACK_START, (f"the island collapsed (bus {o.bus_v:.0f} V, forming "
                              f"{'yes' if o.forming else 'no'}, supply "
@@ -221,7 +224,7 @@ def resync(m: GridMachine, o: Observation) -> tuple[str, str]:
     """Close only inside the window (the forming PCS synchronises itself to the grid side it
     measures), then hand back to grid-following."""
     m.forming = True
-    if not o.readable:
+    if not o.readable or not o.batteries_read:
         m.command(False, o.t_s)  # no synchronism check without the relay's readings
         return RESYNC, ""
     if o.closed and m.close:
@@ -257,9 +260,10 @@ def black_start(m: GridMachine, o: Observation) -> tuple[str, str]:
         m.command(True, o.t_s)
         return BLACK_START, ""
     m.command(False, o.t_s)
-    m.forming = o.can_start
-    if o.forming and not dead:
+    if o.forming and not dead and o.batteries_read:
         return ISLAND, f"bus re-energised at {o.bus_v:.0f} V {o.bus_hz:.2f} Hz"
+    if o.batteries_read:
+        m.forming = o.can_start and not o.any_on  # onto an empty bus only
     return BLACK_START, ""
 
 

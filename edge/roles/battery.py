@@ -127,6 +127,17 @@ class Battery(Role):
     def balance_term(self, dev) -> str:
         return "bess"
 
+    def observe(self, devs, image, mem, now_s) -> None:
+        """A PCS told to form the grid that reads as following again (it tripped out of
+        grid-forming) is told again."""
+        for b in devs:
+            w = mem.written[b.id]
+            if (b.grid_forming and w.value is not None and math.isnan(w.value)
+                    and image.good(b.id)
+                    and not image.devices[b.id].failed_polls
+                    and image.value(b.id, "grid_mode") < 0.5):
+                w.value = None
+
     def idle_offset_kw(self, devs, image) -> float:
         return sum(image.value(b.id, "power_kw") for b in devs if image.good(b.id))
 

@@ -6,6 +6,8 @@ is off grid, the cycle decides in island mode (edge/island/balance.py)."""
 from __future__ import annotations
 
 import math
+import time
+from collections import deque
 from typing import Literal
 
 from pydantic import Field
@@ -43,11 +45,14 @@ class Context:
 
 
 class IslandState:
-    def __init__(self, machine: GridMachine | None, ctx: Context) -> None:
-        self.machine, self.ctx = machine, ctx
+    """The machine, and (shared by every clone, not state) its step times in ns."""
+
+    def __init__(self, machine: GridMachine | None, ctx: Context, step_ns: deque) -> None:
+        self.machine, self.ctx, self.step_ns = machine, ctx, step_ns
 
     def clone(self) -> IslandState:
-        return IslandState(None if self.machine is None else self.machine.clone(), self.ctx)
+        return IslandState(None if self.machine is None else self.machine.clone(), self.ctx,
+                           self.step_ns)
 
 
 def observation(dev: BreakerDevice, ctx: Context, image, load_states, now_s: float) -> Observation:
@@ -55,6 +60,7 @@ def observation(dev: BreakerDevice, ctx: Context, image, load_states, now_s: flo
     v = (lambda k: image.value(dev.id, k)) if ok else (lambda k: math.nan)
     socs, supply, start = [], False, False
     forming = bool(ctx.forming)
+    read = all(image.good(b.id) for b in ctx.forming)
     for b in ctx.forming:
         if not image.good(b.id):
             forming = False
@@ -71,9 +77,11 @@ def observation(dev: BreakerDevice, ctx: Context, image, load_states, now_s: flo
                  and image.value(d.id, "power_kw") > 0)
     shed = sum(d.rated_kw for d in ctx.loads if not d.critical and load_states.get(d.id)
                and load_states[d.id].on is False)
+    reads_on = [d for d in ctx.loads if image.good(d.id) and image.value(d.id, "on") >= 0.5]
     return Observation(now_s, ok, ok and v("closed") >= 0.5, ok and v("tripped") >= 0.5,
                        v("grid_v"), v("grid_hz"), v("bus_v"), v("bus_hz"), v("phase_deg"),
-                       forming, supply, start, soc, balance.critical_kw(ctx.loads), served, shed)
+                       forming, supply, start, soc, balance.critical_kw(ctx.loads), served, shed,
+                       any(not d.critical for d in reads_on), bool(reads_on), read)
 
 
 class Breaker(Role):
@@ -134,17 +142,19 @@ class Breaker(Role):
 
     # -- control ------------------------------------------------------------------------
     def new_state(self, devs, config) -> IslandState:
-        ctx = Context(config)
+        ctx, times = Context(config), deque(maxlen=100_000)
         if not devs:
-            return IslandState(None, ctx)
-        return IslandState(GridMachine(devs[0].island, devs[0].confirm_timeout_s), ctx)
+            return IslandState(None, ctx, times)
+        return IslandState(GridMachine(devs[0].island, devs[0].confirm_timeout_s), ctx, times)
 
     def observe(self, devs, image, mem, now_s) -> None:
         st: IslandState = mem.roles["breaker"]
-        if st.machine is None:
-            return
+        if st.machine is None or devs[0].id not in image.devices:
+            return  # no breaker in this image (the rule-based replay simulates none)
         loads = mem.roles["load"].by_id if mem.roles.get("load") is not None else {}
+        t0 = time.perf_counter_ns()  # a measurement for the KPIs, not an input
         st.machine.step(observation(devs[0], st.ctx, image, loads, now_s))
+        st.step_ns.append(time.perf_counter_ns() - t0)
 
     def islanded(self, devs, mem) -> bool:
         st = mem.roles.get("breaker")

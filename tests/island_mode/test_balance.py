@@ -64,10 +64,18 @@ def test_a_load_waits_out_its_minimum_off_time():
 
 
 def test_pv_is_held_to_the_loads_plus_what_the_battery_can_absorb():
-    p = plan(image(soc=50.0, pv_kw=70.0), states(fridge=True, hvac=True, pump=True))
+    p = plan(image(soc=50.0, pv_kw=70.0, bess_kw=-10.0), states(fridge=True, hvac=True, pump=True))
     assert p.pv_limit_kw == pytest.approx(60.0 + 60.0)
-    full = plan(image(soc=95.0, pv_kw=70.0), states(fridge=True, hvac=True, pump=True))
+    full = plan(image(soc=95.0, pv_kw=70.0, bess_kw=-10.0),
+                states(fridge=True, hvac=True, pump=True))
     assert full.pv_limit_kw == pytest.approx(60.0)  # a full battery takes nothing more
+
+
+def test_the_rest_of_the_building_counts_against_the_batteries_power():
+    # The battery gives 45 kW while the switchable loads draw 10 + 30: 5 kW is the building.
+    p = plan(image(soc=90.0, bess_kw=45.0, loads={"fridge": 1.0, "hvac": 1.0, "pump": 0.0}),
+             states(fridge=True, hvac=True, pump=False))
+    assert p.load_on["pump"] is False  # 10 + 30 + 5 + 20 > 60 kW
 
 
 def test_black_start_begins_with_every_load_off_and_no_pv():

@@ -61,3 +61,15 @@ def test_normal_operation_never_discharges_into_the_critical_reserve():
     assert decision.bess_kw["bess"] <= 0.0
     decision, _ = ctl.decide(image(soc=40.0), None, ctl.initial_memory(), 1.0)
     assert decision.bess_kw["bess"] > 0.0  # above the floor it does
+
+
+def test_the_plan_keeps_the_critical_reserve_as_its_floor():
+    from datetime import UTC, datetime
+
+    from edge.plan.inputs import build_input
+
+    start = datetime(2026, 6, 22, tzinfo=UTC)
+    plan = build_input(CONFIG, start, 900, [20.0] * 4, [0.0] * 4, {"bess": 60.0})
+    assert plan.batteries[0].soc_min_pct == pytest.approx(10 + 100 * 40 / 190)
+    low = build_input(CONFIG, start, 900, [20.0] * 4, [0.0] * 4, {"bess": 20.0})
+    assert low.batteries[0].soc_min_pct == pytest.approx(20.0)  # below it: hold, not deeper

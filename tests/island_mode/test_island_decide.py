@@ -27,9 +27,12 @@ def test_an_outage_from_detection_to_resync_and_close():
     assert "islanded:islanding" in d.alarms
     assert build(CONFIG, image(grid_v=0.0), d)["grid_state"] == "islanding"
 
-    d, mem = ctl.decide(image(grid_v=0.0, closed=False, bus_v=0.0), None, mem, 3.0)
-    assert math.isnan(d.bess_kw["bess"])  # open: form the grid
-    d, mem = ctl.decide(image(grid_v=0.0, closed=False, forming=1.0), None, mem, 4.0)
+    d, mem = ctl.decide(image(grid_v=0.0, closed=False, bus_v=0.0), None, mem, 2.5)
+    assert d.bess_kw == {"bess": 0.0}  # open, but the shed loads still read on
+    shed = {"fridge": 1.0, "hvac": 0.0, "pump": 0.0}
+    d, mem = ctl.decide(image(grid_v=0.0, closed=False, bus_v=0.0, loads=shed), None, mem, 3.0)
+    assert math.isnan(d.bess_kw["bess"])  # open and shed: form the grid
+    d, mem = ctl.decide(image(grid_v=0.0, closed=False, forming=1.0, loads=shed), None, mem, 4.0)
     assert d.grid_state == "island"
     assert d.load_on["fridge"] and d.load_on["hvac"]  # restored: highest priority first
 

@@ -181,3 +181,27 @@ def test_the_machine_clones_without_sharing_its_event():
     c.transitions.append(gm.Transition(0.0, "a", "b", "c"))
     assert m.event.shed_kwh == 0.0 and not m.transitions
     assert math.isnan(replace(m.event).min_soc_pct)
+
+
+def test_islanding_forms_only_once_the_shed_loads_read_off():
+    m = machine(gm.ISLANDING)
+    open_dead = dict(closed=False, bus_v=0.0, bus_hz=0.0, **DEAD)
+    m.step(obs(1.0, flex_on=True, **open_dead))
+    assert not m.forming  # the PCS would start under the full load
+    m.step(obs(2.0, flex_on=False, any_on=True, **open_dead))
+    assert m.forming  # the critical loads stay on: they are what the island is for
+
+
+def test_black_start_forms_onto_an_empty_bus_only():
+    m = machine(gm.BLACK_START)
+    m.step(obs(0.0, closed=False, bus_v=0.0, any_on=True, **DEAD))
+    assert not m.forming
+    m.step(obs(1.0, closed=False, bus_v=0.0, any_on=False, **DEAD))
+    assert m.forming
+
+
+def test_a_missed_battery_poll_is_no_collapse():
+    m = machine(gm.ISLAND)
+    m.command(False, 0.0)
+    assert m.step(obs(1.0, closed=False, forming=False, batteries_read=False, **DEAD)) == gm.ISLAND
+    assert m.forming
