@@ -115,11 +115,15 @@ class GridMachine:
         """Advance by one observation; return the state now in force. A state entered runs
         its handler at once, so its commands go out in the same cycle."""
         self._track(o)
-        for _ in range(len(STATES)):
+        seen = {self.state}
+        while True:
             target, reason = HANDLERS[self.state](self, o)
             if target == self.state:
                 break
             self._enter(target, reason, o)
+            if target in seen:
+                break  # one observation never cycles through a state twice
+            seen.add(target)
         return self.state
 
     def _track(self, o: Observation) -> None:
@@ -260,7 +264,7 @@ def black_start(m: GridMachine, o: Observation) -> tuple[str, str]:
         m.command(True, o.t_s)
         return BLACK_START, ""
     m.command(False, o.t_s)
-    if o.forming and not dead and o.batteries_read:
+    if o.forming and not dead and o.batteries_read and o.supply:
         return ISLAND, f"bus re-energised at {o.bus_v:.0f} V {o.bus_hz:.2f} Hz"
     if o.batteries_read:
         m.forming = o.can_start and not o.any_on  # onto an empty bus only

@@ -205,3 +205,12 @@ def test_a_missed_battery_poll_is_no_collapse():
     m.command(False, 0.0)
     assert m.step(obs(1.0, closed=False, forming=False, batteries_read=False, **DEAD)) == gm.ISLAND
     assert m.forming
+
+
+def test_an_empty_battery_that_still_forms_does_not_bring_the_island_back():
+    m = machine(gm.ISLAND)
+    m.command(False, 0.0)
+    empty = dict(closed=False, forming=True, supply=False, can_start=False, **DEAD)
+    assert m.step(obs(1.0, **empty)) == gm.BLACK_START
+    assert m.step(obs(2.0, **empty)) == gm.BLACK_START
+    assert not m.forming and [t.target for t in m.transitions] == [gm.BLACK_START]
