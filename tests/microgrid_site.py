@@ -23,7 +23,7 @@ def site(**breaker) -> dict:
             dev("cb", "breaker", protocol="modbus-tcp", map="breaker_generic", port=1601,
                 **breaker),
             dev("bess", "battery", protocol="modbus-tcp", map="pcs_generic", port=1602,
-                capacity_kwh=200, max_charge_kw=60, max_discharge_kw=60, grid_forming=True),
+                capacity_kwh=200, max_charge_kw=60, max_discharge_kw=70, grid_forming=True),
             dev("pv", "pv", rated_kw=80),
             dev("fridge", "load", protocol="modbus-tcp", map="flexload_generic", port=1603,
                 rated_kw=10, critical=True),

@@ -2,7 +2,7 @@
 grid-forming batteries take whatever the island leaves.
 
 Critical loads run while supply lasts. Non-critical ones run, highest priority first, while
-the batteries' power covers them and the energy above the critical loads' reserve
+the batteries' power (less a tenth kept for load steps: a PCS trips on overload) covers them and the energy above the critical loads' reserve
 (`backup_hours` of their demand) covers each for `restore_hours`; a shed one returns one per
 cycle, past its minimum off-time, with its restore margin. PV is held to what the loads take
 plus what the batteries can still absorb, so a full battery is never over-charged.
@@ -16,6 +16,8 @@ from typing import Any
 
 from edge.image.image import ProcessImage
 from edge.island.params import IslandParams
+
+HEADROOM = 0.1  # of the batteries' power, kept free for the building's load steps
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +82,7 @@ def plan(state: str, form: bool, batteries: list[Any], loads: list[Any], pv: lis
     crit = [d for d in loads if getattr(d, "critical", False)]
     flex = sorted((d for d in loads if not getattr(d, "critical", False)),
                   key=lambda d: -d.priority)
-    budget_kw = dis + pv_kw - critical_kw(crit) - base_kw
+    budget_kw = (1.0 - HEADROOM) * dis + pv_kw - critical_kw(crit) - base_kw
     energy = out - reserve_kwh(loads, params)
     on = {d.id: True for d in crit}
     restored = False

@@ -26,10 +26,10 @@ def test_a_breaker_without_a_grid_forming_battery_is_refused():
 
 def test_critical_loads_beyond_the_battery_power_are_refused():
     data = site()
-    data["devices"][4]["rated_kw"] = 70
+    data["devices"][4]["rated_kw"] = 80
     msg = problems(data)
-    assert "the critical loads draw 70 kW, more than the grid-forming batteries can supply " \
-           "(60 kW)" in msg
+    assert "the critical loads draw 80 kW, more than the grid-forming batteries can supply " \
+           "(70 kW)" in msg
 
 
 def test_a_reserve_beyond_the_battery_energy_names_backup_hours():
