@@ -24,8 +24,6 @@ class IslandParams(_Model):
     resync_timeout_s: float = Field(300.0, ge=10, le=7200, description="no sync within this: alarm")
     backup_hours: float = Field(2.0, ge=0, le=72, description="the batteries keep what the "
                                 "critical loads need for this long (a hard reserve)")
-    dr_uses_reserve: bool = Field(False, description="demand response may discharge into the "
-                                  "critical loads' reserve")
     restore_hours: float = Field(0.25, ge=0, le=24, description="islanded: a shed load returns "
                                  "only while the energy above the reserve covers it this long")
 

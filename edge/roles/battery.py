@@ -170,7 +170,12 @@ class Battery(Role):
         return out
 
     def safe(self, devs, image, mem, now_s, config, final) -> dict[str, float]:
-        return {b.id: safe_power(image, b) for b in devs}
+        """The configured safe power; a battery forming an island's grid keeps forming it
+        (a power setpoint would drop the island)."""
+        st = mem.roles.get("breaker")
+        forming = st is not None and st.machine is not None and st.machine.forming
+        return {b.id: math.nan if forming and b.grid_forming else safe_power(image, b)
+                for b in devs}
 
     def island_setpoints(self, devs, image, mem, now_s, config, plan) -> dict[str, float]:
         """NaN: form the grid (the PCS takes what the island leaves); the others idle."""

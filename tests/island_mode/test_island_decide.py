@@ -45,3 +45,17 @@ def test_an_outage_from_detection_to_resync_and_close():
     assert not math.isnan(d.bess_kw["bess"])  # following again: a power setpoint
     event = mem.roles["breaker"].machine.events[-1].as_dict()
     assert event["start_s"] == 2.0 and event["end_s"] == 17.0
+
+
+def test_the_safe_state_keeps_an_island_formed():
+    ctl = Controller(CONFIG, load_kernel())
+    mem = ctl.initial_memory()
+    shed = {"fridge": 1.0, "hvac": 0.0, "pump": 0.0}
+    for t, img in ((0.0, image(grid_v=0.0)), (2.0, image(grid_v=0.0)),
+                   (3.0, image(grid_v=0.0, closed=False, bus_v=0.0, loads=shed))):
+        _, mem = ctl.decide(img, None, mem, t)
+    stop = ctl.safe(image(grid_v=0.0, closed=False, forming=1.0, loads=shed), mem, 4.0,
+                    final=True)
+    assert math.isnan(stop.bess_kw["bess"]) and stop.breaker_closed == {"cb": False}
+    on_grid = ctl.safe(image(), ctl.initial_memory(), 0.0, final=True)
+    assert on_grid.bess_kw == {"bess": 0.0} and on_grid.breaker_closed == {"cb": True}
