@@ -236,9 +236,10 @@ def resync(m: GridMachine, o: Observation) -> tuple[str, str]:
     if m.out_since_s is not None:
         m.command(False, o.t_s)
         return ISLAND, "the grid left its band again"
-    if not o.forming or not m.params.live(o.bus_v):
+    if not o.forming or not m.params.live(o.bus_v) or not o.supply:
         m.command(False, o.t_s)
-        return BLACK_START, "the island collapsed while resynchronising"
+        return BLACK_START, ("the island collapsed while resynchronising" if o.supply else
+                             "no battery energy left while resynchronising")
     synced = m.in_sync(o)
     m.command(synced, o.t_s)
     if not synced and o.t_s - m.since_s > m.params.resync_timeout_s and not m.resync_late:

@@ -214,3 +214,11 @@ def test_an_empty_battery_that_still_forms_does_not_bring_the_island_back():
     assert m.step(obs(1.0, **empty)) == gm.BLACK_START
     assert m.step(obs(2.0, **empty)) == gm.BLACK_START
     assert not m.forming and [t.target for t in m.transitions] == [gm.BLACK_START]
+
+
+def test_resync_gives_up_the_island_at_the_batteries_minimum():
+    m = machine(gm.RESYNC)
+    m.command(False, 0.0)
+    assert m.step(obs(1.0, closed=False, forming=True, supply=False, phase_deg=90.0)) \
+        == gm.BLACK_START
+    assert not m.close
