@@ -114,6 +114,15 @@ class DcConverter(Device, Protocol):
 
 
 @runtime_checkable
+class Breaker(Device, Protocol):
+    """A PCC breaker with a synchronism check. values: closed (1.0 / 0.0, its auxiliary
+    contact), grid_v, grid_hz (grid side), bus_v, bus_hz (site side), phase_deg (grid
+    minus site). `write_switch` commands it; it stays where it was put (no revert)."""
+
+    async def write_switch(self, close: bool) -> None: ...
+
+
+@runtime_checkable
 class EvCharger(Device, Protocol):
     """An EV charger (OCPP). values: power_kw (>= 0, what the car draws), current_a (the
     highest phase current), l1_a, l2_a, l3_a, energy_kwh (the charger's register), soc_pct

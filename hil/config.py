@@ -110,6 +110,10 @@ class SimParams(_Model):
                                  "interval during a transaction, simulated seconds")
     max_stack_level: int = Field(8, ge=1, le=100, description="ev_charger: highest charging "
                                  "profile stack level it accepts")
+    operate_s: float = Field(0.1, ge=0, le=30, description="breaker: time from a command to "
+                             "the new position")
+    fails_to_open: bool = Field(False, description="breaker: ignores open commands (a stuck "
+                                "mechanism)")
 
     @field_validator("models")
     @classmethod

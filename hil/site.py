@@ -23,6 +23,7 @@ from edge.config import Config
 from hil.config import SimParams, hil_of, sim_of
 from hil.devices import build, simulator_for
 from hil.devices.base import Env, Fault, SimulatedDevice
+from hil.island import Pcc
 from hil.ledger import Ledger, Sample
 from hil.physics import load_kw
 from hil.serve import dlt645
@@ -66,6 +67,7 @@ class SimSite:
         pvs = {d.id: kinds[d.id].rating_kw(d) for d in config.devices
                if kinds[d.id].account == "pv"}
         self._pv_share = {k: kw / sum(pvs.values()) for k, kw in pvs.items()}
+        self.pcc = Pcc(self.devices)
         day = sum(p.day_kw for p in loads.values())
         self._load_share = {k: p.day_kw / day if day else 1 / len(loads) for k, p in loads.items()}
         if not loads:
@@ -152,7 +154,7 @@ class SimSite:
             s = self._hidden_load
             load += (series[self.config.grid_meter.id] if series is not None
                      else load_kw(s.profile, t_local, s.base_kw, s.day_kw))
-        grid = load - pv - bess
+        pv, bess, load, grid = self.pcc.settle(pv, bess, load, dt_s)
         for d in self.devices.values():
             if d.balancing:
                 d.measure(grid, dt_s)
@@ -347,13 +349,9 @@ class SimSite:
 
     def kpis(self) -> dict[str, object]:
         real, nb = self.ledger.kpis(), self.ledger_nb.kpis()
-        return {
-            "sim_hours": self.t_s / 3600,
-            "currency": self.config.tariff.currency,
-            "with_battery": real,
-            "no_battery": nb,
-            "savings": nb["total_cost"] - real["total_cost"],
-        }
+        return {"sim_hours": self.t_s / 3600, "currency": self.config.tariff.currency,
+                "with_battery": real, "no_battery": nb,
+                "savings": nb["total_cost"] - real["total_cost"], "island": self.pcc.kpis()}
 
     def status_line(self) -> str:
         s = self.last

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from pymodbus.client import AsyncModbusTcpClient, ModbusBaseClient
 from pymodbus.exceptions import ModbusException, ModbusIOException
@@ -167,7 +168,8 @@ class ModbusEndpoint:
                 raise
             return regs
 
-    async def write(self, unit: int, address: int, values: list[int]) -> None:
+    async def _one(self, unit: int, what: str, call) -> Any:
+        """One request on the wire under the lock, paced; a refusal raises with `what`."""
         async with self._lock:
             client = await self._ensure()
             sent = False
@@ -175,18 +177,37 @@ class ModbusEndpoint:
                 await self._pace()
                 sent = True
                 try:
-                    rr = await client.write_registers(address, values, device_id=unit)
+                    rr = await call(client)
                 finally:
                     self._done()
                 self._unanswered.discard(unit)
             except (TimeoutError, ModbusException, OSError) as exc:
-                raise self._failed(unit, f"write {address}", exc) from exc
+                raise self._failed(unit, what, exc) from exc
             except asyncio.CancelledError:
                 self._abandoned(unit, sent)
                 raise
-            if rr.isError():
-                raise ModbusExceptionReply(f"{self.name} unit {unit}: write {address} rejected: {rr}",
-                                           getattr(rr, "exception_code", None))
+        if rr.isError():
+            raise ModbusExceptionReply(f"{self.name} unit {unit}: {what} rejected: {rr}",
+                                       getattr(rr, "exception_code", None))
+        return rr
+
+    async def write(self, unit: int, address: int, values: list[int]) -> None:
+        await self._one(unit, f"write {address}",
+                        lambda c: c.write_registers(address, values, device_id=unit))
+
+    async def read_bits(self, unit: int, address: int, count: int,
+                        discrete: bool = False) -> list[bool]:
+        """Coils (function 1), or discrete inputs (2): single bits, for breakers and relays."""
+        rr = await self._one(unit, f"read bits {address}+{count}", lambda c: (
+            c.read_discrete_inputs if discrete else c.read_coils)(address, count=count,
+                                                                  device_id=unit))
+        return list(rr.bits[:count])
+
+    async def write_coils(self, unit: int, address: int, values: list[bool]) -> None:
+        """Coils (function 5 for one, 15 for several)."""
+        await self._one(unit, f"write coil {address}", lambda c: (
+            c.write_coil(address, values[0], device_id=unit) if len(values) == 1
+            else c.write_coils(address, values, device_id=unit)))
 
     async def close(self) -> None:
         async with self._lock:

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from drivers.base import DeviceError, Reading
 from drivers.modbus.endpoint import ModbusEndpoint
-from drivers.modbus.regmap import CONTROL_KEYS, ROLE_KEYS, MapPoint, RegisterMap
+from drivers.modbus.regmap import BIT_FUNCTIONS, CONTROL_KEYS, ROLE_KEYS, MapPoint, RegisterMap
 from drivers.modbus.unit import ModbusUnit
 from drivers.quietlog import Episode
 
@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Block:
-    """One read request: contiguous readable points of one function."""
+    """One read request: contiguous readable points of one function (bits: coils or discrete
+    inputs, one address per point)."""
 
     function: str
     address: int
@@ -33,7 +34,7 @@ def plan_reads(points: list[MapPoint], max_read: int = 120) -> list[Block]:
     """Contiguous points (no gaps: unmapped registers may answer ILLEGAL_ADDRESS) merged into
     as few requests as `max_read` allows."""
     blocks: list[Block] = []
-    for fn in ("holding", "input"):
+    for fn in ("holding", "input", *BIT_FUNCTIONS):
         run: list[MapPoint] = []
         for p in sorted((p for p in points if p.function == fn and p.readable),
                         key=lambda p: p.address):
@@ -74,6 +75,11 @@ class MapDevice(ModbusUnit):
         return f"{self.id}: "
 
     async def _read_block(self, b: Block) -> dict[str, float]:
+        if b.function in BIT_FUNCTIONS:
+            bits = await self._read_bits(b.address, b.count, discrete=b.function == "discrete")
+            if len(bits) < b.count:
+                raise DeviceError(f"{self.id}: read bits {b.address}+{b.count} returned {len(bits)}")
+            return {p.key: 1.0 if bits[p.address - b.address] else 0.0 for p in b.points}
         regs = await self._read_regs(b.address, b.count, input_registers=b.function == "input")
         if len(regs) < b.count:
             raise DeviceError(f"{self.id}: read {b.address}+{b.count} returned {len(regs)} registers")
@@ -125,10 +131,11 @@ class MapDevice(ModbusUnit):
                 items.append((p, self.map.encode(p, v)))
             except ValueError as exc:
                 raise DeviceError(f"{self.id}: cannot write {exc}") from None
-        items.sort(key=lambda it: it[0].address)
+        items.sort(key=lambda it: (it[0].function, it[0].address))
         groups: list[list[tuple[MapPoint, list[int]]]] = []
         for p, regs in items:
-            if groups and groups[-1][-1][0].end == p.address:
+            if (groups and groups[-1][-1][0].end == p.address
+                    and groups[-1][-1][0].function == p.function):
                 groups[-1].append((p, regs))
             else:
                 groups.append([(p, regs)])
@@ -137,19 +144,25 @@ class MapDevice(ModbusUnit):
         for g in groups:
             address = g[0][0].address
             regs = [r for _, rr in g for r in rr]
-            await self._write_regs(address, regs)
+            coils = g[0][0].function == "coil"
+            if coils:
+                await self._write_coils(address, [bool(r) for r in regs])
+            else:
+                await self._write_regs(address, regs)
             if all(p.readable for p, _ in g):
-                back = await self._read_regs(address, len(regs))
+                back = ([int(b) for b in await self._read_bits(address, len(regs))] if coils
+                        else await self._read_regs(address, len(regs)))
                 if list(back[: len(regs)]) != regs:
                     keys = ", ".join(p.key for p, _ in g)
                     raise DeviceError(
                         f"{self.id}: read-back of {keys} at {address} gave {list(back)}, "
                         f"wrote {regs} (map {self.map.name}); the device did not take the command")
 
-    async def command(self, key: str, value: float, revert_s: int) -> None:
-        """Write one control point, with the map's `enable` value and `revert` timer alongside
-        where it has them."""
-        cmd = {key: value}
+    async def command(self, key: str, value: float, revert_s: int,
+                      also: dict[str, float] | None = None) -> None:
+        """Write one control point (and `also`), with the map's `enable` value and `revert`
+        timer alongside where it has them."""
+        cmd = {key: value, **(also or {})}
         if (en := self.map.point("enable")) is not None:
             cmd["enable"] = float(en.value or 0)
         if self.map.point("revert") is not None:
@@ -228,7 +241,17 @@ class MapBattery(MapDevice):
         return out
 
     async def write_power(self, kw: float, revert_s: int) -> None:
-        await self.command("setpoint", kw, revert_s)
+        """A power setpoint; a PCS that can form the grid is told to follow it as well."""
+        following = {"grid_mode": 0.0} if self.map.point("grid_mode") is not None else {}
+        await self.command("setpoint", kw, revert_s, following)
+
+    async def write_forming(self, revert_s: int) -> None:
+        """Form the grid: the PCS becomes the island's voltage source and takes whatever power
+        the island's loads and generation leave (its setpoint no longer applies)."""
+        if self.map.point("grid_mode") is None:
+            raise DeviceError(f"{self.id}: map {self.map.name} has no grid_mode point; this PCS "
+                              "cannot be told to form the grid")
+        await self.command("grid_mode", 1.0, revert_s)
 
 
 class MapPv(MapDevice):
@@ -298,5 +321,17 @@ class MapDcConverter(MapDevice):
         await self.command("v_ref", v, revert_s)
 
 
+class MapBreaker(MapDevice):
+    """values: closed (1.0 / 0.0, the position feedback), grid_v/grid_hz (grid side),
+    bus_v/bus_hz (site side), phase_deg (grid minus bus). Control: `switch` 1 close / 0 open.
+    A breaker has no revert timer: it stays where it was put."""
+
+    role = "breaker"
+
+    async def write_switch(self, close: bool) -> None:
+        await self.write({"switch": 1.0 if close else 0.0})
+
+
 ROLES: dict[str, type[MapDevice]] = {"meter": MapMeter, "battery": MapBattery, "pv": MapPv,
-                                     "load": MapFlexLoad, "dcdc": MapDcConverter}
+                                     "load": MapFlexLoad, "dcdc": MapDcConverter,
+                                     "breaker": MapBreaker}

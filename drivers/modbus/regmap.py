@@ -16,7 +16,12 @@ too, under reserved keys:
 - `v_ref` (DC converter droop voltage reference, V; a converter that takes no remote
   reference maps it read-only, and writing it raises),
 - `enable` (optional; written with its `value` together with every command),
-- `revert` (optional; s, the device's own fallback timer, written with every command).
+- `revert` (optional; s, the device's own fallback timer, written with every command),
+- `switch` (breaker: 1 = close, 0 = open; usually a coil, its position a discrete input),
+- `grid_mode` (battery PCS: 1 = form the grid (voltage source), 0 = follow it).
+
+Points live in holding or input registers, or are single bits: coils (read/write, function
+1/5/15) and discrete inputs (read-only, function 2), `type: bool`.
 
 The HIL (hil/devices.py) encodes its physics through the same map and codec.
 """
@@ -30,7 +35,7 @@ import struct
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drivers.fileerrors import FileError, error_message, error_path, read_yaml
 from drivers.spec import Role
@@ -39,7 +44,9 @@ MAPS_DIR = Path(__file__).resolve().parents[1] / "maps"
 _ROOT = MAPS_DIR.parents[1]
 
 Order = Literal["big", "little"]
-PointType = Literal["uint16", "int16", "uint32", "int32", "float32"]
+PointType = Literal["uint16", "int16", "uint32", "int32", "float32", "bool"]
+Function = Literal["holding", "input", "coil", "discrete"]
+BIT_FUNCTIONS = ("coil", "discrete")
 
 # The values control reads per role (drivers/base.py), and the controls each role writes.
 ROLE_KEYS: dict[str, tuple[str, ...]] = {
@@ -48,15 +55,18 @@ ROLE_KEYS: dict[str, tuple[str, ...]] = {
     "pv": ("power_kw", "rated_kw", "limit"),
     "load": ("power_kw", "relay"),
     "dcdc": ("bus_v", "power_kw", "v_ref"),
+    # The PCC breaker and its synchronism-check measurements on either side of it.
+    "breaker": ("closed", "switch", "grid_v", "grid_hz", "bus_v", "bus_hz", "phase_deg"),
 }
-CONTROL_KEYS = ("setpoint", "limit", "enable", "revert", "relay")
+CONTROL_KEYS = ("setpoint", "limit", "enable", "revert", "relay", "switch", "grid_mode")
 # Units of the keys control or the platform interpret; a map must deliver them in these.
 KEY_UNITS: dict[str, tuple[str, ...]] = {
     "power_kw": ("kW",), "import_kwh": ("kWh",), "export_kwh": ("kWh",), "soc_pct": ("%",),
     "soh_pct": ("%",), "rated_kw": ("kW",), "max_charge_kw": ("kW",),
     "max_discharge_kw": ("kW",), "capacity_kwh": ("kWh",), "setpoint": ("kW",),
     "limit": ("%", "kW"), "revert": ("s",), "relay": ("",), "relay_feedback": ("",),
-    "bus_v": ("V",), "v_ref": ("V",),
+    "bus_v": ("V",), "v_ref": ("V",), "closed": ("",), "switch": ("",), "grid_mode": ("",),
+    "grid_v": ("V",), "grid_hz": ("Hz",), "bus_hz": ("Hz",), "phase_deg": ("deg",),
 }
 _RANGES = {"uint16": (0, 0xFFFF), "int16": (-0x8000, 0x7FFF), "uint32": (0, 0xFFFFFFFF),
            "int32": (-0x80000000, 0x7FFFFFFF)}
@@ -70,8 +80,9 @@ class _Model(BaseModel):
 class MapPoint(_Model):
     key: str = Field(pattern=r"^[a-z][a-z0-9_]{0,47}$")
     address: int = Field(ge=0, le=65535)
-    function: Literal["holding", "input"] = "holding"
-    type: PointType = "uint16"
+    function: Function = "holding"
+    type: PointType | None = Field(None, description="default: uint16, bool for coils and "
+                                   "discrete inputs")
     word_order: Order | None = Field(None, description="32-bit points; default: the map's")
     byte_order: Order | None = Field(None, description="default: the map's")
     scale: float = Field(1.0, description="raw count x scale = value in `unit`")
@@ -89,9 +100,20 @@ class MapPoint(_Model):
             raise ValueError("must be a finite, non-zero multiplier (e.g. 0.1 for 0.1 kW/count)")
         return v
 
+    @model_validator(mode="after")
+    def _bit_type(self) -> MapPoint:
+        bits = self.function in BIT_FUNCTIONS
+        if self.type is None:
+            object.__setattr__(self, "type", "bool" if bits else "uint16")
+        elif bits != (self.type == "bool"):
+            raise ValueError(f"type: {self.function} points are single bits: use type bool"
+                             if bits else f"type: bool is for coils and discrete inputs, not "
+                             f"{self.function} registers")
+        return self
+
     @property
     def size(self) -> int:
-        return 1 if self.type.endswith("16") else 2
+        return 2 if self.type in ("uint32", "int32", "float32") else 1
 
     @property
     def end(self) -> int:
@@ -126,6 +148,8 @@ class RegisterMap(_Model):
 
     def decode(self, p: MapPoint, regs: list[int]) -> float:
         """Registers (as on the wire) -> value in the point's unit, in our sign convention."""
+        if p.type == "bool":
+            return 1.0 if regs[0] else 0.0
         byte_order, word_order = self._orders(p)
         words = list(regs[: p.size])
         if byte_order == "little":
@@ -138,6 +162,8 @@ class RegisterMap(_Model):
     def encode(self, p: MapPoint, value: float, clamp: bool = False) -> list[int]:
         """Value in the point's unit (our sign convention) -> registers; ValueError when the
         value does not fit the register type (`clamp`: saturate instead, as a device does)."""
+        if p.type == "bool":
+            return [1 if value >= 0.5 else 0]
         raw = value * p.sign / p.scale
         if p.type == "float32":
             data = struct.pack(">f", raw)
@@ -208,7 +234,7 @@ def _cross_checks(m: RegisterMap) -> list[str]:
         if p.key in seen:
             problems.append(f"{at(p, 'key')}: already used by points[{seen[p.key]}]")
         seen.setdefault(p.key, i)
-    for fn in ("holding", "input"):
+    for fn in ("holding", "input", *BIT_FUNCTIONS):
         pts = sorted((p for p in m.points if p.function == fn), key=lambda p: p.address)
         for a, b in zip(pts, pts[1:]):
             if b.address < a.end:
@@ -224,11 +250,12 @@ def _cross_checks(m: RegisterMap) -> list[str]:
         if p.key in CONTROL_KEYS:
             if not p.writable:
                 problems.append(f"{at(p, 'access')}: control point {p.key} must be rw or w")
-            if p.function != "holding":
+            if p.function not in ("holding", "coil"):
                 problems.append(f"{at(p, 'function')}: control point {p.key} must be a holding "
-                                "register (input registers cannot be written)")
-        elif p.writable and p.function == "input":
-            problems.append(f"{at(p, 'access')}: input registers are read-only; use access: r")
+                                f"register or a coil ({p.function} points cannot be written)")
+        elif p.writable and p.function in ("input", "discrete"):
+            kind = "input registers" if p.function == "input" else "discrete inputs"
+            problems.append(f"{at(p, 'access')}: {kind} are read-only; use access: r")
         if p.key in SIGNED_KEYS and p.type.startswith("uint") and set(m.roles) & SIGNED_ROLES:
             problems.append(f"{at(p, 'type')}: {p.key} changes sign (charge/discharge, "
                             f"import/export); use int16, int32 or float32, not {p.type}")

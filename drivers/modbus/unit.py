@@ -75,3 +75,10 @@ class ModbusUnit:
 
     async def _write_regs(self, address: int, regs: list[int]) -> None:
         await self._call(lambda: self.endpoint.write(self.unit, address, regs))
+
+    async def _read_bits(self, address: int, count: int, discrete: bool = False) -> list[bool]:
+        return await self._call(
+            lambda: self.endpoint.read_bits(self.unit, address, count, discrete=discrete))
+
+    async def _write_coils(self, address: int, values: list[bool]) -> None:
+        await self._call(lambda: self.endpoint.write_coils(self.unit, address, values))

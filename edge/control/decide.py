@@ -43,6 +43,7 @@ class Mode(enum.Enum):
     HOLD = "hold"
     SETTLING = "settling"
     SAFE = "safe"
+    ISLAND = "island"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,7 @@ class Decision:
     demands: tuple[Demand, ...] = ()  # energy devices need by a deadline (EV sessions)
     reason: str = ""  # why, in one line: what steers the grid and which limit binds
     reason_key: tuple = ()  # the reason without its numbers: it changes when the reason does
+    grid_state: str | None = None  # a microgrid's: on_grid, islanding, island, resync, black_start
 
     def __getattr__(self, name: str) -> dict:
         """A role's setpoints under the name its role gives them (`bess_kw`, `pv_limit_kw`,
@@ -102,7 +104,10 @@ class Controller:
                                reason_key=key)
         demands = tuple(x for n, devs in self.groups.items()
                         for x in ROLES[n].demands(devs, image, mem))
-        decision = replace(decision, alarms=self._alarms(mem), demands=demands)
+        grid_state = next((s for n, devs in self.groups.items()
+                           if (s := ROLES[n].grid_state(devs, mem)) is not None), None)
+        decision = replace(decision, alarms=self._alarms(mem), demands=demands,
+                           grid_state=grid_state)
         if mem.last is None or mem.last.reason_key != decision.reason_key:
             log.info("control: %s", decision.reason)
         else:
@@ -123,6 +128,8 @@ class Controller:
                 mem.written[dev_id].value = None
 
     def mode(self, image: ProcessImage, mem: Memory) -> Mode:
+        if any(ROLES[n].islanded(devs, mem) for n, devs in self.groups.items()):
+            return Mode.ISLAND  # the PCC meter no longer steers anything
         grid = self.config.grid_meter.id
         if not image.good(grid):
             return Mode.SAFE
@@ -226,6 +233,16 @@ class Controller:
                     total += kw if math.isfinite(kw) else 0.0
         return total
 
+    def _island(self, image, book, mem, now_s) -> Decision:
+        """Off the grid: the roles set what the island's balance plans (edge/island)."""
+        plan = next(p for n, devs in self.groups.items()
+                    if (p := ROLES[n].island_plan(devs, image, mem, now_s, self.config)))
+        setpoints = {n: ROLES[n].island_setpoints(devs, image, mem, now_s, self.config, plan)
+                     for n, devs in self.groups.items() if ROLES[n].writes}
+        off = tuple(sorted(k for k, on in plan.load_on.items() if not on))
+        return Decision(image.ts, "island", SiteBounds(), setpoints, math.nan, 0,
+                        reason=plan.reason, reason_key=("island", plan.form, off))
+
     def _hold(self, image, book, mem, now_s) -> Decision:
         reason, key = explain.HOLD
         return replace(mem.last, ts=image.ts, mode="hold", reason=reason, reason_key=key)
@@ -281,4 +298,5 @@ class Controller:
 
 
 _HANDLERS = {Mode.NORMAL: Controller._normal, Mode.HOLD: Controller._hold,
-             Mode.SETTLING: Controller._settling, Mode.SAFE: Controller._safe}
+             Mode.SETTLING: Controller._settling, Mode.SAFE: Controller._safe,
+             Mode.ISLAND: Controller._island}

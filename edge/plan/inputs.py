@@ -13,6 +13,7 @@ import numpy as np
 
 from edge.config import BatteryDevice, Config, TariffConfig
 from edge.control.instructions import PRIORITY, Instruction
+from edge.roles.battery import reserve_floors
 from edge.roles.role import Demand
 
 inf = math.inf
@@ -176,11 +177,15 @@ def commitment_window(commitments: Sequence[Instruction], start: datetime, step_
             tuple("+".join(x) for x in ids))
 
 
-def _battery(b: BatteryDevice, soc_pct: dict[str, float]) -> PlanBattery:
+def _battery(b: BatteryDevice, soc_pct: dict[str, float], floors: dict[str, float]) -> PlanBattery:
+    """The battery as the plan sees it: a microgrid's critical reserve raises its floor
+    (never above the SoC it has now, which the plan then holds rather than discharges)."""
     if b.id not in soc_pct:
         raise ValueError(f"soc_pct: no state of charge for battery {b.id!r}; pass every "
                          "configured battery's SoC or plan without that battery")
-    return PlanBattery(b.id, b.capacity_kwh, float(soc_pct[b.id]), b.soc_min_pct,
+    soc = float(soc_pct[b.id])
+    floor = max(b.soc_min_pct, min(floors.get(b.id, b.soc_min_pct), soc))
+    return PlanBattery(b.id, b.capacity_kwh, soc, floor,
                        b.soc_max_pct, b.max_charge_kw, b.max_discharge_kw,
                        b.charge_efficiency, b.discharge_efficiency)
 
@@ -204,7 +209,9 @@ def build_input(config: Config, start: datetime, step_s: int, load_kw, pv_kw,
         if not 0 < first <= step_s:
             raise ValueError("now: must lie inside step 0 (start <= now < start + step_s)")
     wanted = None if battery_ids is None else set(battery_ids)
-    bats = tuple(_battery(b, soc_pct) for b in config.devices_that("stores_energy")
+    stores = config.devices_that("stores_energy")
+    floors = reserve_floors(stores, config)
+    bats = tuple(_battery(b, soc_pct, floors) for b in stores
                  if wanted is None or b.id in wanted)
     g_max, g_min, labels = commitment_window(commitments, start, step_s, n)
     ctl, plan = config.control, config.planner

@@ -38,6 +38,7 @@ def build(config: Config, image: ProcessImage, decision: Decision | None) -> dic
         "stale": sorted(d for d, s in image.devices.items() if s.quality.value != "good"),
         "limits_unmet": _unmet(decision),
         "alarms": list(decision.alarms) if decision else [],
+        "grid_state": decision.grid_state if decision else None,
     }
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from edge.roles.battery import Battery, BatteryDevice, BmsParams
+from edge.roles.breaker import Breaker, BreakerDevice
 from edge.roles.dcdc import DcConverter, DcConverterDevice
 from edge.roles.evcharger import EvCharger, EvChargerDevice
 from edge.roles.flexload import FlexLoad, FlexLoadDevice
@@ -17,11 +18,11 @@ from edge.roles.role import Memory, Part, Role, Written
 
 # Order matters where roles meet: the kernel's blocks and the telemetry fields follow it.
 ROLES: dict[str, Role] = {r.name: r for r in (Pv(), Battery(), Meter(), FlexLoad(), DcConverter(),
-                                                  EvCharger())}
+                                                  EvCharger(), Breaker())}
 
 DeviceConfig = Annotated[
     PvDevice | BatteryDevice | MeterDevice | FlexLoadDevice | DcConverterDevice
-    | EvChargerDevice,
+    | EvChargerDevice | BreakerDevice,
     Field(discriminator="role"),
 ]
 
@@ -38,6 +39,6 @@ def grouped(devices: list[Any]) -> dict[str, list[Any]]:
     return out
 
 
-__all__ = ["ROLES", "BatteryDevice", "BmsParams", "Part", "DcConverterDevice",
+__all__ = ["ROLES", "BatteryDevice", "BmsParams", "BreakerDevice", "Part", "DcConverterDevice",
            "DeviceConfig", "EvChargerDevice", "FlexLoadDevice", "Memory", "MeterDevice",
            "PvDevice", "Role", "Written", "grouped", "role_of"]

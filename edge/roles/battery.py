@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -35,6 +36,8 @@ class BatteryDevice(DeviceBase):
     safe_power_kw: float = Field(0.0, description="power in the safe state (+discharge)")
     bms: BmsParams | None = Field(None, description="a BMS on its own unit id, read for "
                                   "monitoring (map-driven batteries)")
+    grid_forming: bool = Field(False, description="its PCS can form an island's grid (its map "
+                               "has a grid_mode point); needed with a breaker")
 
     def deliverable_kwh(self, soc_pct: float) -> float:
         """AC energy the battery can still give before soc_min (after discharge losses)."""
@@ -82,6 +85,22 @@ def part_at(b: BatteryDevice, power_kw: float, soc_pct: float) -> Part:
                 -b.max_charge_kw if room > 0 else 0.0, out, room, soc_pct)
 
 
+def reserve_floors(devs: list[BatteryDevice], config) -> dict[str, float]:
+    """The SoC below which normal operation never discharges each grid-forming battery: its
+    soc_min plus its share (by usable energy) of what the critical loads need for the
+    breaker's backup_hours. Empty without a breaker."""
+    breakers = [d for d in config.devices if d.role == "breaker"]
+    forming = [b for b in devs if b.grid_forming]
+    if not breakers or not forming:
+        return {}
+    params = breakers[0].island
+    need = params.backup_hours * sum(d.rated_kw for d in config.devices
+                                     if d.role == "load" and d.critical)
+    usable = sum(b.capacity_kwh * b.discharge_efficiency for b in forming)
+    pct = 100.0 * need / usable if usable else 0.0
+    return {b.id: min(b.soc_min_pct + pct, b.soc_max_pct) for b in forming}
+
+
 class Battery(Role):
     name = "battery"
     model = BatteryDevice
@@ -108,19 +127,34 @@ class Battery(Role):
     def balance_term(self, dev) -> str:
         return "bess"
 
+    def observe(self, devs, image, mem, now_s) -> None:
+        """A PCS told to form the grid that reads as following again (it tripped out of
+        grid-forming) is told again."""
+        for b in devs:
+            w = mem.written[b.id]
+            if (b.grid_forming and w.value is not None and math.isnan(w.value)
+                    and image.good(b.id)
+                    and not image.devices[b.id].failed_polls
+                    and image.value(b.id, "grid_mode") < 0.5):
+                w.value = None
+
     def idle_offset_kw(self, devs, image) -> float:
         return sum(image.value(b.id, "power_kw") for b in devs if image.good(b.id))
 
     def rows(self, devs, image, mem, now_s, config, out: np.ndarray) -> None:
+        floors = reserve_floors(devs, config)
         for i, b in enumerate(devs):
             w = mem.written[b.id].value
+            if w is not None and math.isnan(w):
+                w = None  # it formed an island's grid: no power setpoint was in force
+            soc_min = floors.get(b.id, b.soc_min_pct)
             if image.good(b.id):
                 p = image.value(b.id, "power_kw")
                 if image.devices[b.id].failed_polls and w is not None:
                     # The reading predates our last write: trust the setpoint, not the old
                     # power, or we would undo the last step and spike the grid.
                     p = w
-                out[i] = (p, p if w is None else w, image.value(b.id, "soc_pct"), b.soc_min_pct,
+                out[i] = (p, p if w is None else w, image.value(b.id, "soc_pct"), soc_min,
                           b.soc_max_pct, b.max_charge_kw, b.max_discharge_kw, b.ramp_kw_per_s, 1.0)
             else:
                 out[i] = (b.safe_power_kw, b.safe_power_kw, 0, b.soc_min_pct, b.soc_max_pct,
@@ -136,9 +170,20 @@ class Battery(Role):
         return out
 
     def safe(self, devs, image, mem, now_s, config, final) -> dict[str, float]:
-        return {b.id: safe_power(image, b) for b in devs}
+        """The configured safe power; a battery forming an island's grid keeps forming it
+        (a power setpoint would drop the island)."""
+        st = mem.roles.get("breaker")
+        forming = st is not None and st.machine is not None and st.machine.forming
+        return {b.id: math.nan if forming and b.grid_forming else safe_power(image, b)
+                for b in devs}
+
+    def island_setpoints(self, devs, image, mem, now_s, config, plan) -> dict[str, float]:
+        """NaN: form the grid (the PCS takes what the island leaves); the others idle."""
+        return {b.id: math.nan if plan.form and b.grid_forming else 0.0 for b in devs}
 
     def write(self, driver, value: float, revert_s: int):
+        if math.isnan(value):
+            return driver.write_forming(revert_s)
         return driver.write_power(value, revert_s)
 
     def telemetry(self, devs, image) -> dict:

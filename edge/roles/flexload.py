@@ -5,6 +5,7 @@ times; a contactor's feedback may lag its command."""
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,6 +30,8 @@ class FlexLoadDevice(DeviceBase):
     protocol: Literal["modbus-tcp", "modbus-rtu"] = "modbus-tcp"
     rated_kw: PositiveKw = Field(description="what it draws when on")
     priority: int = Field(0, ge=0, le=1000, description="lower sheds first, restores last")
+    critical: bool = Field(False, description="never shed while supply lasts (an island "
+                           "keeps it running; the batteries hold a reserve for it)")
     min_on_s: float = Field(60.0, ge=0, le=86400, description="never shed sooner after a start")
     min_off_s: float = Field(60.0, ge=0, le=86400, description="never restored sooner after a stop")
     restore_margin_kw: float | None = Field(
@@ -90,7 +93,7 @@ class FlexLoad(Role):
     setpoint_unit = "(1 on, 0 off)"
 
     def summary(self, d: FlexLoadDevice) -> str:
-        return (f"{d.rated_kw:g} kW, priority {d.priority}, min on/off "
+        return (f"{d.rated_kw:g} kW, {'critical' if d.critical else f'priority {d.priority}'}, min on/off "
                 f"{d.min_on_s:g}/{d.min_off_s:g} s, safe {d.safe_state}")
 
     def new_state(self, devs, config) -> LoadStates:
@@ -133,18 +136,23 @@ class FlexLoad(Role):
         for i, d in enumerate(devs):
             sw = states[d.id]
             margin = 0.1 * d.rated_kw if d.restore_margin_kw is None else d.restore_margin_kw
+            # A critical load is never due for shedding: its minimum on-time never ends.
+            min_on = math.inf if d.critical else d.min_on_s
             if image.good(d.id) and sw.on is not None:
                 out[i] = (image.value(d.id, "power_kw"), d.rated_kw, float(sw.on), d.priority,
-                          now_s - sw.since_s, d.min_on_s, d.min_off_s, margin, 1.0)
+                          now_s - sw.since_s, min_on, d.min_off_s, margin, 1.0)
             else:
                 out[i] = (0.0, d.rated_kw, float(held_on(d, sw)), d.priority, 0.0,
-                          d.min_on_s, d.min_off_s, margin, 0.0)
+                          min_on, d.min_off_s, margin, 0.0)
         assert out.shape[1] == layout.NL
 
     def setpoints(self, devs, image, mem, config, kernel_out) -> dict[str, float]:
         states = _states(mem)
-        return {d.id: float(kernel_out[i] > 0.5) if image.good(d.id)
+        return {d.id: 1.0 if d.critical else float(kernel_out[i] > 0.5) if image.good(d.id)
                 else float(held_on(d, states[d.id])) for i, d in enumerate(devs)}
+
+    def island_setpoints(self, devs, image, mem, now_s, config, plan) -> dict[str, float]:
+        return {d.id: float(plan.load_on.get(d.id, False)) for d in devs}
 
     def safe(self, devs, image, mem, now_s, config, final) -> dict[str, float]:
         """The configured safe state, once the load's minimum on/off time allows the change

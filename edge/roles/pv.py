@@ -72,6 +72,12 @@ class Pv(Role):
     def safe(self, devs, image, mem, now_s, config, final) -> dict[str, float]:
         return {p.id: config.pv_safe_kw(p) for p in devs}
 
+    def island_setpoints(self, devs, image, mem, now_s, config, plan) -> dict[str, float]:
+        """The island's PV limit shared by rating (the batteries must not be over-charged)."""
+        rated = sum(p.rated_kw for p in devs)
+        share = min(plan.pv_limit_kw / rated, 1.0) if rated else 0.0
+        return {p.id: p.rated_kw * share for p in devs}
+
     def write(self, driver, value: float, revert_s: int):
         return driver.write_limit(value, revert_s)
 

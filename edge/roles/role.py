@@ -221,6 +221,25 @@ class Role:
     def alarms(self, devs: list[Any], mem: Memory) -> tuple[str, ...]:
         return ()
 
+    # -- island operation (a microgrid's PCC breaker owns the grid state) -----------------
+    def islanded(self, devs: list[Any], mem: Memory) -> bool:
+        """The site is off the grid (or on its way off or back): decide in island mode."""
+        return False
+
+    def grid_state(self, devs: list[Any], mem: Memory) -> str | None:
+        """on_grid, islanding, island, resync or black_start; None: no island operation."""
+        return None
+
+    def island_plan(self, devs: list[Any], image: ProcessImage, mem: Memory, now_s: float,
+                    config: Config) -> Any | None:
+        """The island's balance this cycle (edge.island.balance.IslandPlan), or None."""
+        return None
+
+    def island_setpoints(self, devs: list[Any], image: ProcessImage, mem: Memory, now_s: float,
+                         config: Config, plan: Any) -> dict[str, float]:
+        """Its setpoints while islanded; by default its safe state."""
+        return self.safe(devs, image, mem, now_s, config, False)
+
     def view(self, setpoints: dict[str, float]) -> dict:
         """Its setpoints as readers of a decision see them (e.g. on/off as bools)."""
         return setpoints

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 
 from drivers.base import Device
@@ -41,8 +42,8 @@ class Writer:
         w = mem.written[dev_id]
         if w.failed or w.value is None:
             return True
-        if abs(value - w.value) > deadband:
-            return True
+        if abs(value - w.value) > deadband or math.isnan(value) != math.isnan(w.value):
+            return True  # NaN: a battery forming an island's grid (no power setpoint)
         return now_s - w.at_s >= revert_s * self.config.control.rewrite_margin
 
     def jobs(self, decision: Decision, mem: Memory, now_s: float, violated: bool,

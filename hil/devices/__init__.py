@@ -13,6 +13,7 @@ from drivers.sunspec.models import SunSpecError
 from edge.config import DeviceConfig
 from hil.config import sim_of
 from hil.devices.base import SimulatedDevice
+from hil.devices.breaker import MapBreakerSim
 from hil.devices.dcbus import MapDcBusSim
 from hil.devices.dlt645 import Dlt645SimMeter
 from hil.devices.evcharger import EvChargerSim
@@ -23,7 +24,7 @@ from hil.devices.variants import BatteryVariant, MeterVariant, PvVariant
 
 SIMULATORS: tuple[type[SimulatedDevice], ...] = (
     PvInverter, BatteryPcs, Meter, MapBatteryPcs, MapThreePhaseMeter, MapFlexLoadSim,
-    MapDcBusSim, Dlt645SimMeter, EvChargerSim,
+    MapDcBusSim, Dlt645SimMeter, EvChargerSim, MapBreakerSim,
 )
 CHAINS: dict[str, type[SimulatedDevice]] = {
     cls.role: cls for cls in (PvVariant, BatteryVariant, MeterVariant)

@@ -227,14 +227,19 @@ class SimulatedDevice:
 
     async def gate(self, function_code: int) -> ExcCodes | None:
         """What any unit answers before its registers are looked at: offline, an injected
-        fault, or a coil request (our devices are registers only)."""
+        fault, or a bit request to a unit without bits (most are registers only)."""
         if not self.online:
             return ExcCodes.GATEWAY_NO_RESPONSE
         if (fault := await self.fault_reply()) is not None:
             return ExcCodes.DEVICE_FAILURE if fault is True else fault  # dropped: never sent
-        if function_code in (1, 2, 5, 15):
+        if function_code in (1, 2, 5, 15) and not self.has_bits:
             return ExcCodes.ILLEGAL_FUNCTION
         return None
+
+    @property
+    def has_bits(self) -> bool:
+        """It serves coils and discrete inputs (a map-driven breaker)."""
+        return False
 
     async def fault_reply(self) -> ExcCodes | None | bool:
         """Apply the injected fault before a request: an exception code to answer with,

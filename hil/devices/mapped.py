@@ -10,10 +10,12 @@ from typing import ClassVar
 from pymodbus.constants import ExcCodes
 from pymodbus.simulator import DataType, SimData
 
-from drivers.modbus.regmap import RegisterMap, load_map
+from drivers.modbus.regmap import BIT_FUNCTIONS, RegisterMap, load_map
 from edge.config import BatteryDevice, DeviceConfig, MeterDevice
 from hil.devices.base import Env, Fault, SimulatedDevice, expired, overlaps
 from hil.devices.roles import Metering, Storage
+
+_FUNCTIONS = {1: "coil", 5: "coil", 15: "coil", 2: "discrete", 4: "input"}
 
 
 class MapSimDevice(SimulatedDevice):
@@ -22,7 +24,8 @@ class MapSimDevice(SimulatedDevice):
     our sign convention) by the map's own codec, the one the driver decodes with. rw/w points
     hold what the client wrote and read back as written; unmapped addresses answer
     ILLEGAL_ADDRESS; r points reject writes (pymodbus enforces the per-register readonly
-    flag). Holding and input registers are separate tables when the map uses both."""
+    flag). Holding and input registers, coils and discrete inputs are separate tables when the
+map uses more than holding registers; bits live at addresses 0..15."""
 
     models = ()
     protocols: ClassVar[tuple[str, ...]] = ("modbus-tcp", "modbus-rtu")
@@ -32,7 +35,15 @@ class MapSimDevice(SimulatedDevice):
         self._init_unit(cfg)  # not SimulatedDevice.__init__: that builds a SunSpec chain image
         self.map: RegisterMap = regmap or load_map(str(cfg.map))
         self.held: dict[str, float] = {p.key: 0.0 for p in self.map.points if p.writable}
-        self._split = any(p.function == "input" for p in self.map.points)
+        self._split = any(p.function != "holding" for p in self.map.points)
+        for p in self.map.points:
+            if p.function in BIT_FUNCTIONS and p.address > 15:
+                raise ValueError(f"{self.map.name}: the simulator serves bits at 0..15 only "
+                                 f"({p.key} is at {p.address})")
+
+    @property
+    def has_bits(self) -> bool:
+        return any(p.function in BIT_FUNCTIONS for p in self.map.points)
 
     # -- behaviour (subclasses) ---------------------------------------------------------
     def point_values(self) -> dict[str, float]:
@@ -51,6 +62,10 @@ class MapSimDevice(SimulatedDevice):
 
     def refresh(self, registers: list[int], start_address: int, function: str = "holding") -> None:
         values = {**self.point_values(), **self.held}
+        if function in BIT_FUNCTIONS:  # one register holds bits 0..15, bit n = address n
+            registers[0] = sum(1 << p.address for p in self._table(function)
+                               if values.get(p.key, 0.0) >= 0.5)
+            return
         for p in self._table(function):
             at = p.address - start_address
             registers[at : at + p.size] = self.map.encode(p, values.get(p.key, 0.0), clamp=True)
@@ -82,8 +97,23 @@ class MapSimDevice(SimulatedDevice):
     def simdata(self):  # type: ignore[override]
         if not self._split:
             return self._blocks("holding")
-        bits = [SimData(address=0, values=False, datatype=DataType.BITS)]
-        return (bits, list(bits), self._blocks("holding"), self._blocks("input"))
+        bits = [[SimData(address=0, values=[False] * 16, datatype=DataType.BITS)]
+                for _ in BIT_FUNCTIONS]
+        return (*bits, self._blocks("holding"), self._blocks("input"))
+
+    def write_coils(self, address: int, values: list[bool]) -> ExcCodes | None:
+        return self._accept({p.key: 1.0 if values[p.address - address] else 0.0
+                             for p in self._table("coil")
+                             if p.writable and address <= p.address < address + len(values)})
+
+    def _accept(self, touched: dict[str, float]) -> ExcCodes | None:
+        """A write's decoded points: refused by the device, or held and reacted to."""
+        if rc := self.validate_points(touched):
+            return rc
+        before = dict(self.held)
+        self.held.update(touched)
+        self.on_points(touched, before)
+        return None
 
     def write_registers(self, address: int, values: list[int], registers: list[int],
                         start_address: int) -> ExcCodes | None:
@@ -95,22 +125,19 @@ class MapSimDevice(SimulatedDevice):
             if p.writable and overlaps(p.address, p.size, address, end):
                 at = p.address - start_address
                 touched[p.key] = self.map.decode(p, regs[at : at + p.size])
-        if rc := self.validate_points(touched):
-            return rc
-        before = dict(self.held)
-        self.held.update(touched)
-        self.on_points(touched, before)
-        return None
+        return self._accept(touched)
 
     async def action(self, function_code: int, start_address: int, address: int, count: int,
                      current_registers: list[int], set_values: list[int] | list[bool] | None
                      ) -> ExcCodes | None:
         if (rc := await self.gate(function_code)) is not None:
             return rc
+        function = _FUNCTIONS.get(function_code, "holding") if self._split else "holding"
         if set_values is None:
-            function = "input" if function_code == 4 and self._split else "holding"
             self.refresh(current_registers, start_address, function)
             return None
+        if function == "coil":
+            return self.write_coils(address, [bool(v) for v in set_values])
         return self.write_registers(address, [int(v) for v in set_values],
                                     current_registers, start_address)
 
@@ -142,6 +169,12 @@ class MapBatteryPcs(Storage, MapSimDevice):
         self.charged_kwh = self.discharged_kwh = 0.0
 
     @property
+    def forming(self) -> bool:
+        """It forms the grid (grid_mode 1): the island's voltage source; the site sets its
+        power (hil/island.py)."""
+        return self.held.get("grid_mode", 0.0) >= 0.5
+
+    @property
     def command_kw(self) -> float:
         if self._enable is not None and self.held["enable"] != self._enable.value:
             return 0.0
@@ -153,16 +186,18 @@ class MapBatteryPcs(Storage, MapSimDevice):
             return ExcCodes.ILLEGAL_VALUE
         if self._enable is not None and changes.get("enable", 0.0) not in (0.0, self._enable.value):
             return ExcCodes.ILLEGAL_VALUE
-        if changes.get("revert", 0.0) < 0:
+        if changes.get("revert", 0.0) < 0 or changes.get("grid_mode", 0.0) not in (0.0, 1.0):
             return ExcCodes.ILLEGAL_VALUE
         return None
 
     def on_points(self, changes: dict[str, float], before: dict[str, float]) -> None:
-        if {"setpoint", "enable"} & changes.keys():
+        if {"setpoint", "enable", "grid_mode"} & changes.keys():
             self._t_cmd = self.t_s
 
     def step(self, env: Env, dt_s: float) -> float:
         self.t_s = env.t_s
+        if self.forming:
+            return self.power_kw
         if self.command_kw and expired(self._t_cmd, int(self.held.get("revert", 0)), env.t_s):
             self.held["setpoint"] = 0.0
             if self._enable is not None:

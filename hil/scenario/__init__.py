@@ -58,6 +58,7 @@ from hil.scenario.spec import (
     BILLING_S,
     DeviceOffline,
     DrEvent,
+    GridOutage,
     PriceSpike,
     ScenarioError,
     ScenarioFile,
@@ -116,6 +117,10 @@ class Scenario:
             if isinstance(w.event, DeviceOffline) and w.event.device not in ids:
                 problems.append(f"events[{w.index}].device: no device {w.event.device!r} in "
                                 f"the site config; known: {', '.join(sorted(ids))}")
+            if isinstance(w.event, GridOutage) and not any(d.role == "breaker"
+                                                           for d in config.devices):
+                problems.append(f"events[{w.index}]: a grid_outage needs a site with a PCC "
+                                "breaker (role: breaker), e.g. configs/microgrid.yaml")
         if problems:
             raise ScenarioError(str(self.path), problems)
         data = config.model_dump()
@@ -289,5 +294,5 @@ def shipped() -> list[Path]:
     return sorted(_SHIPPED.glob("*.yaml"))
 
 
-__all__ = ["BILLING_S", "Scenario", "ScenarioError", "Truth", "Window", "load",
+__all__ = ["BILLING_S", "GridOutage", "Scenario", "ScenarioError", "Truth", "Window", "load",
            "parse", "shipped"]

@@ -131,7 +131,16 @@ class PriceSpike(_Event):
     import_price: float = Field(ge=0)
 
 
-Event = Annotated[DeviceOffline | DrEvent | PriceSpike, Field(discriminator="type")]
+class GridOutage(_Event):
+    """The grid beyond the PCC breaker goes dead for the window (a microgrid's outage);
+    `breaker_fails_to_open`: the breaker ignores open commands during it."""
+
+    type: Literal["grid_outage"]
+    breaker_fails_to_open: bool = False
+
+
+Event = Annotated[DeviceOffline | DrEvent | PriceSpike | GridOutage,
+                  Field(discriminator="type")]
 
 
 class ScenarioFile(_Model):

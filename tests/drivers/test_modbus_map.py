@@ -214,7 +214,7 @@ def test_reads_are_planned_per_contiguous_run_and_poll_class():
     m = load_map("pcs_generic")
     fast = plan_reads([p for p in m.points if p.poll == "fast"])
     slow = plan_reads([p for p in m.points if p.poll == "slow"])
-    assert [(b.function, b.address, b.count) for b in fast] == [("holding", 0, 10), ("holding", 100, 3)]
+    assert [(b.function, b.address, b.count) for b in fast] == [("holding", 0, 10), ("holding", 100, 4)]
     assert [(b.address, b.count) for b in slow] == [(20, 9)]
     assert [(b.address, b.count) for b in plan_reads(m.points, max_read=5)][:2] == [(0, 4), (4, 5)]
 
@@ -266,7 +266,8 @@ async def test_battery_driver_reads_writes_and_verifies_through_the_pcs_map():
         assert r.values["soc_pct"] == pytest.approx(60.0)
         assert r.values["max_charge_kw"] == 30.0 and r.values["power_kw"] == 0.0
         await bess.write_power(-12.34, 45)
-        assert sim.held == {"enable": 1.0, "setpoint": pytest.approx(-12.3), "revert": 45.0}
+        assert sim.held == {"enable": 1.0, "setpoint": pytest.approx(-12.3), "revert": 45.0,
+                            "grid_mode": 0.0}
         assert sim.command_kw == pytest.approx(-12.3)
         sim.battery.soc_pct = 61.0
         sim.power_kw = -12.3
@@ -290,7 +291,7 @@ async def test_read_back_mismatch_raises():
     async with served(sim) as ep:
         bess = MapBattery("bess", ep, 1, load_map("pcs_generic"))
         await bess.write_power(5.0, 60)
-        with pytest.raises(DeviceError, match=r"bess: read-back of enable, setpoint, revert at 100"):
+        with pytest.raises(DeviceError, match=r"bess: read-back of enable, setpoint, revert, grid_mode at 100"):
             await bess.write_power(20.0, 60)
 
 

@@ -14,6 +14,7 @@ from drivers.fileerrors import refuse
 from edge.config import Config
 from hil import scenario as scenario_mod
 from tools.simulate.evkpis import unmet
+from tools.simulate.islandkpis import summary as island_summary
 from tools.simulate.kpis import evaluate, extra_rows, strategies, write_json
 from tools.simulate.run import run
 
@@ -53,6 +54,8 @@ def summary_table(k: dict, console: Console) -> None:
                   + (f", solve p50 {1e3 * st['p50_s']:.0f} ms, max {1e3 * st['max_s']:.0f} ms"
                      if st["plans"] else "")
                   + f"; cycles {k['cycles']}, crashes {k['crashes']}")
+    if "island" in k:
+        console.print(island_summary(k["island"]))
     for note in k.get("notes", []):
         console.print(f"note: {note}")
     if short := unmet(k.get("ev_sessions", {}).get("controller", [])):

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from edge.app.clock import Clock
 from edge.control.instructions import Instruction
-from hil.scenario import DeviceOffline, DrEvent, Scenario, Window
+from hil.scenario import DeviceOffline, DrEvent, GridOutage, Scenario, Window
 from hil.site import SimSite
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,12 @@ async def fire_events(scenario: Scenario, clock: Clock, site: SimSite, daemon) -
             dev = w.event.device
             actions.append((w.start, f"{dev} offline", lambda d=dev: site.stop_device(d)))
             actions.append((w.end, f"{dev} back", lambda d=dev: site.start_device(d)))
+        elif isinstance(w.event, GridOutage):
+            cb, stuck = site.pcc.breaker, w.event.breaker_fails_to_open
+            actions.append((w.start, "grid outage", lambda: (cb.set_grid(False),
+                                                             cb.set_fails_to_open(stuck))))
+            actions.append((w.end, "grid back", lambda: (cb.set_grid(True),
+                                                         cb.set_fails_to_open(False))))
     for at, what, act in sorted(actions, key=lambda a: a[0]):
         wait = (at - clock.now()).total_seconds()
         if wait > 0:

@@ -29,6 +29,7 @@ import numpy as np
 from edge.report.bill import self_consumption_pct
 from hil.scenario import BILLING_S
 from tools.simulate.evkpis import ev_kpis, session_rows
+from tools.simulate.islandkpis import island_kpis
 from tools.simulate.references import optimum, uncontrolled
 from tools.simulate.replay import replay_rules
 from tools.simulate.run import RunResult
@@ -161,6 +162,8 @@ def evaluate(res: RunResult, *, with_optimum: bool = True, with_rules: bool = Tr
     }
     if sessions:
         k["ev_sessions"] = sessions
+    if res.island is not None:
+        k["island"] = island_kpis(res.island)
     if with_optimum:
         try:
             opt, plan = optimum(cfg, sc, truth, value)

@@ -25,6 +25,7 @@ from tools.broker import ensure_broker, free_port
 from tools.simulate.events import fire_events
 from tools.simulate.evkpis import EvLedger
 from tools.simulate.evpark import chargers_of
+from tools.simulate.islandkpis import collect
 from tools.simulate.tracks import ForecastLog, PlanTrack, Recorder
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class RunResult:
     device_errors: dict[str, int]  # failed polls and writes per device, over the run
     planner_stats: dict | None  # rounds adopted / fallen back, the last reason
     kpis: dict = field(default_factory=dict)
+    island: dict | None = None  # a microgrid's island record (tools/simulate/islandkpis.py)
     optimum_plan: object | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -202,6 +204,7 @@ async def run(scenario: Scenario, config: Config, *, forecast: str = "perfect",
                 inner = truth.forecast if forecast == "perfect" else daemon.planner.forecast
                 flog = daemon.planner.forecast = ForecastLog(inner)
             result = await _drive(scenario, clock, site, daemon, progress)
+            island = collect(daemon, site)
         finally:
             await site.stop()
             await broker.close()
@@ -218,7 +221,7 @@ async def run(scenario: Scenario, config: Config, *, forecast: str = "perfect",
             list(site.samples), plans, flog, errors, (e0, _stored_kwh(site)),
             daemon.cycle.stats.cycles, daemon.cycle.stats.crashes,
             {d: h.errors for d, h in daemon.cycle.health.items()},
-            _planner_stats(daemon.planner), notes=notes)
+            _planner_stats(daemon.planner), notes=notes, island=island)
 
 
 def pace_note(cycles: int, wall_s: float, speed: float, cycle_s: float) -> str | None:

@@ -65,6 +65,11 @@ class Telemetry(_Report):
     green_share: float | None = Field(None, ge=0, le=1,
                                       description="today's share of consumption not from grey import")
     dc_bus_v: float | None = Field(None, description="DC bus voltage, when the site has one")
+    grid_state: Literal["on_grid", "islanding", "island", "resync", "black_start"] | None = Field(
+        None, description="a microgrid's grid state (with a PCC breaker); null: no island "
+        "operation")
+    breaker_closed: bool | None = Field(None, description="the PCC breaker's position, when the "
+                                        "site has one")
     reason: str | None = Field(None, description="why, in one line: what steers the grid "
                                "(plan, dispatch, DR event or the control functions) and which "
                                "limit binds")

@@ -1,0 +1,75 @@
+"""Simulated PCC breaker with a synchronism-check relay, served through its register map
+(drivers/maps/breaker_generic.yaml): a coil commands it, the position follows after its
+operating time (`sim.operate_s`), or never on opening when `sim.fails_to_open`. The grid
+beyond it can be taken away and given back (`set_grid`, a scenario's `grid_outage`); the
+site side (`bus_*`) is set by the site's island physics (hil/island.py)."""
+
+from __future__ import annotations
+
+from pymodbus.constants import ExcCodes
+
+from drivers.modbus.regmap import RegisterMap
+from hil.devices.base import Env
+from hil.devices.mapped import MapSimDevice
+
+
+class MapBreakerSim(MapSimDevice):
+    role = "breaker"
+
+    def __init__(self, cfg, site_max_kw: float, regmap: RegisterMap | None = None) -> None:
+        super().__init__(cfg, site_max_kw, regmap)
+        p = cfg.island
+        self.nominal_v, self.nominal_hz = p.nominal_v, p.nominal_hz
+        self.held["switch"] = 1.0
+        self.closed = True
+        self._cmd_at: float | None = None
+        self.grid_up = True
+        self.bus_v, self.bus_hz, self.phase_deg = self.nominal_v, self.nominal_hz, 0.0
+        self.operations: list[tuple[float, bool]] = []  # (sim s, closed) per operation
+        self.closed_out_of_sync: list[float] = []  # sim s of any close onto a live, unsynced bus
+
+    def set_grid(self, up: bool) -> None:
+        """Take the grid away beyond the breaker, or give it back."""
+        self.grid_up = up
+
+    def set_fails_to_open(self, fails: bool) -> None:
+        self.sim = self.sim.model_copy(update={"fails_to_open": fails})
+
+    @property
+    def grid_v(self) -> float:
+        return self.nominal_v if self.grid_up else 0.0
+
+    @property
+    def grid_hz(self) -> float:
+        return self.nominal_hz if self.grid_up else 0.0
+
+    def validate_points(self, changes: dict[str, float]) -> ExcCodes | None:
+        return None
+
+    def on_points(self, changes: dict[str, float], before: dict[str, float]) -> None:
+        if "switch" in changes and changes["switch"] != before.get("switch"):
+            self._cmd_at = self.t_s
+
+    def step(self, env: Env, dt_s: float) -> float:
+        self.t_s = env.t_s
+        want = self.held["switch"] >= 0.5
+        due = self._cmd_at is not None and env.t_s - self._cmd_at >= self.sim.operate_s
+        if want != self.closed and due and (want or not self.sim.fails_to_open):
+            if want and self.grid_up and self.bus_v > 0.2 * self.nominal_v and not self.in_sync():
+                self.closed_out_of_sync.append(env.t_s)
+            self.closed = want
+            self.operations.append((env.t_s, want))
+        return 0.0
+
+    def in_sync(self) -> bool:
+        return (abs(self.grid_v - self.bus_v) <= 0.05 * self.nominal_v
+                and abs(self.grid_hz - self.bus_hz) <= 0.2 and abs(self.phase_deg) <= 10.0)
+
+    def point_values(self) -> dict[str, float]:
+        return {"closed": float(self.closed), "tripped": 0.0, "grid_v": self.grid_v,
+                "grid_hz": self.grid_hz, "bus_v": self.bus_v, "bus_hz": self.bus_hz,
+                "phase_deg": self.phase_deg}
+
+    def state(self) -> dict[str, float | int | None]:
+        return {"closed": int(self.closed), "grid_up": int(self.grid_up), "bus_v": self.bus_v,
+                "bus_hz": self.bus_hz, "phase_deg": self.phase_deg}

@@ -1,0 +1,111 @@
+"""The site side of the PCC breaker: while the breaker is closed onto a live grid the grid
+takes the residual; otherwise the grid-forming PCS must, within its power and its energy,
+or the island collapses (every device on the bus goes dark). Surplus a forming battery
+cannot absorb raises the island's frequency and PV backs off (frequency-watt). A forming
+PCS that sees the grid back pulls its frequency towards the grid's until the phase across
+the breaker closes (its synchronising function). Unserved critical energy is counted."""
+
+from __future__ import annotations
+
+import math
+
+from hil.devices.base import SimulatedDevice
+from hil.devices.breaker import MapBreakerSim
+from hil.devices.mapped import MapBatteryPcs
+
+_SLIP_HZ = 0.1  # the most a synchronising PCS detunes from the grid
+_SYNC_TAU_S = 2.0  # how fast its phase closes on the grid's once within reach
+
+
+class Pcc:
+    def __init__(self, devices: dict[str, SimulatedDevice]) -> None:
+        self.breaker = next((d for d in devices.values() if isinstance(d, MapBreakerSim)), None)
+        self.pcs = [d for d in devices.values() if isinstance(d, MapBatteryPcs)]
+        self.bus = [d for d in devices.values() if d.account in ("pv", "load")
+                    and not d.balancing and d is not self.breaker]
+        self.critical = [d for d in devices.values() if getattr(d.cfg, "critical", False)]
+        self.live = True
+        self.collapses = 0
+        self.unserved_critical_kwh = 0.0
+        self.critical_kwh = 0.0
+
+    def settle(self, pv: float, bess: float, load: float,
+               dt_s: float) -> tuple[float, float, float, float]:
+        """(pv, bess, load, grid) of the sub-step once the PCC has settled it."""
+        b = self.breaker
+        if b is None:
+            return pv, bess, load, load - pv - bess
+        forming = [p for p in self.pcs if p.forming]
+        for p in forming:  # a forming PCS did not move in its own step: the bus sets it
+            bess -= p.power_kw
+        if b.closed and b.grid_up:
+            self.live = True
+            b.bus_v, b.bus_hz, b.phase_deg = b.grid_v, b.grid_hz, 0.0
+            for p in forming:
+                bess += self._run(p, p.power_kw, dt_s)
+            self._account(dt_s)
+            return pv, bess, load, load - pv - bess
+        if b.closed or not forming or not (self.live or self._can_start(forming)):
+            return self._dark(b, forming, dt_s)
+        need = (load - pv - bess) / len(forming)
+        supplied = sum(self._run(p, need, dt_s) for p in forming)
+        excess = supplied - (load - pv - bess)  # > 0: the batteries could not take it all
+        if supplied < load - pv - bess - 0.05 * len(forming):
+            return self._dark(b, forming, dt_s)  # empty or over its power: the island collapses
+        if excess > 0.05:
+            cut = min(excess, pv)
+            for d in self.bus:
+                if d.account == "pv" and pv > 0:
+                    d.power_kw *= (pv - cut) / pv
+            pv -= cut
+        self.live = True
+        charge = -min(supplied, 0.0) / max(sum(p.cfg.max_charge_kw for p in forming), 1e-9)
+        b.bus_v = b.nominal_v
+        b.bus_hz = b.nominal_hz + 0.5 * charge + (1.0 if excess > 0.05 else 0.0)
+        if b.grid_up:  # synchronise: slip towards the grid until the phase closes
+            want = b.phase_deg * (1.0 - math.exp(-dt_s / _SYNC_TAU_S))
+            turn = max(-_SLIP_HZ * 360 * dt_s, min(_SLIP_HZ * 360 * dt_s, want))
+            b.phase_deg -= turn
+            b.bus_hz = b.grid_hz - turn / (360 * dt_s) if dt_s > 0 else b.grid_hz
+        else:
+            b.phase_deg = 180.0  # nothing to compare with
+        self._account(dt_s)
+        return pv, supplied + bess, load, 0.0
+
+    @staticmethod
+    def _run(p: MapBatteryPcs, kw: float, dt_s: float) -> float:
+        """The forming PCS at `kw` for dt_s (no ramp: it is the voltage source)."""
+        kw = max(-p.cfg.max_charge_kw, min(p.cfg.max_discharge_kw, kw))
+        p.battery.power_kw = kw
+        p.power_kw = p.battery.step(kw, dt_s)
+        return p.power_kw
+
+    @staticmethod
+    def _can_start(forming: list[MapBatteryPcs]) -> bool:
+        return any(p.battery.soc_pct > p.battery.soc_min_pct + 0.5 for p in forming)
+
+    def _dark(self, b: MapBreakerSim, forming: list[MapBatteryPcs],
+              dt_s: float) -> tuple[float, float, float, float]:
+        if self.live:
+            self.collapses += 1
+        self.live = False
+        for p in forming:
+            p.power_kw = p.battery.power_kw = 0.0
+            p.held["grid_mode"] = 0.0  # the PCS trips out of grid-forming
+        for d in self.bus:
+            d.power_kw = 0.0
+        b.bus_v = b.bus_hz = 0.0
+        b.phase_deg = 0.0
+        self._account(dt_s)
+        return 0.0, 0.0, 0.0, 0.0
+
+    def _account(self, dt_s: float) -> None:
+        h = dt_s / 3600
+        for d in self.critical:
+            self.critical_kwh += d.cfg.rated_kw * h
+            if not self.live or d.power_kw < 0.5 * d.cfg.rated_kw:
+                self.unserved_critical_kwh += d.cfg.rated_kw * h
+
+    def kpis(self) -> dict[str, float]:
+        return {"critical_kwh": self.critical_kwh,
+                "unserved_critical_kwh": self.unserved_critical_kwh, "collapses": self.collapses}

@@ -1,0 +1,144 @@
+"""A microgrid over Modbus (HIL in its own process, real broker): the grid goes away at the
+PCC and comes back. The controller opens the breaker (a coil, its position a discrete
+input), lets the PCS form the grid, keeps the critical loads on, sheds and restores the
+others by priority, and closes back only in sync; a breaker that will not open is alarmed
+and no island is formed behind it; a battery that empties collapses the island, and the
+site closes onto the dead bus when the grid returns."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+from conftest import free_port, wait_for
+from site_harness import running_site
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEED = 120.0
+OUT_S = 120.0  # the grid goes at 18:00, two minutes into the run
+
+
+def site(tmp_path, broker_port: int, **battery) -> dict:
+    data = copy.deepcopy(yaml.safe_load((ROOT / "configs/microgrid.yaml").read_text()))
+    for dev in data["devices"]:
+        dev["port"], dev["unit_id"] = free_port(), 1
+        dev["timeout_s"] = 0.5
+        if dev["role"] in ("pv", "battery"):
+            dev["ramp_kw_per_s"] = 1000
+    bess = next(d for d in data["devices"] if d["role"] == "battery")
+    bess.update(battery)
+    cb = next(d for d in data["devices"] if d["role"] == "breaker")
+    cb["island"]["return_s"] = 60
+    data["control"]["deadband_kw"] = 0.1
+    data["mqtt"].update({"port": broker_port, "telemetry_s": 5})
+    data["storage"]["dir"] = str(tmp_path / "state")
+    data["hil"]["start"] = "2026-06-22T17:58:00+08:00"
+    return data
+
+
+def states(msgs: list[dict]) -> list[str]:
+    """The grid states telemetry showed, in order (a short one may fall between messages)."""
+    out: list[str] = []
+    for m in msgs:
+        if m["grid_state"] and (not out or out[-1] != m["grid_state"]):
+            out.append(m["grid_state"])
+    return out
+
+
+def in_order(seq: list[str], wanted: list[str]) -> bool:
+    it = iter(seq)
+    return all(w in it for w in wanted)
+
+
+def transitions(run) -> list[tuple[str, str]]:
+    """The controller's own log of its grid states: (state entered, why)."""
+    return [(t.target, t.reason)
+            for t in run.daemon.cycle.memory.roles["breaker"].machine.transitions]
+
+
+async def test_an_outage_islands_keeps_critical_loads_on_and_resyncs(tmp_path, mosquitto):
+    async with running_site(site(tmp_path, mosquitto.port), mosquitto, SPEED) as run:
+        cb = run.site.devices["cb"]
+        await run.until_sim(OUT_S)
+        cb.set_grid(False)
+        await wait_for(lambda: any(m["grid_state"] == "island" for m in run.telemetry()), 60,
+                       "an island")
+        await run.until_sim(OUT_S + 20 * 60)
+        cb.set_grid(True)
+        await wait_for(lambda: run.telemetry()[-1]["grid_state"] == "on_grid", 60,
+                       "back on grid")
+        msgs = run.telemetry()
+        log = transitions(run)
+        ops = {d: list(run.site.devices[d].operations)
+               for d in ("cb", "ward", "servers", "hvac", "water_heater", "ev_bank")}
+        island = run.site.kpis()["island"]
+        samples = list(run.site.samples)
+        out_of_sync = list(cb.closed_out_of_sync)
+
+    assert [t for t, _ in log] == ["islanding", "island", "resync", "on_grid"], log
+    assert log[0][1].startswith("grid at 0 V") and log[-1][1] == "the breaker closed in sync"
+    assert in_order(states(msgs), ["on_grid", "island", "on_grid"]), states(msgs)
+    assert [closed for _, closed in ops["cb"]] == [False, True], ops["cb"]
+    assert out_of_sync == []
+    assert ops["ward"] == [] and ops["servers"] == []  # the critical loads never switched
+    assert island["collapses"] == 1  # the outage itself: dark until the island formed
+    # Unserved only while the breaker opened and the PCS took over: 25 kW for under a minute.
+    assert island["unserved_critical_kwh"] < 25 * 60 / 3600, island
+    t_close = ops["cb"][1][0]
+    # Shed at islanding; the highest-priority load came back while islanded, the lowest not.
+    assert ops["ev_bank"][0][1] is False and ops["water_heater"][0][1] is False
+    assert [on for t, on in ops["hvac"] if OUT_S <= t < t_close] == [False, True], ops["hvac"]
+    assert not [t for t, on in ops["ev_bank"] if on and t < t_close], ops["ev_bank"]
+    assert min(s.soc_pct for s in samples) >= 10.0
+    alarms = {a for m in msgs for a in m["alarms"]}
+    assert "islanded:island" in alarms and not any(a.startswith("breaker_no_confirm") for a in alarms)
+
+
+async def test_a_breaker_that_will_not_open_is_alarmed_and_no_island_forms(tmp_path, mosquitto):
+    async with running_site(site(tmp_path, mosquitto.port), mosquitto, SPEED) as run:
+        cb = run.site.devices["cb"]
+        cb.set_fails_to_open(True)
+        await run.until_sim(OUT_S)
+        cb.set_grid(False)
+        await wait_for(lambda: any("breaker_no_confirm:cb:open" in m["alarms"]
+                                   for m in run.telemetry()), 60, "the breaker alarm")
+        await run.until_sim(OUT_S + 5 * 60)
+        forming = run.site.devices["bess1"].forming
+        cb.set_grid(True)
+        await wait_for(lambda: run.telemetry()[-1]["grid_state"] == "on_grid", 60,
+                       "back on grid")
+        msgs = run.telemetry()
+        log = transitions(run)
+        ops = list(cb.operations)
+
+    assert [t for t, _ in log] == ["islanding", "on_grid"], log
+    assert log[-1][1] == "the grid came back before the breaker opened"
+    assert "island" not in states(msgs)
+    assert not forming  # never a voltage source behind a closed PCC
+    assert ops == []
+
+
+async def test_a_battery_that_empties_collapses_the_island_and_the_site_closes_onto_the_dead_bus(
+        tmp_path, mosquitto):
+    data = site(tmp_path, mosquitto.port, capacity_kwh=40, sim={"initial_soc_pct": 22})
+    next(d for d in data["devices"] if d["role"] == "breaker")["island"]["backup_hours"] = 0.5
+    async with running_site(data, mosquitto, SPEED) as run:
+        cb = run.site.devices["cb"]
+        await run.until_sim(OUT_S)
+        cb.set_grid(False)
+        await wait_for(lambda: any(m["grid_state"] == "black_start" for m in run.telemetry()),
+                       90, "the island's collapse")
+        cb.set_grid(True)
+        await wait_for(lambda: run.telemetry()[-1]["grid_state"] == "on_grid", 90,
+                       "closed onto the dead bus")
+        msgs = run.telemetry()
+        log = [t for t, _ in transitions(run)]
+        ops = list(cb.operations)
+        out_of_sync = list(cb.closed_out_of_sync)
+        samples = list(run.site.samples)
+
+    assert log == ["islanding", "island", "black_start", "on_grid"], log
+    assert in_order(states(msgs), ["on_grid", "island", "black_start", "on_grid"])
+    assert [closed for _, closed in ops] == [False, True] and out_of_sync == []
+    assert min(s.soc_pct for s in samples) >= 9.5  # stopped at its minimum, 10 %
