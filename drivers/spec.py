@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Role = Literal["pv", "battery", "meter", "load", "dcdc", "ev_charger"]
+Role = Literal["pv", "battery", "meter", "load", "dcdc", "ev_charger", "hvac", "thermal_storage"]
 
 
 @dataclass(frozen=True, slots=True)

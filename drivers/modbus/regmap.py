@@ -48,15 +48,20 @@ ROLE_KEYS: dict[str, tuple[str, ...]] = {
     "pv": ("power_kw", "rated_kw", "limit"),
     "load": ("power_kw", "relay"),
     "dcdc": ("bus_v", "power_kw", "v_ref"),
+    "hvac": ("power_kw", "rated_kw", "zone_temp_c", "outdoor_temp_c"),
+    "thermal_storage": ("power_kw", "tank_temp_c", "setpoint"),
 }
-CONTROL_KEYS = ("setpoint", "limit", "enable", "revert", "relay")
+# An HVAC unit is driven one of these ways, whichever its map has (checked below).
+HVAC_CONTROLS = (("limit", "control_mode"), ("sg_ready",))
+CONTROL_KEYS = ("setpoint", "limit", "enable", "revert", "relay", "control_mode", "sg_ready")
 # Units of the keys control or the platform interpret; a map must deliver them in these.
 KEY_UNITS: dict[str, tuple[str, ...]] = {
     "power_kw": ("kW",), "import_kwh": ("kWh",), "export_kwh": ("kWh",), "soc_pct": ("%",),
     "soh_pct": ("%",), "rated_kw": ("kW",), "max_charge_kw": ("kW",),
     "max_discharge_kw": ("kW",), "capacity_kwh": ("kWh",), "setpoint": ("kW",),
     "limit": ("%", "kW"), "revert": ("s",), "relay": ("",), "relay_feedback": ("",),
-    "bus_v": ("V",), "v_ref": ("V",),
+    "bus_v": ("V",), "v_ref": ("V",), "zone_temp_c": ("°C",), "outdoor_temp_c": ("°C",),
+    "tank_temp_c": ("°C",), "control_mode": ("",), "sg_ready": ("",),
 }
 _RANGES = {"uint16": (0, 0xFFFF), "int16": (-0x8000, 0x7FFF), "uint32": (0, 0xFFFFFFFF),
            "int32": (-0x80000000, 0x7FFFFFFF)}
@@ -192,7 +197,7 @@ def _loc(loc: tuple, data: object) -> str:
 # Quantities that take both signs (docs/domain.md §2): an unsigned register would turn charging or
 # export into a huge positive number.
 SIGNED_KEYS = frozenset({"power_kw", "setpoint"})
-SIGNED_ROLES = frozenset({"battery", "meter", "dcdc"})  # PV output is never negative
+SIGNED_ROLES = frozenset({"battery", "meter", "dcdc", "thermal_storage"})  # PV output is never negative
 
 
 def _cross_checks(m: RegisterMap) -> list[str]:
@@ -236,6 +241,9 @@ def _cross_checks(m: RegisterMap) -> list[str]:
             problems.append(f"{at(p, 'value')}: enable needs the value that enables control (e.g. 1)")
         if p.key != "enable" and p.value is not None:
             problems.append(f"{at(p, 'value')}: only the enable point takes a value")
+    if "hvac" in m.roles and not any(all(m.point(k) for k in ks) for ks in HVAC_CONTROLS):
+        problems.append("points: role hvac needs its control: limit (%) with control_mode "
+                        "(0 own thermostat, 1 external), or sg_ready (SG-Ready state 1..4)")
     for role in m.roles:
         for key in ROLE_KEYS[role]:
             if m.point(key) is not None:

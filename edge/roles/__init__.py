@@ -11,17 +11,19 @@ from edge.roles.battery import Battery, BatteryDevice, BmsParams
 from edge.roles.dcdc import DcConverter, DcConverterDevice
 from edge.roles.evcharger import EvCharger, EvChargerDevice
 from edge.roles.flexload import FlexLoad, FlexLoadDevice
+from edge.roles.hvac import Hvac, HvacDevice
 from edge.roles.meter import Meter, MeterDevice
 from edge.roles.pv import Pv, PvDevice
 from edge.roles.role import Memory, Part, Role, Written
+from edge.roles.tes import ThermalStorage, ThermalStorageDevice
 
 # Order matters where roles meet: the kernel's blocks and the telemetry fields follow it.
 ROLES: dict[str, Role] = {r.name: r for r in (Pv(), Battery(), Meter(), FlexLoad(), DcConverter(),
-                                                  EvCharger())}
+                                                  EvCharger(), Hvac(), ThermalStorage())}
 
 DeviceConfig = Annotated[
     PvDevice | BatteryDevice | MeterDevice | FlexLoadDevice | DcConverterDevice
-    | EvChargerDevice,
+    | EvChargerDevice | HvacDevice | ThermalStorageDevice,
     Field(discriminator="role"),
 ]
 
@@ -39,5 +41,5 @@ def grouped(devices: list[Any]) -> dict[str, list[Any]]:
 
 
 __all__ = ["ROLES", "BatteryDevice", "BmsParams", "Part", "DcConverterDevice",
-           "DeviceConfig", "EvChargerDevice", "FlexLoadDevice", "Memory", "MeterDevice",
-           "PvDevice", "Role", "Written", "grouped", "role_of"]
+           "DeviceConfig", "EvChargerDevice", "FlexLoadDevice", "HvacDevice", "Memory", "MeterDevice",
+           "PvDevice", "Role", "ThermalStorageDevice", "Written", "grouped", "role_of"]
