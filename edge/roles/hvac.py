@@ -24,7 +24,7 @@ log = logging.getLogger("edge.cycle")
 THERMOSTAT = -1.0  # the setpoint that hands the unit back to its own thermostat
 GUARD_K = 0.3  # the band's edge the controller keeps off, for one cycle's drift
 LOOKAHEAD_H = 0.25  # a shed that would reach the band within this ends now
-STUCK_DELTA_K = 0.01  # a zone reading that moves less than this is the same reading
+STUCK_DELTA_K = 1e-6  # a working sensor's reading jitters by more than this
 
 
 class ComfortPeriod(_Model):
@@ -39,9 +39,11 @@ class ComfortPeriod(_Model):
 class ZoneModel(_Model):
     """The zone's RC model until the site's own history fits one (edge/plan/identify.py)."""
 
-    r_k_per_kw: float = Field(2.0, gt=0, le=100, description="thermal resistance to outdoors, K/kW")
+    r_k_per_kw: float = Field(2.0, gt=0, le=100,
+                              description="thermal resistance to outdoors, K/kW")
     c_kwh_per_k: float = Field(10.0, gt=0, le=10000, description="thermal capacitance, kWh/K")
-    gains_kw: float = Field(5.0, ge=0, le=10000, description="mean sun + internal gains, kW thermal")
+    gains_kw: float = Field(5.0, ge=0, le=10000,
+                            description="mean sun + internal gains, kW thermal")
 
 
 class HvacDevice(DeviceBase):
@@ -86,7 +88,8 @@ class HvacDevice(DeviceBase):
                                  f"{MIN_BAND_K:g} K the controller can hold; widen it")
         # At its design point, flat out, where would the model's zone settle?
         m = self.model
-        settles = self.cop_ref_c + m.r_k_per_kw * (m.gains_kw - self.sign * self.cop * self.rated_kw)
+        full = self.sign * self.cop * self.rated_kw
+        settles = self.cop_ref_c + m.r_k_per_kw * (m.gains_kw - full)
         for where, lo, hi in bands[:-1]:
             if (settles > hi) if self.sign > 0 else (settles < lo):
                 edge = f"{where}.{'max_c' if self.sign > 0 else 'min_c'}"
@@ -287,7 +290,7 @@ class Hvac(Role):
         if not image.good(d.id):
             return None
         p = max(image.value(d.id, "power_kw"), 0.0)
-        return Part(d.id, "consumption", -p, 0.0, -d.rated_kw, up_h=coast_h(d, image))
+        return Part(d.id, "thermal", -p, 0.0, -d.rated_kw, up_h=coast_h(d, image))
 
 
 def coast_h(d: HvacDevice, image) -> float:

@@ -108,6 +108,6 @@ class ThermalStorage(Role):
         soc = self.soc(d, image)
         p = image.value(d.id, "power_kw")
         out, room = d.kwh_el(soc), d.room_kwh_el(soc)
-        return Part(d.id, "storage", -p, d.max_discharge_kw if out > 0 else 0.0,
+        return Part(d.id, "thermal", -p, d.max_discharge_kw if out > 0 else 0.0,
                     -d.max_charge_kw if room > 0 else 0.0, out, room,
                     soc if math.isfinite(soc) else math.nan)

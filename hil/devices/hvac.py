@@ -5,13 +5,16 @@ command it runs at `limit` % of its rating; otherwise (mode 0, or no command for
 seconds) its own proportional thermostat holds `sim.zone.thermostat_c`. An SG-Ready map
 gives states instead: 1 off, 2 own thermostat, 3 thermostat 2 K further, 4 full power. Its
 COP falls with the outdoor temperature. A sensor fault (`sim.zone.stuck_at_h`) freezes the
-zone reading while the physics goes on.
+zone reading while the physics goes on; a working one jitters by a few hundredths of a kelvin
+(deterministically), as real sensors do.
 
 The tank stores COP x electric kWh charging, gives its thermal kWh back discharging (the
 building's chillers then draw that much less, so the site counts it as a negative load) and
 loses `loss_pct_per_h` of its content every hour; its temperature follows its content."""
 
 from __future__ import annotations
+
+import math
 
 from pymodbus.constants import ExcCodes
 
@@ -91,8 +94,9 @@ class MapHvacSim(MapSimDevice):
                                 self.zone.c_kwh_per_k, self.t_out,
                                 self.zone.gains_kw(env.t_local), sign * cop * self.power_kw)
         stuck = self.zone.stuck_at_h is not None and env.t_s >= self.zone.stuck_at_h * 3600
-        if not stuck:
-            self.read_c = self.zone_c
+        if not stuck:  # a real sensor's reading jitters by a few hundredths of a kelvin
+            t = env.t_s
+            self.read_c = self.zone_c + 0.03 * math.sin(0.7 * t) + 0.02 * math.sin(0.13 * t)
         self.energy_kwh += self.power_kw * dt_s / 3600
         return -self.power_kw
 

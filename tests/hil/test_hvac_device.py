@@ -74,7 +74,7 @@ async def test_capacity_command_sets_the_power_and_the_zone_follows_the_rc_model
     assert r.values["power_kw"] == pytest.approx(10.0, abs=0.01)
     assert s.last.grid_kw == pytest.approx(40.0, abs=0.1)  # 30 kW building + the unit
     sim = s.devices["ahu"]
-    assert r.values["zone_temp_c"] == pytest.approx(sim.zone_c, abs=0.01)
+    assert r.values["zone_temp_c"] == pytest.approx(sim.zone_c, abs=0.06)  # sensor jitter
     # Over 20 s the inputs barely move: one exact RC step from z0 lands where the HIL did.
     z = ZoneSim(initial_c=25.0)
     local = datetime.fromisoformat(START)
