@@ -11,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from conftest import free_port
+from conftest import free_port, wait_for
 from site_harness import running_site
 
 from edge.control.instructions import Instruction
 
 ROOT = Path(__file__).resolve().parents[2]
-SPEED = 480.0
+SPEED = 240.0
 CAP_KW = 10.0
-TOL_KW = 1.5  # a cycle spans ~10 simulated s at x480: load ripple and meter quantisation
+TOL_KW = 1.5  # a cycle spans ~5 simulated s at x240: load ripple and meter quantisation
 
 
 def office(tmp_path: Path, broker_port: int, start: str) -> dict:
@@ -29,6 +29,8 @@ def office(tmp_path: Path, broker_port: int, start: str) -> dict:
     data["devices"] = [d for d in data["devices"] if d["role"] != "thermal_storage"]
     for d in data["devices"]:
         d["port"], d["timeout_s"] = free_port(), 0.5
+        if d["role"] == "hvac":
+            d["revert_s"] = 60  # raised by the harness to what the speed-up needs
     data["mqtt"].update({"port": broker_port, "telemetry_s": 5})
     data["storage"] = {"dir": str(tmp_path / "state")}
     data["hil"] = {"start": start}
@@ -49,14 +51,14 @@ def means_15(samples, t0, t1) -> list[float]:
 
 async def test_precools_holds_the_band_meets_the_event_and_recovers_below_the_peak(
         tmp_path, mosquitto):
-    data = office(tmp_path, mosquitto.port, "2026-07-01T11:30:00+08:00")
+    data = office(tmp_path, mosquitto.port, "2026-07-01T11:45:00+08:00")
     async with running_site(data, mosquitto, SPEED, in_process_planner=True) as run:
         start = run.clock.now()
-        ev_a, ev_b = start + timedelta(hours=1, minutes=30), start + timedelta(hours=3)
+        ev_a, ev_b = start + timedelta(hours=1, minutes=15), start + timedelta(hours=2, minutes=45)
         run.daemon.cycle.book.put(Instruction("dr-heat", "grid_operator", ev_a, ev_b,
                                               grid_max_kw=CAP_KW))
         zones: list[tuple] = []
-        while run.clock.elapsed_s() < 4 * 3600:
+        while run.clock.elapsed_s() < 3.5 * 3600:
             await run.until_sim(run.clock.elapsed_s() + 60)
             zones.append((run.clock.now(), run.site.state("chiller1")["zone_c"],
                           run.site.state("chiller2")["zone_c"]))
@@ -73,9 +75,10 @@ async def test_precools_holds_the_band_meets_the_event_and_recovers_below_the_pe
     assert max(z for _, *zs in zones for z in zs) <= 26.1
     during = [s for s in samples if ev_a + timedelta(minutes=1) <= s.t < ev_b]
     assert during and max(s.grid_kw for s in during) <= CAP_KW + TOL_KW, [
-        (str(s.t), round(s.grid_kw, 1), round(s.load_kw, 1), round(s.pv_kw, 1)) for s in during]
+        (str(s.t), round(s.grid_kw, 1), round(s.load_kw, 1), round(s.pv_kw, 1)) for s in during
+        if s.grid_kw > CAP_KW + TOL_KW]
     before = means_15(samples, start + timedelta(minutes=15), ev_a)
-    after = means_15(samples, ev_b, ev_b + timedelta(minutes=60))
+    after = means_15(samples, ev_b, ev_b + timedelta(minutes=45))
     assert max(after) <= max(before), (before, after)
 
 
@@ -87,11 +90,13 @@ async def test_a_frozen_zone_sensor_hands_the_unit_to_its_own_thermostat(tmp_pat
             d["stuck_s"] = 120
     data["devices"][3]["sim"]["zone"]["stuck_at_h"] = 0.1  # chiller1's sensor, at 10:06
     async with running_site(data, mosquitto, SPEED) as run:
-        await run.until_sim(300)
-        assert run.site.state("chiller1")["external"] == 1  # controlled while it moves
-        await run.until_sim(900)
-        decision = run.daemon.cycle.decision
-        assert decision.setpoints["hvac"]["chiller1"] == -1.0  # THERMOSTAT
-        assert decision.setpoints["hvac"]["chiller2"] >= 0.0  # its neighbour stays controlled
-        assert run.site.state("chiller1")["external"] == 0
-        assert run.site.state("chiller2")["external"] == 1
+        await wait_for(lambda: run.site.state("chiller1")["external"] == 1, 30,
+                       "chiller1 under control while its sensor moves")
+        assert run.clock.elapsed_s() < 360  # before its sensor froze
+        await wait_for(lambda: run.daemon.cycle.decision.setpoints["hvac"]["chiller1"] == -1.0,
+                       60, "chiller1 handed to its own thermostat")
+        assert run.clock.elapsed_s() >= 360 + 120  # not before the frozen reading was stuck_s old
+        await wait_for(lambda: run.site.state("chiller1")["external"] == 0, 30,
+                       "chiller1 on its own thermostat in the HIL")
+        assert run.daemon.cycle.decision.setpoints["hvac"]["chiller2"] >= 0.0
+        assert run.site.state("chiller2")["external"] == 1  # its neighbour stays controlled
