@@ -66,7 +66,7 @@ def thermal_input(config, image, start: datetime, n: int, step_s: int, outdoor: 
         else:
             t_out = outdoor.forecast(d.id, start, n, step_s, now_c)
             gains = np.full(n, d.model.gains_kw)
-        bands = np.array([d.band(t.astimezone(tz).time()) for t in mids])
+        bands = np.array([d.plan_band(t.astimezone(tz).time()) for t in mids])
         zones.append(PlanZone(
             d.id, d.rated_kw, d.model.r_k_per_kw, d.model.c_kwh_per_k,
             image.value(d.id, "zone_temp_c"), np.asarray(t_out, float),

@@ -111,6 +111,12 @@ class HvacDevice(DeviceBase):
     def cop_at(self, t_out: float) -> float:
         return cop_at(self.cop, self.cop_ref_c, self.cop_slope_per_k, t_out, self.sign)
 
+    def plan_band(self, local: time) -> tuple[float, float]:
+        """The band the planner keeps: the cycle holds GUARD_K inside the comfort band, so
+        a plan that rode its very edge would be overruled by the cycle at the peak."""
+        lo, hi = self.band(local)
+        return lo + GUARD_K, hi - GUARD_K
+
     def band(self, local: time) -> tuple[float, float]:
         m = local.hour * 60 + local.minute
         for p in self.comfort:

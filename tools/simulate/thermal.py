@@ -157,7 +157,7 @@ def true_thermal(cfg, start: datetime, n: int, step_s: int) -> tuple[tuple, tupl
     for d in hvacs_of(cfg):
         z = ZoneSim.model_validate(d.sim.get("zone", {}))
         t_out, gains = weather(d.id, start, n, step_s)
-        bands = np.array([d.band(t.time()) for t in mids])
+        bands = np.array([d.plan_band(t.time()) for t in mids])
         zones.append(PlanZone(d.id, d.rated_kw, z.r_k_per_kw, z.c_kwh_per_k, z.initial_c,
                               t_out, gains, np.array([d.cop_at(x) for x in t_out]),
                               bands[:, 0], bands[:, 1], d.sign))
