@@ -103,6 +103,23 @@ class FlexLoad(Device, Protocol):
 
 
 @runtime_checkable
+class Hvac(Device, Protocol):
+    """values: power_kw (>= 0), rated_kw, zone_temp_c, outdoor_temp_c. `write_hvac(kw)` sets
+    its electric power (None: back to its own thermostat, where it also returns when not
+    re-written within `revert_s`)."""
+
+    async def write_hvac(self, kw: float | None, revert_s: int) -> None: ...
+
+
+@runtime_checkable
+class ThermalStorage(Device, Protocol):
+    """values: power_kw (+ charging, − discharging), tank_temp_c. `write_power` sets it; the
+    tank goes idle when not re-written within `revert_s`."""
+
+    async def write_power(self, kw: float, revert_s: int) -> None: ...
+
+
+@runtime_checkable
 class DcConverter(Device, Protocol):
     """values: bus_v (V, the DC bus it feeds), power_kw (+ into the bus, − out of it), v_ref
     (V, its droop reference: bus_v = v_ref − slope × power). `write_v_ref` shifts that

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Role = Literal["pv", "battery", "meter", "load", "dcdc", "ev_charger", "breaker"]
+Role = Literal["pv", "battery", "meter", "load", "dcdc", "ev_charger", "breaker", "hvac",
+               "thermal_storage"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 
 from edge.config import Config, DeviceConfig, config_problems
 from edge.config.model import _Model
+from hil.thermal import ZoneSim
 
 # SunSpec models the HIL simulators can serve (which ones a role needs: hil/devices/variants.py).
 SIM_SUNSPEC_MODELS = (1, 101, 102, 103, 111, 112, 113, 120, 121, 123, 124, 201, 202, 203, 204,
@@ -108,6 +109,8 @@ class SimParams(_Model):
                              "it stays disconnected after each drop before it reconnects")
     meter_every_s: float = Field(60.0, ge=1, le=3600, description="ev_charger: MeterValues "
                                  "interval during a transaction, simulated seconds")
+    zone: ZoneSim | None = Field(None, description="hvac: the zone it conditions (weather, "
+                                 "occupancy, RC model, its own thermostat)")
     max_stack_level: int = Field(8, ge=1, le=100, description="ev_charger: highest charging "
                                  "profile stack level it accepts")
     operate_s: float = Field(0.1, ge=0, le=30, description="breaker: time from a command to "

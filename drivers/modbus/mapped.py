@@ -47,7 +47,9 @@ def plan_reads(points: list[MapPoint], max_read: int = 120) -> list[Block]:
     return blocks
 
 
-_WRITE_ORDER = {"revert": 0, "setpoint": 1, "limit": 1, "enable": 2}
+_WRITE_ORDER = {"revert": 0, "setpoint": 1, "limit": 1, "enable": 2, "control_mode": 2}
+# Outside this a temperature reading is physically implausible (a broken wire, open circuit).
+PLAUSIBLE_C = (-40.0, 80.0)
 
 
 class MapDevice(ModbusUnit):
@@ -332,6 +334,59 @@ class MapBreaker(MapDevice):
         await self.write({"switch": 1.0 if close else 0.0})
 
 
+class MapHvac(MapDevice):
+    """values: power_kw (>= 0), rated_kw, zone_temp_c, outdoor_temp_c (+ extras); a zone or
+    outdoor reading outside the physically plausible range fails the poll, so the device
+    turns STALE and the controller hands it to its own thermostat. Control, whichever the
+    map has: a capacity command `limit` in % of rated with `control_mode` 1 (0: the unit's
+    own thermostat), or SG-Ready's four states in `sg_ready`."""
+
+    role = "hvac"
+    _rated_kw = 0.0
+
+    def _values(self, values: dict[str, float]) -> dict[str, float]:
+        values = super()._values(values)
+        for key in ("zone_temp_c", "outdoor_temp_c"):
+            if not PLAUSIBLE_C[0] <= values[key] <= PLAUSIBLE_C[1]:
+                raise DeviceError(f"{self.id}: {key} reads {values[key]:g} °C, outside "
+                                  f"{PLAUSIBLE_C[0]:g}..{PLAUSIBLE_C[1]:g}; check the sensor")
+        self._rated_kw = values["rated_kw"]
+        values["power_kw"] = max(0.0, values["power_kw"])
+        return values
+
+    async def write_hvac(self, kw: float | None, revert_s: int) -> None:
+        """`kw` None: back to its own thermostat."""
+        if self.map.point("sg_ready") is not None:
+            await self.command("sg_ready", sg_ready_state(kw, self._rated_kw), revert_s)
+            return
+        if kw is None:
+            await self.command("control_mode", 0.0, revert_s)
+            return
+        if self._rated_kw <= 0:
+            raise DeviceError(f"{self.id}: rated_kw unknown yet; cannot turn kW into %")
+        await self.command("limit", min(max(100.0 * kw / self._rated_kw, 0.0), 100.0),
+                           revert_s, also={"control_mode": 1.0})
+
+
+def sg_ready_state(kw: float | None, rated_kw: float) -> float:
+    """SG-Ready: 1 blocked, 2 normal (its own thermostat), 3 recommended on (a lower
+    setpoint), 4 forced on. Four states can only approximate a power."""
+    if kw is None or rated_kw <= 0:
+        return 2.0
+    share = kw / rated_kw
+    return 1.0 if share < 0.05 else 4.0 if share >= 0.9 else 3.0 if share >= 0.5 else 2.0
+
+
+class MapThermalStorage(MapDevice):
+    """values: power_kw (+ charging, − discharging), tank_temp_c. Control: `setpoint` kW."""
+
+    role = "thermal_storage"
+
+    async def write_power(self, kw: float, revert_s: int) -> None:
+        await self.command("setpoint", kw, revert_s)
+
+
 ROLES: dict[str, type[MapDevice]] = {"meter": MapMeter, "battery": MapBattery, "pv": MapPv,
                                      "load": MapFlexLoad, "dcdc": MapDcConverter,
-                                     "breaker": MapBreaker}
+                                     "breaker": MapBreaker, "hvac": MapHvac,
+                                     "thermal_storage": MapThermalStorage}

@@ -57,8 +57,13 @@ ROLE_KEYS: dict[str, tuple[str, ...]] = {
     "dcdc": ("bus_v", "power_kw", "v_ref"),
     # The PCC breaker and its synchronism-check measurements on either side of it.
     "breaker": ("closed", "switch", "grid_v", "grid_hz", "bus_v", "bus_hz", "phase_deg"),
+    "hvac": ("power_kw", "rated_kw", "zone_temp_c", "outdoor_temp_c"),
+    "thermal_storage": ("power_kw", "tank_temp_c", "setpoint"),
 }
-CONTROL_KEYS = ("setpoint", "limit", "enable", "revert", "relay", "switch", "grid_mode")
+# An HVAC unit is driven one of these ways, whichever its map has (checked below).
+HVAC_CONTROLS = (("limit", "control_mode"), ("sg_ready",))
+CONTROL_KEYS = ("setpoint", "limit", "enable", "revert", "relay", "switch", "grid_mode",
+                "control_mode", "sg_ready")
 # Units of the keys control or the platform interpret; a map must deliver them in these.
 KEY_UNITS: dict[str, tuple[str, ...]] = {
     "power_kw": ("kW",), "import_kwh": ("kWh",), "export_kwh": ("kWh",), "soc_pct": ("%",),
@@ -67,6 +72,8 @@ KEY_UNITS: dict[str, tuple[str, ...]] = {
     "limit": ("%", "kW"), "revert": ("s",), "relay": ("",), "relay_feedback": ("",),
     "bus_v": ("V",), "v_ref": ("V",), "closed": ("",), "switch": ("",), "grid_mode": ("",),
     "grid_v": ("V",), "grid_hz": ("Hz",), "bus_hz": ("Hz",), "phase_deg": ("deg",),
+    "zone_temp_c": ("°C",), "outdoor_temp_c": ("°C",),
+    "tank_temp_c": ("°C",), "control_mode": ("",), "sg_ready": ("",),
 }
 _RANGES = {"uint16": (0, 0xFFFF), "int16": (-0x8000, 0x7FFF), "uint32": (0, 0xFFFFFFFF),
            "int32": (-0x80000000, 0x7FFFFFFF)}
@@ -218,7 +225,7 @@ def _loc(loc: tuple, data: object) -> str:
 # Quantities that take both signs (docs/domain.md §2): an unsigned register would turn charging or
 # export into a huge positive number.
 SIGNED_KEYS = frozenset({"power_kw", "setpoint"})
-SIGNED_ROLES = frozenset({"battery", "meter", "dcdc"})  # PV output is never negative
+SIGNED_ROLES = frozenset({"battery", "meter", "dcdc", "thermal_storage"})  # PV output is never negative
 
 
 def _cross_checks(m: RegisterMap) -> list[str]:
@@ -263,6 +270,9 @@ def _cross_checks(m: RegisterMap) -> list[str]:
             problems.append(f"{at(p, 'value')}: enable needs the value that enables control (e.g. 1)")
         if p.key != "enable" and p.value is not None:
             problems.append(f"{at(p, 'value')}: only the enable point takes a value")
+    if "hvac" in m.roles and not any(all(m.point(k) for k in ks) for ks in HVAC_CONTROLS):
+        problems.append("points: role hvac needs its control: limit (%) with control_mode "
+                        "(0 own thermostat, 1 external), or sg_ready (SG-Ready state 1..4)")
     for role in m.roles:
         for key in ROLE_KEYS[role]:
             if m.point(key) is not None:

@@ -57,6 +57,9 @@ class PlanInput:
     demands: tuple[Demand, ...] = ()
     demand_from_battery: bool = False  # config.control.ev_from_battery
     valley_price: float | None = None  # the tariff's cheapest period (None: the horizon's)
+    # Zones the HVAC conditions and thermal storage tanks (edge/plan/thermal.py).
+    zones: tuple = ()
+    tanks: tuple = ()
 
     @property
     def now(self) -> datetime:

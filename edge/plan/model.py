@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from edge.plan import demands
+from edge.plan import demands, thermal
 from edge.plan.inputs import PlanBattery, PlanInput, build_input, check
 
 __all__ = ["PlanBattery", "PlanInput", "Lp", "build", "build_input", "check",
@@ -190,6 +190,7 @@ def build(inp: PlanInput, elastic: bool = False) -> Lp:
     limits too, at a price above everything else, which turns an infeasible plan into one
     that shows where and by how much (for the reason)."""
     check(inp)
+    thermal.check(inp)
     n, nb = inp.n, len(inp.batteries)
     dt = inp.dt_h
     load = np.asarray(inp.load_kw, dtype=float)
@@ -211,8 +212,10 @@ def build(inp: PlanInput, elastic: bool = False) -> Lp:
 
     # Physical reach of the grid each step (PV can be curtailed to zero), inside the limits.
     dem_cap = demands.caps(inp)
-    imp_ub = np.maximum(load + ch_max.sum() + dem_cap.sum(axis=0), 0.0)
-    exp_ub = np.maximum(pv + dis_max.sum() - load, 0.0)
+    imp_ub = np.maximum(load + ch_max.sum() + dem_cap.sum(axis=0) + thermal.max_draw_kw(inp),
+                        0.0)
+    exp_ub = np.maximum(pv + dis_max.sum() + sum(t.max_discharge_kw for t in inp.tanks) - load,
+                        0.0)
     if not elastic:
         imp_ub = np.minimum(imp_ub, inp.import_limit_kw)
         exp_ub = np.minimum(exp_ub, inp.export_limit_kw)
@@ -268,6 +271,7 @@ def build(inp: PlanInput, elastic: bool = False) -> Lp:
                    + inp.demand_charge_per_kw * 3600.0 / inp.step_s)
 
     demands.add(m, inp, dt, dem_cap, big, {"balance": bal, "imp": imp, "exp": exp, "pv": pvu})
+    thermal.add(m, inp, dt, big * (n + 1), bal, max(pi.max(), pe.max(), 0.0))
 
     # Reserve SoC, soft: e + short >= reserve
     if nb:

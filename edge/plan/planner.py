@@ -69,6 +69,7 @@ from edge.plan.model import build_input
 from edge.plan.solve import Plan, PlanInfeasible, solve
 from edge.plan.stats import PlannerStats
 from edge.plan.watch import DemandWatch
+from edge.plan.zones import OutdoorLog, Weather, thermal_input
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,8 @@ class Planner:
         self._pending: str | None = None
         self._seen: dict[str, tuple] = {}
         self.demand_watch = DemandWatch()
+        self.outdoor = OutdoorLog()
+        self.weather: Weather | None = None  # the true weather, where a caller knows it
         self._bad_demands: set[str] = set()  # said once each
         # Called with the `plan` report (message.py) of each plan adopted, once per plan.
         self.on_adopt: Callable[[dict], None] | None = None
@@ -251,8 +254,11 @@ class Planner:
         peak = billing_peak_kw(self.history, now, self.config.site.timezone)
         demands = self._demands()
         self.demand_watch.planned_with(demands, now)
-        return build_input(self.config, start, self.step_s, load, pv, soc, peak, commitments,
-                           now=now, battery_ids=list(soc), demands=demands)
+        zones, tanks = thermal_input(self.config, image, start, self.n, self.step_s,
+                                     self.outdoor, self.weather)
+        inp = build_input(self.config, start, self.step_s, load, pv, soc, peak, commitments,
+                          now=now, battery_ids=list(soc), demands=demands)
+        return replace(inp, zones=zones, tanks=tanks) if zones or tanks else inp
 
     def _adopt(self, plan: Plan, made_at: datetime, inp=None) -> Plan:
         self.last, self.made_at = plan, made_at
@@ -349,6 +355,8 @@ class Planner:
                 not self._on_bound(g, step_cap) else math.nan
             demand = tuple((i, round(float(kw[k]), 3)) for i, kw in plan.demand_kw.items()
                            if kw[k] >= 1e-3)
+            # HVAC and tanks: every step, 0 included (a planned shed is an instruction too).
+            demand += tuple((i, round(float(kw[k]), 3)) for i, kw in plan.thermal_kw.items())
             apart = 0.0 if self.config.control.ev_from_battery else sum(v for _, v in demand)
             out.append(Instruction(
                 id=f"plan-{a.strftime('%Y%m%dT%H%M%SZ')}", source="plan", start=max(a, now),

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from edge.plan import demands
+from edge.plan import demands, thermal
 from edge.plan.model import Lp, PlanInput, committed, demand_blocks
 
 _TOL_KW = 1e-4
@@ -45,6 +45,11 @@ class Plan:
     demand_short_kwh: dict[str, float] = field(default_factory=dict)
     demand_kwh: float = 0.0
     demand_valley_kwh: float = 0.0
+    # HVAC and thermal storage: kW per device and step (part of grid_kw), each zone's
+    # temperature (n+1, [0] now) and the kelvin-hours the plan leaves outside the bands.
+    thermal_kw: dict[str, np.ndarray] = field(default_factory=dict)
+    zone_c: dict[str, np.ndarray] = field(default_factory=dict)
+    comfort_violation_kh: float = 0.0
 
     @property
     def n(self) -> int:
@@ -105,6 +110,7 @@ def to_plan(inp: PlanInput, lp: Lp, x: np.ndarray, status: str, solve_s: float,
     demand = inp.demand_charge_per_kw * peak
     degradation = float(inp.degradation_cost_per_kwh * np.sum(dt * (ch + dis)))
     dem = demands.result(inp, lp.cols, x, dt)
+    th = thermal.result(inp, lp.cols, x, dt)
     reason = "; ".join(r for r in (_notes(inp, lp, x, dt), *dem.notes) if r)
     return Plan(
         start=inp.start, step_s=inp.step_s, grid_kw=grid, bess_kw=net.sum(axis=0),
@@ -115,6 +121,7 @@ def to_plan(inp: PlanInput, lp: Lp, x: np.ndarray, status: str, solve_s: float,
         soc_pct_by_id={i: energy[k] / cap[k] * 100 for k, i in enumerate(ids)},
         first_step_s=inp.first_step_s, commitment_short_kw=short, demand_kw=dem.kw,
         demand_short_kwh=dem.short_kwh, demand_kwh=dem.kwh, demand_valley_kwh=dem.valley_kwh,
+        thermal_kw=th.kw, zone_c=th.zone_c, comfort_violation_kh=th.violation_kh,
     )
 
 

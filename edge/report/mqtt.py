@@ -20,36 +20,13 @@ Retransmission has one owner: the outbox (this link), never paho.
     in the instant the connection broke is sent twice (QoS 1 is at-least-once); with at
     most `window` messages in flight that is rare and bounded.
 
-Throughput while a backlog drains (tests/bench/bench_outbox.py): up to `window` (100)
-messages in flight; PUBACKs reach the event loop in batches (one wake-up for all that
-arrived meanwhile, not one each); acknowledged rows leave the outbox in one transaction
-per `delete_batch` acknowledgements, or as soon as nothing is in flight (so at a report
-every few seconds each row still goes at once). Acknowledged rows still on disk are never
-re-sent by a live link: they are deleted before a reconnect re-sends the outbox. Only a
-kill -9 (or power cut) can leave them behind, and the next start sends them again - at most
-`delete_batch` of them, duplicates the platform drops by msg_id; none is ever lost.
-
 Threads: paho runs its network loop in its own thread (`loop_start`). Its callbacks only
 hand events to the event loop (`call_soon_threadsafe`), except `on_connect`, which also
 drops paho's queue under `self._lock`. The drain loop publishes under the same lock and
 only while the connection generation it has seen is paho's current one, so no publish
 can slip onto a new connection before the link has reset its bookkeeping for it. All
-outbox (SQLite) access stays on the event-loop thread.
-
-Inbound (platform commands): `subscribe(filter)` is renewed on every CONNACK, and a SUBACK
-that refuses it (0x80: a NATS server whose JetStream timed out creating the consumer, a
-broker's ACL) is tried again every few seconds while connected, so a site never stays deaf
-to its commands without a word in the log; each message
-is handed, unparsed, to the `inbound` asyncio queue on the event-loop thread. The queue is
-bounded: a flood beyond it is dropped and counted, never allowed to grow the process.
-
-Reconnects use paho's backoff (`reconnect_delay_set`); nothing raises into the caller.
-
-Failover (`mqtt.hosts`): a failed connect, or a CONNACK that refuses, moves the next
-attempt to the next broker of the list (round robin); a working connection stays where it
-is, and one that drops is first tried again on the same broker. Nothing else changes on a
-failover: the outbox re-sends everything unacknowledged on the new connection, as after any
-reconnect, so a broker that dies with messages in flight loses none of them.
+outbox (SQLite) access stays on the event-loop thread. The drain's batching, inbound
+commands and failover between brokers: docs/architecture.md ("The MQTT link").
 """
 
 from __future__ import annotations

@@ -12,17 +12,20 @@ from edge.roles.breaker import Breaker, BreakerDevice
 from edge.roles.dcdc import DcConverter, DcConverterDevice
 from edge.roles.evcharger import EvCharger, EvChargerDevice
 from edge.roles.flexload import FlexLoad, FlexLoadDevice
+from edge.roles.hvac import Hvac, HvacDevice
 from edge.roles.meter import Meter, MeterDevice
 from edge.roles.pv import Pv, PvDevice
 from edge.roles.role import Memory, Part, Role, Written
+from edge.roles.tes import ThermalStorage, ThermalStorageDevice
 
 # Order matters where roles meet: the kernel's blocks and the telemetry fields follow it.
 ROLES: dict[str, Role] = {r.name: r for r in (Pv(), Battery(), Meter(), FlexLoad(), DcConverter(),
-                                                  EvCharger(), Breaker())}
+                                                  EvCharger(), Breaker(), Hvac(),
+                                                  ThermalStorage())}
 
 DeviceConfig = Annotated[
     PvDevice | BatteryDevice | MeterDevice | FlexLoadDevice | DcConverterDevice
-    | EvChargerDevice | BreakerDevice,
+    | EvChargerDevice | BreakerDevice | HvacDevice | ThermalStorageDevice,
     Field(discriminator="role"),
 ]
 
@@ -40,5 +43,6 @@ def grouped(devices: list[Any]) -> dict[str, list[Any]]:
 
 
 __all__ = ["ROLES", "BatteryDevice", "BmsParams", "BreakerDevice", "Part", "DcConverterDevice",
-           "DeviceConfig", "EvChargerDevice", "FlexLoadDevice", "Memory", "MeterDevice",
-           "PvDevice", "Role", "Written", "grouped", "role_of"]
+           "DeviceConfig", "EvChargerDevice", "FlexLoadDevice", "HvacDevice", "Memory",
+           "MeterDevice", "PvDevice", "Role", "ThermalStorageDevice", "Written", "grouped",
+           "role_of"]

@@ -61,7 +61,9 @@ class Part:
     a lower PCC power (import less / export more), down a higher one."""
 
     id: str
-    kind: str  # "storage" (its energy runs out), "generation" (curtailable), "consumption" (sheddable)
+    # "storage" (a battery: its energy runs out), "generation" (curtailable), "consumption"
+    # (sheddable), "thermal" (HVAC or a tank: held only as long as the band or tank allows)
+    kind: str
     push_kw: float  # now
     max_kw: float  # the most push it can reach
     min_kw: float  # the least

@@ -42,7 +42,7 @@ class Capability:
     unreadable: tuple[str, ...] = ()
 
     def of(self, kind: str) -> list[Part]:
-        """The parts of one kind: storage, generation or consumption (Part.kind)."""
+        """The parts of one kind: storage, generation, consumption or thermal (Part.kind)."""
         return [p for p in self.parts if p.kind == kind]
 
     @property
@@ -52,7 +52,8 @@ class Capability:
         for p in self.of("storage"):
             words.append(f"{p.id} SoC {p.soc_pct:.0f}% -{p.up_kw(self.hours):.1f}/"
                          f"+{p.down_kw(self.hours):.1f} kW")
-        for kind, what in (("generation", "curtailable PV"), ("consumption", "switchable loads")):
+        for kind, what in (("generation", "curtailable PV"), ("consumption", "switchable loads"),
+                           ("thermal", "HVAC and thermal storage")):
             kw = sum(p.up_kw(self.hours) + p.down_kw(self.hours) for p in self.of(kind))
             if kw:
                 words.append(f"{what} {kw:.1f} kW")

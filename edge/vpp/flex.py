@@ -6,7 +6,10 @@ Per interval, relative to the baseline (the PCC power expected without any reque
   discharge room above the baseline's own battery power, plus what the switchable loads
   (role `load`) draw now (shedding them saves it, for one interval at least) and what the
   EV chargers draw now, each only if its car can be paused for the interval and still get
-  its energy by its departure at full power (the session's slack, from `demands`);
+  its energy by its departure at full power (the session's slack, from `demands`), and
+  thermal devices (HVAC, thermal storage), which count in interval k only with what they
+  can hold from now to its end: an HVAC shed until its zone would reach the comfort band
+  (edge/roles/hvac.py `coast_h`), a tank while its stored energy lasts;
 - down: this far above it (import more): battery charge room, the PV that could be
   curtailed (reached through a grid floor: a dr_event `increase` or a dispatch grid_min_kw)
   and the EV chargers with a car raised to their maximum;
@@ -124,15 +127,18 @@ def build(config: Config, image: ProcessImage, now: datetime,
         source = "current"
         grids, parts, pvs = _current(image, config.grid_meter.id, bats,
                                      sum(p.push_kw for p in cap.of("generation")), n)
-    loads = cap.of("consumption")
+    loads, thermal = cap.of("consumption"), cap.of("thermal")
     intervals = []
     for k, t in enumerate(starts):
         c = total([*parts[k], pv_at("pv", pvs[k]), *loads], h)
+        reach = (k + 1) * h  # a move that starts now and lasts through this interval
+        up = sum(p.up_kw(reach) for p in thermal)
+        down = sum(p.down_kw(reach) for p in thermal)
         intervals.append({
             "start": _iso(t),
             "baseline_kw": None if grids[k] is None else round(grids[k], 3),
-            "up_kw": round(c.up_kw, 3), "down_kw": round(c.down_kw, 3),
-            "up_kwh": round(c.up_kwh, 3), "down_kwh": round(c.down_kwh, 3),
+            "up_kw": round(c.up_kw + up, 3), "down_kw": round(c.down_kw + down, 3),
+            "up_kwh": round(c.up_kwh + up * h, 3), "down_kwh": round(c.down_kwh + down * h, 3),
         })
     soc = None if pack is None else sum(b.capacity_kwh * s for b, _, s in bats) / pack.capacity_kwh
     return {

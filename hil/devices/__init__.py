@@ -18,13 +18,14 @@ from hil.devices.dcbus import MapDcBusSim
 from hil.devices.dlt645 import Dlt645SimMeter
 from hil.devices.evcharger import EvChargerSim
 from hil.devices.flexload import MapFlexLoadSim
+from hil.devices.hvac import MapHvacSim, MapTesSim
 from hil.devices.mapped import MapBatteryPcs, MapThreePhaseMeter
 from hil.devices.sunspec import BatteryPcs, Meter, PvInverter
 from hil.devices.variants import BatteryVariant, MeterVariant, PvVariant
 
 SIMULATORS: tuple[type[SimulatedDevice], ...] = (
     PvInverter, BatteryPcs, Meter, MapBatteryPcs, MapThreePhaseMeter, MapFlexLoadSim,
-    MapDcBusSim, Dlt645SimMeter, EvChargerSim, MapBreakerSim,
+    MapDcBusSim, Dlt645SimMeter, EvChargerSim, MapBreakerSim, MapHvacSim, MapTesSim,
 )
 CHAINS: dict[str, type[SimulatedDevice]] = {
     cls.role: cls for cls in (PvVariant, BatteryVariant, MeterVariant)

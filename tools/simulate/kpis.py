@@ -33,6 +33,7 @@ from tools.simulate.islandkpis import island_kpis
 from tools.simulate.references import optimum, uncontrolled
 from tools.simulate.replay import replay_rules
 from tools.simulate.run import RunResult
+from tools.simulate.thermal import event_kpis, hvacs_of
 from tools.simulate.tracks import VIOLATION_TOL_KW, PlanTrack
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,13 @@ def extra_rows(k: dict) -> list[tuple[str, str, str, int]]:
     rows = [("Time above import limit", "min", "import_over_min", 1),
             ("Worst kW above import limit", "kW", "import_worst_kw", 2)]
     c = k["controller"]
+    if "comfort_violation_kh" in c:
+        rows = [("Outside comfort band", "K·h", "comfort_violation_kh", 2),
+                ("Zone max", "°C", "zone_max_c", 2)] + rows
+    if "rebound_peak_kw" in c:
+        rows = [("DR delivered / requested", "", "dr_ratio", 3),
+                ("Pre-event peak (15 min)", "kW", "pre_event_peak_kw", 1),
+                ("Rebound peak (15 min, 2 h)", "kW", "rebound_peak_kw", 1)] + rows
     if "ev_kwh" in c:
         n = c["ev_sessions"]
         rows = [("EV energy delivered", "kWh", "ev_kwh", 1),
@@ -66,6 +74,10 @@ def extra_rows(k: dict) -> list[tuple[str, str, str, int]]:
 EV_KEYS = ("import_over_min", "import_worst_kw", "import_over_kwh", "ev_kwh", "ev_valley_kwh",
            "ev_valley_share_pct", "ev_sessions", "ev_sessions_met", "ev_sessions_open",
            "ev_short_kwh")
+# The thermal figures (tools/simulate/thermal.py).
+THERMAL_KEYS = ("comfort_violation_kh", "zone_max_c", "zone_min_c", "pre_event_peak_kw",
+                "rebound_peak_kw", "rebound_under_pre_event_peak", "dr_requested_kwh",
+                "dr_delivered_kwh", "dr_ratio")
 
 
 def _costs(k: dict, value: float) -> dict:
@@ -76,7 +88,7 @@ def _costs(k: dict, value: float) -> dict:
                                    "peak_15min_import_kw", "pv_curtailed_kwh") if key in k}
     out["stored_energy_change_kwh"] = d_e
     out["adjusted_cost"] = k["total_cost"] - value * d_e
-    for key in ("soc_min_pct", "soc_max_pct", "status", "solve_s", *EV_KEYS):
+    for key in ("soc_min_pct", "soc_max_pct", "status", "solve_s", *EV_KEYS, *THERMAL_KEYS):
         if key in k:
             out[key] = k[key]
     return out
@@ -136,9 +148,19 @@ def evaluate(res: RunResult, *, with_optimum: bool = True, with_rules: bool = Tr
         outcomes = ev.outcomes()
         controller.update(ev_kpis(ev.kwh, ev.valley_kwh, outcomes, res.recorder.imports))
         sessions["controller"] = session_rows(outcomes)
+    thermal = bool(hvacs_of(cfg))
+    windows, base = sc.dr_windows(), None
+    if thermal:
+        controller.update(res.recorder.comfort.kpis())
+        if windows and with_rules:  # the site as it would have been without the event
+            base = replay_rules(cfg, truth, sc.duration_s, [], sc.initial_soc(cfg))[
+                "grid_15min_kw"]
+        controller.update(event_kpis(res.recorder.means()["grid"], base, sc.start, windows))
     refs: dict = {"no_battery": _costs(nb, value)}
     if with_rules:
-        rules = replay_rules(cfg, truth, sc.duration_s, sc.dr_windows(), sc.initial_soc(cfg))
+        rules = replay_rules(cfg, truth, sc.duration_s, windows, sc.initial_soc(cfg))
+        if thermal:
+            rules.update(event_kpis(rules["grid_15min_kw"], base, sc.start, windows))
         refs["rule_based"] = _costs(_split_sessions(rules, "rule_based", sessions), value)
     if with_rules and ev is not None:
         refs["uncontrolled"] = _costs(
@@ -167,6 +189,8 @@ def evaluate(res: RunResult, *, with_optimum: bool = True, with_rules: bool = Tr
     if with_optimum:
         try:
             opt, plan = optimum(cfg, sc, truth, value)
+            if thermal:
+                opt.update(event_kpis(opt["grid_15min_kw"], base, sc.start, windows))
             refs["optimum"] = _costs(_split_sessions(opt, "optimum", sessions), value)
             res.optimum_plan = plan
         except Exception as exc:  # noqa: BLE001 - report it, the run's own KPIs still stand

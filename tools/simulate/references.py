@@ -31,6 +31,7 @@ from tools.simulate.evkpis import (
     true_sessions,
 )
 from tools.simulate.replay import replay_rules
+from tools.simulate.thermal import true_thermal
 from tools.simulate.tracks import Excess
 
 
@@ -91,8 +92,9 @@ def optimum(cfg: Config, scenario: Scenario, truth: Truth, value_per_kwh: float,
     sessions = true_sessions(cfg, truth.start, end)
     inp = build_input(cfg, truth.start, BILLING_S, load, pv, scenario.initial_soc(cfg), 0.0,
                       commitments, demands=demands_of(sessions, end))
+    zones, tanks = true_thermal(cfg, truth.start, n, BILLING_S)
     inp = replace(inp, import_price=truth.import_prices(truth.start, n, BILLING_S),
-                  terminal_value_per_kwh=value_per_kwh)
+                  terminal_value_per_kwh=value_per_kwh, zones=zones, tanks=tanks)
     plan = solve_with_arrivals(inp, {s.id: s.arrives for s in sessions}, time_limit_s)
     h = BILLING_S / 3600
     imp, exp = np.maximum(plan.grid_kw, 0), np.maximum(-plan.grid_kw, 0)
@@ -113,8 +115,12 @@ def optimum(cfg: Config, scenario: Scenario, truth: Truth, value_per_kwh: float,
         "stored_kwh_end": float(plan.soc_pct[-1]) / 100 * cap if cap else 0.0,
         "soc_min_pct": float(plan.soc_pct.min()) if cap else None,
         "soc_max_pct": float(plan.soc_pct.max()) if cap else None,
-        "status": plan.status, "solve_s": plan.solve_s,
+        "status": plan.status, "solve_s": plan.solve_s, "grid_15min_kw": plan.grid_kw,
     }
+    if zones:
+        kpis.update(comfort_violation_kh=plan.comfort_violation_kh,
+                    zone_max_c=float(max(z[1:].max() for z in plan.zone_c.values())),
+                    zone_min_c=float(min(z[1:].min() for z in plan.zone_c.values())))
     imports = Excess()
     limit = math.inf if cfg.control.import_limit_kw is None else cfg.control.import_limit_kw
     for g in plan.grid_kw:

@@ -1,7 +1,8 @@
 """The rule-based reference: the daemon's own decision (edge/control/decide.py, planner off)
 replayed in Python on the scenario's true series each `control.cycle_s`, with the write
 rules of the daemon (deadband, revert re-writes, shed before restore) and the HIL's physics
-for batteries, PV ramps and switchable loads. A replay, not a second HIL run: it takes
+for batteries, PV ramps, switchable loads, HVACs and tanks (their HIL simulators, stepped
+here: tools/simulate/thermal.py). A replay, not a second HIL run: it takes
 seconds instead of doubling the wall time of every run, and without Modbus latency or the
 accelerated clock's coarse cycles it is the rules at their best, so the planner is compared
 with a fair baseline (`--no-planner` gives the HIL figure for the rules when wanted).
@@ -38,6 +39,7 @@ from hil.site import Ledger
 from tools.simulate.events import dr_instruction
 from tools.simulate.evkpis import EvLedger, ev_kpis, session_rows
 from tools.simulate.evpark import EvPark, chargers_of, without_chargers
+from tools.simulate.thermal import INTERVAL_S, ThermalPlant
 from tools.simulate.tracks import Excess
 
 
@@ -82,12 +84,15 @@ class _Site:
                   * s.cloud_factor if s.peak_kw else 0.0)
             self.dc_kw[c.id] = load_kw(s.profile, t.astimezone(self.tz), s.base_kw, s.day_kw) - pv
 
-    def image(self, t, dt: float, load: float, ev_kw: float, ev: dict) -> ProcessImage:
+    def image(self, t, dt: float, load: float, ev_kw: float, ev: dict,
+              thermal: dict) -> ProcessImage:
         """The readings of the last step: `ev_kw` the cars' draw (at the PCC, not behind
-        the load meters), `ev` the chargers' readings the controller gets."""
+        the load meters), `ev` the chargers' readings the controller gets, `thermal` the
+        HVACs' and tanks'."""
         bess = sum(ph.power_kw for ph in self.phys.values())
         values = {self.grid_id: {"power_kw": load + ev_kw - sum(self.pv_kw.values()) - bess}}
         values.update(ev)
+        values.update(thermal)
         values.update({m.id: {"power_kw": load} for m in self.meters if m.id != self.grid_id})
         values.update({b.id: {"power_kw": self.phys[b.id].power_kw,
                               "soc_pct": self.phys[b.id].soc_pct} for b in self.bats})
@@ -123,6 +128,7 @@ def replay_rules(cfg: Config, truth: Truth, duration_s: float, dr: list[Window],
     memory = controller.initial_memory()
     writer = Writer(ctl_cfg, {})  # its rules of what is due; the replay's physics take the values
     site = _Site(ctl_cfg, controller.groups, soc0)
+    plant = ThermalPlant(ctl_cfg, controller.groups)
     park = EvPark(chargers, site.tz, uncontrolled)
     book = InstructionBook()
     for w in dr:
@@ -136,6 +142,7 @@ def replay_rules(cfg: Config, truth: Truth, duration_s: float, dr: list[Window],
     imports = Excess()
     limit = math.inf if cfg.control.import_limit_kw is None else cfg.control.import_limit_kw
     price_minute, price = -1, 0.0
+    grid15 = np.zeros(int(np.ceil(n * dt / INTERVAL_S)))
     for k in range(n):
         t, now_s = truth.start + timedelta(seconds=k * dt), k * dt
         minute = int(now_s // 60)
@@ -143,22 +150,26 @@ def replay_rules(cfg: Config, truth: Truth, duration_s: float, dr: list[Window],
             price_minute, price = minute, truth.price_at(t)
         site.dc_step(t)
         park.presence(t)
-        load = truth.load_at(t) + site.flex_kw()
+        load = truth.load_at(t) + site.flex_kw() + plant.kw()
         avail = np.minimum(rated, truth.pv_at(t) * site.share)
-        image = site.image(t, dt, load, park.kw, {} if uncontrolled else park.values(now_s))
+        image = site.image(t, dt, load, park.kw, {} if uncontrolled else park.values(now_s),
+                           plant.values())
         decision, memory = controller.decide(image, book, memory, now_s)
         violated = limit_violated(image, decision, site.grid_id)
         due = {d.id: v for phase in writer.jobs(decision, memory, now_s, violated)
                for d, v in phase}
         memory = controller.after_writes(memory, due, now_s)
         site.setpoint.update(due)
+        plant.apply(due)
         park.want(due, now_s)
-        load = truth.load_at(t) + site.flex_kw()
+        plant.step(t, now_s, dt)
+        load = truth.load_at(t) + site.flex_kw() + plant.kw()
         bess, pv = site.step(avail, dt)
         ev = park.step(dt)
         grid = load + ev - pv - bess
         ledger.add(t, price, dt, load + ev, pv, float(avail.sum()), bess, grid)
         imports.add(grid - limit, dt)
+        grid15[int(now_s // INTERVAL_S)] += grid * dt / INTERVAL_S
         evs.see(t, dt, park.watched())
         if site.phys:
             socs.append(sum(b.soc_pct * b.capacity_kwh for b in site.phys.values())
@@ -167,7 +178,7 @@ def replay_rules(cfg: Config, truth: Truth, duration_s: float, dr: list[Window],
     out.update(stored_kwh_start=e0, stored_kwh_end=site.stored_kwh(),
                soc_min_pct=min(socs, default=None), soc_max_pct=max(socs, default=None),
                import_over_min=imports.seconds / 60, import_worst_kw=imports.worst_kw,
-               import_over_kwh=imports.kwh)
+               import_over_kwh=imports.kwh, grid_15min_kw=grid15, **plant.comfort.kpis())
     if chargers:
         outcomes = evs.outcomes()
         out.update(ev_kpis(evs.kwh, evs.valley_kwh, outcomes, imports),

@@ -26,6 +26,7 @@ from tools.simulate.events import fire_events
 from tools.simulate.evkpis import EvLedger
 from tools.simulate.evpark import chargers_of
 from tools.simulate.islandkpis import collect
+from tools.simulate.thermal import Comfort, hvacs_of, true_weather
 from tools.simulate.tracks import ForecastLog, PlanTrack, Recorder
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,9 @@ async def run(scenario: Scenario, config: Config, *, forecast: str = "perfect",
         if chargers := chargers_of(cfg):
             recorder.ev = EvLedger(cfg, scenario.end)
             recorder.chargers = [(d, site.devices[d.id].connectors) for d in chargers]
+        if hvacs := hvacs_of(cfg):
+            recorder.comfort = Comfort(cfg)
+            recorder.zones = lambda: {d.id: site.devices[d.id].zone_c for d in hvacs}
         site.on_substep = recorder
         e0 = _stored_kwh(site)
         await site.start()  # before the broker: its free port must not be a device's port
@@ -203,6 +207,8 @@ async def run(scenario: Scenario, config: Config, *, forecast: str = "perfect",
             if daemon.planner is not None:
                 inner = truth.forecast if forecast == "perfect" else daemon.planner.forecast
                 flog = daemon.planner.forecast = ForecastLog(inner)
+                if forecast == "perfect" and hvacs_of(cfg):
+                    daemon.planner.weather = true_weather(cfg)
             result = await _drive(scenario, clock, site, daemon, progress)
             island = collect(daemon, site)
         finally:

@@ -64,6 +64,8 @@ class Recorder:
         self.soc_max = -math.inf
         self.ev = None
         self.chargers: list = []
+        self.comfort = None  # tools/simulate/thermal.py Comfort, on a site with HVAC
+        self.zones = None  # () -> {hvac id: zone °C}
 
     def __call__(self, s: Sample, dt_s: float) -> None:
         t = s.t.timestamp() - self.t0 - dt_s  # start of the sub-step
@@ -80,6 +82,8 @@ class Recorder:
         self.imports.add(s.grid_kw - self.import_limit, dt_s)
         if self.ev is not None:
             self.ev.see(s.t - timedelta(seconds=dt_s), dt_s, self.chargers)
+        if self.comfort is not None:
+            self.comfort.see(s.t - timedelta(seconds=dt_s), dt_s, self.zones())
         self.exports.add(-s.grid_kw - self.export_limit, dt_s)
         worst = 0.0
         for a, b, e in self.dr:

@@ -54,6 +54,9 @@ class Telemetry(_Report):
     flex_load_kw: float | None = Field(None, description="switchable loads: what they draw")
     flex_loads_on: int | None = Field(None, ge=0, description="switchable loads running")
     ev_kw: float | None = Field(None, ge=0, description="EV chargers: what the cars draw")
+    hvac_kw: float | None = Field(None, ge=0, description="HVAC units: their electric power")
+    zone_temp_c: float | None = Field(None, description="HVAC units: mean zone temperature")
+    tes_kw: float | None = Field(None, description="thermal storage: + charging, - discharging")
     ev_charging: int | None = Field(None, ge=0, description="EV chargers with a transaction")
     ev_chargers: dict[str, ChargerState] = Field(
         default_factory=dict, description="each EV charger by device id")

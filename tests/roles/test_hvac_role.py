@@ -1,0 +1,149 @@
+"""The hvac and thermal_storage roles on hand-made process images through the real
+`decide`: a DR cap sheds the HVAC until the comfort band would be reached (the band wins),
+the recovery after the cap is ramped and staggered, a stuck zone sensor hands the unit to
+its own thermostat; the config names a bad comfort band and its fix."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from drivers.base import Quality, Reading
+from edge.config import ConfigError, parse
+from edge.control.decide import Controller
+from edge.control.instructions import Instruction, InstructionBook
+from edge.control.kernel import load_kernel
+from edge.image.image import DeviceState, ProcessImage
+from edge.roles import ROLES
+from edge.roles.hvac import THERMOSTAT, HvacDevice
+
+T0 = datetime(2026, 7, 1, 6, tzinfo=UTC)  # 14:00 in Shanghai
+
+
+def site(**hvac) -> dict:
+    return {
+        "site": {"id": "s", "timezone": "Asia/Shanghai"},
+        "devices": [
+            {"id": "pcc", "host": "127.0.0.1", "role": "meter", "port": 1504},
+            *({"id": f"ahu{i}", "host": "127.0.0.1", "role": "hvac", "port": 1510 + i,
+               "map": "hvac_generic", "rated_kw": 20, "min_on_s": 0, "min_off_s": 0,
+               "comfort": [{"start": "08:00", "end": "19:00", "min_c": 22, "max_c": 26}],
+               "model": {"r_k_per_kw": 2.5, "c_kwh_per_k": 12, "gains_kw": 8}, **hvac}
+              for i in (1, 2)),
+            {"id": "tank", "host": "127.0.0.1", "role": "thermal_storage", "port": 1520,
+             "map": "tes_generic", "capacity_kwh": 300, "max_charge_kw": 30,
+             "max_discharge_kw": 30},
+        ],
+        "tariff": {"periods": [{"name": "flat", "start": "00:00", "end": "00:00", "price": 0.5}]},
+    }
+
+
+SITE = parse(site())
+
+
+def image(ts=T0, zone=24.0, hvac_kw=10.0, base_kw=30.0, quality=Quality.GOOD) -> ProcessImage:
+    def state(dev, values, q=Quality.GOOD):
+        return DeviceState(Reading(dev, values), q, 0)
+
+    ahus = {f"ahu{i}": state(f"ahu{i}", {"power_kw": hvac_kw, "rated_kw": 20.0,
+                                          "zone_temp_c": zone, "outdoor_temp_c": 35.0}, quality)
+            for i in (1, 2)}
+    return ProcessImage(ts, 1.0, {
+        "pcc": state("pcc", {"power_kw": base_kw + 2 * hvac_kw}), **ahus,
+        "tank": state("tank", {"power_kw": 0.0, "tank_temp_c": 8.0})})
+
+
+def dr(until_h: float, cap_kw: float) -> InstructionBook:
+    book = InstructionBook()
+    book.put(Instruction(id="dr-1", source="grid_operator", start=T0 - timedelta(hours=1),
+                         end=T0 + timedelta(hours=until_h), grid_max_kw=cap_kw))
+    return book
+
+
+@pytest.fixture
+def ctl() -> Controller:
+    return Controller(SITE, load_kernel())
+
+
+def test_a_dr_cap_sheds_the_hvac_while_the_zone_has_room(ctl):
+    d, _ = ctl.decide(image(zone=25.0), dr(2, 35.0), ctl.initial_memory(), 0.0)
+    hvac = d.setpoints["hvac"]
+    assert sum(hvac.values()) <= 35.0 - 30.0 + 1e-6  # the site's 30 kW leave 5 kW
+    without, _ = ctl.decide(image(zone=25.0), None, ctl.initial_memory(), 0.0)
+    assert sum(without.setpoints["hvac"].values()) > sum(hvac.values())
+
+
+def test_the_band_wins_over_a_dr_cap_near_its_edge(ctl):
+    d, _ = ctl.decide(image(zone=25.9), dr(2, 30.0), ctl.initial_memory(), 0.0)
+    assert all(kw > 5.0 for kw in d.setpoints["hvac"].values())  # held inside the band
+
+
+def test_recovery_after_a_cap_is_ramped_and_staggered(ctl):
+    mem = ctl.initial_memory()
+    d, mem = ctl.decide(image(zone=25.0, hvac_kw=0.0), dr(2, 30.0), mem, 0.0)
+    assert sum(d.setpoints["hvac"].values()) == pytest.approx(0.0, abs=1e-6)
+    steps = []
+    for k in range(1, 200):
+        d, mem = ctl.decide(image(T0 + timedelta(seconds=k), zone=25.0, hvac_kw=0.0), None,
+                            mem, float(k))
+        steps.append(d.setpoints["hvac"])
+    ramp = 20.0 * 0.10 / 60  # 10 % of rated per minute, per 1-s cycle
+    for a, b in zip(steps, steps[1:]):
+        for dev in a:
+            assert b[dev] - a[dev] <= ramp + 1e-9
+    first = next(i for i, s in enumerate(steps) if s["ahu1"] > 0)
+    second = next(i for i, s in enumerate(steps) if s["ahu2"] > 0)
+    assert second - first >= 119  # the second unit starts stagger_s (120 s) later
+
+
+def test_a_stuck_zone_sensor_hands_the_unit_to_its_own_thermostat(ctl):
+    mem = ctl.initial_memory()
+    for k in range(0, 1801, 60):
+        d, mem = ctl.decide(image(T0 + timedelta(seconds=k), zone=24.0), None, mem, float(k))
+    assert d.setpoints["hvac"] == {"ahu1": THERMOSTAT, "ahu2": THERMOSTAT}
+    d, mem = ctl.decide(image(T0 + timedelta(seconds=1900), zone=24.3), None, mem, 1900.0)
+    assert all(kw >= 0 for kw in d.setpoints["hvac"].values())  # moving again: controlled
+
+
+def test_a_stale_hvac_is_in_its_own_thermostat(ctl):
+    d, _ = ctl.decide(image(quality=Quality.STALE), None, ctl.initial_memory(), 0.0)
+    assert d.setpoints["hvac"] == {"ahu1": THERMOSTAT, "ahu2": THERMOSTAT}
+
+
+def test_capability_says_how_long_a_shed_can_last():
+    dev = SITE.devices[1]
+    part = ROLES["hvac"].capability(dev, image(zone=24.0, hvac_kw=10.0))
+    assert part.push_kw == -10.0 and part.max_kw == 0.0
+    rc = dev.rc()
+    expect = rc.hours_to(24.0, 26.0 - 0.3, 35.0, 8.0)
+    assert part.up_h == pytest.approx(expect) and 0.05 < part.up_h < 3
+    assert part.up_kw(part.up_h * 0.9) == pytest.approx(10.0)
+    assert part.up_kw(part.up_h * 1.1) == 0.0
+
+
+@pytest.mark.parametrize("band, words", [
+    ({"min_c": 26, "max_c": 22}, "comfort[0]: min 26 °C is not below max 22 °C; swap them"),
+    ({"min_c": 24, "max_c": 24.5}, "comfort[0]: the band 24-24.5 °C is narrower than the 1 K "
+     "the controller can hold; widen it"),
+    ({"min_c": 2, "max_c": 24}, "devices[1].comfort[0].min_c: must be >= 5"),
+])
+def test_a_bad_comfort_band_names_the_field_and_the_fix(band, words):
+    bad = site(comfort=[{"start": "08:00", "end": "19:00", **band}])
+    with pytest.raises(ConfigError) as err:
+        parse(bad)
+    text = str(err.value)
+    assert "devices[1]" in text and words in text
+
+
+def test_a_band_the_model_cannot_hold_names_the_field():
+    weak = site(rated_kw=2)  # 6 kW of cooling against 8 kW of gains and 35 °C outdoors
+    with pytest.raises(ConfigError, match=r"devices\[1\]: comfort\[0\].max_c: at 35 °C "
+                       r"outdoors and rated_kw the zone settles at 40.0 °C"):
+        parse(weak)
+
+
+def test_the_band_follows_the_time_of_day():
+    dev: HvacDevice = SITE.devices[1]
+    assert dev.band(datetime(2026, 7, 1, 14).time()) == (22, 26)
+    assert dev.band(datetime(2026, 7, 1, 23).time()) == (16, 30)  # setback
