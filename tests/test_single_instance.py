@@ -7,6 +7,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,18 @@ def test_simulate_keeps_its_own_topics_and_locks_its_state_dir(demo, tmp_path):
     sc = scenario_mod.load(ROOT / "hil/scenarios/summer_weekday_tou.yaml")
     with StateLock(tmp_path / "sim"), pytest.raises(StateDirBusy):
         asyncio.run(run(sc, demo, state_dir=tmp_path / "sim"))
+
+
+def test_a_stop_that_lands_while_the_daemon_starts_is_a_clean_stop(tmp_path, mosquitto):
+    """SIGTERM the moment the lock shows the new pid (before the event loop's handlers
+    exist): the daemon still exits 0, as systemd expects of a stop during start-up."""
+    cfg = write_config(tmp_path, site_dict(tmp_path, mosquitto.port))
+    lock_file = tmp_path / "state" / DAEMON_LOCK
+    for _ in range(4):
+        daemon = subprocess.Popen(run_cmd(cfg), cwd=tmp_path)
+        deadline = time.monotonic() + 60
+        while not (lock_file.exists() and lock_file.read_text().startswith(f"{daemon.pid}\n")):
+            assert daemon.poll() is None and time.monotonic() < deadline, "no lock taken"
+            time.sleep(0.001)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0

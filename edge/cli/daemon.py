@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 
 from drivers.fileerrors import FileError, refuse
@@ -38,6 +39,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     _logging(args.log_level)
+    # A stop asked for while starting (the lock is visible before the event loop runs)
+    # is kept and honoured once the loop's handlers are in place, not a death by signal.
+    early: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: early.append(signum))
     directory = state_dir(cfg)
     lock = StateLock(directory)
     try:
@@ -52,6 +58,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         _stop_on_signals(stop)
+        if early:
+            stop.set()
         await Daemon(cfg, clock).run(stop)
 
     try:
