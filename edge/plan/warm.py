@@ -33,9 +33,7 @@ from edge.plan.model import Lp
 __all__ = ["WarmStart"]
 
 _LOWER, _BASIC, _UPPER, _ZERO = 0, 1, 2, 3  # HighsBasisStatus values
-_STATUS = {int(s): s for s in (highspy.HighsBasisStatus.kLower, highspy.HighsBasisStatus.kBasic,
-                               highspy.HighsBasisStatus.kUpper, highspy.HighsBasisStatus.kZero,
-                               highspy.HighsBasisStatus.kNonbasic)}
+_STATUS = np.array([highspy.HighsBasisStatus(v) for v in range(5)], dtype=object)
 _DIR_BLOCKS = ("import_dir", "dir_imp", "dir_exp", "dir_imp_bal", "dir_exp_bal")
 
 
@@ -90,8 +88,8 @@ class WarmStart:
         _settle(rows, lp.row_lo, lp.row_hi)
         _balance(rows, cols, lp)
         b = highspy.HighsBasis()
-        b.col_status = [_STATUS[int(v)] for v in cols]
-        b.row_status = [_STATUS[int(v)] for v in rows]
+        b.col_status = list(_STATUS[cols])
+        b.row_status = list(_STATUS[rows])
         b.valid = True
         self.used, self.why = True, ""
         return b
@@ -104,8 +102,8 @@ class WarmStart:
             return
         self._prev = _Basis(structure(inp, lp), inp.start.timestamp(), dict(lp.cols),
                             dict(lp.rows), lp.dir_steps.copy(),
-                            np.fromiter((int(s) for s in b.col_status), dtype=np.int8),
-                            np.fromiter((int(s) for s in b.row_status), dtype=np.int8))
+                            np.array([s.value for s in b.col_status], dtype=np.int8),
+                            np.array([s.value for s in b.row_status], dtype=np.int8))
 
     def forget(self) -> None:
         self._prev = None
