@@ -285,9 +285,10 @@ class Planner:
         short = plan.status != "optimal" or plan.commitment_short_kwh > 0
         level = logging.WARNING if short else logging.INFO
         log.log(level, "plan (%s, %s): %d x %d min, cost %.2f, peak %.1f kW, build %.0f ms, "
-                "solve %.0f ms%s%s", s.last_trigger, plan.status, plan.n, self.cfg.step_min,
+                "solve %.0f ms (%s)%s%s", s.last_trigger, plan.status, plan.n, self.cfg.step_min,
                 plan.objective, plan.peak_kw, plan.build_s * 1e3, plan.solve_s * 1e3,
-                kpis(plan), f"; {plan.reason}" if plan.reason else "")
+                "warm" if self.warm.used else "cold", kpis(plan),
+                f"; {plan.reason}" if plan.reason else "")
         return plan
 
     def keep_until(self) -> datetime | None:

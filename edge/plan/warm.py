@@ -58,12 +58,15 @@ class _Basis:
 
 class WarmStart:
     """The previous round's basis, kept where the solver runs (the planner, in the daemon or
-    its worker process). `used` says whether the last solve started warm, `why` if not."""
+    its worker process). `used` says whether the last solve started warm, `why` if not;
+    `iterations` is the simplex iterations of the LP whose basis was kept (the relaxation,
+    where the plan has direction binaries)."""
 
     def __init__(self) -> None:
         self._prev: _Basis | None = None
         self.used = False
         self.why = "no previous plan"
+        self.iterations = 0
 
     def basis(self, inp: PlanInput, lp: Lp) -> highspy.HighsBasis | None:
         """The previous basis mapped onto `lp`, or None (and `why`) when it cannot be."""
@@ -96,6 +99,7 @@ class WarmStart:
 
     def keep(self, inp: PlanInput, lp: Lp, h: highspy.Highs) -> None:
         """Remember the optimal basis of `h`, the LP solved for `inp` (`lp`'s structure)."""
+        self.iterations = h.getInfo().simplex_iteration_count
         b = h.getBasis()
         if not b.valid:
             self._prev = None
@@ -116,7 +120,7 @@ def _map(new: dict[str, slice], old: dict[str, slice], status: np.ndarray, n: in
     for name, s in new.items():
         o = old[name]
         k_new, k_old = s.stop - s.start, o.stop - o.start
-        if name in _DIR_BLOCKS:
+        if name in _DIR_BLOCKS and len(old_dir):
             pos = np.searchsorted(old_dir, new_dir + shift)
             ok = (pos < len(old_dir)) & (old_dir[np.minimum(pos, len(old_dir) - 1)]
                                          == new_dir + shift)
