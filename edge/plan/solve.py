@@ -86,7 +86,8 @@ def _run_h(lp: Lp, time_limit_s: float, start: np.ndarray | None = None,
            basis: highspy.HighsBasis | None = None, h: highspy.Highs | None = None,
            ) -> tuple[str, np.ndarray | None, float, highspy.Highs]:
     """Solve `lp` and return the Highs too; `h` (holding `lp` already, with its last basis)
-    is re-run, `basis` starts the simplex where HiGHS accepts it."""
+    is re-run, `basis` starts the simplex where HiGHS accepts it (a refused one is marked
+    invalid and the solve starts cold)."""
     if h is None:
         h = _highs(lp, time_limit_s)
     else:
@@ -98,6 +99,7 @@ def _run_h(lp: Lp, time_limit_s: float, start: np.ndarray | None = None,
         h.setSolution(sol)
     if basis is not None and h.setBasis(basis) != highspy.HighsStatus.kOk:
         log.debug("HiGHS refused the warm-start basis: solving cold")
+        basis.valid = False
         h.clearSolver()
     t0 = time.perf_counter()
     h.run()
@@ -128,7 +130,8 @@ def _run_mip(lp: Lp, time_limit_s: float, basis: highspy.HighsBasis | None = Non
     """Relaxation, rounding, MILP - each only when the one before cannot prove the plan
     good enough (see the module docstring). The rounded plan's LP re-runs the relaxation's
     HiGHS with the binaries fixed, starting from the relaxation's basis (a few hundred
-    simplex iterations instead of a solve from scratch). `keep(h)` sees the relaxation."""
+    simplex iterations instead of a solve from scratch). `keep(relaxed, h)` sees the
+    relaxation once it is optimal."""
     relaxed = _fixed(lp, None)
     status, xr, took, h = _run_h(relaxed, time_limit_s, basis=basis)
     if xr is None or status != "optimal":
@@ -176,6 +179,8 @@ def solve(inp: PlanInput, time_limit_s: float = 10.0, warm: WarmStart | None = N
         status, x, took, h = _run_h(lp, time_limit_s, basis=basis)
         if status == "optimal":
             keep(lp, h)
+    if basis is not None and not basis.valid:
+        warm.used, warm.why = False, "HiGHS refused the mapped basis"
     if x is not None and status in ("optimal", "time_limit"):
         return to_plan(inp, lp, x, status, took, build_s)
     if warm is not None:

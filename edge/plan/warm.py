@@ -16,8 +16,8 @@ steps repeating the previous last; a block over the direction steps matches by s
 other block of the same size is kept as it was, one that shrank keeps its tail (the
 demand-charge blocks that left at the front), one that grew starts new entries as basic
 rows or columns at a bound. The count of basic entries must equal the row count: surplus
-or missing row slacks are made nonbasic or basic from the end of the horizon, where the
-mapping is weakest; HiGHS repairs a singular basis itself.
+or missing row slacks are made nonbasic or basic from the last rows backwards; HiGHS
+repairs a singular basis itself.
 """
 
 from __future__ import annotations

@@ -149,3 +149,19 @@ def test_a_failed_round_forgets_the_basis():
         solve(bad, 60, warm)
     solve(inp, 60, warm)
     assert not warm.used and warm.why == "no previous plan"
+
+
+def test_a_basis_highs_refuses_is_reported_and_the_round_solves_cold():
+    cfg = shipped("demo")
+    warm, inp = _warmed(cfg)
+    mapped = warm.basis
+
+    def broken(inp, lp):
+        b = mapped(inp, lp)
+        b.row_status = b.row_status[:-1]  # one row short: not a basis of this LP
+        return b
+
+    warm.basis = broken
+    plan = solve(inp, 60, warm)
+    assert not warm.used and "refused" in warm.why
+    assert plan.objective == pytest.approx(solve(inp, 60).objective, rel=1e-9, abs=1e-6)
