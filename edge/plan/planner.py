@@ -277,6 +277,7 @@ class Planner:
                 log.exception("the plan report could not be built; the plan stands")
         s = self.stats
         s.solves += 1
+        s.warm_solves += self.warm.used
         s.last_status, s.last_reason = plan.status, plan.reason
         s.rounds.append((s.last_at, s.last_trigger, plan.status))
         s.last_solve_s, s.last_build_s = plan.solve_s, plan.build_s
