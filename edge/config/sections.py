@@ -219,7 +219,8 @@ class PlannerConfig(_Model):
     time_limit_s: float = Field(
         10.0, gt=0, le=20, description="HiGHS time limit per solve; at most 20 s so a solve "
         "in progress ends well inside systemd's 30 s TimeoutStopSec (48 h @ 5 min takes "
-        "0.02 s as an LP, ~4 s as a MILP on 2 cores)")
+        "~0.03 s as an LP, ~0.06 s as a MILP on 2 cores, a third of that or less warm-started "
+        "from the previous round: tests/bench/bench_plan.py)")
     degradation_cost_per_kwh: float = Field(
         0.0, ge=0, description="cost per kWh of battery throughput (charge + discharge)")
     reserve_soc_pct: Pct = Field(0.0, description="SoC kept for critical loads (soft floor)")

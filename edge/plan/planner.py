@@ -44,6 +44,9 @@ The solve runs in a daemon thread of its own, not the default executor: asyncio.
 for that executor on exit, so a solve in progress would hold up the daemon's stop (and
 systemd's TimeoutStopSec). A cancelled round abandons its solve; the thread ends on its own
 (within `planner.time_limit_s`) and its result is dropped.
+
+Each round's LP starts from the previous round's simplex basis, shifted along the horizon
+(warm.py): the state lives with the planner, so in the worker process where it runs there.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ from edge.plan.demands import kpis, usable
 from edge.plan.model import build_input
 from edge.plan.solve import Plan, PlanInfeasible, solve
 from edge.plan.stats import PlannerStats
+from edge.plan.warm import WarmStart
 from edge.plan.watch import DemandWatch
 from edge.plan.zones import OutdoorLog, Weather, thermal_input
 
@@ -114,6 +118,7 @@ class Planner:
         self._pending: str | None = None
         self._seen: dict[str, tuple] = {}
         self.demand_watch = DemandWatch()
+        self.warm = WarmStart()  # the last round's basis, for the next (warm.py)
         self.outdoor = OutdoorLog()
         self.weather: Weather | None = None  # the true weather, where a caller knows it
         self._bad_demands: set[str] = set()  # said once each
@@ -224,7 +229,7 @@ class Planner:
 
         def work() -> None:
             try:
-                ok, value = True, solve(inp, self.cfg.time_limit_s)
+                ok, value = True, solve(inp, self.cfg.time_limit_s, self.warm)
             except Exception as exc:  # noqa: BLE001 - handed to the round, which falls back
                 ok, value = False, exc
             try:
@@ -272,6 +277,7 @@ class Planner:
                 log.exception("the plan report could not be built; the plan stands")
         s = self.stats
         s.solves += 1
+        s.warm_solves += self.warm.used
         s.last_status, s.last_reason = plan.status, plan.reason
         s.rounds.append((s.last_at, s.last_trigger, plan.status))
         s.last_solve_s, s.last_build_s = plan.solve_s, plan.build_s
@@ -280,9 +286,10 @@ class Planner:
         short = plan.status != "optimal" or plan.commitment_short_kwh > 0
         level = logging.WARNING if short else logging.INFO
         log.log(level, "plan (%s, %s): %d x %d min, cost %.2f, peak %.1f kW, build %.0f ms, "
-                "solve %.0f ms%s%s", s.last_trigger, plan.status, plan.n, self.cfg.step_min,
+                "solve %.0f ms (%s)%s%s", s.last_trigger, plan.status, plan.n, self.cfg.step_min,
                 plan.objective, plan.peak_kw, plan.build_s * 1e3, plan.solve_s * 1e3,
-                kpis(plan), f"; {plan.reason}" if plan.reason else "")
+                "warm" if self.warm.used else "cold", kpis(plan),
+                f"; {plan.reason}" if plan.reason else "")
         return plan
 
     def keep_until(self) -> datetime | None:

@@ -15,6 +15,7 @@ import numpy as np
 @dataclass
 class PlannerStats:
     solves: int = 0  # plans adopted
+    warm_solves: int = 0  # of which solved from the previous round's basis (warm.py)
     failures: int = 0  # rounds that fell back
     last_at: datetime | None = None  # (simulated) time of the last round
     last_trigger: str = ""  # "schedule" or the event that asked for it

@@ -8,6 +8,11 @@ import, so every valley step gets a direction binary: a MILP).
 For the MILP rows the same model is also solved by HiGHS alone to its default 0.01 % gap
 (the reference, one run): its time, and how far the fast path's objective is above it.
 
+Rolling re-plan: REPLANS consecutive rounds one step apart (forecasts shifted with the
+horizon, the SoC where the last plan put it plus 0.5 %), each solved cold and warm (from the
+previous round's basis, edge/plan/warm.py) in the same run; medians of the solve time over
+the rounds after the first, model build (config -> LP) timed apart.
+
 Run: python tests/bench/bench_plan.py [--json FILE]
 """
 
@@ -30,10 +35,12 @@ from benchlib import environment  # noqa: E402
 from edge.config import BatteryDevice, load  # noqa: E402
 from edge.plan.model import build, build_input  # noqa: E402
 from edge.plan.solve import _highs, solve  # noqa: E402
+from edge.plan.warm import WarmStart  # noqa: E402
 from hil.config import sim_of  # noqa: E402
 from hil.physics import clear_sky_kw, load_kw  # noqa: E402
 
 REPEATS = 7
+REPLANS = 9
 START = datetime.fromisoformat("2026-06-22T00:00:00+08:00")
 
 
@@ -79,6 +86,43 @@ def case(cfg, hours: int, step_min: int) -> dict[str, float]:
     return out
 
 
+def replan(cfg, hours: int, step_min: int) -> dict[str, float]:
+    """Cold vs warm solve over REPLANS shifted rounds (same inputs for both)."""
+    step_s = step_min * 60
+    n = hours * 60 // step_min
+    lo, pv = profiles(cfg, n + REPLANS, step_s)
+    soc = {b.id: 30.0 for b in cfg.devices if isinstance(b, BatteryDevice)}
+    warm, cold_s, warm_s, build_s, gap = WarmStart(), [], [], [], 0.0
+    cold_all, warm_all = [], []
+    for k in range(REPLANS):
+        t0 = time.perf_counter()
+        inp = build_input(cfg, START + timedelta(seconds=k * step_s), step_s, lo[k:k + n],
+                          pv[k:k + n], soc)
+        build(inp)
+        build_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        cold = solve(inp, time_limit_s=60)
+        t1 = time.perf_counter()
+        hot = solve(inp, time_limit_s=60, warm=warm)
+        t2 = time.perf_counter()
+        if k:
+            cold_all.append(t1 - t0)
+            warm_all.append(t2 - t1)
+            assert warm.used, warm.why
+            cold_s.append(cold.solve_s)
+            warm_s.append(hot.solve_s)
+            gap = max(gap, abs(hot.objective - cold.objective) / abs(cold.objective))
+        soc = {i: min(v[1] + 0.5, 100.0) for i, v in hot.soc_pct_by_id.items()}
+    w, c = statistics.median(warm_s) * 1e3, statistics.median(cold_s) * 1e3
+    return {"replan_warm_ms": w, "replan_cold_ms": c, "replan_warm_vs_cold": w / c,
+            "replan_build_ms": statistics.median(build_s) * 1e3, "replans": REPLANS - 1,
+            "replan_cold_total_ms": statistics.median(cold_all) * 1e3,
+            "replan_warm_total_ms": statistics.median(warm_all) * 1e3,
+            "replan_warm_ms_range": [min(warm_s) * 1e3, max(warm_s) * 1e3],
+            "replan_cold_ms_range": [min(cold_s) * 1e3, max(cold_s) * 1e3],
+            "replan_max_rel_cost_diff": gap}
+
+
 def reference_cost(inp, lp, x) -> float:
     """The bill (energy + demand + degradation) of the reference solution, as Plan counts."""
     from edge.plan.result import to_plan
@@ -102,6 +146,7 @@ def main() -> None:
                            ("milp", "demo + export + demand (MILP)", milp)):
         for hours, step in ((24, 15), (48, 5)):
             r = case(cfg, hours, step)
+            r.update(replan(cfg, hours, step))
             results[f"{key}_{hours}h_{step}min"] = r
             print(f"{name:<34}{f'{hours} h @ {step} min':>14}{r['n']:>7}{r['cols']:>7}"
                   f"{r['rows']:>7}{r['bin']:>9}{r['build_ms']:>10.1f}{r['solve_ms']:>10.1f}"
@@ -111,6 +156,12 @@ def main() -> None:
                 print(f"{'  reference: HiGHS MILP alone, gap 0.01 %':<62}"
                       f"{r['reference_ms']:>20.1f}  bill {r['reference_cost']:.4f}; "
                       f"fast path {r['cost']:.4f} ({above * 100:+.3f} %)")
+            print(f"{'  re-plan one step later (median of ' + str(r['replans']) + ')':<62}"
+                  f"cold {r['replan_cold_ms']:.1f} ms, warm {r['replan_warm_ms']:.1f} ms "
+                  f"(x{r['replan_warm_vs_cold']:.2f}), build {r['replan_build_ms']:.1f} ms, "
+                  f"cost diff {r['replan_max_rel_cost_diff']:.1e}")
+            print(f"{'    whole solve() call (build, HiGHS, basis, plan)':<62}"
+                  f"cold {r['replan_cold_total_ms']:.1f} ms, warm {r['replan_warm_total_ms']:.1f} ms")
     env = list(environment(("highspy", "scipy", "numpy")))
     for line in env:
         print(line)
@@ -119,6 +170,10 @@ def main() -> None:
         Path(args.json).write_text(json.dumps({
             "milp_48h_5min_ms": m["solve_ms"], "milp_48h_5min_ms_range": m["solve_ms_range"],
             "milp_48h_5min_vs_reference": m["cost"] / m["reference_cost"],
+            **{f"{k}_{field}": results[k][field] for k in ("milp_48h_5min", "lp_24h_15min",
+                                                           "milp_24h_15min")
+               for field in ("replan_warm_ms", "replan_cold_ms", "replan_warm_vs_cold",
+                             "replan_warm_total_ms", "replan_cold_total_ms")},
             "cases": results, "environment": env}, indent=2))
 
 

@@ -276,10 +276,10 @@ def test_stopping_during_a_solve_does_not_wait_for_it(monkeypatch):
     started, release, errors = threading.Event(), threading.Event(), []
     real = planner_mod.solve
 
-    def slow_solve(inp, time_limit_s):
+    def slow_solve(inp, time_limit_s, warm=None):
         started.set()
         release.wait(60)
-        return real(inp, time_limit_s)
+        return real(inp, time_limit_s, warm)
 
     monkeypatch.setattr(planner_mod, "solve", slow_solve)
     monkeypatch.setattr(threading, "excepthook", errors.append)
@@ -346,3 +346,17 @@ def test_planner_config_errors_name_the_field(bad, expected):
     with pytest.raises(ConfigError) as err:
         parse(site(**bad))
     assert any(p.startswith(expected) for p in err.value.problems), err.value.problems
+
+
+async def test_the_next_round_starts_from_the_last_rounds_basis():
+    """The warm start lives with the planner (in the worker process when it runs there):
+    a round one step later starts warm and adopts the plan a cold solve would make."""
+    planner, cycle, clock = make()
+    first = await planner.replan()
+    assert not planner.warm.used
+    clock.t += timedelta(seconds=first.step_s)
+    cycle.image = image(clock.t, soc=first.soc_pct[1] + 0.5)
+    second = await planner.replan()
+    assert planner.warm.used
+    cold = planner_mod.solve(planner._input(clock.t), planner.cfg.time_limit_s)
+    assert second.objective == pytest.approx(cold.objective, rel=1e-9, abs=1e-6)

@@ -25,6 +25,7 @@ def test_control_plans_through_its_worker_and_survives_a_killed_one(tmp_path, mo
     assert out["status"] == "optimal", out
     assert out["heavy"] == [] and out["heavy_end"] == [], out  # no pvlib/pandas/scipy/highspy
     assert out["plan_within_two_periods"], out  # what a dead worker leaves runs out on its own
+    assert out["warm_solves"] >= 1, out  # the warm start lives in the worker, with the solver
     assert out["cycles_after_kill"] > 0, out  # control went on while the worker was down
     assert out["new_status"] == "optimal", out  # and the new worker plans again
 

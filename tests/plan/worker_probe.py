@@ -48,6 +48,9 @@ async def main(tmp: Path, port: int) -> dict:
         horizon = planner.stats.last_at + timedelta(minutes=2 * 15 + 15)
         out["plan_within_two_periods"] = all(
             i.end <= horizon for i in daemon.book.all() if i.source == "plan")
+        planner.request_replan("probe")  # the next round starts from this one's basis
+        await until(lambda: planner.stats.solves >= 2, 90, "a second plan")
+        out["warm_solves"] = planner.stats.warm_solves
         old, cycles, old_stats = planner.pid, daemon.cycle.stats.cycles, planner.stats
         os.kill(old, signal.SIGKILL)
         await until(lambda: planner.restarts >= 1 and planner.pid != old, 30, "a new worker")
