@@ -74,7 +74,7 @@ def _planner(planner) -> dict[str, Any] | None:
             "last_at": iso(s.last_at) if s.last_at else None, "last_trigger": s.last_trigger,
             "last_status": s.last_status, "last_reason": s.last_reason,
             "last_solve_s": num(s.last_solve_s, 4), "last_build_s": num(s.last_build_s, 4),
-            "restarts": getattr(planner, "restarts", None)}
+            "restarts": getattr(planner, "restarts", None), "zones": list(s.zones)}
 
 
 def history_range(start: datetime, end: datetime) -> tuple[datetime, datetime]:

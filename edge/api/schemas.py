@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from edge.vpp.schemas.fields import Stamp
-from edge.vpp.schemas.reports import Ack, DeviceReport, DrReport, Flex, Telemetry
+from edge.vpp.schemas.reports import Ack, DeviceReport, DrReport, Flex, Telemetry, ZoneModelReport
 
 
 class _View(BaseModel):
@@ -113,6 +113,10 @@ class PlanStep(_View):
     ev_kw_by_device: dict[str, float]
 
 
+ZoneModelView = without(ZoneModelReport, "ZoneModelView", "The RC model the planner uses "
+                        "for one HVAC zone, and where it comes from.")
+
+
 class PlannerView(_View):
     solves: int
     failures: int = Field(description="rounds that fell back")
@@ -123,6 +127,7 @@ class PlannerView(_View):
     last_solve_s: float | None
     last_build_s: float | None
     restarts: int | None = Field(description="worker restarts (null: planner in process)")
+    zones: list[ZoneModelView] = Field(description="per HVAC zone, the model plans use")
 
 
 class PlanView(_View):

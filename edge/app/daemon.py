@@ -28,6 +28,7 @@ from edge.report import carbon, telemetry
 from edge.report.history import Accumulator, History
 from edge.report.mqtt import MqttLink
 from edge.report.outbox import Outbox
+from edge.report.zonelog import ZoneLog, ZoneRecorder
 from edge.vpp import flex
 from edge.vpp.cmdstore import CommandStore
 from edge.vpp.commands.handler import CommandHandler
@@ -67,9 +68,12 @@ class Daemon:
         self.view = SiteView(self.book, self.cycle.wake)
         self.cycle.subscribe(self.view.publish)
         self.history = History(directory / "history.sqlite")
-        self.meter = Accumulator(self.history.counters(),
-                                 max_dt_s=max(60.0, 10 * config.control.cycle_s),
+        max_dt_s = max(60.0, 10 * config.control.cycle_s)
+        self.meter = Accumulator(self.history.counters(), max_dt_s=max_dt_s,
                                  co2_kg_per_import_kwh=config.carbon.import_factor)
+        # Each HVAC zone's own history: what its model is fitted on (edge/plan/learn.py).
+        self.zonelog = ZoneLog(self.history.db)
+        self.zones = ZoneRecorder([d.id for d in config.devices if d.role == "hvac"], max_dt_s)
         # DR events: baselines from the history, instructions in the book, M&V reports.
         self.dr = DrManager(config, self.book, self.history, self.meter,
                             directory / "dr.sqlite", self.clock.now())
@@ -142,6 +146,8 @@ class Daemon:
             if learner is not None:
                 learner.observe(image.ts, power, self._pv_curtailed(), image.dt_s)
             self._pv_limits = dict(decision.pv_limit_kw)
+            if rows := self.zones.add(image):
+                self.zonelog.put(rows)
             closed = self.meter.add(image.ts, image.dt_s, power)
             if closed is not None:
                 self.history.put(closed, self.meter.counters, merge=True)
@@ -214,6 +220,7 @@ class Daemon:
                                   self.config.dr.lookback_days + 2))
         now = self.clock.now()
         self.history.prune(now - keep)
+        self.zonelog.prune(now - keep)
         self.dr.prune(now)
         if self.ven is not None:
             self.ven.store.prune(now - keep)

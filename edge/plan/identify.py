@@ -7,8 +7,9 @@ the left,
 
 is linear in a, (1 - a) R and one gain term per hour of the day (weekdays and weekends
 apart: the sun and the occupancy repeat by the clock). Then R and C = dt / (R ln(1/a)). The
-fit error is the RMS of the one-step residuals; until there are `MIN_DAYS` of history, or
-when the fit is not physical, the configured model stands and the reason says why."""
+fit error is the RMS of the one-step residuals; until there are `MIN_DAYS` of usable
+samples (gaps do not count), or when the fit is not physical, the configured model stands
+and the reason says why."""
 
 from __future__ import annotations
 
@@ -36,20 +37,20 @@ def fit(times: list[datetime], zone_c: np.ndarray, outdoor_c: np.ndarray, power_
         cop: np.ndarray, step_s: float, default: tuple[float, float, float],
         sign: float = 1.0) -> Fit:
     """`times` local, one per sample at `step_s` spacing; `default` (R, C, gains)."""
-    n = len(zone_c) - 1
-    days = n * step_s / 86400
+    n = max(len(zone_c) - 1, 0)
     r0, c0, g0 = default
-    if days < MIN_DAYS:
-        return Fit(r0, c0, g0, math.nan, max(n, 0), False,
-                   f"{days:.1f} days of history, {MIN_DAYS:g} needed: configured model")
     t, to = np.asarray(zone_c, float), np.asarray(outdoor_c, float)
     q = sign * np.asarray(cop, float)[:n] * np.asarray(power_kw, float)[:n]
-    slot = np.array([(tm.weekday() >= 5) * 24 + tm.hour for tm in times[:n]])
+    slot = np.array([(tm.weekday() >= 5) * 24 + tm.hour for tm in times[:n]], dtype=int)
     used = np.unique(slot)
     dummies = (slot[:, None] == used[None, :]).astype(float)
     x = np.column_stack([t[:-1] - to[:n], -q, dummies])
     y = t[1:] - to[:n]
     ok = np.all(np.isfinite(x), axis=1) & np.isfinite(y)
+    days = int(ok.sum()) * step_s / 86400  # gaps in the history do not count
+    if days < MIN_DAYS:
+        return Fit(r0, c0, g0, math.nan, int(ok.sum()), False,
+                   f"{days:.1f} days of history, {MIN_DAYS:g} needed: configured model")
     coef, *_ = np.linalg.lstsq(x[ok], y[ok], rcond=None)
     a, b = coef[0], coef[1]
     rms = float(np.sqrt(np.mean((x[ok] @ coef - y[ok]) ** 2)))

@@ -21,8 +21,9 @@ def plan_id(made_at: datetime) -> str:
 
 
 def build(plan: Plan, inp: PlanInput, made_at: datetime, now: datetime, trigger: str,
-          currency: str) -> dict:
-    """The message without its msg_id (the outbox adds it)."""
+          currency: str, zone_models: list[dict] = ()) -> dict:
+    """The message without its msg_id (the outbox adds it). `zone_models`: the model each
+    HVAC zone was planned with (edge/plan/learn.py)."""
     steps = []
     for k in range(plan.n):
         ev = {dev: _r(kw[k]) for dev, kw in plan.demand_kw.items() if kw[k] >= _EV_MIN_KW}
@@ -54,6 +55,7 @@ def build(plan: Plan, inp: PlanInput, made_at: datetime, now: datetime, trigger:
         "start": _iso(plan.start),
         "step_s": plan.step_s,
         "soc_start_pct": _opt(plan.soc_pct[0]) if len(plan.soc_pct) else None,
+        "zone_models": [dict(z) for z in zone_models],
         "steps": steps,
     }
 

@@ -4,9 +4,9 @@ to the control cycle as instructions, and falls back safely when no plan can be 
 How the plan reaches the cycle: per step one `plan` instruction with the planned grid power
 as `grid_target_kw` and, where a demand charge applies, the planned billing peak (less one
 write deadband, see `peak_cap_kw`) as `grid_max_kw`, so the kernel shaves any second above
-it. The kernel still enforces every
-configured limit and every DR/dispatch bound each cycle; plan instructions rank lowest in
-the book, so a plan can narrow what the cycle does, never widen it.
+it. The kernel still enforces every configured limit and every DR/dispatch bound each
+cycle; plan instructions rank lowest in the book, so a plan can narrow what the cycle does,
+never widen it.
 
 Grid target, not battery target: the money (TOU import, export, the demand peak) and the
 limits are all at the grid, and with step-average forecasts a grid target lets the battery
@@ -68,6 +68,7 @@ from edge.control.instructions import Instruction
 from edge.forecast import NotMeasured
 from edge.plan import message
 from edge.plan.demands import kpis, usable
+from edge.plan.learn import Learner
 from edge.plan.model import build_input
 from edge.plan.solve import Plan, PlanInfeasible, solve
 from edge.plan.stats import PlannerStats
@@ -121,6 +122,7 @@ class Planner:
         self.warm = WarmStart()  # the last round's basis, for the next (warm.py)
         self.outdoor = OutdoorLog()
         self.weather: Weather | None = None  # the true weather, where a caller knows it
+        self.learn = Learner(config, history)  # zone models fitted on the site's history
         self._bad_demands: set[str] = set()  # said once each
         # Called with the `plan` report (message.py) of each plan adopted, once per plan.
         self.on_adopt: Callable[[dict], None] | None = None
@@ -259,8 +261,9 @@ class Planner:
         peak = billing_peak_kw(self.history, now, self.config.site.timezone)
         demands = self._demands()
         self.demand_watch.planned_with(demands, now)
+        models, self.stats.zones = self.learn.models(now), self.learn.report()
         zones, tanks = thermal_input(self.config, image, start, self.n, self.step_s,
-                                     self.outdoor, self.weather)
+                                     self.outdoor, self.weather, models)
         inp = build_input(self.config, start, self.step_s, load, pv, soc, peak, commitments,
                           now=now, battery_ids=list(soc), demands=demands)
         return replace(inp, zones=zones, tanks=tanks) if zones or tanks else inp
@@ -272,7 +275,8 @@ class Planner:
         if self.on_adopt is not None and inp is not None:
             try:  # the report is for people: it never costs the site its plan
                 self.on_adopt(message.build(plan, inp, made_at, self.clock.now(),
-                                            self.stats.last_trigger, self.config.tariff.currency))
+                                            self.stats.last_trigger, self.config.tariff.currency,
+                                            self.stats.zones))
             except Exception:  # noqa: BLE001
                 log.exception("the plan report could not be built; the plan stands")
         s = self.stats

@@ -29,6 +29,8 @@ class PlannerStats:
     demand_kwh: float = 0.0
     demand_valley_kwh: float = 0.0
     demand_short_kwh: dict[str, float] = field(default_factory=dict)
+    # Per HVAC zone, the model the plans use (edge/plan/learn.py ZoneModelStatus.as_dict).
+    zones: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

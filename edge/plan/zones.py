@@ -45,9 +45,12 @@ class OutdoorLog:
 
 
 def thermal_input(config, image, start: datetime, n: int, step_s: int, outdoor: OutdoorLog,
-                  weather: Weather | None = None) -> tuple[tuple, tuple]:
+                  weather: Weather | None = None,
+                  models: dict[str, tuple[float, float, float]] | None = None
+                  ) -> tuple[tuple, tuple]:
     """(zones, tanks) for build_input; devices that cannot be read are left out (the cycle
-    then holds their band on its own, or they run on their own thermostat)."""
+    then holds their band on its own, or they run on their own thermostat). `models`:
+    (R, C, gains) per zone where the history fitted one (edge/plan/learn.py)."""
     tz = ZoneInfo(config.site.timezone)
     mids = [start + timedelta(seconds=(k + 0.5) * step_s) for k in range(n)]
     zones, tanks = [], []
@@ -61,14 +64,16 @@ def thermal_input(config, image, start: datetime, n: int, step_s: int, outdoor: 
             continue
         now_c = image.value(d.id, "outdoor_temp_c")
         outdoor.see(d.id, image.ts, now_c)
+        r, c, g = (models or {}).get(d.id, (d.model.r_k_per_kw, d.model.c_kwh_per_k,
+                                             d.model.gains_kw))
         if weather is not None:
             t_out, gains = weather(d.id, start, n, step_s)
         else:
             t_out = outdoor.forecast(d.id, start, n, step_s, now_c)
-            gains = np.full(n, d.model.gains_kw)
+            gains = np.full(n, g)
         bands = np.array([d.plan_band(t.astimezone(tz).time()) for t in mids])
         zones.append(PlanZone(
-            d.id, d.rated_kw, d.model.r_k_per_kw, d.model.c_kwh_per_k,
+            d.id, d.rated_kw, r, c,
             image.value(d.id, "zone_temp_c"), np.asarray(t_out, float),
             np.asarray(gains, float), np.array([d.cop_at(x) for x in t_out]),
             bands[:, 0], bands[:, 1], d.sign))

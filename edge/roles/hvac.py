@@ -37,13 +37,19 @@ class ComfortPeriod(_Model):
 
 
 class ZoneModel(_Model):
-    """The zone's RC model until the site's own history fits one (edge/plan/identify.py)."""
+    """The zone's RC model until the site's own history fits one (edge/plan/learn.py)."""
 
     r_k_per_kw: float = Field(2.0, gt=0, le=100,
                               description="thermal resistance to outdoors, K/kW")
     c_kwh_per_k: float = Field(10.0, gt=0, le=10000, description="thermal capacitance, kWh/K")
     gains_kw: float = Field(5.0, ge=0, le=10000,
                             description="mean sun + internal gains, kW thermal")
+    identify: bool = Field(True, description="fit R, C and gains from the zone's own history "
+                           "(least squares, from 2 days on) and plan with the fit when its "
+                           "error is within max_rms_k")
+    max_rms_k: float = Field(0.3, gt=0, le=5, description="largest one-step RMS error, K, a "
+                             "fitted model may have to replace the configured one")
+    refit_h: float = Field(24.0, ge=0.25, le=720, description="hours between two fits")
 
 
 class HvacDevice(DeviceBase):

@@ -280,6 +280,18 @@ class PlanStep(BaseModel):
                                     "per charger (device id); chargers at 0 are left out")
 
 
+class ZoneModelReport(BaseModel):
+    device: str
+    source: Literal["configured", "fitted"] = Field(description="fitted: identified from the "
+                                                    "zone's own history")
+    r_k_per_kw: float
+    c_kwh_per_k: float
+    gains_kw: float
+    rms_k: float | None = Field(description="the fit's one-step RMS error, K; null: no fit")
+    days: float = Field(ge=0, description="days of usable history the fit saw")
+    reason: str
+
+
 class PlanReport(_Report):
     """The plan the planner adopted, sent once per adoption (every planner.replan_min and
     when a DR event, a dispatch or the EV sessions change), never per cycle: its steps over
@@ -310,4 +322,6 @@ class PlanReport(_Report):
     step_s: int = Field(gt=0)
     soc_start_pct: float | None = Field(ge=0, le=100, description="site SoC the plan started "
                                         "from; null without a battery")
+    zone_models: list[ZoneModelReport] = Field(default_factory=list, description="per HVAC "
+                                               "zone, the RC model the plan was made with")
     steps: list[PlanStep]
