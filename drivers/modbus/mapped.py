@@ -48,8 +48,6 @@ def plan_reads(points: list[MapPoint], max_read: int = 120) -> list[Block]:
 
 
 _WRITE_ORDER = {"revert": 0, "setpoint": 1, "limit": 1, "enable": 2, "control_mode": 2}
-# Outside this a temperature reading is physically implausible (a broken wire, open circuit).
-PLAUSIBLE_C = (-40.0, 80.0)
 
 
 class MapDevice(ModbusUnit):
@@ -335,9 +333,10 @@ class MapBreaker(MapDevice):
 
 
 class MapHvac(MapDevice):
-    """values: power_kw (>= 0), rated_kw, zone_temp_c, outdoor_temp_c (+ extras); a zone or
-    outdoor reading outside the physically plausible range fails the poll, so the device
-    turns STALE and the controller hands it to its own thermostat. Control, whichever the
+    """values: power_kw (>= 0), rated_kw, zone_temp_c, outdoor_temp_c (+ extras), as read:
+    whether a temperature is plausible is the role's call (edge/roles/hvac.py implausible),
+    which makes the device STALE, so the controller hands it to its own thermostat, without
+    counting a broken sensor as a lost link. Control, whichever the
     map has: a capacity command `limit` in % of rated with `control_mode` 1 (0: the unit's
     own thermostat), or SG-Ready's four states in `sg_ready`."""
 
@@ -346,10 +345,6 @@ class MapHvac(MapDevice):
 
     def _values(self, values: dict[str, float]) -> dict[str, float]:
         values = super()._values(values)
-        for key in ("zone_temp_c", "outdoor_temp_c"):
-            if not PLAUSIBLE_C[0] <= values[key] <= PLAUSIBLE_C[1]:
-                raise DeviceError(f"{self.id}: {key} reads {values[key]:g} °C, outside "
-                                  f"{PLAUSIBLE_C[0]:g}..{PLAUSIBLE_C[1]:g}; check the sensor")
         self._rated_kw = values["rated_kw"]
         values["power_kw"] = max(0.0, values["power_kw"])
         return values

@@ -1,14 +1,17 @@
 """Poll every device at once and freeze what came back into one timestamped process image,
 with each device's quality: a device whose poll fails `stale_after_cycles` times in a row is
-STALE, and a slow value (nameplate, energy counter) not re-read for a while is STALE on its
-own. A failing device is that device's problem, never the cycle's; the log says so once,
-then sums it up every SUMMARY_S while it lasts, and says when it answers again (a device
-that fails on and off is one outage until it has answered for SUMMARY_S)."""
+STALE, so is one whose role finds its reading physically implausible (Role.implausible: a
+broken sensor that still answers), and a slow value (nameplate, energy counter) not re-read
+for a while is STALE on its own. A failing device is that device's problem, never the
+cycle's; the log says so once, then sums it up every SUMMARY_S while it lasts, and says when
+it answers again (a device that fails on and off is one outage until it has answered for
+SUMMARY_S)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -53,6 +56,8 @@ class Poller:
         self._cfg = {d.id: d for d in config.devices}
         self.outages = {d.id: _outage(d.id) for d in config.devices}
         self._last_sim_s: float | None = None
+        self._plausible_last: dict[str, tuple[dict[str, float], float]] = {}  # values, sim s
+        self._implausible: dict[str, str] = {}  # device -> why, while it lasts
 
     async def poll(self, period_wall_s: float) -> None:
         timeout = poll_deadline_s(period_wall_s)
@@ -105,10 +110,28 @@ class Poller:
             elif h.failed_polls >= limit:
                 q = Quality.STALE
             else:
-                q = Quality.GOOD
+                q = self._plausible(dev_id, h.reading, now_s)
             states[dev_id] = DeviceState(h.reading, q, h.failed_polls,
                                          _old_slow(h.reading, slow_limit))
         return ProcessImage(self.clock.now(), dt or self.config.control.cycle_s, states)
+
+    def _plausible(self, dev_id: str, reading: Reading, now_s: float) -> Quality:
+        """GOOD, or STALE while the role finds the reading implausible (a broken sensor
+        that still answers): said once when it starts and once when it ends."""
+        cfg = self._cfg[dev_id]
+        last = self._plausible_last.get(dev_id)
+        why = role_of(cfg).implausible(cfg, reading.values, last and last[0],
+                                       now_s - last[1] if last else math.inf)
+        if why is None:
+            self._plausible_last[dev_id] = (reading.values, now_s)
+            if self._implausible.pop(dev_id, None) is not None:
+                log.info("device %s: its readings are plausible again", dev_id)
+            return Quality.GOOD
+        if dev_id not in self._implausible:
+            log.warning("device %s: %s; STALE (its safe state) until it reads plausibly again",
+                        dev_id, why)
+            self._implausible[dev_id] = why
+        return Quality.STALE
 
 
 def _old_slow(reading: Reading | None, limit_s: float) -> frozenset[str]:

@@ -2,7 +2,8 @@
 power follows the plan, gives way to DR and import caps, and never leaves the comfort band
 for them (the band always wins). It comes back from a shed ramped and staggered, so the
 rebound stays below the peak the shed avoided. A zone sensor that cannot be trusted hands
-the unit back to its own thermostat (the safe state)."""
+the unit back to its own thermostat (the safe state): one stuck while the unit runs
+(`observe`), or one reading what no zone can (`implausible`: the image marks it STALE)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ THERMOSTAT = -1.0  # the setpoint that hands the unit back to its own thermostat
 GUARD_K = 0.3  # the band's edge the controller keeps off, for one cycle's drift
 LOOKAHEAD_H = 0.25  # a shed that would reach the band within this ends now
 STUCK_DELTA_K = 1e-6  # a working sensor's reading jitters by more than this
+ZONE_C = (-30.0, 60.0)  # a zone reading outside this is a broken sensor, not a room
+OUTDOOR_C = (-50.0, 70.0)  # the condenser's sensor may sit in the sun
+JUMP_K = 0.5  # a zone reading may move this much at once: the sensor's noise and resolution
 
 
 class ComfortPeriod(_Model):
@@ -81,6 +85,10 @@ class HvacDevice(DeviceBase):
                            "long while the unit runs is a stuck sensor")
     revert_s: int = Field(60, ge=5, le=3600, description="the unit returns to its own "
                           "thermostat when not commanded for this long")
+    max_zone_rate_k_per_min: float = Field(1.0, gt=0, le=60, description="a zone reading "
+                                           "moving faster than this (beyond 0.5 K of sensor "
+                                           "noise) is a sensor fault: the unit turns STALE and "
+                                           "runs on its own thermostat")
 
     @model_validator(mode="after")
     def _bands(self) -> HvacDevice:
@@ -204,6 +212,22 @@ class Hvac(Role):
                             "unit runs; it runs on its own thermostat until the reading moves",
                             d.id, z, now_s - u.zone_since_s)
             u.stuck = stuck
+
+    def implausible(self, d: HvacDevice, values, last, dt_s) -> str | None:
+        """Out of range, or a zone jump faster than `max_zone_rate_k_per_min` since the last
+        plausible reading (the allowance grows with the time since: a sensor that really
+        moved, e.g. a replaced one, is believed again after a while)."""
+        for key, (lo, hi) in (("zone_temp_c", ZONE_C), ("outdoor_temp_c", OUTDOOR_C)):
+            v = values.get(key)
+            if v is not None and not lo <= v <= hi:
+                return f"{key} reads {v:g} °C, outside {lo:g}..{hi:g} °C; check the sensor"
+        z, before = values.get("zone_temp_c"), (last or {}).get("zone_temp_c")
+        if z is not None and before is not None:
+            jump, allowed = abs(z - before), JUMP_K + d.max_zone_rate_k_per_min * dt_s / 60
+            if jump > allowed:
+                return (f"zone_temp_c moved {jump:.1f} K in {dt_s:.0f} s, faster than "
+                        f"{d.max_zone_rate_k_per_min:g} K/min a zone can; check the sensor")
+        return None
 
     def trusted(self, d: HvacDevice, image, mem) -> bool:
         return image.good(d.id) and not _units(mem)[d.id].stuck

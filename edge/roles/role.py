@@ -157,6 +157,13 @@ class Role:
         """(setting, configured value, reading key) the device's own nameplate must cover."""
         return []
 
+    def implausible(self, dev: Any, values: dict[str, float], last: dict[str, float] | None,
+                    dt_s: float) -> str | None:
+        """Why a reading cannot be physical (the image then marks the device STALE, so it
+        gets its safe state), or None. `last`: its last plausible reading, `dt_s` simulated
+        seconds before (None: none yet)."""
+        return None
+
     def balance_term(self, dev: Any) -> str | None:
         """Which term of the site balance (grid, pv, bess, load, ev) its power_kw is."""
         return None

@@ -11,11 +11,12 @@ from datetime import datetime
 import pytest
 from conftest import free_port
 
-from drivers.base import DeviceError, Hvac, ThermalStorage
+from drivers.base import Hvac, Quality, ThermalStorage
 from drivers.modbus.mapped import sg_ready_state
 from edge.app.clock import Clock
 from edge.app.devices import build_devices
 from edge.config import parse
+from edge.image.poll import Poller
 from hil.site import SimSite
 from hil.thermal import ZoneSim, zone_step
 
@@ -114,11 +115,19 @@ async def test_sg_ready_states_approximate_the_power_asked(open_site):
     assert sg_ready_state(None, 20.0) == 2 and sg_ready_state(12.0, 20.0) == 3
 
 
-async def test_an_implausible_zone_reading_fails_the_poll(open_site):
+async def test_an_implausible_zone_reading_makes_the_unit_stale_in_the_image(open_site):
+    """A broken sensor on a unit that still answers: the poll succeeds (the link is fine),
+    the image marks the unit STALE, so control hands it to its own thermostat."""
     s, devices = await open_site()
+    poller = Poller(s.config, devices, s.clock)
+    await poller.poll(1.0)
+    assert poller.build_image(1.0).good("ahu")
     s.devices["ahu"].read_c = 200.0  # an open sensor circuit reads full scale
-    with pytest.raises(DeviceError, match="zone_temp_c reads 200"):
-        await devices["ahu"].poll()
+    assert (await devices["ahu"].poll()).values["zone_temp_c"] == pytest.approx(200.0)
+    await poller.poll(1.0)
+    image = poller.build_image(1.0)
+    assert image.devices["ahu"].quality is Quality.STALE and image.good("tank")
+    assert poller.health["ahu"].failed_polls == 0  # not counted as a lost link
 
 
 async def test_the_tank_charges_at_its_cop_and_reports_its_temperature(open_site):

@@ -1,13 +1,15 @@
 """The hvac and thermal_storage roles on hand-made process images through the real
 `decide`: a DR cap sheds the HVAC until the comfort band would be reached (the band wins),
 the recovery after the cap is ramped and staggered, a stuck zone sensor hands the unit to
-its own thermostat; the config names a bad comfort band and its fix."""
+its own thermostat, and so does an implausible one, through the process image (a fake
+device behind the real poller); the config names a bad comfort band and its fix."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from fakes import ManualClock
 
 from drivers.base import Quality, Reading
 from edge.config import ConfigError, parse
@@ -15,6 +17,7 @@ from edge.control.decide import Controller
 from edge.control.instructions import Instruction, InstructionBook
 from edge.control.kernel import load_kernel
 from edge.image.image import DeviceState, ProcessImage
+from edge.image.poll import Poller
 from edge.roles import ROLES
 from edge.roles.hvac import THERMOSTAT, HvacDevice
 
@@ -147,3 +150,73 @@ def test_the_band_follows_the_time_of_day():
     dev: HvacDevice = SITE.devices[1]
     assert dev.band(datetime(2026, 7, 1, 14).time()) == (22, 26)
     assert dev.band(datetime(2026, 7, 1, 23).time()) == (16, 30)  # setback
+
+
+class Unit:
+    """A device that answers every poll with whatever reading the test set (a fake)."""
+
+    def __init__(self, dev_id: str, **values: float) -> None:
+        self.id, self.values = dev_id, values
+
+    async def poll(self) -> Reading:
+        return Reading(self.id, dict(self.values))
+
+
+def units(zone: float) -> dict[str, Unit]:
+    ahu = {"power_kw": 10.0, "rated_kw": 20.0, "zone_temp_c": zone, "outdoor_temp_c": 35.0}
+    return {"pcc": Unit("pcc", power_kw=50.0), "ahu1": Unit("ahu1", **ahu),
+            "ahu2": Unit("ahu2", **ahu), "tank": Unit("tank", power_kw=0.0, tank_temp_c=8.0)}
+
+
+async def _image(poller, clock, t: float) -> ProcessImage:
+    clock.t = t
+    await poller.poll(1.0)
+    return poller.build_image(1.0)
+
+
+@pytest.mark.parametrize("reading, words", [
+    (85.0, "zone_temp_c reads 85 °C, outside -30..60 °C"),  # a DS18B20's power-on value
+    (-40.0, "zone_temp_c reads -40 °C, outside -30..60 °C"),
+    (float("nan"), "zone_temp_c reads nan °C"),
+    (18.0, "zone_temp_c moved 6.0 K in 10 s, faster than 1 K/min a zone can"),
+])
+async def test_an_implausible_zone_reading_makes_the_unit_stale_and_hands_it_to_its_thermostat(
+        ctl, caplog, reading, words):
+    clock = ManualClock(T0)
+    devices = units(24.0)
+    poller = Poller(SITE, devices, clock)
+    mem = ctl.initial_memory()
+    d, mem = ctl.decide(await _image(poller, clock, 0.0), None, mem, 0.0)
+    assert all(kw >= 0 for kw in d.setpoints["hvac"].values())  # controlled
+    devices["ahu1"].values["zone_temp_c"] = reading
+    image = await _image(poller, clock, 10.0)
+    assert image.devices["ahu1"].quality is Quality.STALE and image.good("ahu2")
+    d, mem = ctl.decide(image, None, mem, 10.0)
+    assert d.setpoints["hvac"]["ahu1"] == THERMOSTAT and d.setpoints["hvac"]["ahu2"] >= 0
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("device ahu1")]
+    assert len(said) == 1 and words in said[0] and "STALE" in said[0], said
+
+
+async def test_a_zone_reading_that_moves_as_a_zone_can_stays_good():
+    clock = ManualClock(T0)
+    devices = units(24.0)
+    poller = Poller(SITE, devices, clock)
+    for k, zone in enumerate((24.0, 24.4, 24.8, 25.9)):  # the last: 1.1 K in 60 s
+        devices["ahu1"].values["zone_temp_c"] = zone
+        image = await _image(poller, clock, 60.0 * k)
+        assert image.good("ahu1"), zone
+
+
+async def test_a_jump_is_believed_once_a_zone_could_have_moved_that_far(caplog):
+    """A sensor that really moved (replaced, recalibrated) is not STALE for ever: the
+    allowance grows with the time since its last plausible reading."""
+    caplog.set_level("INFO", logger="edge.cycle")
+    clock = ManualClock(T0)
+    devices = units(24.0)
+    poller = Poller(SITE, devices, clock)
+    await _image(poller, clock, 0.0)
+    devices["ahu1"].values["zone_temp_c"] = 27.0
+    assert not (await _image(poller, clock, 60.0)).good("ahu1")  # 3 K in a minute
+    assert (await _image(poller, clock, 180.0)).good("ahu1")  # 3 K in three: 0.5 + 3 K allowed
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("device ahu1")]
+    assert said[-1] == "device ahu1: its readings are plausible again"
