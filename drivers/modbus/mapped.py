@@ -336,9 +336,10 @@ class MapHvac(MapDevice):
     """values: power_kw (>= 0), rated_kw, zone_temp_c, outdoor_temp_c (+ extras), as read:
     whether a temperature is plausible is the role's call (edge/roles/hvac.py implausible),
     which makes the device STALE, so the controller hands it to its own thermostat, without
-    counting a broken sensor as a lost link. Control, whichever the
-    map has: a capacity command `limit` in % of rated with `control_mode` 1 (0: the unit's
-    own thermostat), or SG-Ready's four states in `sg_ready`."""
+    counting a broken sensor as a lost link. Control, whichever the map has: a capacity
+    command `limit` in % of rated with `control_mode` 1 (0: the unit's own thermostat),
+    SG-Ready's four states in `sg_ready`, or a setpoint offset `offset_k` in K on its own
+    thermostat (`write_offset`; 0: its own setpoint)."""
 
     role = "hvac"
     _rated_kw = 0.0
@@ -348,6 +349,14 @@ class MapHvac(MapDevice):
         self._rated_kw = values["rated_kw"]
         values["power_kw"] = max(0.0, values["power_kw"])
         return values
+
+    @property
+    def takes_offset(self) -> bool:
+        """Driven by a setpoint offset (K), not a power."""
+        return self.map.point("offset_k") is not None
+
+    async def write_offset(self, k: float, revert_s: int) -> None:
+        await self.command("offset_k", k, revert_s)
 
     async def write_hvac(self, kw: float | None, revert_s: int) -> None:
         """`kw` None: back to its own thermostat."""

@@ -61,9 +61,9 @@ ROLE_KEYS: dict[str, tuple[str, ...]] = {
     "thermal_storage": ("power_kw", "tank_temp_c", "setpoint"),
 }
 # An HVAC unit is driven one of these ways, whichever its map has (checked below).
-HVAC_CONTROLS = (("limit", "control_mode"), ("sg_ready",))
+HVAC_CONTROLS = (("limit", "control_mode"), ("sg_ready",), ("offset_k", "thermostat_c"))
 CONTROL_KEYS = ("setpoint", "limit", "enable", "revert", "relay", "switch", "grid_mode",
-                "control_mode", "sg_ready")
+                "control_mode", "sg_ready", "offset_k")
 # Units of the keys control or the platform interpret; a map must deliver them in these.
 KEY_UNITS: dict[str, tuple[str, ...]] = {
     "power_kw": ("kW",), "import_kwh": ("kWh",), "export_kwh": ("kWh",), "soc_pct": ("%",),
@@ -73,7 +73,8 @@ KEY_UNITS: dict[str, tuple[str, ...]] = {
     "bus_v": ("V",), "v_ref": ("V",), "closed": ("",), "switch": ("",), "grid_mode": ("",),
     "grid_v": ("V",), "grid_hz": ("Hz",), "bus_hz": ("Hz",), "phase_deg": ("deg",),
     "zone_temp_c": ("°C",), "outdoor_temp_c": ("°C",),
-    "tank_temp_c": ("°C",), "control_mode": ("",), "sg_ready": ("",),
+    "tank_temp_c": ("°C",), "control_mode": ("",), "sg_ready": ("",), "offset_k": ("K",),
+    "thermostat_c": ("°C",),
 }
 _RANGES = {"uint16": (0, 0xFFFF), "int16": (-0x8000, 0x7FFF), "uint32": (0, 0xFFFFFFFF),
            "int32": (-0x80000000, 0x7FFFFFFF)}
@@ -226,6 +227,7 @@ def _loc(loc: tuple, data: object) -> str:
 # export into a huge positive number.
 SIGNED_KEYS = frozenset({"power_kw", "setpoint"})
 SIGNED_ROLES = frozenset({"battery", "meter", "dcdc", "thermal_storage"})  # PV output is never negative
+ALWAYS_SIGNED = frozenset({"offset_k"})  # in any role
 
 
 def _cross_checks(m: RegisterMap) -> list[str]:
@@ -263,16 +265,19 @@ def _cross_checks(m: RegisterMap) -> list[str]:
         elif p.writable and p.function in ("input", "discrete"):
             kind = "input registers" if p.function == "input" else "discrete inputs"
             problems.append(f"{at(p, 'access')}: {kind} are read-only; use access: r")
-        if p.key in SIGNED_KEYS and p.type.startswith("uint") and set(m.roles) & SIGNED_ROLES:
-            problems.append(f"{at(p, 'type')}: {p.key} changes sign (charge/discharge, "
-                            f"import/export); use int16, int32 or float32, not {p.type}")
+        if p.type.startswith("uint") and (p.key in ALWAYS_SIGNED or (
+                p.key in SIGNED_KEYS and set(m.roles) & SIGNED_ROLES)):
+            why = "warmer/colder" if p.key in ALWAYS_SIGNED else "charge/discharge, import/export"
+            problems.append(f"{at(p, 'type')}: {p.key} changes sign ({why}); use int16, int32 "
+                            f"or float32, not {p.type}")
         if p.key == "enable" and p.value is None:
             problems.append(f"{at(p, 'value')}: enable needs the value that enables control (e.g. 1)")
         if p.key != "enable" and p.value is not None:
             problems.append(f"{at(p, 'value')}: only the enable point takes a value")
     if "hvac" in m.roles and not any(all(m.point(k) for k in ks) for ks in HVAC_CONTROLS):
         problems.append("points: role hvac needs its control: limit (%) with control_mode "
-                        "(0 own thermostat, 1 external), or sg_ready (SG-Ready state 1..4)")
+                        "(0 own thermostat, 1 external), sg_ready (SG-Ready state 1..4), or "
+                        "offset_k (K) with thermostat_c")
     for role in m.roles:
         for key in ROLE_KEYS[role]:
             if m.point(key) is not None:

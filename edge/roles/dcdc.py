@@ -105,7 +105,7 @@ class DcConverter(Role):
     def alarms(self, devs, mem) -> tuple[str, ...]:
         return _bus(mem).monitor.alarms()
 
-    def deadband(self, configured_kw: float) -> float:
+    def deadband(self, configured_kw: float, dev=None) -> float:
         return V_REF_DEADBAND_V
 
     def write(self, driver, value: float, revert_s: int):

@@ -321,7 +321,7 @@ class EvCharger(Role):
     def safe(self, devs, image, mem, now_s, config, final) -> dict[str, float]:
         return {d.id: d.fail_safe_a for d in devs}
 
-    def deadband(self, configured_kw: float) -> float:
+    def deadband(self, configured_kw: float, dev=None) -> float:
         return 0.0  # amperes, not kW: the charger's own writer applies deadband_a
 
     def write(self, driver, value: float, revert_s: int):

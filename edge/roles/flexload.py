@@ -170,7 +170,7 @@ class FlexLoad(Role):
     def view(self, setpoints: dict[str, float]) -> dict[str, bool]:
         return {k: v >= 0.5 for k, v in setpoints.items()}
 
-    def deadband(self, configured_kw: float) -> float:
+    def deadband(self, configured_kw: float, dev=None) -> float:
         return 0.0
 
     def write(self, driver, value: float, revert_s: int):

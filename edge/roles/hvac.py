@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import Field, model_validator
 
+from drivers.modbus.regmap import MapError, load_map
 from edge.config.base import DeviceBase, PositiveKw, _Model
 from edge.roles.role import Part, Role, Room, rounded, total
 from edge.roles.zone import MIN_BAND_K, Rc, cop_at, in_period
@@ -29,6 +30,8 @@ STUCK_DELTA_K = 1e-6  # a working sensor's reading jitters by more than this
 ZONE_C = (-30.0, 60.0)  # a zone reading outside this is a broken sensor, not a room
 OUTDOOR_C = (-50.0, 70.0)  # the condenser's sensor may sit in the sun
 JUMP_K = 0.5  # a zone reading may move this much at once: the sensor's noise and resolution
+OFFSET_STEP_K = 0.1  # offsets are written in these steps (the maps' register resolution)
+OFFSET_DEADBAND_K = 0.15  # re-written once it moves 0.2 K: one step is the sensor's jitter
 
 
 class ComfortPeriod(_Model):
@@ -57,8 +60,9 @@ class ZoneModel(_Model):
 
 
 class HvacDevice(DeviceBase):
-    """A chiller, heat pump or AHU group with a settable electric power (its register map
-    says how: a capacity command in %, or SG-Ready states) and a zone temperature."""
+    """A chiller, heat pump or AHU group with a settable electric power and a zone
+    temperature. Its register map says how it is driven: a capacity command in %, SG-Ready
+    states, or a setpoint offset in K on its own thermostat (then the role writes offsets)."""
 
     role: Literal["hvac"]
     protocol: Literal["modbus-tcp", "modbus-rtu"] = "modbus-tcp"
@@ -85,6 +89,9 @@ class HvacDevice(DeviceBase):
                            "long while the unit runs is a stuck sensor")
     revert_s: int = Field(60, ge=5, le=3600, description="the unit returns to its own "
                           "thermostat when not commanded for this long")
+    max_offset_k: float = Field(3.0, gt=0, le=10, description="offset-controlled units (a "
+                                "map with offset_k): the largest setpoint offset written, K, "
+                                "either way")
     max_zone_rate_k_per_min: float = Field(1.0, gt=0, le=60, description="a zone reading "
                                            "moving faster than this (beyond 0.5 K of sensor "
                                            "noise) is a sensor fault: the unit turns STALE and "
@@ -119,6 +126,16 @@ class HvacDevice(DeviceBase):
     def sign(self) -> float:
         return 1.0 if self.mode == "cooling" else -1.0
 
+    @property
+    def offset_control(self) -> bool:
+        """Its map takes a setpoint offset (offset_k): the role writes K, not kW."""
+        return self.map is not None and _has_point(self.map, "offset_k")
+
+    @property
+    def own(self) -> float:
+        """The setpoint that leaves the unit on its own thermostat."""
+        return 0.0 if self.offset_control else THERMOSTAT
+
     def rc(self) -> Rc:
         return Rc(self.model.r_k_per_kw, self.model.c_kwh_per_k, self.sign)
 
@@ -137,6 +154,26 @@ class HvacDevice(DeviceBase):
             if in_period(m, p.start, p.end):
                 return p.min_c, p.max_c
         return self.setback_min_c, self.setback_max_c
+
+
+def _has_point(map_name: str, key: str) -> bool:
+    try:
+        return load_map(map_name).point(key) is not None
+    except MapError:  # reported where the maps are checked
+        return False
+
+
+def offset_k(d: HvacDevice, kw: float, z: float, t_out: float, own_c: float,
+             band: tuple[float, float]) -> float:
+    """The setpoint offset that has the unit's own thermostat aim where `kw` would take the
+    zone within LOOKAHEAD_H (the model's step), kept inside the band the cycle holds and
+    within max_offset_k. A shed asks for a warmer zone (cooling), so the thermostat backs
+    off; re-aimed every cycle from the zone now, it follows the power the role decided,
+    as closely as the unit's own control allows."""
+    target = d.rc().step(z, LOOKAHEAD_H, t_out, d.model.gains_kw, d.cop_at(t_out) * kw)
+    target = min(max(target, band[0] + GUARD_K), band[1] - GUARD_K)
+    off = min(max(target - own_c, -d.max_offset_k), d.max_offset_k)
+    return round(round(off / OFFSET_STEP_K) * OFFSET_STEP_K, 3) + 0.0
 
 
 @dataclass(slots=True)
@@ -184,7 +221,7 @@ class Hvac(Role):
     writes = True
     allocates = True
     decision_key = "hvac_kw"
-    setpoint_unit = "kW (-1: own thermostat)"
+    setpoint_unit = "kW (-1: own thermostat), K on offset-controlled units (0: own)"
 
     def summary(self, d: HvacDevice) -> str:
         return (f"{d.rated_kw:g} kW {d.mode}, COP {d.cop:g}, R {d.model.r_k_per_kw:g} K/kW, "
@@ -254,7 +291,7 @@ class Hvac(Role):
         for i, d in enumerate(order):
             u = units[d.id]
             if not self.trusted(d, image, mem):
-                out[d.id] = u.kw = THERMOSTAT
+                u.kw, out[d.id] = THERMOSTAT, d.own
                 kw = max(image.value(d.id, "power_kw"), 0.0) if image.good(d.id) else 0.0
                 left -= kw
                 added += kw
@@ -287,6 +324,9 @@ class Hvac(Role):
             left -= kw
             added += kw
             out[d.id] = u.kw = kw
+            if d.offset_control:
+                out[d.id] = offset_k(d, kw, z, t_out, image.value(d.id, "thermostat_c"),
+                                     (lo, hi))
         return out, added
 
     @staticmethod
@@ -306,12 +346,14 @@ class Hvac(Role):
         return min(kw, d.rated_kw)
 
     def safe(self, devs, image, mem, now_s, config, final) -> dict[str, float]:
-        return {d.id: THERMOSTAT for d in devs}
+        return {d.id: d.own for d in devs}
 
-    def deadband(self, configured_kw: float) -> float:
-        return configured_kw
+    def deadband(self, configured_kw: float, dev=None) -> float:
+        return OFFSET_DEADBAND_K if dev is not None and dev.offset_control else configured_kw
 
     def write(self, driver, value: float, revert_s: int):
+        if getattr(driver, "takes_offset", False):
+            return driver.write_offset(value, revert_s)
         return driver.write_hvac(None if value < 0 else value, revert_s)
 
     def telemetry(self, devs, image) -> dict:

@@ -254,7 +254,8 @@ class Role:
         return setpoints
 
     # -- writes -------------------------------------------------------------------------
-    def deadband(self, configured_kw: float) -> float:
+    def deadband(self, configured_kw: float, dev: Any = None) -> float:
+        """How far a setpoint of `dev` must move to be written again."""
         return configured_kw
 
     def write(self, driver: Any, value: float, revert_s: int) -> Awaitable[None]:

@@ -57,7 +57,7 @@ class Writer:
             role = role_of(d)
             v = decision.setpoints.get(d.role, {}).get(d.id)
             if v is None or not (force or self.due(mem, d.id, v, d.revert_s, now_s,
-                                                     role.deadband(configured))):
+                                                     role.deadband(configured, d))):
                 continue
             phases[role.write_phase(d, v, mem)].append((d, v))
         return phases

@@ -3,7 +3,8 @@
 The HVAC cools (or heats) a zone (hil/thermal.py): with `control_mode` 1 and a fresh
 command it runs at `limit` % of its rating; otherwise (mode 0, or no command for `revert`
 seconds) its own proportional thermostat holds `sim.zone.thermostat_c`. An SG-Ready map
-gives states instead: 1 off, 2 own thermostat, 3 thermostat 2 K further, 4 full power. Its
+gives states instead: 1 off, 2 own thermostat, 3 thermostat 2 K further, 4 full power; an
+offset map shifts its own thermostat's setpoint by `offset_k` K (+ warmer). Its
 COP falls with the outdoor temperature. A sensor fault (`sim.zone.stuck_at_h`) freezes the
 zone reading while the physics goes on; a working one jitters by a few hundredths of a kelvin
 (deterministically), as real sensors do.
@@ -25,6 +26,7 @@ from hil.devices.mapped import MapSimDevice
 from hil.thermal import ZoneSim, cop_at, zone_step
 
 SG_OFFSET_K = 2.0
+MAX_OFFSET_K = 10.0  # what the offset map's unit takes, either way
 
 
 class MapHvacSim(MapSimDevice):
@@ -48,6 +50,8 @@ class MapHvacSim(MapSimDevice):
             self.held["revert"] = float(cfg.revert_s)
         if "sg_ready" in self.held:
             self.held["sg_ready"] = 2.0
+        if "offset_k" in self.held:
+            self.held["offset_k"] = 0.0
 
     def validate_points(self, changes: dict[str, float]) -> ExcCodes | None:
         if changes.get("control_mode", 0.0) not in (0.0, 1.0):
@@ -55,6 +59,8 @@ class MapHvacSim(MapSimDevice):
         if not 0.0 <= changes.get("limit", 0.0) <= 100.0:
             return ExcCodes.ILLEGAL_VALUE
         if changes.get("sg_ready", 2.0) not in (1.0, 2.0, 3.0, 4.0):
+            return ExcCodes.ILLEGAL_VALUE
+        if abs(changes.get("offset_k", 0.0)) > MAX_OFFSET_K:
             return ExcCodes.ILLEGAL_VALUE
         return None
 
@@ -64,26 +70,31 @@ class MapHvacSim(MapSimDevice):
     @property
     def external(self) -> bool:
         """Following the controller's command (not its own thermostat)."""
-        return self.held.get("control_mode", 0.0) >= 0.5 or self.held.get("sg_ready", 2.0) != 2.0
+        return (self.held.get("control_mode", 0.0) >= 0.5 or self.held.get("sg_ready", 2.0) != 2.0
+                or self.held.get("offset_k", 0.0) != 0.0)
 
-    def _thermostat_kw(self, offset_k: float = 0.0) -> float:
+    def _thermostat_kw(self, setpoint_c: float) -> float:
         sign = 1.0 if self.cfg.mode == "cooling" else -1.0
-        err = sign * (self.zone_c - (self.zone.thermostat_c - sign * offset_k))
+        err = sign * (self.zone_c - setpoint_c)
         return min(max(self.zone.thermostat_gain_kw_per_k * err, 0.0), self.cfg.rated_kw)
 
     def _power(self) -> float:
+        own = self.zone.thermostat_c
+        if "offset_k" in self.held:
+            return self._thermostat_kw(own + self.held["offset_k"])
         if "sg_ready" in self.held:
             state = self.held["sg_ready"]
+            further = SG_OFFSET_K if self.cfg.mode == "cooling" else -SG_OFFSET_K
             return (0.0 if state == 1.0 else self.cfg.rated_kw if state == 4.0
-                    else self._thermostat_kw(SG_OFFSET_K if state == 3.0 else 0.0))
+                    else self._thermostat_kw(own - (further if state == 3.0 else 0.0)))
         if self.held.get("control_mode", 0.0) >= 0.5:
             return self.cfg.rated_kw * self.held["limit"] / 100.0
-        return self._thermostat_kw()
+        return self._thermostat_kw(own)
 
     def step(self, env: Env, dt_s: float) -> float:
         self.t_s = env.t_s
         if self.external and expired(self._t_cmd, int(self.held.get("revert", 0)), env.t_s):
-            for key, own in (("control_mode", 0.0), ("sg_ready", 2.0)):
+            for key, own in (("control_mode", 0.0), ("sg_ready", 2.0), ("offset_k", 0.0)):
                 if key in self.held:
                     self.held[key] = own
         self.t_out = self.zone.outdoor_c(env.t_local)

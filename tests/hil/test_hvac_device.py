@@ -11,12 +11,13 @@ from datetime import datetime
 import pytest
 from conftest import free_port
 
-from drivers.base import Hvac, Quality, ThermalStorage
+from drivers.base import DeviceError, Hvac, Quality, ThermalStorage
 from drivers.modbus.mapped import sg_ready_state
 from edge.app.clock import Clock
 from edge.app.devices import build_devices
 from edge.config import parse
 from edge.image.poll import Poller
+from edge.roles import ROLES
 from hil.site import SimSite
 from hil.thermal import ZoneSim, zone_step
 
@@ -101,6 +102,25 @@ async def test_an_hvac_left_alone_returns_to_its_own_thermostat(open_site):
     await ahu.write_hvac(None, 30)  # handing it back on purpose does the same
     s.step_to(s.t_s + 1)
     assert s.state("ahu")["external"] == 0
+
+
+async def test_a_setpoint_offset_moves_its_own_thermostat_and_reverts_to_0(open_site):
+    """The offset map: the role's setpoint (K) goes out as offset_k; +1.5 K aims its own
+    24 °C thermostat at 25.5 °C, above the 25 °C zone, so it stops cooling; left alone, the
+    offset falls back to 0 and it cools again."""
+    s, devices = await open_site("hvac_offset")
+    ahu = devices["ahu"]
+    r = await ahu.poll()
+    assert r.values["power_kw"] > 0 and r.values["thermostat_c"] == pytest.approx(24.0)
+    await ROLES["hvac"].write(ahu, 1.5, 30)
+    s.step_to(s.t_s + 1)
+    assert (await ahu.poll()).values["power_kw"] == 0.0
+    assert s.devices["ahu"].held["offset_k"] == pytest.approx(1.5)
+    s.step_to(s.t_s + 31)
+    assert s.devices["ahu"].held["offset_k"] == 0.0 and s.state("ahu")["external"] == 0
+    assert (await ahu.poll()).values["power_kw"] > 0
+    with pytest.raises(DeviceError):
+        await ahu.write_offset(12.0, 30)  # beyond what the unit takes
 
 
 async def test_sg_ready_states_approximate_the_power_asked(open_site):

@@ -220,3 +220,40 @@ async def test_a_jump_is_believed_once_a_zone_could_have_moved_that_far(caplog):
     assert (await _image(poller, clock, 180.0)).good("ahu1")  # 3 K in three: 0.5 + 3 K allowed
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("device ahu1")]
     assert said[-1] == "device ahu1: its readings are plausible again"
+
+
+OFFSET = parse(site(map="hvac_offset", max_offset_k=2.0))
+
+
+def offset_image(zone: float, **kw) -> ProcessImage:
+    img = image(zone=zone, **kw)
+    for dev in ("ahu1", "ahu2"):
+        img.devices[dev].reading.values["thermostat_c"] = 24.0
+    return img
+
+
+def test_an_offset_map_gets_setpoint_offsets_in_k_bounded_by_max_offset_k():
+    ctl = Controller(OFFSET, load_kernel())
+    assert all(d.offset_control for d in OFFSET.devices if d.role == "hvac")
+    shed, _ = ctl.decide(offset_image(25.0), dr(2, 30.0), ctl.initial_memory(), 0.0)
+    free, _ = ctl.decide(offset_image(25.0), None, ctl.initial_memory(), 0.0)
+    for dev in ("ahu1", "ahu2"):
+        # The cap leaves no room: the unit's thermostat is aimed warmer than without it.
+        assert 0.0 < shed.setpoints["hvac"][dev] <= 2.0
+        assert shed.setpoints["hvac"][dev] > free.setpoints["hvac"][dev]
+        assert abs(free.setpoints["hvac"][dev]) <= 2.0
+    hot, _ = ctl.decide(offset_image(25.9), dr(2, 30.0), ctl.initial_memory(), 0.0)
+    # The band wins: never aimed past its edge (26 °C less the guard), even under the cap.
+    assert hot.setpoints["hvac"] == {"ahu1": 1.7, "ahu2": 1.7}
+
+
+def test_an_offset_unit_goes_to_its_own_setpoint_offset_0_when_untrusted_or_safe():
+    ctl = Controller(OFFSET, load_kernel())
+    stale, _ = ctl.decide(offset_image(24.0, quality=Quality.STALE), None,
+                          ctl.initial_memory(), 0.0)
+    assert stale.setpoints["hvac"] == {"ahu1": 0.0, "ahu2": 0.0}
+    safe = ROLES["hvac"].safe([OFFSET.devices[1]], None, None, 0.0, OFFSET, True)
+    assert safe == {"ahu1": 0.0}
+    assert not SITE.devices[1].offset_control
+    assert ROLES["hvac"].safe([SITE.devices[1]], None, None, 0.0, SITE, True) == {
+        "ahu1": THERMOSTAT}
