@@ -1,7 +1,8 @@
 """The thermal office over Modbus, the HIL in its own process: the planner pre-cools the
 zones before a DR event it has been told of, the cycle keeps import under the event's cap
 while the zones stay in their comfort band, and the recovery after it stays below the peak
-before it. A zone sensor that freezes hands its unit back to its own thermostat."""
+before it; each zone goes into the zone log its model is fitted on. A zone sensor that
+freezes hands its unit back to its own thermostat."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from conftest import free_port, wait_for
 from site_harness import running_site
 
 from edge.control.instructions import Instruction
+from edge.report.zonelog import ZoneLog
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEED = 240.0
@@ -65,7 +67,18 @@ async def test_precools_holds_the_band_meets_the_event_and_recovers_below_the_pe
                           run.site.state("chiller2")["zone_c"]))
         samples = list(run.site.samples)
         stats = run.daemon.planner.stats
+        times, logged, _, kw = ZoneLog(run.daemon.history.db, create=False).series(
+            "chiller1", start, run.clock.now())
     assert stats.failures == 0, stats
+    # The daemon logged each zone per quarter hour for the model fit (edge/report/zonelog.py):
+    # the reading at the interval's start is the simulated zone then, within the sensor's
+    # jitter (±0.05 K) and the zone's drift in the minute between two samples here.
+    true = {t: z for t, z, _ in zones}
+    near = [(logged[k], true[min(true, key=lambda x: abs(x - t))])
+            for k, t in enumerate(times) if np.isfinite(logged[k])]
+    assert len(near) >= len(times) - 2 and np.all(np.isfinite(kw[1:-1])), (logged, kw)
+    assert all(abs(a - b) < 0.25 for a, b in near), near
+    assert stats.zones and all(z["source"] == "configured" for z in stats.zones), stats.zones
     first = [z for t, *zs in zones if t < start + timedelta(minutes=5) for z in zs]
     at_event = [z for t, *zs in zones if ev_a - timedelta(minutes=5) <= t < ev_a for z in zs]
     # Pre-cooled: coasting through 90 min without the plant needs the zones at about

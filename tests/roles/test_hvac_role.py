@@ -12,6 +12,7 @@ import pytest
 from fakes import ManualClock
 
 from drivers.base import Quality, Reading
+from drivers.modbus.regmap import load_map
 from edge.config import ConfigError, parse
 from edge.control.decide import Controller
 from edge.control.instructions import Instruction, InstructionBook
@@ -20,6 +21,8 @@ from edge.image.image import DeviceState, ProcessImage
 from edge.image.poll import Poller
 from edge.roles import ROLES
 from edge.roles.hvac import THERMOSTAT, HvacDevice
+from hil.devices.base import Env
+from hil.devices.hvac import MapHvacSim
 
 T0 = datetime(2026, 7, 1, 6, tzinfo=UTC)  # 14:00 in Shanghai
 
@@ -257,3 +260,35 @@ def test_an_offset_unit_goes_to_its_own_setpoint_offset_0_when_untrusted_or_safe
     assert not SITE.devices[1].offset_control
     assert ROLES["hvac"].safe([SITE.devices[1]], None, None, 0.0, SITE, True) == {
         "ahu1": THERMOSTAT}
+
+
+def test_offset_control_sheds_under_a_dr_cap_and_keeps_the_band_in_closed_loop():
+    """The role against the HIL's unit physics (hil/devices/hvac.py, its own proportional
+    thermostat at thermostat_c + offset; in process, no Modbus), 5-s cycles: under a cap
+    that leaves no room the thermostat is aimed warmer and the units stop; near the band's
+    edge they cool just enough to hold it; after the cap they cool the zone again."""
+    cfg = parse(site(map="hvac_offset"))
+    ctl = Controller(cfg, load_kernel())
+    mem = ctl.initial_memory()
+    sims = {d.id: MapHvacSim(d, 100.0, load_map("hvac_offset")) for d in cfg.devices[1:3]}
+    for s in sims.values():
+        s.zone_c, s.held["revert"] = 25.0, 0.0
+    book, rows = dr(1.0, 30.0), []
+    for k in range(0, 2 * 3600, 5):
+        t = T0 + timedelta(seconds=k)
+        for s in sims.values():
+            s.step(Env(k, t, t + timedelta(hours=8), 31.2, 121.5), 5.0)
+        hvac = sum(s.power_kw for s in sims.values())
+        img = image(t, base_kw=30.0)
+        for i, s in sims.items():
+            img.devices[i].reading.values.update(power_kw=s.power_kw, zone_temp_c=s.read_c,
+                                                 outdoor_temp_c=s.t_out, thermostat_c=24.0)
+        img.devices["pcc"].reading.values["power_kw"] = 30.0 + hvac
+        d, mem = ctl.decide(img, book if k < 3600 else None, mem, float(k))
+        for i, s in sims.items():
+            s.held["offset_k"] = d.setpoints["hvac"][i]
+        rows.append((k, hvac, max(s.zone_c for s in sims.values())))
+    assert all(kw == 0.0 for k, kw, _ in rows if 60 <= k < 20 * 60)  # shed
+    assert max(z for *_, z in rows) <= 26.0  # the band (26 °C) held
+    assert max(kw for k, kw, _ in rows if k >= 3600) > 5.0  # cooling again after the cap
+    assert rows[-1][2] < max(z for k, _, z in rows if k < 3600) - 0.3
