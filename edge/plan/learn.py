@@ -62,14 +62,17 @@ class Learner:
                        for d in self.devs}
         self._next: dict[str, datetime] = {}
 
-    def models(self, now: datetime) -> dict[str, tuple[float, float, float]]:
-        """(R, C, gains) per zone for a plan made now, refitting the zones that are due."""
+    def models(self, now: datetime, stats=None) -> dict[str, tuple[float, float, float]]:
+        """(R, C, gains) per zone for a plan made now, refitting the zones that are due;
+        `stats` (PlannerStats) gets the zones' status."""
         for d in self.devs:
             if self.log is not None and d.model.identify and now >= self._next.get(
                     d.id, datetime.min.replace(tzinfo=now.tzinfo)):
                 self.status[d.id] = s = self.fit(d, now)
                 wait = d.model.refit_h if s.source == "fitted" else min(RETRY_H, d.model.refit_h)
                 self._next[d.id] = now + timedelta(hours=wait)
+        if stats is not None:
+            stats.zones = self.report()
         return {i: (s.r_k_per_kw, s.c_kwh_per_k, s.gains_kw) for i, s in self.status.items()}
 
     def fit(self, d, now: datetime) -> ZoneModelStatus:

@@ -97,8 +97,8 @@ def billing_peak_kw(history, now: datetime, tz: str) -> float:
 class Planner:
     """`view` is what the daemon publishes after each cycle (edge/app/fanout.py): the planner
     reads its process image (SoC) and the last decision's energy demands, and writes its
-    instruction book. `forecast(start, n, step_s) -> (load_kw, pv_kw)` comes from the
-    daemon (edge/forecast); `history` (optional) gives the billing peak so far."""
+    instruction book. `forecast(start, n, step_s) -> (load_kw, pv_kw)` comes from the daemon
+    (edge/forecast); `history` (optional): the billing peak, the zone models (learn.py)."""
 
     def __init__(self, config: Config, view, clock: Clock, forecast: Forecast,
                  history=None) -> None:
@@ -261,9 +261,8 @@ class Planner:
         peak = billing_peak_kw(self.history, now, self.config.site.timezone)
         demands = self._demands()
         self.demand_watch.planned_with(demands, now)
-        models, self.stats.zones = self.learn.models(now), self.learn.report()
-        zones, tanks = thermal_input(self.config, image, start, self.n, self.step_s,
-                                     self.outdoor, self.weather, models)
+        zones, tanks = thermal_input(self.config, image, start, self.n, self.step_s, self.outdoor,
+                                     self.weather, self.learn.models(now, self.stats))
         inp = build_input(self.config, start, self.step_s, load, pv, soc, peak, commitments,
                           now=now, battery_ids=list(soc), demands=demands)
         return replace(inp, zones=zones, tanks=tanks) if zones or tanks else inp
