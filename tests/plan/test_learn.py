@@ -10,23 +10,32 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 from datetime import datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from fakes import ManualClock
 
-from drivers.base import Quality, Reading
-from edge.config import parse
-from edge.image.balance import SitePower
-from edge.image.image import DeviceState, ProcessImage
-from edge.plan.learn import Learner
-from edge.plan.pipe import read_blocking
-from edge.plan.worker import Worker
-from edge.report.history import History
-from edge.report.zonelog import ZoneLog, ZoneRecorder
-from hil.devices.base import Env
-from hil.devices.hvac import MapHvacSim
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
+from api_helpers import check  # noqa: E402
+
+from drivers.base import Quality, Reading  # noqa: E402
+from edge.api import reads  # noqa: E402
+from edge.api.openapi import document  # noqa: E402
+from edge.config import parse  # noqa: E402
+from edge.image.balance import SitePower  # noqa: E402
+from edge.image.image import DeviceState, ProcessImage  # noqa: E402
+from edge.plan.learn import Learner  # noqa: E402
+from edge.plan.pipe import read_blocking  # noqa: E402
+from edge.plan.worker import Worker  # noqa: E402
+from edge.report.history import History  # noqa: E402
+from edge.report.zonelog import ZoneLog, ZoneRecorder  # noqa: E402
+from edge.vpp.schemas.reports import PlanReport  # noqa: E402
+from hil.devices.base import Env  # noqa: E402
+from hil.devices.hvac import MapHvacSim  # noqa: E402
 
 START = datetime.fromisoformat("2026-07-01T00:00:00+08:00")
 R, C = 2.5, 12.0  # the simulated zone; the config says 2.0 and 10.0
@@ -143,3 +152,9 @@ async def test_the_planner_worker_plans_with_the_model_fitted_on_its_history_fil
     assert zones["ahu"]["r_k_per_kw"] == pytest.approx(R, rel=0.05)
     assert report["zone_models"] == stats.zones
     assert math.isclose(worker.planner.learn.status["ahu"].c_kwh_per_k, C, rel_tol=0.05)
+    PlanReport.model_validate({**report, "msg_id": 1})  # the MQTT message's schema
+    # GET /plan, from the stats the worker sent, against the API's OpenAPI document.
+    doc = reads.plan(SimpleNamespace(config=cfg, planner=SimpleNamespace(
+        plan=summary, stats=stats)), end)
+    check(document(), "/api/v1/plan", 200, doc)
+    assert doc["planner"]["zones"][0]["source"] == "fitted"
