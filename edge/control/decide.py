@@ -123,8 +123,9 @@ class Controller:
         if not image.good(self.config.grid_meter.id):
             return
         for dev_id, state in image.devices.items():
-            if state.quality is not Quality.GOOD and dev_id in mem.written:
+            if state.quality is not Quality.GOOD and state.failed_polls and dev_id in mem.written:
                 # Its revert timer may have moved it since: ramp from what it reports next.
+                # (One STALE for an implausible reading still answers: its writes stand.)
                 mem.written[dev_id].value = None
 
     def mode(self, image: ProcessImage, mem: Memory) -> Mode:

@@ -21,6 +21,7 @@ from edge.image.image import DeviceState, ProcessImage
 from edge.image.poll import Poller
 from edge.roles import ROLES
 from edge.roles.hvac import THERMOSTAT, HvacDevice
+from edge.setpoints.writer import Writer
 from hil.devices.base import Env
 from hil.devices.hvac import MapHvacSim
 
@@ -292,3 +293,21 @@ def test_offset_control_sheds_under_a_dr_cap_and_keeps_the_band_in_closed_loop()
     assert max(z for *_, z in rows) <= 26.0  # the band (26 °C) held
     assert max(kw for k, kw, _ in rows if k >= 3600) > 5.0  # cooling again after the cap
     assert rows[-1][2] < max(z for k, _, z in rows if k < 3600) - 0.3
+
+
+async def test_a_unit_stale_for_an_implausible_reading_is_not_rewritten_every_cycle(ctl):
+    """Its link works, so the hand-over to its own thermostat reached it and stands: only
+    a device that stopped answering may have been moved by its revert timer since."""
+    clock = ManualClock(T0)
+    devices = units(24.0)
+    poller = Poller(SITE, devices, clock)
+    writer = Writer(SITE, {})
+    mem = ctl.initial_memory()
+    devices["ahu1"].values["zone_temp_c"] = 85.0
+    due = []
+    for k in range(3):
+        d, mem = ctl.decide(await _image(poller, clock, float(k)), None, mem, float(k))
+        jobs = [dev.id for phase in writer.jobs(d, mem, float(k), False) for dev, _ in phase]
+        due.append("ahu1" in jobs)
+        ctl.after_writes(mem, {i: d.setpoints["hvac"][i] for i in ("ahu1", "ahu2")}, float(k))
+    assert due == [True, False, False]
