@@ -18,6 +18,7 @@ from edge.config.model import _Model
 
 WARMEST_H, COLDEST_H = 15.0, 5.0
 SUNRISE_H, SUNSET_H = 6.0, 19.0
+BROKEN_C = 85.0  # what a DS18B20-type sensor reads after a power glitch
 
 
 class ZoneSim(_Model):
@@ -37,6 +38,9 @@ class ZoneSim(_Model):
                                             "thermostat's proportional gain, kW electric per K")
     stuck_at_h: float | None = Field(None, ge=0, le=1e6, description="fault: the zone sensor "
                                      "freezes this many simulated hours after the start")
+    broken_at_h: float | None = Field(None, ge=0, le=1e6, description="fault: the zone sensor "
+                                      f"reads {BROKEN_C:g} °C (a broken sensor's value) from "
+                                      "this many simulated hours after the start")
 
     @model_validator(mode="after")
     def _range(self) -> ZoneSim:

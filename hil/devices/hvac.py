@@ -4,9 +4,10 @@ The HVAC cools (or heats) a zone (hil/thermal.py): with `control_mode` 1 and a f
 command it runs at `limit` % of its rating; otherwise (mode 0, or no command for `revert`
 seconds) its own proportional thermostat holds `sim.zone.thermostat_c`. An SG-Ready map
 gives states instead: 1 off, 2 own thermostat, 3 thermostat 2 K further, 4 full power; an
-offset map shifts its own thermostat's setpoint by `offset_k` K (+ warmer). Its
-COP falls with the outdoor temperature. A sensor fault (`sim.zone.stuck_at_h`) freezes the
-zone reading while the physics goes on; a working one jitters by a few hundredths of a kelvin
+offset map shifts its own thermostat's setpoint by `offset_k` K (+ warmer). Its COP falls
+with the outdoor temperature. Sensor faults of the reading the controller gets (the unit's
+own thermostat keeps its own): `sim.zone.stuck_at_h` freezes it while the physics goes on,
+`broken_at_h` makes it read 85 °C. A working one jitters by a few hundredths of a kelvin
 (deterministically), as real sensors do.
 
 The tank stores COP x electric kWh charging, gives its thermal kWh back discharging (the
@@ -23,7 +24,7 @@ from drivers.modbus.regmap import RegisterMap
 from edge.config import DeviceConfig
 from hil.devices.base import Env, expired
 from hil.devices.mapped import MapSimDevice
-from hil.thermal import ZoneSim, cop_at, zone_step
+from hil.thermal import BROKEN_C, ZoneSim, cop_at, zone_step
 
 SG_OFFSET_K = 2.0
 MAX_OFFSET_K = 10.0  # what the offset map's unit takes, either way
@@ -105,7 +106,9 @@ class MapHvacSim(MapSimDevice):
                                 self.zone.c_kwh_per_k, self.t_out,
                                 self.zone.gains_kw(env.t_local), sign * cop * self.power_kw)
         stuck = self.zone.stuck_at_h is not None and env.t_s >= self.zone.stuck_at_h * 3600
-        if not stuck:  # a real sensor's reading jitters by a few hundredths of a kelvin
+        if self.zone.broken_at_h is not None and env.t_s >= self.zone.broken_at_h * 3600:
+            self.read_c = BROKEN_C
+        elif not stuck:  # a real sensor's reading jitters by a few hundredths of a kelvin
             t = env.t_s
             self.read_c = self.zone_c + 0.03 * math.sin(0.7 * t) + 0.02 * math.sin(0.13 * t)
         self.energy_kwh += self.power_kw * dt_s / 3600

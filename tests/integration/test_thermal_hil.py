@@ -2,7 +2,7 @@
 zones before a DR event it has been told of, the cycle keeps import under the event's cap
 while the zones stay in their comfort band, and the recovery after it stays below the peak
 before it; each zone goes into the zone log its model is fitted on. A zone sensor that
-freezes hands its unit back to its own thermostat."""
+freezes, or one that breaks and reads 85 °C, hands its unit back to its own thermostat."""
 
 from __future__ import annotations
 
@@ -116,4 +116,27 @@ async def test_a_frozen_zone_sensor_hands_the_unit_to_its_own_thermostat(tmp_pat
         await wait_for(lambda: run.site.state("chiller1")["external"] == 0, 30,
                        "chiller1 on its own thermostat in the HIL")
         assert run.daemon.cycle.decision.setpoints["hvac"]["chiller2"] >= 0.0
+        assert run.site.state("chiller2")["external"] == 1  # its neighbour stays controlled
+
+
+async def test_a_broken_zone_sensor_makes_the_unit_stale_and_hands_it_to_its_own_thermostat(
+        tmp_path, mosquitto):
+    """The sensor reads 85 °C while the unit answers every poll: the image marks the unit
+    STALE (not a lost link), and it runs on its own thermostat within a few cycles."""
+    data = office(tmp_path, mosquitto.port, "2026-07-01T10:00:00+08:00")
+    data.pop("planner")
+    data["devices"][3]["sim"]["zone"]["broken_at_h"] = 0.1  # chiller1's sensor, at 10:06
+    async with running_site(data, mosquitto, SPEED) as run:
+        await wait_for(lambda: run.site.state("chiller1")["external"] == 1, 30,
+                       "chiller1 under control while its sensor works")
+        assert run.clock.elapsed_s() < 360
+        await wait_for(lambda: run.daemon.cycle.decision.setpoints["hvac"]["chiller1"] == -1.0,
+                       60, "chiller1 handed to its own thermostat")
+        image = run.daemon.cycle.image
+        assert image.devices["chiller1"].quality.value == "stale"
+        assert image.devices["chiller1"].failed_polls == 0
+        # For the STALE image, not as a stuck sensor (that takes stuck_s, 30 min by default).
+        assert not run.daemon.cycle.memory.roles["hvac"].by_id["chiller1"].stuck
+        await wait_for(lambda: run.site.state("chiller1")["external"] == 0, 30,
+                       "chiller1 on its own thermostat in the HIL")
         assert run.site.state("chiller2")["external"] == 1  # its neighbour stays controlled
