@@ -132,9 +132,9 @@ class ControlCycle:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run cycles on a fixed wall period until `stop` is set; never raises."""
-        period = self.period_wall_s
         next_at = time.monotonic()
         while not stop.is_set():
+            period = self.period_wall_s  # the clock's speed may change (simulate's windows)
             try:
                 await self.step()
             except asyncio.CancelledError:

@@ -68,7 +68,7 @@ def island_kpis(rec: dict[str, Any]) -> dict[str, Any]:
 
 def summary(k: dict[str, Any]) -> str:
     r = k["critical_served_ratio"]
-    return (f"island: critical served {'–' if r is None else f'{r:.4f}'} "
+    return (f"island: critical served {'–' if r is None else f'{r:.5f}'} "
             f"(unserved {k['unserved_critical_kwh']:.2f} kWh), transitions "
             f"{k['island_transitions']}, detection {k['detection_s']} s, transfer "
             f"{k['transfer_s']} s, critical loads dark {k['dark_s']} s, shed "
