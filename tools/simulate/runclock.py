@@ -48,7 +48,7 @@ class RunClock(Clock):
 
     def _knot(self, x: float, axis: int) -> tuple[float, float, float]:
         """The segment that simulated (axis 0) or wall (axis 1) time x falls in."""
-        i = bisect.bisect_right([k[axis] for k in self._knots], x) - 1
+        i = bisect.bisect_right(self._knots, x, key=lambda k: k[axis]) - 1
         return self._knots[max(i, 0)]
 
     def _wall_of(self, t_s: float) -> float:
