@@ -132,9 +132,9 @@ class ControlCycle:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run cycles on a fixed wall period until `stop` is set; never raises."""
-        period = self.period_wall_s
         next_at = time.monotonic()
         while not stop.is_set():
+            period = self.period_wall_s  # the clock's speed may change (simulate's windows)
             try:
                 await self.step()
             except asyncio.CancelledError:
@@ -148,13 +148,24 @@ class ControlCycle:
             if delay < 0:
                 next_at = time.monotonic()  # overrun: skip, don't burst
                 delay = 0
+            look = self._look_delay()
+            early = look is not None and look < delay
             try:
-                await asyncio.wait_for(self._sleep(stop), delay)
+                await asyncio.wait_for(self._sleep(stop), look if early else delay)
             except TimeoutError:
                 pass
-            if self._wake.is_set():
+            if self._wake.is_set() or early:
                 self._wake.clear()
                 next_at = time.monotonic()  # a woken cycle starts a new period
+
+    def _look_delay(self) -> float | None:
+        """Wall seconds until the look the last decision asked for (edge/island: the instant
+        detect_s runs out, the changeover's polls), or None. Not held to the 50 Hz floor:
+        a role asks only for the few looks that decide a transfer."""
+        d = self.decision
+        if d is None or d.next_look_s is None:
+            return None
+        return max(self.clock.wall_s(d.next_look_s - self.clock.elapsed_s()), 0.0)
 
     def wake(self) -> None:
         """Run the next cycle now rather than at the end of the period, so a new instruction

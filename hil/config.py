@@ -117,6 +117,8 @@ class SimParams(_Model):
                              "the new position")
     fails_to_open: bool = Field(False, description="breaker: ignores open commands (a stuck "
                                 "mechanism)")
+    form_s: float = Field(0.5, ge=0, le=30, description="battery: time from grid_mode 1 to "
+                          "the PCS forming the grid (it delivers nothing meanwhile)")
 
     @field_validator("models")
     @classmethod

@@ -8,10 +8,11 @@ the breaker closes (its synchronising function). Unserved critical energy is cou
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from hil.devices.base import SimulatedDevice
 from hil.devices.breaker import MapBreakerSim
-from hil.devices.mapped import MapBatteryPcs
+from hil.devices.mapped import MapBatteryPcs, MapSimDevice
 
 _SLIP_HZ = 0.1  # the most a synchronising PCS detunes from the grid
 _SYNC_TAU_S = 2.0  # how fast its phase closes on the grid's once within reach
@@ -28,6 +29,25 @@ class Pcc:
         self.collapses = 0
         self.unserved_critical_kwh = 0.0
         self.critical_kwh = 0.0
+        self.dark_s = 0.0  # simulated seconds with a critical load unsupplied
+
+    def attach(self, now: Callable[[], float]) -> None:
+        """`now()` brings the physics up to the clock and returns the simulated second: a
+        request to a unit of the island first calls it, so a command is timed from when it
+        arrives and a reading is not a physics tick old (the transfer is a matter of tenths
+        of a second)."""
+        if self.breaker is None:
+            return
+        for d in (self.breaker, *self.pcs, *self.bus):
+            if isinstance(d, MapSimDevice):
+                d.sync = now
+
+    def due_after(self, t_s: float) -> float:
+        """The next instant after t_s a breaker operation or a PCS's forming completes (a
+        physics sub-step ends there, so it takes effect then, not at the next whole second)."""
+        dues = [t for d in (self.breaker, *self.pcs) if d is not None
+                and (t := d.due_s()) is not None and t > t_s + 1e-9]
+        return min(dues, default=math.inf)
 
     def settle(self, pv: float, bess: float, load: float,
                dt_s: float) -> tuple[float, float, float, float]:
@@ -100,12 +120,14 @@ class Pcc:
         return 0.0, 0.0, 0.0, 0.0
 
     def _account(self, dt_s: float) -> None:
-        h = dt_s / 3600
+        h, dark = dt_s / 3600, False
         for d in self.critical:
             self.critical_kwh += d.cfg.rated_kw * h
             if not self.live or d.power_kw < 0.5 * d.cfg.rated_kw:
                 self.unserved_critical_kwh += d.cfg.rated_kw * h
+                dark = True
+        self.dark_s += dt_s if dark else 0.0
 
     def kpis(self) -> dict[str, float]:
-        return {"critical_kwh": self.critical_kwh,
+        return {"critical_kwh": self.critical_kwh, "dark_s": self.dark_s,
                 "unserved_critical_kwh": self.unserved_critical_kwh, "collapses": self.collapses}

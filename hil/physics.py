@@ -125,3 +125,9 @@ class Battery:
                 self.soc_pct = min(self.soc_pct, self.soc_max_pct)
         self.power_kw = p
         return p
+
+
+def headroom_kw(profile) -> float:
+    """The most a building-load profile (hil.config.SimParams) draws, with headroom for its
+    ripple."""
+    return max(profile.base_kw * 1.2, profile.day_kw) * 1.05

@@ -3,7 +3,8 @@
 KPI ledger for the real site and for the same site without its battery.
 
 Physics runs in ≤1 s simulated sub-steps aligned on whole simulated seconds, so heartbeats,
-revert timers and the per-minute samples fall on the same instants whatever the speed-up.
+revert timers and the per-minute samples fall on the same instants whatever the speed-up; a
+breaker operation or a PCS's forming ends a sub-step at its own instant (hil/island.py).
 Balance: grid = load − pv − battery (+ import, battery + discharge).
 """
 
@@ -25,7 +26,7 @@ from hil.devices import build, simulator_for
 from hil.devices.base import Env, Fault, SimulatedDevice
 from hil.island import Pcc
 from hil.ledger import Ledger, Sample
-from hil.physics import load_kw
+from hil.physics import headroom_kw, load_kw
 from hil.serve import dlt645
 from hil.serve.clients import Clients
 from hil.serve.dlt645 import MeterBus, meter_bus, meter_bus_key
@@ -59,7 +60,7 @@ class SimSite:
         profiles = list(loads.values()) or [self._hidden_load]
         self._range_kw = self._meter_range_kw(config, kinds, profiles)
         if truth is not None:  # room for the scenario's load beyond what the profiles allow
-            allowed = sum(_headroom_kw(p) for p in profiles)
+            allowed = sum(headroom_kw(p) for p in profiles)
             self._range_kw += max(0.0, float(truth.load_kw.max()) * 1.05 - allowed)
         self.devices: dict[str, SimulatedDevice] = {
             d.id: kinds[d.id](d, self._range_kw) for d in config.devices
@@ -68,6 +69,7 @@ class SimSite:
                if kinds[d.id].account == "pv"}
         self._pv_share = {k: kw / sum(pvs.values()) for k, kw in pvs.items()}
         self.pcc = Pcc(self.devices)
+        self.pcc.attach(self.now_s)
         day = sum(p.day_kw for p in loads.values())
         self._load_share = {k: p.day_kw / day if day else 1 / len(loads) for k, p in loads.items()}
         if not loads:
@@ -113,19 +115,24 @@ class SimSite:
         for d in config.devices:
             total += kinds[d.id].rating_kw(d)
         for p in profiles:
-            total += _headroom_kw(p)
+            total += headroom_kw(p)
         return total
 
     # -- physics ------------------------------------------------------------------------
     def step_to(self, t_s: float) -> None:
         """Integrate up to simulated second `t_s`, in sub-steps that end on whole seconds."""
         while self.t_s < t_s - 1e-9:
-            t_next = min(t_s, math.floor(self.t_s + 1e-9) + 1.0)
+            t_next = min(t_s, math.floor(self.t_s + 1e-9) + 1.0, self.pcc.due_after(self.t_s))
             self._substep(t_next - self.t_s)
             minute_before = math.floor(self.t_s / 60 + 1e-9)
             self.t_s = t_next
             if math.floor(self.t_s / 60 + 1e-9) > minute_before:
                 self.samples.append(self.last)
+
+    def now_s(self) -> float:
+        """The simulated second now, the physics brought up to it."""
+        self.step_to(self.clock.elapsed_s())
+        return self.t_s
 
     def _soc(self) -> float | None:
         bats = [b for d in self.devices.values() if (b := d.stored()) is not None]
@@ -363,11 +370,6 @@ class SimSite:
             f"imp {k.import_kwh:.1f} exp {k.export_kwh:.1f} kWh "
             f"cost {k.import_cost - k.export_revenue:.2f}"
         )
-
-
-def _headroom_kw(profile: SimParams) -> float:
-    """The most a building-load profile draws, with headroom for its ripple."""
-    return max(profile.base_kw * 1.2, profile.day_kw) * 1.05
 
 
 async def run_hil(config: Config, clock: Clock, stop: asyncio.Event) -> None:

@@ -61,7 +61,7 @@ class Clock:
         return sim_seconds / self.speed
 
     async def sleep(self, sim_seconds: float) -> None:
-        await asyncio.sleep(max(0.0, sim_seconds / self.speed))
+        await asyncio.sleep(max(0.0, self.wall_s(sim_seconds)))
 
     @property
     def epoch(self) -> float:

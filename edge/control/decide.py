@@ -62,6 +62,7 @@ class Decision:
     reason: str = ""  # why, in one line: what steers the grid and which limit binds
     reason_key: tuple = ()  # the reason without its numbers: it changes when the reason does
     grid_state: str | None = None  # a microgrid's: on_grid, islanding, island, resync, black_start
+    next_look_s: float | None = None  # a role wants the next cycle by this simulated second
 
     def __getattr__(self, name: str) -> dict:
         """A role's setpoints under the name its role gives them (`bess_kw`, `pv_limit_kw`,
@@ -106,8 +107,10 @@ class Controller:
                         for x in ROLES[n].demands(devs, image, mem))
         grid_state = next((s for n, devs in self.groups.items()
                            if (s := ROLES[n].grid_state(devs, mem)) is not None), None)
+        looks = [t for n, devs in self.groups.items()
+                 if (t := ROLES[n].next_look_s(devs, mem)) is not None]
         decision = replace(decision, alarms=self._alarms(mem), demands=demands,
-                           grid_state=grid_state)
+                           grid_state=grid_state, next_look_s=min(looks, default=None))
         if mem.last is None or mem.last.reason_key != decision.reason_key:
             log.info("control: %s", decision.reason)
         else:

@@ -12,7 +12,9 @@ observation and returning the next state with the reason (docs/island-mode.md).
 The handlers set what the cycle must command (breaker position, grid-forming); they
 never close the breaker onto a live bus out of sync: a close is only given while the
 synchronism check holds (or the bus is dead), and withdrawn the moment it does not, until
-the breaker confirms it closed. No I/O and no clock: the observation brings the time.
+the breaker confirms it closed. No I/O and no clock: the observation brings the time, and a
+handler that must look again before the next regular cycle says when (`next_look_s`): the
+instant `detect_s` runs out, and every `transfer_poll_s` during the changeover.
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ class GridMachine:
     event: IslandEvent | None = None  # the island event in progress
     events: list[IslandEvent] = field(default_factory=list)  # finished ones, newest last
     last_t_s: float | None = None
+    form_at_s: float = -math.inf  # the batteries were told to form (islanding)
+    next_look_s: float | None = None  # the state in force wants its next look by then
 
     def clone(self) -> GridMachine:
         return replace(self, transitions=list(self.transitions),
@@ -117,6 +121,7 @@ class GridMachine:
         self._track(o)
         seen = {self.state}
         while True:
+            self.next_look_s = None  # only the state in force asks for a look
             target, reason = HANDLERS[self.state](self, o)
             if target == self.state:
                 break
@@ -166,6 +171,16 @@ class GridMachine:
             self.resync_late = False
         self.state, self.since_s = target, o.t_s
 
+    def look_at(self, t_s: float) -> None:
+        """Ask for the next look at t_s, sooner than the next regular cycle if that is later."""
+        self.next_look_s = t_s if self.next_look_s is None else min(self.next_look_s, t_s)
+
+    def hurry(self, o: Observation, since_s: float) -> None:
+        """Changeover: look every transfer_poll_s while the step begun at since_s can still
+        complete (within confirm_s); past that it is stuck and alarmed, the cycle suffices."""
+        if o.t_s - since_s <= self.confirm_s:
+            self.look_at(o.t_s + self.params.transfer_poll_s)
+
     def grid_back(self, o: Observation) -> bool:
         return self.in_since_s is not None and o.t_s - self.in_since_s >= self.params.return_s
 
@@ -191,6 +206,8 @@ def on_grid(m: GridMachine, o: Observation) -> tuple[str, str]:
     if m.out_since_s is not None and o.t_s - m.out_since_s >= m.params.detect_s:
         return ISLANDING, (f"grid at {o.grid_v:.0f} V {o.grid_hz:.2f} Hz, out of band for "
                            f"{o.t_s - m.out_since_s:.1f} s")
+    if m.out_since_s is not None:
+        m.look_at(m.out_since_s + m.params.detect_s)  # not the first cycle after it
     return ON_GRID, ""
 
 
@@ -201,12 +218,15 @@ def islanding(m: GridMachine, o: Observation) -> tuple[str, str]:
         m.forming = False
         if o.readable and m.out_since_s is None and not o.tripped:
             return ON_GRID, "the grid came back before the breaker opened"
+        m.hurry(o, m.cmd_at_s)
         return ISLANDING, ""
     if not o.supply:
         return BLACK_START, "no grid-forming battery has energy left"
-    m.forming = m.forming or not o.flex_on  # form only once the shed loads read off
+    if not m.forming and not o.flex_on:  # form only once the shed loads read off
+        m.forming, m.form_at_s = True, o.t_s
     if o.forming and m.params.live(o.bus_v):
         return ISLAND, f"island formed at {o.bus_v:.0f} V {o.bus_hz:.2f} Hz"
+    m.hurry(o, m.form_at_s if m.forming else m.cmd_at_s)
     return ISLANDING, ""
 
 

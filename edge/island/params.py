@@ -16,6 +16,9 @@ class IslandParams(_Model):
     v_band_pct: float = Field(10.0, gt=0, le=50, description="grid lost outside nominal ± this")
     hz_band: float = Field(0.5, gt=0, le=5, description="grid lost outside nominal ± this (Hz)")
     detect_s: float = Field(2.0, ge=0, le=60, description="out of band this long: grid lost")
+    transfer_poll_s: float = Field(0.2, gt=0, le=5, description="during the changeover (the "
+                                   "breaker opening, the PCS forming) the grid state is looked "
+                                   "at this often rather than once per cycle")
     return_s: float = Field(300.0, ge=0, le=3600, description="back in band this long before "
                             "resynchronising (grid codes ask for minutes)")
     sync_v_pct: float = Field(5.0, gt=0, le=20, description="resync window: voltage difference")

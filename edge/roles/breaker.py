@@ -164,6 +164,10 @@ class Breaker(Role):
         st = mem.roles.get("breaker")
         return None if st is None or st.machine is None else st.machine.state
 
+    def next_look_s(self, devs, mem) -> float | None:
+        st = mem.roles.get("breaker")
+        return None if st is None or st.machine is None else st.machine.next_look_s
+
     def island_plan(self, devs, image, mem, now_s, config):
         st: IslandState = mem.roles["breaker"]
         m = st.machine

@@ -239,6 +239,12 @@ class Role:
         """on_grid, islanding, island, resync or black_start; None: no island operation."""
         return None
 
+    def next_look_s(self, devs: list[Any], mem: Memory) -> float | None:
+        """The simulated second the role must look again by, when that may come before the
+        next regular cycle (a timer about to run out, a changeover under way); None: the
+        cycle's own period is soon enough."""
+        return None
+
     def island_plan(self, devs: list[Any], image: ProcessImage, mem: Memory, now_s: float,
                     config: Config) -> Any | None:
         """The island's balance this cycle (edge.island.balance.IslandPlan), or None."""

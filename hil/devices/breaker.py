@@ -27,9 +27,14 @@ class MapBreakerSim(MapSimDevice):
         self.bus_v, self.bus_hz, self.phase_deg = self.nominal_v, self.nominal_hz, 0.0
         self.operations: list[tuple[float, bool]] = []  # (sim s, closed) per operation
         self.closed_out_of_sync: list[float] = []  # sim s of any close onto a live, unsynced bus
+        self.grid_changes: list[tuple[float, bool]] = []  # (sim s, grid up) per set_grid
 
     def set_grid(self, up: bool) -> None:
-        """Take the grid away beyond the breaker, or give it back."""
+        """Take the grid away beyond the breaker, or give it back, now (the physics up to
+        now had it as it was)."""
+        t_s = self.sync() if self.sync is not None else self.t_s
+        if up != self.grid_up:
+            self.grid_changes.append((t_s, up))
         self.grid_up = up
 
     def set_fails_to_open(self, fails: bool) -> None:
@@ -50,11 +55,18 @@ class MapBreakerSim(MapSimDevice):
         if "switch" in changes and changes["switch"] != before.get("switch"):
             self._cmd_at = self.t_s
 
+    def due_s(self) -> float | None:
+        """When a commanded operation completes (its operating time after the command)."""
+        want = self.held["switch"] >= 0.5
+        if self._cmd_at is None or want == self.closed or (not want and self.sim.fails_to_open):
+            return None
+        return self._cmd_at + self.sim.operate_s
+
     def step(self, env: Env, dt_s: float) -> float:
         self.t_s = env.t_s
         want = self.held["switch"] >= 0.5
-        due = self._cmd_at is not None and env.t_s - self._cmd_at >= self.sim.operate_s
-        if want != self.closed and due and (want or not self.sim.fails_to_open):
+        due = self.due_s()
+        if due is not None and env.t_s >= due - 1e-9:
             if want and self.grid_up and self.bus_v > 0.2 * self.nominal_v and not self.in_sync():
                 self.closed_out_of_sync.append(env.t_s)
             self.closed = want

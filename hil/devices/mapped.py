@@ -5,6 +5,7 @@ the three-phase meter. The flexible load and the DC bus converter build on the s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 from pymodbus.constants import ExcCodes
@@ -29,6 +30,9 @@ map uses more than holding registers; bits live at addresses 0..15."""
 
     models = ()
     protocols: ClassVar[tuple[str, ...]] = ("modbus-tcp", "modbus-rtu")
+    # Set by the site for the island's units (hil/island.py): brings the physics up to now
+    # and returns the simulated second, so a request is served and timed at its own instant.
+    sync: Callable[[], float] | None = None
 
     def __init__(self, cfg: DeviceConfig, site_max_kw: float,
                  regmap: RegisterMap | None = None) -> None:
@@ -106,6 +110,12 @@ map uses more than holding registers; bits live at addresses 0..15."""
                              for p in self._table("coil")
                              if p.writable and address <= p.address < address + len(values)})
 
+    def write_points(self, changes: dict[str, float]) -> ExcCodes | None:
+        """Decoded points written as a client's write would arrive (tests drive units so)."""
+        if self.sync is not None:
+            self.t_s = self.sync()
+        return self._accept(changes)
+
     def _accept(self, touched: dict[str, float]) -> ExcCodes | None:
         """A write's decoded points: refused by the device, or held and reacted to."""
         if rc := self.validate_points(touched):
@@ -132,6 +142,8 @@ map uses more than holding registers; bits live at addresses 0..15."""
                      ) -> ExcCodes | None:
         if (rc := await self.gate(function_code)) is not None:
             return rc
+        if self.sync is not None:
+            self.t_s = self.sync()  # the write below is timed from now
         function = _FUNCTIONS.get(function_code, "holding") if self._split else "holding"
         if set_values is None:
             self.refresh(current_registers, start_address, function)
@@ -167,12 +179,20 @@ class MapBatteryPcs(Storage, MapSimDevice):
             self.held["revert"] = float(cfg.revert_s)
         self._t_cmd: float | None = None
         self.charged_kwh = self.discharged_kwh = 0.0
+        self._form_at: float | None = None  # told to form (grid_mode 0 -> 1) at
+        self._formed = False
 
     @property
     def forming(self) -> bool:
-        """It forms the grid (grid_mode 1): the island's voltage source; the site sets its
-        power (hil/island.py)."""
-        return self.held.get("grid_mode", 0.0) >= 0.5
+        """It forms the grid: grid_mode 1 for `sim.form_s`; the island's voltage source, the
+        site sets its power (hil/island.py)."""
+        return self._formed and self.held.get("grid_mode", 0.0) >= 0.5
+
+    def due_s(self) -> float | None:
+        """When it will have formed, while it is switching over."""
+        if self._form_at is None or self._formed or self.held.get("grid_mode", 0.0) < 0.5:
+            return None
+        return self._form_at + self.sim.form_s
 
     @property
     def command_kw(self) -> float:
@@ -193,10 +213,18 @@ class MapBatteryPcs(Storage, MapSimDevice):
     def on_points(self, changes: dict[str, float], before: dict[str, float]) -> None:
         if {"setpoint", "enable", "grid_mode"} & changes.keys():
             self._t_cmd = self.t_s
+        if changes.get("grid_mode", 0.0) >= 0.5 and before.get("grid_mode", 0.0) < 0.5:
+            self._form_at, self._formed = self.t_s, False
 
     def step(self, env: Env, dt_s: float) -> float:
         self.t_s = env.t_s
+        due = self.due_s()
+        self._formed = self.held.get("grid_mode", 0.0) >= 0.5 and (
+            self._formed or (due is not None and env.t_s >= due - 1e-9))
         if self.forming:
+            return self.power_kw
+        if due is not None and not self._formed:  # switching over: no power meanwhile
+            self.power_kw = self.battery.step(0.0, dt_s)
             return self.power_kw
         if self.command_kw and expired(self._t_cmd, int(self.held.get("revert", 0)), env.t_s):
             self.held["setpoint"] = 0.0

@@ -88,7 +88,9 @@ async def test_pcs_is_told_to_form_the_grid_and_back_to_following():
         bess = MapBattery("bess", ep, 1, load_map("pcs_generic"))
         await bess.connect()
         await bess.write_forming(60)
-        assert sim.forming and (await bess.poll()).values["grid_mode"] == 1.0
+        assert not sim.forming and (await bess.poll()).values["grid_mode"] == 1.0
+        sim.step(env(1.0), 1.0)  # past its form_s (0.5 s)
+        assert sim.forming
         await bess.write_power(5.0, 60)
         assert not sim.forming and sim.held["setpoint"] == pytest.approx(5.0)
 

@@ -9,8 +9,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from fakes import ManualClock
 
-from edge.app.clock import Clock
 from edge.config import load
 from hil.site import SimSite
 
@@ -20,12 +20,14 @@ NOON = datetime.fromisoformat("2026-06-22T12:00:00+08:00")
 
 
 def microgrid(start: datetime = EVENING, soc: float | None = None) -> SimSite:
+    """The example site on a manual clock: it stands still unless a test moves it, so a
+    write is timed from where the test stepped the physics to."""
     cfg = load(ROOT / "configs/microgrid.yaml")
     if soc is not None:
         data = cfg.model_dump()
         next(d for d in data["devices"] if d["id"] == "bess1")["sim"]["initial_soc_pct"] = soc
         cfg = type(cfg).model_validate(data)
-    return SimSite(cfg, Clock(start, 1.0))
+    return SimSite(cfg, ManualClock(start))
 
 
 def switch(site: SimSite, **on: bool) -> None:
@@ -38,11 +40,53 @@ def islanded(site: SimSite, t_s: float) -> None:
     form behind the closed breaker would trip at once)."""
     cb = site.devices["cb"]
     cb.set_grid(False)
-    cb.held["switch"], cb._cmd_at = 0.0, 0.0
+    cb.write_points({"switch": 0.0})
     switch(site, hvac=False, water_heater=False, ev_bank=False)
     site.step_to(5)
-    site.devices["bess1"].held["grid_mode"] = 1.0
+    site.devices["bess1"].write_points({"grid_mode": 1.0})
     site.step_to(t_s)
+
+
+def test_the_breaker_opens_at_its_operating_time_not_at_the_next_whole_second():
+    site = microgrid()  # operate_s 0.1
+    cb = site.devices["cb"]
+    site.step_to(0.3)
+    cb.write_points({"switch": 0.0})
+    site.step_to(0.39)
+    assert cb.closed
+    site.step_to(0.41)  # a sub-step ends at 0.4: the next one starts open
+    assert not cb.closed and cb.operations == [(pytest.approx(0.4), False)]
+
+
+def test_the_pcs_forms_the_island_form_s_after_it_is_told_and_gives_nothing_meanwhile():
+    site = microgrid()  # form_s 0.5
+    cb, bess = site.devices["cb"], site.devices["bess1"]
+    cb.set_grid(False)
+    cb.write_points({"switch": 0.0})
+    switch(site, hvac=False, water_heater=False, ev_bank=False)
+    site.step_to(2.0)
+    bess.write_points({"grid_mode": 1.0})
+    site.step_to(2.49)
+    assert not bess.forming and cb.bus_v == 0.0 and bess.power_kw == 0.0
+    site.step_to(2.5)
+    assert not bess.forming  # the instant it forms begins the next sub-step
+    site.step_to(2.6)
+    assert bess.forming and cb.bus_v == pytest.approx(230.0)
+
+
+def test_the_critical_loads_are_dark_from_the_grid_loss_until_the_pcs_forms():
+    site = microgrid()
+    cb, bess = site.devices["cb"], site.devices["bess1"]
+    site.step_to(2.0)
+    cb.set_grid(False)  # at 2.0
+    cb.write_points({"switch": 0.0})  # open at 2.1
+    switch(site, hvac=False, water_heater=False, ev_bank=False)
+    site.step_to(2.3)
+    bess.write_points({"grid_mode": 1.0})  # formed at 2.8
+    site.step_to(10)
+    assert cb.grid_changes == [(2.0, False)]
+    assert site.pcc.dark_s == pytest.approx(0.8)
+    assert site.pcc.unserved_critical_kwh == pytest.approx(25 * 0.8 / 3600)
 
 
 def test_a_dead_grid_behind_a_closed_breaker_darkens_the_site():
