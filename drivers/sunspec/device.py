@@ -87,11 +87,8 @@ class SunSpecUnit(ModbusUnit):
                 count = end
         return self.models[model_id], count
 
-    async def read_many(self, wanted: dict[int, str | None]) -> dict[int, dict]:
-        """Several models (`read`'s `through` each) in as few requests as the chain allows:
-        spans in address order are merged while the block stays within one request
-        (MAX_READ registers, the endpoint's request size), models in between included - a SunSpec chain is contiguous
-        and every register in it answers, so one request replaces two or three."""
+    def _blocks(self, wanted: dict[int, str | None]) -> list[list[tuple[int, int, int]]]:
+        """The spans (address, registers, model id) of `wanted`, grouped one request each."""
         spans = sorted((*self._span(mid, through), mid) for mid, through in wanted.items())
         blocks: list[list[tuple[int, int, int]]] = []
         for span in spans:
@@ -99,8 +96,19 @@ class SunSpecUnit(ModbusUnit):
                 blocks[-1].append(span)
             else:
                 blocks.append([span])
+        return blocks
+
+    def requests(self, wanted: dict[int, str | None]) -> list[tuple[int, int]]:
+        """(address, registers) of each read request `read_many(wanted)` sends."""
+        return [(b[0][0], max(a + n for a, n, _ in b) - b[0][0]) for b in self._blocks(wanted)]
+
+    async def read_many(self, wanted: dict[int, str | None]) -> dict[int, dict]:
+        """Several models (`read`'s `through` each) in as few requests as the chain allows:
+        spans in address order are merged while the block stays within one request
+        (MAX_READ registers, the endpoint's request size), models in between included - a SunSpec chain is contiguous
+        and every register in it answers, so one request replaces two or three."""
         out: dict[int, dict] = {}
-        for block in blocks:
+        for block in self._blocks(wanted):
             start = block[0][0]
             end = max(a + n for a, n, _ in block)
             try:
@@ -316,6 +324,11 @@ class SunSpecDevice:
 
     async def _values(self, m: dict[int, dict]) -> dict[str, float]:
         raise NotImplementedError
+
+    def poll_requests(self) -> list[tuple[int, int]]:
+        """(address, registers) of each read a poll between two slow rounds sends (once
+        connected): what a benchmark's raw baseline reads to compare a poll against."""
+        return self.sunspec.requests(self._fast)
 
     async def close(self) -> None:
         await self.sunspec.endpoint.close()
