@@ -8,6 +8,8 @@ restart may have moved its models. The role drivers (drivers.sunspec.roles) run 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -184,7 +186,8 @@ SLOW_EVERY = 60
 class _Beat:
     """A controller heartbeat the device watches (715 ControllerHb, 802 CtrlHb): incremented
     on every poll and every control write, so the device knows its controller is alive.
-    Written without a read-back request: the next poll reads its model anyway."""
+    Written without a read-back request: the next poll reads its model anyway. A poll does
+    not wait for its beat's write either: the next poll does, before it reads."""
 
     model: int
     point: str
@@ -223,6 +226,8 @@ class SunSpecDevice:
         self._slow_at = 0.0
         self._since_slow = 0
         self._beats: list[_Beat] = []
+        self._beating: asyncio.Task[None] | None = None  # the last poll's beat, in flight
+        self._beat_lock = asyncio.Lock()  # one beat at a time: each counts on the last
         self._latest: dict[int, dict] = {}  # model id -> values as of the last poll
 
     def _plan(self, models: dict[int, int]) -> None:
@@ -275,7 +280,12 @@ class SunSpecDevice:
     async def _beat(self) -> None:
         """Advance every heartbeat. One the device refuses to take (answered with ILLEGAL
         ADDRESS or VALUE while its model was just read where we expect it) is not watched
-        by this device: it is dropped, with a warning, rather than failing every poll."""
+        by this device: it is dropped, with a warning, rather than failing every poll.
+        After a beat still in flight (`_beating`), whose failure is left to the next poll."""
+        async with self._beat_lock:
+            await self._beat_unlocked()
+
+    async def _beat_unlocked(self) -> None:
         for b in list(self._beats):
             value = (b.value + 1) % b.modulus
             try:
@@ -304,8 +314,23 @@ class SunSpecDevice:
                             "not sending it", self.id, b.name, b.value, got)
                 self._beats.remove(b)
 
+    def _start_beat(self) -> None:
+        """Send the heartbeats without waiting for their answer; the next poll waits."""
+        if self._beats:
+            self._beating = asyncio.get_running_loop().create_task(self._beat())
+
+    async def heartbeats_sent(self) -> None:
+        """Wait for the heartbeat writes the last poll started; raise if they failed. The
+        next poll does this first, so a failed beat fails that poll (the device goes stale
+        as it would have had the beat been awaited inside the poll that sent it)."""
+        task, self._beating = self._beating, None
+        if task is not None:
+            await task
+
     async def poll(self) -> Reading:
-        """Read (a moved chain shows in the model IDs before anything is written), then beat."""
+        """Read (a moved chain shows in the model IDs before anything is written), then
+        start the beat: the last poll's beat has landed, or this poll fails with its error."""
+        await self.heartbeats_sent()
         if not self.sunspec.models:
             await self.connect()
         elif self._since_slow >= self.slow_every:
@@ -319,7 +344,7 @@ class SunSpecDevice:
         values = await self._values(latest)
         reading = Reading(self.id, values,
                           stamps={k: self._slow_at for k in self._slow_keys if k in values})
-        await self._beat()
+        self._start_beat()
         return reading
 
     async def _values(self, m: dict[int, dict]) -> dict[str, float]:
@@ -331,6 +356,11 @@ class SunSpecDevice:
         return self.sunspec.requests(self._fast)
 
     async def close(self) -> None:
+        task, self._beating = self._beating, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         await self.sunspec.endpoint.close()
 
     def describe(self) -> dict:
