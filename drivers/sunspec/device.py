@@ -131,9 +131,9 @@ class SunSpecUnit(ModbusUnit):
             raise DeviceError(f"unit {self.unit}: expected model {model_id}, found {regs[0]}")
         mdef = sunspec.model(model_id)
         values = sunspec.decode(mdef, regs, self._sf.get(model_id, {}))
-        for name, value in values.items():
-            if mdef.points[name].type == "sunssf":  # None: known to be "not implemented"
-                self._sf.setdefault(model_id, {})[name] = None if value is None else int(value)
+        for name in sunspec.sunssf_points(mdef, len(regs)):  # None: "not implemented"
+            value = values[name]
+            self._sf.setdefault(model_id, {})[name] = None if value is None else int(value)
         return values
 
     async def write(self, model_id: int, values: dict[str, float | int],
