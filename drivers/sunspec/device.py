@@ -30,7 +30,8 @@ class _Beat:
     """A controller heartbeat the device watches (715 ControllerHb, 802 CtrlHb): incremented
     on every poll and every control write, so the device knows its controller is alive.
     Written without a read-back request: the next poll reads its model anyway. A poll does
-    not wait for its beat's write either: the next poll does, before it reads."""
+    not wait for its beat's write either: it goes out once the poll round is over
+    (`send_deferred`), and the next poll waits for it before it reads."""
 
     model: int
     point: str
@@ -70,6 +71,7 @@ class SunSpecDevice:
         self._since_slow = 0
         self._beats: list[_Beat] = []
         self._beating: asyncio.Task[None] | None = None  # the last poll's beat, in flight
+        self._beat_go: asyncio.Future[None] | None = None  # resolved: send it
         self._beat_lock = asyncio.Lock()  # one beat at a time: each counts on the last
         self._latest: dict[int, dict] = {}  # model id -> values as of the last poll
 
@@ -158,14 +160,29 @@ class SunSpecDevice:
                 self._beats.remove(b)
 
     def _start_beat(self) -> None:
-        """Send the heartbeats without waiting for their answer; the next poll waits."""
+        """Queue the heartbeats, sent on `send_deferred` without waiting for their answer."""
         if self._beats:
-            self._beating = asyncio.get_running_loop().create_task(self._beat())
+            loop = asyncio.get_running_loop()
+            self._beat_go = go = loop.create_future()
+            self._beating = loop.create_task(self._beat_when(go))
+
+    async def _beat_when(self, go: asyncio.Future[None]) -> None:
+        await go
+        await self._beat()
+
+    def send_deferred(self) -> None:
+        """Send what the last poll left for after the poll round (its heartbeat writes): the
+        poller calls this once every device has been read, so the writes do not delay the
+        replies other devices are waiting for. The next poll sends them if nobody did."""
+        go, self._beat_go = self._beat_go, None
+        if go is not None and not go.done():
+            go.set_result(None)
 
     async def heartbeats_sent(self) -> None:
-        """Wait for the heartbeat writes the last poll started; raise if they failed. The
-        next poll does this first, so a failed beat fails that poll (the device goes stale
-        as it would have had the beat been awaited inside the poll that sent it)."""
+        """Send and wait for the heartbeat writes the last poll queued; raise if they failed.
+        The next poll does this first, so a failed beat fails that poll (the device goes
+        stale as it would have had the beat been awaited inside the poll that sent it)."""
+        self.send_deferred()
         task, self._beating = self._beating, None
         if task is not None:
             await task
@@ -199,6 +216,7 @@ class SunSpecDevice:
         return self.sunspec.requests(self._fast)
 
     async def close(self) -> None:
+        self._beat_go = None
         task, self._beating = self._beating, None
         if task is not None:
             task.cancel()

@@ -4,7 +4,7 @@ gateway), a unit that stops answering, and writes verified by read-back.
 A small Modbus TCP proxy between the driver and the HIL stands in for the field: it can
 swallow every request to one unit id (a slave that never answers: no reply at all, not even a
 gateway exception), rewrite the values of a write (a device that silently stores
-something else), hold a write or answer it with an exception, and it counts what passes.
+something else), hold a request or answer it with an exception, and it counts what passes.
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ class Proxy:
         self.port = free_port()
         self.silent: set[int] = set()  # unit ids whose requests are swallowed
         self.rewrite: Callable[[int, list[int]], list[int]] | None = None  # (unit, regs) of FC16
-        # (unit, address) of FC16 -> a Modbus exception code to answer instead of forwarding,
-        # or None to forward; awaited, so it may hold the write
-        self.on_write: Callable[[int, int], Awaitable[int | None]] | None = None
+        # (unit, function code, address) -> a Modbus exception code to answer instead of
+        # forwarding, or None to forward; awaited, so it may hold the request
+        self.on_request: Callable[[int, int, int], Awaitable[int | None]] | None = None
         self.swallowed: dict[int, int] = {}
         self.requests: list[tuple[int, int]] = []  # (unit, function code) forwarded
         self.connections = 0
@@ -87,8 +87,8 @@ class Proxy:
                 if unit in self.silent:
                     self.swallowed[unit] = self.swallowed.get(unit, 0) + 1
                     continue
-                if fc == 0x10 and self.on_write is not None:
-                    code = await self.on_write(unit, int.from_bytes(body[1:3], "big"))
+                if self.on_request is not None:
+                    code = await self.on_request(unit, fc, int.from_bytes(body[1:3], "big"))
                     if code is not None:
                         writer.write(header[:4] + (3).to_bytes(2, "big")
                                      + bytes((unit, fc | 0x80, code)))
