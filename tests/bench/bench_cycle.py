@@ -188,6 +188,7 @@ def main() -> int:
                   file=sys.stderr)
 
     errors = {d: h.errors for d, h in cycle.health.items() if h.errors}
+    last_errors = sorted({h.last_error for h in cycle.health.values() if h.errors})
     crashes = cycle.stats.crashes
     n_dev = len(config.devices)
     pacing = f"paced every {args.period:g} s" if args.period else "back to back"
@@ -200,6 +201,8 @@ def main() -> int:
           f"setpoint writes: {sum(t.writes)} in {sum(1 for w in t.writes if w)} of "
           f"{len(t.writes)} cycles; device errors: {errors or 'none'}; cycle crashes: {crashes}; "
           f"last mode: {cycle.decision.mode if cycle.decision else '-'}")
+    if last_errors:
+        print("last device errors: " + "; ".join(last_errors))
     print()
     print(f"| control cycle, {n_dev} HIL devices ({args.layout}) | p50 | p99 | max |")
     print("|---|---:|---:|---:|")
