@@ -1,6 +1,7 @@
 """Coalesced SunSpec reads: a poll round crosses the wire as one read request per device
-(plus the heartbeat writes the device watches), and a block read decodes what reading each
-model on its own decodes."""
+(plus the heartbeat writes the device watches), of the block the device reports
+(`poll_requests`, what the benchmark's raw baseline reads), and a block read decodes what
+reading each model on its own decodes."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ async def test_a_poll_round_sends_one_read_per_device(site, proxy):  # noqa: F81
     units = {d.sunspec.unit: name for name, d in devices.items()}
     for _ in range(3):
         proxy.requests.clear()
+        proxy.reads.clear()
         results = await poll_round(devices)
         assert not [r for r in results.values() if isinstance(r, Exception)], results
         await beats_landed(devices)
@@ -36,6 +38,8 @@ async def test_a_poll_round_sends_one_read_per_device(site, proxy):  # noqa: F81
             assert len(dev._fast) >= 1
             assert sent[(unit, READ)] == 1, (name, sorted(dev._fast), sent)
             assert sent[(unit, WRITE)] == len(dev._beats), (name, sent)
+            # what a benchmark's raw baseline reads to compare a poll against
+            assert [(a, n) for u, a, n in proxy.reads if u == unit] == dev.poll_requests()
     assert any(len(d._fast) > 1 for d in devices.values())  # something was coalesced
 
 

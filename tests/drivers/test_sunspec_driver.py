@@ -60,6 +60,7 @@ class Proxy:
         self.on_request: Callable[[int, int, int], Awaitable[int | None]] | None = None
         self.swallowed: dict[int, int] = {}
         self.requests: list[tuple[int, int]] = []  # (unit, function code) forwarded
+        self.reads: list[tuple[int, int, int]] = []  # (unit, address, count) of FC3 forwarded
         self.connections = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -99,6 +100,9 @@ class Proxy:
                             for i in range(body[5] // 2)]
                     body = body[:6] + b"".join(r.to_bytes(2, "big") for r in self.rewrite(unit, regs))
                 self.requests.append((unit, fc))
+                if fc == 0x03:
+                    self.reads.append((unit, int.from_bytes(body[1:3], "big"),
+                                       int.from_bytes(body[3:5], "big")))
                 up_w.write(header + body)
                 await up_w.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
