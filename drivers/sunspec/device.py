@@ -1,171 +1,24 @@
-"""SunSpec over Modbus: a unit's model chain (discovery, decoded reads, verified writes) and
-what every SunSpec role driver does on top of it (poll classes, controller heartbeats).
+"""What every SunSpec role driver does on top of its unit (drivers.sunspec.unit): plan which
+models serve the role, poll them by class, keep the device's controller heartbeats beating.
 
-Writes are verified by read-back; a device that comes back is rediscovered, because a
-restart may have moved its models. The role drivers (drivers.sunspec.roles) run over any
-`ModbusEndpoint`: Modbus TCP or RTU.
+A device that comes back is rediscovered, because a restart may have moved its models. The
+role drivers (drivers.sunspec.roles) run over any `ModbusEndpoint`: Modbus TCP or RTU.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
 
 from drivers.base import DeviceError, Reading
-from drivers.modbus.endpoint import (
-    ILLEGAL_ADDRESS,
-    MAX_READ,
-    ModbusEndpoint,
-    ModbusExceptionReply,
-)
-from drivers.modbus.unit import ModbusUnit
+from drivers.modbus.endpoint import ILLEGAL_ADDRESS, ModbusEndpoint, ModbusExceptionReply
 from drivers.sunspec import models as sunspec
+from drivers.sunspec.unit import SunSpecUnit
 
 log = logging.getLogger(__name__)
-
-
-class SunSpecUnit(ModbusUnit):
-    """A SunSpec device at one unit id: discovers its chain, reads and writes models, each
-    request under the unit's silence backoff (drivers.modbus.unit)."""
-
-    def __init__(self, endpoint: ModbusEndpoint, unit: int) -> None:
-        super().__init__(endpoint, unit)
-        self.models: dict[int, int] = {}  # model id -> address of its ID register
-        self.common: dict[str, object] = {}
-        self._sf: dict[int, dict[str, int | None]] = {}  # model id -> scale factors read
-
-    async def discover(self) -> dict[int, int]:
-        base = None
-        for candidate in sunspec.BASES:
-            try:
-                marker = await self._read_regs(candidate, 2)
-            except DeviceError:
-                if not self.endpoint.connected or self.backing_off:
-                    raise  # nothing answered: not a "no marker here"
-                continue
-            if tuple(marker) == sunspec.SUNS:
-                base = candidate
-                break
-        if base is None:
-            raise DeviceError(f"{self.endpoint.name} unit {self.unit}: no SunSpec marker at 40000/0/50000")
-        models: dict[int, int] = {}
-        addr = base + 2
-        for _ in range(64):
-            mid, length = await self._read_regs(addr, 2)
-            if mid == sunspec.END_ID:
-                break
-            models[mid] = addr
-            addr += 2 + length
-        else:
-            raise DeviceError(f"{self.endpoint.name} unit {self.unit}: model chain does not end")
-        self.models = models
-        self._sf.clear()
-        if 1 in models:
-            self.common = await self.read(1)
-        return models
-
-    async def read(self, model_id: int, through: str | None = None) -> dict:
-        """Decoded values of one model. With `through`, only the registers from ID up to that
-        point are read (one short request instead of one or two long ones, which counts on
-        RS-485) once the scale factors those points need are known; the ID register is always
-        read, so a chain that moved under us is still noticed."""
-        return (await self.read_many({model_id: through}))[model_id]
-
-    def _span(self, model_id: int, through: str | None) -> tuple[int, int]:
-        """(address, registers) a read of the model needs (see `read`)."""
-        mdef = sunspec.model(model_id)
-        if model_id not in self.models:
-            raise DeviceError(f"unit {self.unit}: model {model_id} not present")
-        count = mdef.length + 2
-        sfs = self._sf.get(model_id, {})
-        if through is not None:
-            end = mdef.through(through)
-            needed = {p.sf for p in mdef.points.values()
-                      if isinstance(p.sf, str) and p.offset + p.size <= end}
-            if all(s in sfs or mdef.through(s) <= end for s in needed):
-                count = end
-        return self.models[model_id], count
-
-    async def read_many(self, wanted: dict[int, str | None]) -> dict[int, dict]:
-        """Several models (`read`'s `through` each) in as few requests as the chain allows:
-        spans in address order are merged while the block stays within one request
-        (MAX_READ registers, the endpoint's request size), models in between included - a SunSpec chain is contiguous
-        and every register in it answers, so one request replaces two or three."""
-        spans = sorted((*self._span(mid, through), mid) for mid, through in wanted.items())
-        blocks: list[list[tuple[int, int, int]]] = []
-        for span in spans:
-            if blocks and span[0] + span[1] - blocks[-1][0][0] <= MAX_READ:
-                blocks[-1].append(span)
-            else:
-                blocks.append([span])
-        out: dict[int, dict] = {}
-        for block in blocks:
-            start = block[0][0]
-            end = max(a + n for a, n, _ in block)
-            try:
-                regs = await self._read_regs(start, end - start)
-            except ModbusExceptionReply as exc:
-                if exc.code == ILLEGAL_ADDRESS:
-                    # A known model's address no longer exists: the device restarted with a
-                    # shorter chain. Rediscover rather than stay stale forever.
-                    self.models = {}
-                raise
-            for address, count, mid in block:
-                out[mid] = self._decode(mid, regs[address - start:address - start + count])
-        return out
-
-    def _decode(self, model_id: int, regs: list[int]) -> dict:
-        if regs[0] != model_id:
-            self.models = {}  # the chain moved under us (device restarted): rediscover
-            raise DeviceError(f"unit {self.unit}: expected model {model_id}, found {regs[0]}")
-        mdef = sunspec.model(model_id)
-        values = sunspec.decode(mdef, regs, self._sf.get(model_id, {}))
-        for name, value in values.items():
-            if mdef.points[name].type == "sunssf":  # None: known to be "not implemented"
-                self._sf.setdefault(model_id, {})[name] = None if value is None else int(value)
-        return values
-
-    async def write(self, model_id: int, values: dict[str, float | int],
-                    verify: bool = True) -> None:
-        """Write the given points of one model, each contiguous run of them in one request
-        (in register order), each verified by read-back unless `verify` is False: then the
-        caller checks the value in a read it makes anyway (a heartbeat)."""
-        if model_id not in self.models:
-            raise DeviceError(f"unit {self.unit}: model {model_id} unknown; not (re)discovered yet")
-        mdef = sunspec.model(model_id)
-        points = sorted((mdef.point(n) for n in values), key=lambda p: p.offset)
-        sfs = self._sf.get(model_id, {})
-        if any(isinstance(p.sf, str) and sfs.get(p.sf) is None for p in points):
-            await self.read(model_id)  # never scale a setpoint by a factor we have not read
-            sfs = self._sf.get(model_id, {})
-        runs: list[list[sunspec.Point]] = []
-        for p in points:
-            if runs and p.offset == runs[-1][-1].offset + runs[-1][-1].size:
-                runs[-1].append(p)
-            else:
-                runs.append([p])
-        for run in runs:
-            regs: list[int] = []
-            for p in run:
-                if isinstance(p.sf, str) and sfs.get(p.sf) is None:
-                    raise DeviceError(f"unit {self.unit}: model {model_id} reports no {p.sf}; "
-                                      f"cannot scale {p.name}")
-                sf = int(sfs[p.sf] or 0) if isinstance(p.sf, str) else p.sf or 0
-                regs += sunspec.encode_point(p, values[p.name], sf)
-            address = self.models[model_id] + run[0].offset
-            await self._write_regs(address, regs)
-            if not verify:
-                continue
-            # Verify by read-back: a device may accept a write and store something
-            # else (clamp, round, ignore a point it does not implement).
-            back = await self._read_regs(address, len(regs))
-            if back != regs:
-                raise DeviceError(
-                    f"{self.endpoint.name} unit {self.unit}: model {model_id} write of "
-                    f"{[p.name for p in run]} at {address} not taken: wrote {regs}, "
-                    f"read back {back}")
-
 
 # Polls between two reads of the slow models (identity, nameplates, settings, the static part
 # of a model whose live part is read as a prefix): at 1 s cycles, once a minute.
@@ -176,7 +29,9 @@ SLOW_EVERY = 60
 class _Beat:
     """A controller heartbeat the device watches (715 ControllerHb, 802 CtrlHb): incremented
     on every poll and every control write, so the device knows its controller is alive.
-    Written without a read-back request: the next poll reads its model anyway."""
+    Written without a read-back request: the next poll reads its model anyway. A poll does
+    not wait for its beat's write either: it goes out once the poll round is over
+    (`send_deferred`), and the next poll waits for it before it reads."""
 
     model: int
     point: str
@@ -215,6 +70,9 @@ class SunSpecDevice:
         self._slow_at = 0.0
         self._since_slow = 0
         self._beats: list[_Beat] = []
+        self._beating: asyncio.Task[None] | None = None  # the last poll's beat, in flight
+        self._beat_go: asyncio.Future[None] | None = None  # resolved: send it
+        self._beat_lock = asyncio.Lock()  # one beat at a time: each counts on the last
         self._latest: dict[int, dict] = {}  # model id -> values as of the last poll
 
     def _plan(self, models: dict[int, int]) -> None:
@@ -267,7 +125,12 @@ class SunSpecDevice:
     async def _beat(self) -> None:
         """Advance every heartbeat. One the device refuses to take (answered with ILLEGAL
         ADDRESS or VALUE while its model was just read where we expect it) is not watched
-        by this device: it is dropped, with a warning, rather than failing every poll."""
+        by this device: it is dropped, with a warning, rather than failing every poll.
+        After a beat still in flight (`_beating`), whose failure is left to the next poll."""
+        async with self._beat_lock:
+            await self._beat_unlocked()
+
+    async def _beat_unlocked(self) -> None:
         for b in list(self._beats):
             value = (b.value + 1) % b.modulus
             try:
@@ -296,8 +159,38 @@ class SunSpecDevice:
                             "not sending it", self.id, b.name, b.value, got)
                 self._beats.remove(b)
 
+    def _start_beat(self) -> None:
+        """Queue the heartbeats, sent on `send_deferred` without waiting for their answer."""
+        if self._beats:
+            loop = asyncio.get_running_loop()
+            self._beat_go = go = loop.create_future()
+            self._beating = loop.create_task(self._beat_when(go))
+
+    async def _beat_when(self, go: asyncio.Future[None]) -> None:
+        await go
+        await self._beat()
+
+    def send_deferred(self) -> None:
+        """Send what the last poll left for after the poll round (its heartbeat writes): the
+        poller calls this once every device has been read, so the writes do not delay the
+        replies other devices are waiting for. The next poll sends them if nobody did."""
+        go, self._beat_go = self._beat_go, None
+        if go is not None and not go.done():
+            go.set_result(None)
+
+    async def heartbeats_sent(self) -> None:
+        """Send and wait for the heartbeat writes the last poll queued; raise if they failed.
+        The next poll does this first, so a failed beat fails that poll (the device goes
+        stale as it would have had the beat been awaited inside the poll that sent it)."""
+        self.send_deferred()
+        task, self._beating = self._beating, None
+        if task is not None:
+            await task
+
     async def poll(self) -> Reading:
-        """Read (a moved chain shows in the model IDs before anything is written), then beat."""
+        """Read (a moved chain shows in the model IDs before anything is written), then
+        start the beat: the last poll's beat has landed, or this poll fails with its error."""
+        await self.heartbeats_sent()
         if not self.sunspec.models:
             await self.connect()
         elif self._since_slow >= self.slow_every:
@@ -311,13 +204,24 @@ class SunSpecDevice:
         values = await self._values(latest)
         reading = Reading(self.id, values,
                           stamps={k: self._slow_at for k in self._slow_keys if k in values})
-        await self._beat()
+        self._start_beat()
         return reading
 
     async def _values(self, m: dict[int, dict]) -> dict[str, float]:
         raise NotImplementedError
 
+    def poll_requests(self) -> list[tuple[int, int]]:
+        """(address, registers) of each read a poll between two slow rounds sends (once
+        connected): what a benchmark's raw baseline reads to compare a poll against."""
+        return self.sunspec.requests(self._fast)
+
     async def close(self) -> None:
+        self._beat_go = None
+        task, self._beating = self._beating, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         await self.sunspec.endpoint.close()
 
     def describe(self) -> dict:

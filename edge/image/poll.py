@@ -60,28 +60,49 @@ class Poller:
         self._implausible: dict[str, str] = {}  # device -> why, while it lasts
 
     async def poll(self, period_wall_s: float) -> None:
+        """Every device at once, under one deadline (they all start together: one timer,
+        not one per device); a device still polling at the deadline is cancelled and has
+        timed out. Then the writes drivers defer to the end of the round (SunSpec
+        heartbeats), which would otherwise delay the replies slower devices wait for."""
         timeout = poll_deadline_s(period_wall_s)
-        await asyncio.gather(*(self._poll_one(d, timeout) for d in self.devices))
-
-    async def _poll_one(self, dev_id: str, timeout: float) -> None:
-        h = self.health[dev_id]
+        tasks = {d: asyncio.ensure_future(dev.poll()) for d, dev in self.devices.items()}
         try:
-            reading = await asyncio.wait_for(self.devices[dev_id].poll(), timeout)
+            _, late = await asyncio.wait(tasks.values(), timeout=timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+        finally:
+            for task in tasks.values():
+                task.cancel()  # done ones ignore it; the rest only if this poll is cancelled
+            for dev in self.devices.values():
+                send = getattr(dev, "send_deferred", None)
+                if send is not None:
+                    send()
+        for dev_id, task in tasks.items():
+            self._record(dev_id, task)
+
+    def _record(self, dev_id: str, task: asyncio.Future[Reading]) -> None:
+        h = self.health[dev_id]
+        exc = TimeoutError() if task.cancelled() else task.exception()
+        if exc is None:
+            reading = task.result()
             if h.reading is None:
                 self._check_nameplate(dev_id, reading)
             h.reading = reading
             h.failed_polls = 0
             self.outages[dev_id].ok()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any device fault is that device's, not the cycle's
-            h.failed_polls += 1
-            h.errors += 1
-            msg = str(exc) or type(exc).__name__
-            if not isinstance(exc, (DeviceError, TimeoutError, OSError)):
-                msg = f"{type(exc).__name__}: {msg}"
-            self.failed(dev_id, f"poll failed: {msg}")
-            h.last_error = msg
+            return
+        if not isinstance(exc, Exception):
+            raise exc  # not a device fault (KeyboardInterrupt, SystemExit)
+        # Any device fault is that device's, not the cycle's.
+        h.failed_polls += 1
+        h.errors += 1
+        msg = str(exc) or type(exc).__name__
+        if not isinstance(exc, (DeviceError, TimeoutError, OSError)):
+            msg = f"{type(exc).__name__}: {msg}"
+        self.failed(dev_id, f"poll failed: {msg}")
+        h.last_error = msg
 
     def failed(self, dev_id: str, reason: str) -> None:
         """Count a failure to reach the device toward its outage (the log's view of it)."""

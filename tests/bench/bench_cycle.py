@@ -12,7 +12,14 @@ so its own TCP connection; `gateway` puts each role behind one port (PV unit ids
 batteries 1-8, meters 1-4), as a Modbus gateway would, so the units of a role share one
 connection and their requests queue on it.
 
+The raw baseline (tests/bench/rawpoll.py): plain pymodbus reading, for every device, the one
+register block its poll reads, all devices at once, against the same HIL in the same run.
+Its rounds are interleaved with the cycles (half-way between two cycle starts, or right
+after each cycle when back to back), so load on the machine weighs on both alike.
+`poll_vs_raw_p50` = poll p50 / raw p50 is the controller's overhead over the wire's.
+
 Run: python tests/bench/bench_cycle.py [--cycles 300] [--period 0.2] [--layout gateway]
+         [--json cycle.json]
 Only 127.0.0.1 is used; the HIL subprocess is stopped (SIGTERM) on every exit path.
 """
 
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -31,6 +39,7 @@ from pathlib import Path
 import benchlib
 import yaml
 from benchlib import connect_all, pct, start_hil, stop_process, wait_listening
+from rawpoll import RawPoll, targets_of
 
 from edge.app.clock import Clock
 from edge.app.devices import build_devices
@@ -100,13 +109,18 @@ class Timings:
             series.append(value)
 
 
-async def measure(config: Config, cycles: int, warmup: int,
-                  period_s: float) -> tuple[list[float], Timings, ControlCycle]:
+async def measure(config: Config, cycles: int, warmup: int, period_s: float
+                  ) -> tuple[list[float], list[float], Timings, ControlCycle]:
+    """(cycle ms, raw baseline ms, stage timings, the cycle) over the timed cycles."""
     cycle = ControlCycle(config, build_devices(config), load_kernel(), Clock())
     timings = Timings(cycle)
     await connect_all(cycle)
+    await cycle.step()  # every device has read its slow models: its poll block is known
+    raw = RawPoll(targets_of(cycle))
+    await raw.connect()
     try:
         totals: list[float] = []
+        raws: list[float] = []
         next_at = time.monotonic()
         for i in range(warmup + cycles):
             timings.recording = i >= warmup
@@ -116,14 +130,20 @@ async def measure(config: Config, cycles: int, warmup: int,
                 totals.append((time.perf_counter() - t0) * 1e3)
             if period_s > 0:  # the daemon's pacing: fixed period, no burst after an overrun
                 next_at += period_s
+                await asyncio.sleep(max(0.0, next_at - period_s / 2 - time.monotonic()))
+            raw_ms = await raw.round()
+            if timings.recording:
+                raws.append(raw_ms)
+            if period_s > 0:
                 delay = next_at - time.monotonic()
                 if delay < 0:
                     next_at, delay = time.monotonic(), 0.0
                 await asyncio.sleep(delay)
     finally:
+        raw.close()
         for dev in cycle.devices.values():
             await dev.close()
-    return totals, timings, cycle
+    return totals, raws, timings, cycle
 
 
 def main() -> int:
@@ -135,6 +155,8 @@ def main() -> int:
                          "0 = back to back (default 0.2)")
     ap.add_argument("--layout", choices=["per-device", "gateway"], default="per-device",
                     help="one port per device (default) or one gateway port per role")
+    ap.add_argument("--json", type=Path, metavar="F",
+                    help="also write the figures (poll_vs_raw_p50, p50/p99 of each stage) to F")
     args = ap.parse_args()
     if args.cycles < 1 or args.warmup < 0 or args.period < 0:
         ap.error("--cycles must be >= 1, --warmup >= 0 and --period >= 0")
@@ -155,7 +177,8 @@ def main() -> int:
         hil = start_hil(cfg_path, hil_log)
         try:
             wait_listening(hil, ports, hil_log, timeout=30)
-            totals, t, cycle = asyncio.run(measure(config, args.cycles, args.warmup, args.period))
+            totals, raws, t, cycle = asyncio.run(
+                measure(config, args.cycles, args.warmup, args.period))
             if hil.poll() is not None:
                 raise RuntimeError(f"HIL exited during the run:\n{hil_log.read_text()[-3000:]}")
         finally:
@@ -165,6 +188,7 @@ def main() -> int:
                   file=sys.stderr)
 
     errors = {d: h.errors for d, h in cycle.health.items() if h.errors}
+    last_errors = sorted({h.last_error for h in cycle.health.values() if h.errors})
     crashes = cycle.stats.crashes
     n_dev = len(config.devices)
     pacing = f"paced every {args.period:g} s" if args.period else "back to back"
@@ -177,6 +201,8 @@ def main() -> int:
           f"setpoint writes: {sum(t.writes)} in {sum(1 for w in t.writes if w)} of "
           f"{len(t.writes)} cycles; device errors: {errors or 'none'}; cycle crashes: {crashes}; "
           f"last mode: {cycle.decision.mode if cycle.decision else '-'}")
+    if last_errors:
+        print("last device errors: " + "; ".join(last_errors))
     print()
     print(f"| control cycle, {n_dev} HIL devices ({args.layout}) | p50 | p99 | max |")
     print("|---|---:|---:|---:|")
@@ -184,6 +210,7 @@ def main() -> int:
     rows = [
         ("full cycle: poll + image + decide + write (ms)", totals, 1),
         ("poll, all devices in parallel (ms)", t.poll_ms, 1),
+        ("raw baseline: one pymodbus read per device, in parallel (ms)", raws, 1),
         (f"write, the {len(wrote)} cycles that wrote (ms)", wrote, 1),
         ("build_image (µs)", t.image_us, 1),
         ("decide(image): functions + kernel (µs)", t.decide_us, 1),
@@ -194,7 +221,22 @@ def main() -> int:
                   f"{max(series):.{nd}f} |")
         else:
             print(f"| {name} | - | - | - |")
+    ratio = pct(t.poll_ms, 50) / pct(raws, 50)
+    print(f"\npoll_vs_raw_p50 = {ratio:.2f} (goal <= 1.3)")
     print(f"\n_{env_lines[0]}; {env_lines[1].split(';')[0]}; N={args.cycles}, {pacing}._")
+    if args.json:
+        figures = {"poll_vs_raw_p50": round(ratio, 3)}
+        for key, series in (("cycle_ms", totals), ("poll_ms", t.poll_ms), ("raw_ms", raws),
+                            ("write_ms", wrote), ("image_us", t.image_us),
+                            ("decide_us", t.decide_us)):
+            for q in (50, 99):
+                figures[f"{key.rsplit('_', 1)[0]}_p{q}_{key.rsplit('_', 1)[1]}"] = (
+                    round(pct(series, q), 3) if series else None)
+        figures |= {"layout": args.layout, "devices": n_dev, "cycles": args.cycles,
+                    "period_s": args.period, "setpoint_writes": sum(t.writes),
+                    "device_errors": sum(errors.values()), "cycle_crashes": crashes,
+                    "environment": env_lines}
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 1 if crashes or errors else 0
 
 

@@ -266,6 +266,7 @@ async def test_heartbeats_are_sent_where_the_device_has_715_or_802(site, drivers
         await drivers["der_bess"].poll()
         await drivers["der_pv"].poll()
         await drivers["float_pv"].poll()
+    await drivers["der_bess"].heartbeats_sent()  # sent after the poll round, as the poller does
     assert drivers["der_bess"].describe()["heartbeats"] == ["715.ControllerHb", "802.CtrlHb"]
     assert drivers["der_pv"].describe()["heartbeats"] == ["715.ControllerHb"]
     assert drivers["float_pv"].describe()["heartbeats"] == []
@@ -274,6 +275,7 @@ async def test_heartbeats_are_sent_where_the_device_has_715_or_802(site, drivers
     await drivers["der_bess"].write_power(2.0, revert_s=60)  # a control write beats too
     assert bess.rw[715]["ControllerHb"] == 4
     await drivers["der_bess"].poll()  # reads back what the last beat wrote, then beats
+    await drivers["der_bess"].heartbeats_sent()  # the poll does not wait for its beat
     assert bess.rw[715]["ControllerHb"] == 5
 
 

@@ -3,8 +3,8 @@ gateway), a unit that stops answering, and writes verified by read-back.
 
 A small Modbus TCP proxy between the driver and the HIL stands in for the field: it can
 swallow every request to one unit id (a slave that never answers: no reply at all, not even a
-gateway exception) and rewrite the values of a write (a device that silently stores
-something else), and it counts what passes.
+gateway exception), rewrite the values of a write (a device that silently stores
+something else), hold a request or answer it with an exception, and it counts what passes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 
 import pytest
@@ -55,8 +55,12 @@ class Proxy:
         self.port = free_port()
         self.silent: set[int] = set()  # unit ids whose requests are swallowed
         self.rewrite: Callable[[int, list[int]], list[int]] | None = None  # (unit, regs) of FC16
+        # (unit, function code, address) -> a Modbus exception code to answer instead of
+        # forwarding, or None to forward; awaited, so it may hold the request
+        self.on_request: Callable[[int, int, int], Awaitable[int | None]] | None = None
         self.swallowed: dict[int, int] = {}
         self.requests: list[tuple[int, int]] = []  # (unit, function code) forwarded
+        self.reads: list[tuple[int, int, int]] = []  # (unit, address, count) of FC3 forwarded
         self.connections = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -84,11 +88,21 @@ class Proxy:
                 if unit in self.silent:
                     self.swallowed[unit] = self.swallowed.get(unit, 0) + 1
                     continue
+                if self.on_request is not None:
+                    code = await self.on_request(unit, fc, int.from_bytes(body[1:3], "big"))
+                    if code is not None:
+                        writer.write(header[:4] + (3).to_bytes(2, "big")
+                                     + bytes((unit, fc | 0x80, code)))
+                        await writer.drain()
+                        continue
                 if fc == 0x10 and self.rewrite is not None:
                     regs = [int.from_bytes(body[6 + 2 * i:8 + 2 * i], "big")
                             for i in range(body[5] // 2)]
                     body = body[:6] + b"".join(r.to_bytes(2, "big") for r in self.rewrite(unit, regs))
                 self.requests.append((unit, fc))
+                if fc == 0x03:
+                    self.reads.append((unit, int.from_bytes(body[1:3], "big"),
+                                       int.from_bytes(body[3:5], "big")))
                 up_w.write(header + body)
                 await up_w.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
