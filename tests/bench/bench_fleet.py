@@ -23,6 +23,7 @@ import json
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import benchlib
@@ -64,6 +65,7 @@ def main() -> int:
     agg = Aggregator(cluster.hosts[1:] or cluster.hosts)
     fleet = Fleet(n, a.capacity_mw * 1000, cluster.hosts, root / "sites", groups=("fleet",),
                   telemetry_s=a.telemetry_s, flex_s=30.0)
+    t_kill, site_node = None, {}
     out: dict = {"sites": n, "cluster": a.cluster, "processes": fleet.processes,
                  "capacity_mw": a.capacity_mw, "target_mw": a.target_mw,
                  "dispatch": "per-site" if a.per_site else "group",
@@ -101,7 +103,11 @@ def main() -> int:
         out["threads_per_process"] = round(sum(w["threads"] for w in after) / len(after))
         if a.cluster > 1:
             victim = cluster.nodes[0]
-            on_it = [s for s, st in fleet.sites().items() if st["broker"] == victim.address]
+            site_node = {s: st["broker"] for s, st in fleet.sites().items()}
+            on_it = [s for s, b in site_node.items() if b == victim.address]
+            leader = cluster.consumer_leader("pedf/v1/+/+")
+            out["aggregator_consumer_on"] = leader.name if leader else None
+            out["killed"] = victim.name
             t_kill = time.monotonic()
             victim.kill()
             wait(lambda: all(st["connected"] and st["broker"] != victim.address
@@ -122,6 +128,13 @@ def main() -> int:
     out["out_of_order_sites"] = len(agg.out_of_order())
     out["messages"] = sum(last.values())
     out["outbox_left"] = sum(s["outbox"] for w in final for s in w["sites"])
+    if t_kill is not None:  # what to set a loss against: times in s after the kill
+        names = {nd.address: nd.name for nd in cluster.nodes}
+        gaps = agg.gaps(lost, t_kill)
+        out["lost_by_node"] = dict(Counter(names.get(site_node.get(s), "?") for s in gaps))
+        out["lost_sites"] = {s: {**g, "node": names.get(site_node.get(s), "?")}
+                             for s, g in sorted(gaps.items())[:20]}
+        out["aggregator_events"] = [(round(t - t_kill, 1), e) for t, e in agg.events]
     for line in benchlib.environment(("paho-mqtt",)):
         print(line)
     print(json.dumps(out, indent=1))
