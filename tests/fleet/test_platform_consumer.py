@@ -1,12 +1,12 @@
 """The platform's subscription on a NATS cluster outlives the node that holds it.
 
 NATS's MQTT front end turns each QoS 1 subscription into a JetStream consumer on the
-replicated message stream. With one replica in memory that consumer lives on one node:
-kill it and an aggregator connected to another node receives nothing until the node is
-back, and the consumer it gets back then has lost its state, so where it resumes reading
-is up to the order in which the node restores it and its copy of the stream. That is
-how the aggregator missed msg_ids around a node loss. With three replicas on file
-another node takes the consumer over and delivery goes on."""
+replicated message stream, with the cluster's `consumer_replicas` (one, in memory, for a
+fleet: see brokers.py). Such a consumer lives on one node: kill it and an aggregator
+connected to another node receives nothing until the node is back, and the consumer it
+gets back then has lost its state, so where it resumes reading is up to the node's
+restore (the likely way runs at 1,000 sites missed msg_ids around a node loss). Raised
+to three replicas, another node takes it over and delivery goes on."""
 
 from __future__ import annotations
 
