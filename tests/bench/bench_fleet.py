@@ -117,10 +117,12 @@ def main() -> int:
             out["killed"] = victim.name
             t_kill = time.monotonic()
             victim.kill()
+            c_kill = agg.received
             wait(lambda: all(st["connected"] and st["broker"] != victim.address
                              for st in fleet.sites().values()), 900, "every site connected again")
             out["failover_s"] = round(time.monotonic() - t_kill, 1)
             out["sites_moved"] = len(on_it)
+            out["received_while_down"] = agg.received - c_kill  # the platform's view
             victim.start()
             cluster.wait_ready(120, [victim])
             out["node_back_s"] = round(time.monotonic() - t_kill, 1)
