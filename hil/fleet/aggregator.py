@@ -53,6 +53,9 @@ class Aggregator:
         self.telemetry: dict[str, dict] = {}
         self.status: dict[str, str] = {}
         self.ids: dict[str, list[int]] = defaultdict(list)  # msg_ids as they arrived
+        self.arrived: dict[str, list[float]] = defaultdict(list)  # when each of those came
+        self.events: list[tuple[float, str]] = []  # (monotonic, what): the connection's
+        # ups and downs, to set missing msg_ids against
         self.acks: dict[str, dict[str, dict]] = defaultdict(dict)  # cmd_id -> site -> last
         self.ack_at: dict[str, dict[str, float]] = defaultdict(dict)  # first answer, monotonic
         self.received = 0
@@ -68,6 +71,7 @@ class Aggregator:
         self._client.reconnect_delay_set(0.2, 2.0)
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
+        self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = lambda *a: self.subscribed.set()
         self._client.on_message = self._on_message
 
@@ -82,10 +86,17 @@ class Aggregator:
         self._client.loop_stop()
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
+        host, port = self._brokers[self._at]
+        self.events.append((time.monotonic(), f"connect {host}:{port} {reason} "
+                                              f"session_present={flags.session_present}"))
         if not reason.is_failure:
             client.subscribe(self._topic, qos=self.qos)
 
+    def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
+        self.events.append((time.monotonic(), f"disconnect {reason}"))
+
     def _on_connect_fail(self, client, userdata) -> None:
+        self.events.append((time.monotonic(), "connect failed"))
         self._at = (self._at + 1) % len(self._brokers)
         client.connect_async(*self._brokers[self._at], keepalive=10)
 
@@ -105,6 +116,7 @@ class Aggregator:
             self.received += 1
             if isinstance(doc.get("msg_id"), int):
                 self.ids[site].append(doc["msg_id"])
+                self.arrived[site].append(now)
             if kind == "flex":
                 self.flex[site] = doc
             elif kind == "telemetry":
@@ -251,6 +263,26 @@ class Aggregator:
             missing = sorted(set(range(1, last + 1)) - got.get(s, set()))
             if missing:
                 out[s] = missing
+        return out
+
+    def heard_since(self, t: float) -> set[str]:
+        """Sites with a message that arrived after `t` (monotonic)."""
+        with self._lock:
+            return {s for s, times in self.arrived.items() if times and times[-1] > t}
+
+    def gaps(self, lost: dict[str, list[int]], t0: float) -> dict[str, dict[str, Any]]:
+        """Per site with missing msg_ids: how many, the first and last, and when (s after
+        `t0`, monotonic) the messages just before and just after the gap arrived."""
+        out = {}
+        with self._lock:
+            for s, missing in lost.items():
+                when = dict(zip(self.ids.get(s, []), self.arrived.get(s, []), strict=True))
+                lo, hi = missing[0], missing[-1]
+                before = [when[i] for i in when if i < lo]
+                after = [when[i] for i in when if i > hi]
+                out[s] = {"missing": len(missing), "first": lo, "last": hi,
+                          "prev_arrived_s": round(max(before) - t0, 1) if before else None,
+                          "next_arrived_s": round(min(after) - t0, 1) if after else None}
         return out
 
     def out_of_order(self) -> list[str]:

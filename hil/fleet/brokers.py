@@ -4,12 +4,14 @@ ports and store (what a node crash and its return look like to the sites)."""
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 NATS = shutil.which("nats-server") or "/usr/sbin/nats-server"
@@ -53,12 +55,14 @@ class NatsNode:
         self.workdir = workdir
         self.mqtt_port = ports["mqtt"]
         self.client_port = ports["client"]
+        self.http_port = ports["http"]
         self.log = workdir / f"{name}.log"
         self.conf = workdir / f"{name}.conf"
         route_urls = ", ".join(f"nats-route://127.0.0.1:{p}" for p in routes)
         self.conf.write_text(
             f"server_name: {name}\n"
             f"listen: 127.0.0.1:{self.client_port}\n"
+            f"http: 127.0.0.1:{self.http_port}\n"
             f"jetstream {{ store_dir: \"{workdir / name}\" }}\n"
             f"cluster {{ name: {cluster}, listen: 127.0.0.1:{ports['route']}, "
             f"routes: [{route_urls}] }}\n"
@@ -106,6 +110,12 @@ class NatsNode:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def jsz(self) -> dict:
+        """The JetStream streams and consumers this node holds (its monitoring endpoint)."""
+        url = f"http://127.0.0.1:{self.http_port}/jsz?accounts=true&streams=true&consumers=true&config=true"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.loads(r.read())
+
     def tail(self, n: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
 
@@ -120,7 +130,7 @@ class NatsCluster:
             raise RuntimeError("nats-server is not installed (Debian: apt-get install "
                                "nats-server)")
         workdir.mkdir(parents=True, exist_ok=True)
-        ports = [{k: free_port() for k in ("mqtt", "client", "route")}
+        ports = [{k: free_port() for k in ("mqtt", "client", "route", "http")}
                  for _ in range(size)]
         routes = [p["route"] for p in ports]
         self.nodes = [NatsNode(f"n{i + 1}", workdir, ports[i], routes, name, consumer_replicas)
@@ -147,6 +157,65 @@ class NatsCluster:
     def stop(self) -> None:
         for n in self.nodes:
             n.stop()
+
+    def consumer(self, topic_filter: str) -> dict | None:
+        """The JetStream consumer behind an MQTT subscription to `topic_filter` (NATS's MQTT
+        front end makes one per QoS 1 subscription): its info from a node that holds it."""
+        subject = "$MQTT.msgs." + topic_filter.replace("/", ".").replace("+", "*")
+        for n in self.nodes:
+            if not n.running:
+                continue
+            for acc in n.jsz().get("account_details", []):
+                for st in acc.get("stream_detail", []):
+                    for c in st.get("consumer_detail") or []:
+                        if c["config"].get("filter_subject") == subject:
+                            return c
+        return None
+
+    def consumer_leader(self, topic_filter: str) -> NatsNode | None:
+        c = self.consumer(topic_filter)
+        leader = c.get("cluster", {}).get("leader") if c else None
+        return next((n for n in self.nodes if n.name == leader), None)
+
+    def replicate_consumer(self, topic_filter: str, replicas: int = 3) -> dict:
+        """Give the consumer behind one subscription `replicas` replicas (what `nats
+        consumer edit --replicas` does): the platform's, so that it outlives a node, while
+        the sites' per-connection consumers stay single and in memory. The session keeps
+        using it: NATS re-creates a resumed session's consumer only if it has none."""
+        c = self.consumer(topic_filter)
+        if c is None:
+            raise RuntimeError(f"no consumer for {topic_filter}")
+        cfg = {**c["config"], "num_replicas": replicas}
+        node = next(n for n in self.nodes if n.running)
+        return nats_request(node.client_port, "$JS.API.CONSUMER.CREATE.$MQTT_msgs."
+                            + cfg["durable_name"], {"stream_name": "$MQTT_msgs", "config": cfg})
+
+
+def nats_request(port: int, subject: str, body: dict, timeout: float = 10.0) -> dict:
+    """One request over the NATS client protocol (the JetStream API is requests on
+    `$JS.API.>` subjects); returns the JSON reply."""
+    data = json.dumps(body).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB _INBOX.pedf 1\r\n'
+                  + f"PUB {subject} _INBOX.pedf {len(data)}\r\n".encode() + data + b"\r\n")
+        buf = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise RuntimeError(f"no reply to {subject}")
+            buf += chunk
+            if b"PING\r\n" in buf:
+                s.sendall(b"PONG\r\n")
+                buf = buf.replace(b"PING\r\n", b"")
+            at = buf.find(b"MSG _INBOX.pedf ")
+            if at >= 0 and b"\r\n" in buf[at:]:
+                head, _, rest = buf[at:].partition(b"\r\n")
+                size = int(head.split()[-1])
+                if len(rest) >= size:
+                    reply = json.loads(rest[:size])
+                    if "error" in reply:
+                        raise RuntimeError(f"{subject}: {reply['error']}")
+                    return reply
 
 
 def mqtt_works(port: int, timeout: float = 5.0, topic: str = "pedf/probe") -> bool:

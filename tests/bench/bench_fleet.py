@@ -4,25 +4,29 @@ the per-site CPU and memory of the node's protocol code.
 
 The sites (hil/fleet/site.py) run the node's real MQTT link, outbox (SQLite on /dev/shm),
 command handler and flex builder against simulated physics, ≤ 120 to a process; the
-reference aggregator (hil/fleet/aggregator.py) is one MQTT client in this process, on the
-nodes that are not killed. Steps: start the cluster and the fleet; wait for every site's
-flex; dispatch "reduce <target> for 2 h" (one group message by default, or one command per
-site with --per-site) and time each site's first answer; wait for the summed response;
-count messages for --rate-s seconds; SIGKILL the node a third of the sites are on and time
+reference aggregator (hil/fleet/aggregator.py) is one MQTT client in this process on the
+second and third node, and the JetStream consumer behind its subscription gets
+--platform-replicas replicas (the sites' stay at --consumer-replicas). Steps: start the
+cluster and the fleet; wait for every site's flex; dispatch "reduce <target> for 2 h" (one
+group message by default, or one command per site with --per-site) and time each site's
+first answer; wait for the summed response; count messages for --rate-s seconds; SIGKILL
+the node that leads the aggregator's consumer (a third of the sites are on it) and time
 until every site is connected again; restart it; stop the fleet (outboxes flushed) and
-count the msg_ids that never arrived.
+count the msg_ids that never arrived, with when the gaps around them arrived.
 
 Run: python tests/bench/bench_fleet.py --sites 1000 [--cluster 3] [--capacity-mw 1200]
-     [--target-mw 1000] [--per-site] [--json F]
+     [--target-mw 1000] [--per-site] [--platform-replicas 3] [--json F]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import benchlib
@@ -53,6 +57,8 @@ def main() -> int:
     ap.add_argument("--per-site", action="store_true", help="one command per site, not a group")
     ap.add_argument("--telemetry-s", type=float, default=5.0)
     ap.add_argument("--rate-s", type=float, default=20.0, help="seconds of message counting")
+    ap.add_argument("--platform-replicas", type=int, default=3,
+                    help="replicas of the aggregator's own consumer (1: as NATS makes it)")
     ap.add_argument("--consumer-replicas", type=int, default=1,
                     help="replicas of the JetStream consumer behind each MQTT subscription")
     ap.add_argument("--json", type=Path)
@@ -64,13 +70,17 @@ def main() -> int:
     agg = Aggregator(cluster.hosts[1:] or cluster.hosts)
     fleet = Fleet(n, a.capacity_mw * 1000, cluster.hosts, root / "sites", groups=("fleet",),
                   telemetry_s=a.telemetry_s, flex_s=30.0)
+    t_kill, site_node = None, {}
     out: dict = {"sites": n, "cluster": a.cluster, "processes": fleet.processes,
                  "capacity_mw": a.capacity_mw, "target_mw": a.target_mw,
                  "dispatch": "per-site" if a.per_site else "group",
-                 "consumer_replicas": a.consumer_replicas}
+                 "consumer_replicas": a.consumer_replicas,
+                 "platform_replicas": a.platform_replicas}
     try:
         agg.start()
         wait(agg.subscribed.is_set, 30, "the aggregator's SUBACK")
+        if a.cluster > 1 and a.platform_replicas != a.consumer_replicas:
+            cluster.replicate_consumer("pedf/v1/+/+", a.platform_replicas)
         t0 = time.monotonic()
         fleet.start(300)
         wait(lambda: len(agg.flex) == n, 600, "a flex message from every site")
@@ -100,14 +110,19 @@ def main() -> int:
         # what a site adds to a process: the same process size, less one site-free worker
         out["threads_per_process"] = round(sum(w["threads"] for w in after) / len(after))
         if a.cluster > 1:
-            victim = cluster.nodes[0]
-            on_it = [s for s, st in fleet.sites().items() if st["broker"] == victim.address]
+            # the node leading the aggregator's consumer (each node has a third of the sites)
+            victim = cluster.consumer_leader("pedf/v1/+/+") or cluster.nodes[0]
+            site_node = {s: st["broker"] for s, st in fleet.sites().items()}
+            on_it = [s for s, b in site_node.items() if b == victim.address]
+            out["killed"] = victim.name
             t_kill = time.monotonic()
             victim.kill()
+            c_kill = agg.received
             wait(lambda: all(st["connected"] and st["broker"] != victim.address
                              for st in fleet.sites().values()), 900, "every site connected again")
             out["failover_s"] = round(time.monotonic() - t_kill, 1)
             out["sites_moved"] = len(on_it)
+            out["received_while_down"] = agg.received - c_kill  # the platform's view
             victim.start()
             cluster.wait_ready(120, [victim])
             out["node_back_s"] = round(time.monotonic() - t_kill, 1)
@@ -116,18 +131,30 @@ def main() -> int:
         time.sleep(2)
         agg.stop()
         cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
     last = {s["site"]: s["last_id"] for w in final for s in w["sites"]}
-    lost = agg.lost(last)
-    out["lost"] = sum(len(v) for v in lost.values())
+    # an outbox keeps its rows in msg_id order until their PUBACK: what a site had left
+    # at the end is its last `outbox` ids, never acknowledged by the broker
+    acked = {s["site"]: s["last_id"] - s["outbox"] for w in final for s in w["sites"]}
+    lost = agg.lost(acked)
+    out["lost"] = sum(len(v) for v in lost.values())  # acknowledged, never arrived
+    out["missing_incl_outbox"] = sum(len(v) for v in agg.lost(last).values())
     out["out_of_order_sites"] = len(agg.out_of_order())
     out["messages"] = sum(last.values())
     out["outbox_left"] = sum(s["outbox"] for w in final for s in w["sites"])
+    if t_kill is not None:  # what to set a loss against: times in s after the kill
+        names = {nd.address: nd.name for nd in cluster.nodes}
+        gaps = agg.gaps(lost, t_kill)
+        out["lost_by_node"] = dict(Counter(names.get(site_node.get(s), "?") for s in gaps))
+        out["lost_sites"] = {s: {**g, "node": names.get(site_node.get(s), "?")}
+                             for s, g in sorted(gaps.items())[:20]}
+        out["aggregator_events"] = [(round(t - t_kill, 1), e) for t, e in agg.events]
     for line in benchlib.environment(("paho-mqtt",)):
         print(line)
     print(json.dumps(out, indent=1))
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
-    return 0 if out["lost"] == 0 else 1
+    return 0 if out["lost"] == 0 and out["outbox_left"] == 0 else 1
 
 
 if __name__ == "__main__":

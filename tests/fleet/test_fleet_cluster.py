@@ -56,6 +56,8 @@ async def dispatch_then_lose_a_node(workdir: Path, SITES: int) -> None:
     try:
         agg.start()
         await wait_for(agg.subscribed.is_set, 20, "the aggregator's SUBACK")
+        cluster.replicate_consumer("pedf/v1/+/+", 3)  # it outlives a node (see
+        # test_platform_consumer.py); the sites' consumers stay single, in memory
         fleet.start()
         await wait_for(lambda: len(agg.flex) == SITES, 120, "a flex message from every site")
         offered = sum(kw for _, kw in agg.offer("reduce").values())  # latest flex, now

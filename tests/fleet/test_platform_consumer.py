@@ -1,0 +1,70 @@
+"""The platform's subscription on a NATS cluster outlives the node that holds it.
+
+NATS's MQTT front end turns each QoS 1 subscription into a JetStream consumer on the
+replicated message stream, with the cluster's `consumer_replicas` (one, in memory, for a
+fleet: see brokers.py). Such a consumer lives on one node: kill it and an aggregator
+connected to another node receives nothing until the node is back, and the consumer it
+gets back then has lost its state, so where it resumes reading is up to the node's
+restore (the likely way runs at 1,000 sites missed msg_ids around a node loss). Raised
+to three replicas, another node takes it over and delivery goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+
+from hil.fleet.aggregator import Aggregator
+from hil.fleet.brokers import NATS, NatsCluster
+from hil.fleet.sim import Fleet
+
+SITES = 12
+SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+pytestmark = pytest.mark.skipif(not Path(NATS).exists(), reason="nats-server not installed")
+
+
+@pytest.fixture
+def workdir():
+    with tempfile.TemporaryDirectory(dir=SHM) as d:
+        yield Path(d)
+
+
+async def test_the_aggregator_keeps_receiving_while_the_node_leading_its_consumer_is_down(
+        workdir):
+    cluster = NatsCluster(workdir / "nats")  # the fleet's: per-subscription consumers R1
+    cluster.start()
+    agg = Aggregator(cluster.hosts)
+    fleet = Fleet(SITES, 10_000, cluster.hosts, workdir / "sites", telemetry_s=1.0,
+                  flex_s=10.0)
+    try:
+        agg.start()
+        await wait_for(agg.subscribed.is_set, 20, "the aggregator's SUBACK")
+        fleet.start()
+        await wait_for(lambda: len(agg.flex) == SITES, 60, "a flex message from every site")
+        cluster.replicate_consumer("pedf/v1/+/+", 3)
+        await wait_for(lambda: len(cluster.consumer("pedf/v1/+/+")["cluster"].get("replicas")
+                                   or []) == 2, 30, "the consumer's two more replicas")
+        leader = cluster.consumer_leader("pedf/v1/+/+")
+        assert leader is not None
+        killed_at = time.monotonic()
+        leader.kill()  # if the aggregator was on it, it resumes its session on another node
+        await wait_for(lambda: len(agg.heard_since(killed_at + 1.0)) == SITES, 90,
+                       f"every site's messages while {leader.name} is down")
+        assert not leader.running
+        leader.start()
+        cluster.wait_ready(60, [leader])
+    finally:
+        final = fleet.stop() if fleet._procs else []
+        await asyncio.sleep(2)  # the last acknowledged messages reach the aggregator
+        agg.stop()
+        cluster.stop()
+    last = {s["site"]: s["last_id"] for w in final for s in w["sites"]}
+    assert all(s["outbox"] == 0 for w in final for s in w["sites"])
+    assert agg.lost(last) == {}
+    assert agg.out_of_order() == []
