@@ -165,12 +165,14 @@ class Controller:
         result = self._dispatch(image, mem, now_s, bounds, grid)
         setpoints: dict[str, dict[str, float]] = {}
         if sharing:
-            room = self._room(image, bounds, result, combined, grid + self._stored_kw(image))
+            room = self._room(image, bounds, result, combined, grid + self._stored_kw(image),
+                              grid)
             added = 0.0
-            for name, devs in sharing:
+            for name, devs in sharing:  # each shares what the ones before it left
                 setpoints[name], kw = ROLES[name].allocate(devs, image, mem, now_s,
                                                            self.config, room)
                 added += kw
+                room = room.after(kw)
             if cfg.ev_from_battery:
                 bounds, failed = run_functions(cfg.functions, image, cfg, combined,
                                                natural + held + added)
@@ -205,7 +207,8 @@ class Controller:
             dt_s=image.dt_s, **blocks)
 
     def _room(self, image: ProcessImage, bounds: SiteBounds,
-              result: kernel_mod.DispatchResult, combined: Combined, site_kw: float) -> Room:
+              result: kernel_mod.DispatchResult, combined: Combined, site_kw: float,
+              natural_kw: float) -> Room:
         """What the kernel's settlement leaves: import under the hard limits (plus what the
         batteries could still discharge, where they may feed EVs) and the power the site
         would export or curtail (probed upwards while PV is held back)."""
@@ -216,14 +219,17 @@ class Controller:
                 if ROLES[name].stores_energy:
                     parts = [ROLES[name].capability(d, image) for d in devs]
                     import_kw += sum(max(p.max_kw - p.push_kw, 0.0) for p in parts if p)
-        surplus = max(-g, 0.0)
+        probe = 0.0
         generators = self.config.devices_that("generates")
         if generators:
             limits = dict(zip([d.id for d in generators], result.pv_limit_kw, strict=False))
             if pv_held_back(generators, limits, image):
-                surplus += 0.05 * sum(d.rated_kw for d in generators)
-        return Room(image.ts, max(import_kw, 0.0), surplus, combined.demand_kw,
-                    combined.requests, site_kw)
+                probe = 0.05 * sum(d.rated_kw for d in generators)
+        # The grid without the sharing roles: the settlement's, or the reading's where the
+        # settlement curtailed PV they would have used.
+        grid = min(g, natural_kw) - probe
+        return Room(image.ts, max(import_kw, 0.0), max(-g, 0.0) + probe, combined.demand_kw,
+                    combined.requests, site_kw, grid)
 
     def _stored_kw(self, image: ProcessImage) -> float:
         """What the batteries give now (+ discharge): the site's own demand is the PCC

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -111,6 +111,15 @@ class Room:
     planned_kw: dict[str, float] | None = None
     requests: dict[str, Any] = field(default_factory=dict)
     site_kw: float = math.nan  # the grid without these devices nor the batteries, this cycle
+    # The grid the settlement expects without these devices (+ import); below 0 what the
+    # site would export or curtail, probed upwards while PV is held back.
+    grid_kw: float = math.nan
+
+    def after(self, added_kw: float) -> Room:
+        """The room a role leaves the next one once it has added `added_kw` of draw."""
+        grid = self.grid_kw + added_kw
+        return replace(self, import_kw=max(self.import_kw - added_kw, 0.0),
+                       surplus_kw=max(-grid, 0.0), grid_kw=grid)
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,20 +75,30 @@ class ThermalStorage(Role):
 
     def allocate(self, devs, image, mem, now_s, config, room: Room):
         """The plan's power (idle without one) inside the SoC window; charging only within
-        the import room the rest of the site leaves."""
+        the import room the rest of the site leaves. Stored cold is worth only the import it
+        replaces: a tank never discharges into what the site would export or curtail (a
+        plan made on a PV forecast that came out low would otherwise spend it to curtail
+        PV), and where surplus PV earns nothing it charges from it instead."""
         out, added, left = {}, 0.0, room.import_kw
+        grid = room.grid_kw if math.isfinite(room.grid_kw) else math.inf
+        free = room.surplus_kw if config.tariff.export_price <= 0 else 0.0
         for d in devs:
             if not image.good(d.id):
                 out[d.id] = 0.0
                 continue
             soc = self.soc(d, image)
             kw = (room.planned_kw or {}).get(d.id, 0.0)
+            kw = max(kw, -max(grid, 0.0))
+            if free > 0:
+                kw = max(kw, min(free, d.max_charge_kw))
             if kw > 0:
                 kw = min(kw, d.max_charge_kw, max(left, 0.0))  # room excludes its draw
                 kw = kw if soc < d.soc_max_pct else 0.0
             else:
                 kw = max(kw, -d.max_discharge_kw) if soc > d.soc_min_pct else 0.0
             left -= max(kw, 0.0)
+            grid += kw
+            free = max(free - max(kw, 0.0), 0.0)
             added += kw
             out[d.id] = kw
         return out, added
