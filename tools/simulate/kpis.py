@@ -5,10 +5,11 @@ its lowest import price) per electric kWh: every strategy's `adjusted_cost` = to
 value × (stored energy at the end − at the start), where the stored energy is the batteries'
 kWh plus each thermal storage tank's thermal kWh divided by its COP (what the tank's model,
 edge/plan/thermal.py and the HIL's, charges per electric kWh; its standing loss is already
-in the end state). `stored_thermal_kwh_start/_end` are the tanks' thermal kWh. The optimum
-maximises exactly that (its LP values the end energy of batteries and tanks alike, with no
-end ≥ start constraint), so strategies that end fuller or emptier compare fairly. The
-no-battery site runs the controller's tanks, so it carries the controller's tank change.
+in the end state). `stored_energy_change_kwh` is that change in electric kWh and
+`stored_thermal_kwh_start/_end` the tanks' thermal kWh. The optimum maximises exactly that
+(its LP values the end energy of batteries and tanks alike, with no end ≥ start constraint),
+so strategies that end fuller or emptier compare fairly. The no-battery site runs the
+controller's tanks, so it carries the controller's tank change.
 
 cost_ratio_vs_optimum = 1 + (adjusted controller cost − adjusted optimum) / scale, where
 scale is the adjusted optimum when it is > 0 (then the ratio is simply controller/optimum)

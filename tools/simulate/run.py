@@ -18,6 +18,7 @@ from edge.app.statedir import StateLock
 from edge.config import Config
 from edge.cycle import MIN_PERIOD_WALL_S
 from edge.report.history import INTERVAL_S, History, Interval
+from hil.devices.hvac import MapTesSim
 from hil.scenario import GridOutage, Scenario, Truth
 from hil.site import Sample, SimSite
 from tools.broker import ensure_broker, free_port
@@ -115,7 +116,7 @@ def _stored_kwh(site: SimSite) -> float:
 
 
 def _tank_kwh(site: SimSite) -> dict[str, float]:
-    return {i: d.stored_kwh for i, d in site.devices.items() if d.role == "thermal_storage"}
+    return {i: d.stored_kwh for i, d in site.devices.items() if isinstance(d, MapTesSim)}
 
 
 def seed_history(history: History, scenario: Scenario) -> int:
