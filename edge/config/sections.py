@@ -225,8 +225,9 @@ class PlannerConfig(_Model):
         0.0, ge=0, description="cost per kWh of battery throughput (charge + discharge)")
     reserve_soc_pct: Pct = Field(0.0, description="SoC kept for critical loads (soft floor)")
     terminal_value_per_kwh: float | None = Field(
-        None, ge=0, description="value of energy left at the horizon's end; none: keep the "
-        "starting SoC")
+        None, ge=0, description="value of energy left at the horizon's end, per kWh (a "
+        "thermal storage tank's per electric kWh: thermal / COP); none: keep the starting "
+        "SoC and tank energy")
 
     @model_validator(mode="after")
     def _steps(self) -> PlannerConfig:

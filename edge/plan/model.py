@@ -44,7 +44,8 @@ Objective: sum dt*(price_imp*imp - price_exp*exp) + demand*peak + degradation*dt
 - End of horizon: with `terminal_value_per_kwh` the stored energy is worth that much; with
   None (default) each battery should end with at least its starting energy, and a shortfall
   is charged as if bought back at the highest import price of the horizon (so a rolling
-  plan neither dumps the battery at the horizon's end nor becomes infeasible because of it).
+  plan neither dumps the battery at the horizon's end nor becomes infeasible because of it)
+  Thermal storage tanks likewise, per electric kWh it takes to make their energy (thermal.py).
 - Tiny tie-breaks (1e-5 per kWh of throughput, 1e-7 per kWh of PV used) make degenerate
   optima deterministic: rest rather than cycle, use PV rather than curtail.
 """

@@ -46,8 +46,10 @@ class Plan:
     demand_kwh: float = 0.0
     demand_valley_kwh: float = 0.0
     # HVAC and thermal storage: kW per device and step (part of grid_kw), each zone's
-    # temperature (n+1, [0] now) and the kelvin-hours the plan leaves outside the bands.
+    # temperature and each tank's thermal kWh (n+1, [0] now) and the kelvin-hours the plan
+    # leaves outside the bands.
     thermal_kw: dict[str, np.ndarray] = field(default_factory=dict)
+    tank_kwh: dict[str, np.ndarray] = field(default_factory=dict)
     zone_c: dict[str, np.ndarray] = field(default_factory=dict)
     comfort_violation_kh: float = 0.0
 
@@ -121,7 +123,8 @@ def to_plan(inp: PlanInput, lp: Lp, x: np.ndarray, status: str, solve_s: float,
         soc_pct_by_id={i: energy[k] / cap[k] * 100 for k, i in enumerate(ids)},
         first_step_s=inp.first_step_s, commitment_short_kw=short, demand_kw=dem.kw,
         demand_short_kwh=dem.short_kwh, demand_kwh=dem.kwh, demand_valley_kwh=dem.valley_kwh,
-        thermal_kw=th.kw, zone_c=th.zone_c, comfort_violation_kh=th.violation_kh,
+        thermal_kw=th.kw, zone_c=th.zone_c, tank_kwh=th.tank_kwh,
+        comfort_violation_kh=th.violation_kh,
     )
 
 

@@ -13,7 +13,9 @@ COMFORT_WEIGHT times what missing a DR commitment by the electric kWh that move 
 1 K (C / COP) costs, so the band wins over economics and over DR.
 Per tank s: ch, dis electric kW; e thermal kWh in its SoC window;
   e[t] = (1 - loss dt) e[t-1] + dt COP (ch - dis), ending no lower than it started (soft,
-  bought back at the horizon's top price). Both add to the balance as load (dis relieves).
+  bought back at the horizon's top price) or, with `terminal_value_per_kwh` (as for the
+  batteries), its end energy worth that much per electric kWh it takes to make, e / COP.
+  Both add to the balance as load (dis relieves).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class PlanTank:
 @dataclass
 class ThermalPlan:
     kw: dict[str, np.ndarray] = field(default_factory=dict)  # (n,) per device, + draws
+    tank_kwh: dict[str, np.ndarray] = field(default_factory=dict)  # (n+1,) thermal, [0] now
     zone_c: dict[str, np.ndarray] = field(default_factory=dict)  # (n+1,) [0] is now
     violation_kh: float = 0.0  # kelvin-hours outside the bands
 
@@ -102,12 +105,16 @@ def add(m, inp, dt: np.ndarray, commit: float, balance: np.ndarray, top_price: f
         m.coef(hi, t, 1.0)
         m.coef(hi, above, -1.0)
         m.coef(balance, p, -1.0)
+    value = inp.terminal_value_per_kwh
     for s in inp.tanks:
         e_lo, e_hi = s.soc_min_pct * s.capacity_kwh / 100, s.soc_max_pct * s.capacity_kwh / 100
         e0 = s.soc0_pct * s.capacity_kwh / 100
         ch = m.col(f"tch:{s.id}", _EPS_KW * dt, 0.0, s.max_charge_kw, n)
         dis = m.col(f"tdis:{s.id}", _EPS_KW * dt, 0.0, s.max_discharge_kw, n)
-        e = m.col(f"te:{s.id}", 0.0, min(e_lo, e0), max(e_hi, e0), n)
+        e_cost = np.zeros(n)
+        if value is not None:
+            e_cost[-1] = -value / s.cop
+        e = m.col(f"te:{s.id}", e_cost, min(e_lo, e0), max(e_hi, e0), n)
         keep = 1 - s.loss_pct_per_h / 100 * dt
         rhs = np.zeros(n)
         rhs[0] = keep[0] * e0
@@ -116,10 +123,11 @@ def add(m, inp, dt: np.ndarray, commit: float, balance: np.ndarray, top_price: f
         m.coef(soc[1:], e[:-1], -keep[1:])
         m.coef(soc, ch, -dt * s.cop)
         m.coef(soc, dis, dt * s.cop)
-        short = m.col(f"tshort:{s.id}", top_price / s.cop, 0.0, np.inf, 1)
-        end = m.row(f"tend:{s.id}", e0, np.inf, 1)
-        m.coef(end, e[-1:], 1.0)
-        m.coef(end, short, 1.0)
+        if value is None:
+            short = m.col(f"tshort:{s.id}", top_price / s.cop, 0.0, np.inf, 1)
+            end = m.row(f"tend:{s.id}", e0, np.inf, 1)
+            m.coef(end, e[-1:], 1.0)
+            m.coef(end, short, 1.0)
         m.coef(balance, ch, -1.0)
         m.coef(balance, dis, 1.0)
 
@@ -133,4 +141,6 @@ def result(inp, cols: dict[str, slice], x: np.ndarray, dt: np.ndarray) -> Therma
                                           + x[cols[f"above:{z.id}"]]) * dt))
     for s in inp.tanks:
         out.kw[s.id] = x[cols[f"tch:{s.id}"]] - x[cols[f"tdis:{s.id}"]]
+        out.tank_kwh[s.id] = np.concatenate([[s.soc0_pct * s.capacity_kwh / 100],
+                                             x[cols[f"te:{s.id}"]]])
     return out

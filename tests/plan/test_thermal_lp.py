@@ -5,6 +5,7 @@ out of the optimisation, not from a rule."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -92,3 +93,21 @@ def test_bad_zone_input_names_the_field():
     with pytest.raises(ValueError, match=r"zones\[ahu\].cop: expected 96 finite values"):
         solve(inp(np.ones(N), (bad,)))
     assert math.isfinite(solve(inp(np.ones(N), (zone(),))).solve_s)
+
+
+def test_with_a_terminal_value_the_tank_ends_where_its_worth_per_electric_kwh_says():
+    """As a battery's: the end energy is worth the value per electric kWh (thermal / COP),
+    with no end >= start constraint; without a value the tank ends as full as it began."""
+    tank = PlanTank("tank", 300.0, 50.0, 5.0, 95.0, 30.0, 30.0, 3.0, 0.5)
+    kept = solve(inp(CPP, (), (tank,)))
+    worthless = solve(replace(inp(CPP, (), (tank,)), terminal_value_per_kwh=0.0))
+    dear = solve(replace(inp(CPP, (), (tank,)), terminal_value_per_kwh=2.0))
+    assert kept.tank_kwh["tank"][-1] == pytest.approx(150.0, abs=1e-4)
+    assert worthless.tank_kwh["tank"][-1] == pytest.approx(15.0, abs=1e-4)  # spent to its floor
+    # worth 2/3 per thermal kWh, bought at 1/3 off peak: full at the end
+    assert dear.tank_kwh["tank"][-1] == pytest.approx(285.0, abs=1e-4)
+    e, kw = dear.tank_kwh["tank"], dear.thermal_kw["tank"]
+    assert e[0] == pytest.approx(150.0)
+    for k in range(N):  # the LP's own tank model: standing loss, then COP x electric kWh
+        assert e[k + 1] == pytest.approx((1 - 0.5 / 100 * 0.25) * e[k] + 0.25 * 3.0 * kw[k],
+                                         abs=1e-5)

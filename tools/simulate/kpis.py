@@ -1,9 +1,15 @@
 """The KPI document of a run: the controller next to its references, and how close it came.
 
-Energy left in the batteries at the end is worth `terminal_value_per_kwh` (the scenario's,
-default its lowest import price): every strategy's `adjusted_cost` = total_cost − value ×
-(stored energy at the end − at the start), and the optimum maximises exactly that, so
-strategies that end fuller or emptier compare fairly.
+Energy left in store at the end is worth `terminal_value_per_kwh` (the scenario's, default
+its lowest import price) per electric kWh: every strategy's `adjusted_cost` = total_cost −
+value × (stored energy at the end − at the start), where the stored energy is the batteries'
+kWh plus each thermal storage tank's thermal kWh divided by its COP (what the tank's model,
+edge/plan/thermal.py and the HIL's, charges per electric kWh; its standing loss is already
+in the end state). `stored_energy_change_kwh` is that change in electric kWh and
+`stored_thermal_kwh_start/_end` the tanks' thermal kWh. The optimum maximises exactly that
+(its LP values the end energy of batteries and tanks alike, with no end ≥ start constraint),
+so strategies that end fuller or emptier compare fairly. The no-battery site runs the
+controller's tanks, so it carries the controller's tank change.
 
 cost_ratio_vs_optimum = 1 + (adjusted controller cost − adjusted optimum) / scale, where
 scale is the adjusted optimum when it is > 0 (then the ratio is simply controller/optimum)
@@ -62,6 +68,9 @@ def extra_rows(k: dict) -> list[tuple[str, str, str, int]]:
         rows = [("DR delivered / requested", "", "dr_ratio", 3),
                 ("Pre-event peak (15 min)", "kW", "pre_event_peak_kw", 1),
                 ("Rebound peak (15 min, 2 h)", "kW", "rebound_peak_kw", 1)] + rows
+    if "stored_thermal_kwh_end" in c:
+        rows = [("Tank energy at start (thermal)", "kWh", "stored_thermal_kwh_start", 1),
+                ("Tank energy at end (thermal)", "kWh", "stored_thermal_kwh_end", 1)] + rows
     if "ev_kwh" in c:
         n = c["ev_sessions"]
         rows = [("EV energy delivered", "kWh", "ev_kwh", 1),
@@ -80,14 +89,20 @@ THERMAL_KEYS = ("comfort_violation_kh", "zone_max_c", "zone_min_c", "pre_event_p
                 "dr_delivered_kwh", "dr_ratio")
 
 
-def _costs(k: dict, value: float) -> dict:
-    """The comparable figures of one strategy: costs and the end-of-run adjustment."""
+def costs(k: dict, value: float, cop: dict[str, float]) -> dict:
+    """The comparable figures of one strategy: costs and the end-of-run adjustment; `cop`:
+    each tank's COP by id."""
     d_e = k.get("stored_kwh_end", 0.0) - k.get("stored_kwh_start", 0.0)
+    t0, t1 = k.get("tank_kwh_start", {}), k.get("tank_kwh_end", {})
+    d_th = sum((t1[i] - t0[i]) / cop[i] for i in t0)
     out = {key: k[key] for key in ("total_cost", "energy_cost", "demand_cost", "import_cost",
                                    "export_revenue", "import_kwh", "export_kwh",
                                    "peak_15min_import_kw", "pv_curtailed_kwh") if key in k}
-    out["stored_energy_change_kwh"] = d_e
-    out["adjusted_cost"] = k["total_cost"] - value * d_e
+    out["stored_energy_change_kwh"] = d_e + d_th
+    if t0:
+        out.update(stored_thermal_kwh_start=sum(t0.values()),
+                   stored_thermal_kwh_end=sum(t1.values()))
+    out["adjusted_cost"] = k["total_cost"] - value * (d_e + d_th)
     for key in ("soc_min_pct", "soc_max_pct", "status", "solve_s", *EV_KEYS, *THERMAL_KEYS):
         if key in k:
             out[key] = k[key]
@@ -133,10 +148,12 @@ def evaluate(res: RunResult, *, with_optimum: bool = True, with_rules: bool = Tr
                                           BILLING_S).min())
     real, nb = res.site_kpis["with_battery"], res.site_kpis["no_battery"]
     e0, e1 = res.stored_kwh
-    ctrl = dict(real, stored_kwh_start=e0, stored_kwh_end=e1,
+    cop = {d.id: d.cop for d in cfg.devices if d.role == "thermal_storage"}
+    tanks = {"tank_kwh_start": res.tank_kwh[0], "tank_kwh_end": res.tank_kwh[1]}
+    ctrl = dict(real, stored_kwh_start=e0, stored_kwh_end=e1, **tanks,
                 soc_min_pct=res.recorder.soc_min if math.isfinite(res.recorder.soc_min) else None,
                 soc_max_pct=res.recorder.soc_max if math.isfinite(res.recorder.soc_max) else None)
-    controller = _costs(ctrl, value)
+    controller = costs(ctrl, value, cop)
     controller.update(
         pv_kwh=real["pv_kwh"], load_kwh=real["load_kwh"], max_import_kw=real["max_import_kw"],
         max_export_kw=real["max_export_kw"], self_consumption_pct=self_consumption_pct(real),
@@ -156,15 +173,16 @@ def evaluate(res: RunResult, *, with_optimum: bool = True, with_rules: bool = Tr
             base = replay_rules(cfg, truth, sc.duration_s, [], sc.initial_soc(cfg))[
                 "grid_15min_kw"]
         controller.update(event_kpis(res.recorder.means()["grid"], base, sc.start, windows))
-    refs: dict = {"no_battery": _costs(nb, value)}
+    refs: dict = {"no_battery": costs(dict(nb, **tanks), value, cop)}
     if with_rules:
         rules = replay_rules(cfg, truth, sc.duration_s, windows, sc.initial_soc(cfg))
         if thermal:
             rules.update(event_kpis(rules["grid_15min_kw"], base, sc.start, windows))
-        refs["rule_based"] = _costs(_split_sessions(rules, "rule_based", sessions), value)
+        refs["rule_based"] = costs(_split_sessions(rules, "rule_based", sessions), value,
+                                    cop)
     if with_rules and ev is not None:
-        refs["uncontrolled"] = _costs(
-            _split_sessions(uncontrolled(cfg, sc, truth), "uncontrolled", sessions), value)
+        refs["uncontrolled"] = costs(
+            _split_sessions(uncontrolled(cfg, sc, truth), "uncontrolled", sessions), value, cop)
     k: dict = {
         "scenario": sc.name, "site": cfg.site.id, "start": sc.start.isoformat(),
         "hours": sc.duration_s / 3600, "forecast": res.forecast if res.planner else None,
@@ -191,7 +209,7 @@ def evaluate(res: RunResult, *, with_optimum: bool = True, with_rules: bool = Tr
             opt, plan = optimum(cfg, sc, truth, value)
             if thermal:
                 opt.update(event_kpis(opt["grid_15min_kw"], base, sc.start, windows))
-            refs["optimum"] = _costs(_split_sessions(opt, "optimum", sessions), value)
+            refs["optimum"] = costs(_split_sessions(opt, "optimum", sessions), value, cop)
             res.optimum_plan = plan
         except Exception as exc:  # noqa: BLE001 - report it, the run's own KPIs still stand
             log.warning("perfect-foresight optimum failed: %s", exc)

@@ -82,7 +82,8 @@ def optimum(cfg: Config, scenario: Scenario, truth: Truth, value_per_kwh: float,
             time_limit_s: float = 120.0):
     """The perfect-foresight optimum: the planner's LP over the whole run on 15-min means of
     the true series and prices, DR windows as commitments, the true EV sessions as demands,
-    end energy worth `value_per_kwh`. Returns (kpis, plan)."""
+    end energy worth `value_per_kwh` (a tank's per electric kWh: thermal / COP). Returns
+    (kpis, plan)."""
     from edge.plan.model import build_input
 
     n = int(scenario.duration_s // BILLING_S)
@@ -113,6 +114,8 @@ def optimum(cfg: Config, scenario: Scenario, truth: Truth, value_per_kwh: float,
         "demand_cost": demand, "total_cost": import_cost - export_revenue + demand,
         "stored_kwh_start": float(plan.soc_pct[0]) / 100 * cap if cap else 0.0,
         "stored_kwh_end": float(plan.soc_pct[-1]) / 100 * cap if cap else 0.0,
+        "tank_kwh_start": {i: float(e[0]) for i, e in plan.tank_kwh.items()},
+        "tank_kwh_end": {i: float(e[-1]) for i, e in plan.tank_kwh.items()},
         "soc_min_pct": float(plan.soc_pct.min()) if cap else None,
         "soc_max_pct": float(plan.soc_pct.max()) if cap else None,
         "status": plan.status, "solve_s": plan.solve_s, "grid_15min_kw": plan.grid_kw,

@@ -136,6 +136,7 @@ def replay_rules(cfg: Config, truth: Truth, duration_s: float, dr: list[Window],
     rated = np.array([p.rated_kw for p in site.pvs])
     ledger = Ledger(cfg.tariff)
     e0, socs = site.stored_kwh(), []
+    tanks0 = plant.tank_kwh()
     dt = cfg.control.cycle_s
     n = int(round(duration_s / dt))
     evs = EvLedger(cfg, truth.start + timedelta(seconds=n * dt))
@@ -176,6 +177,7 @@ def replay_rules(cfg: Config, truth: Truth, duration_s: float, dr: list[Window],
                         / sum(b.capacity_kwh for b in site.phys.values()))
     out = ledger.kpis()
     out.update(stored_kwh_start=e0, stored_kwh_end=site.stored_kwh(),
+               tank_kwh_start=tanks0, tank_kwh_end=plant.tank_kwh(),
                soc_min_pct=min(socs, default=None), soc_max_pct=max(socs, default=None),
                import_over_min=imports.seconds / 60, import_worst_kw=imports.worst_kw,
                import_over_kwh=imports.kwh, grid_15min_kw=grid15, **plant.comfort.kpis())

@@ -24,7 +24,7 @@ def report_data(res: RunResult) -> ReportData:
         ("Peak import (15-min mean)", "kW", "peak_15min_import_kw"),
         ("PV curtailed", "kWh", "pv_curtailed_kwh"), ("SoC min", "%", "soc_min_pct"),
         ("SoC max", "%", "soc_max_pct"),
-        ("Stored energy change", "kWh", "stored_energy_change_kwh"),
+        ("Stored energy change (tanks: thermal / COP)", "kWh", "stored_energy_change_kwh"),
     ]
     kpi_rows = [(name, unit, [c.get(key) for _, c in cols]) for name, unit, key in rows]
     kpi_rows += [(name, unit, [c.get(key) for _, c in cols])

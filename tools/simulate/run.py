@@ -18,6 +18,7 @@ from edge.app.statedir import StateLock
 from edge.config import Config
 from edge.cycle import MIN_PERIOD_WALL_S
 from edge.report.history import INTERVAL_S, History, Interval
+from hil.devices.hvac import MapTesSim
 from hil.scenario import GridOutage, Scenario, Truth
 from hil.site import Sample, SimSite
 from tools.broker import ensure_broker, free_port
@@ -60,6 +61,7 @@ class RunResult:
     island: dict | None = None  # a microgrid's island record (tools/simulate/islandkpis.py)
     optimum_plan: object | None = None
     notes: list[str] = field(default_factory=list)
+    tank_kwh: tuple[dict, dict] = ({}, {})  # each tank's thermal kWh at start, at end
 
 
 def billing_notes(scenario: Scenario, cfg: Config) -> list[str]:
@@ -111,6 +113,10 @@ def isolated(cfg: Config) -> Config:
 def _stored_kwh(site: SimSite) -> float:
     stores = [d.stored() for d in site.devices.values()]
     return sum(b.soc_pct / 100 * b.capacity_kwh for b in stores if b is not None)
+
+
+def _tank_kwh(site: SimSite) -> dict[str, float]:
+    return {i: d.stored_kwh for i, d in site.devices.items() if isinstance(d, MapTesSim)}
 
 
 def seed_history(history: History, scenario: Scenario) -> int:
@@ -172,7 +178,7 @@ async def run(scenario: Scenario, config: Config, *, forecast: str = "perfect",
             recorder.comfort = Comfort(cfg)
             recorder.zones = lambda: {d.id: site.devices[d.id].zone_c for d in hvacs}
         site.on_substep = recorder
-        e0 = _stored_kwh(site)
+        e0, tanks0 = _stored_kwh(site), _tank_kwh(site)
         await site.start()  # before the broker: its free port must not be a device's port
         # Never the configured broker: simulated telemetry must not reach a real platform
         # under the site's id. A broker of its own keeps the daemon's whole path real.
@@ -216,7 +222,8 @@ async def run(scenario: Scenario, config: Config, *, forecast: str = "perfect",
             list(site.samples), plans, flog, errors, (e0, _stored_kwh(site)),
             daemon.cycle.stats.cycles, daemon.cycle.stats.crashes,
             {d: h.errors for d, h in daemon.cycle.health.items()},
-            _planner_stats(daemon.planner), notes=notes, island=island)
+            _planner_stats(daemon.planner), notes=notes, island=island,
+            tank_kwh=(tanks0, _tank_kwh(site)))
 
 
 def pace_note(cycles: int, wall_s: float, speed: float, cycle_s: float) -> str | None:

@@ -87,6 +87,9 @@ class ThermalPlant:
     def kw(self) -> float:
         return sum(s.power_kw for s in (*self.units.values(), *self.tanks.values()))
 
+    def tank_kwh(self) -> dict[str, float]:
+        return {i: s.stored_kwh for i, s in self.tanks.items()}
+
     def apply(self, due: dict[str, float]) -> None:
         for i, v in due.items():
             if i in self.units:
