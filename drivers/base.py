@@ -62,6 +62,10 @@ def is_urgent() -> bool:
 
 @runtime_checkable
 class Device(Protocol):
+    """What the poller needs of every driver. A driver may also offer `send_deferred()`:
+    writes its poll started but left to the end of the round (SunSpec heartbeats), so they
+    never delay the replies of slower devices; the poller calls it once all polls are in."""
+
     id: str
 
     async def connect(self) -> None: ...
