@@ -221,7 +221,14 @@ class Hvac(Role):
     writes = True
     allocates = True
     decision_key = "hvac_kw"
-    setpoint_unit = "kW (-1: own thermostat), K on offset-controlled units (0: own)"
+    setpoint_unit = "kW"
+
+    def setpoint_text(self, d: HvacDevice, value: float) -> str:
+        """Each unit's setpoint in its own terms: a setpoint offset in K, or a power in kW,
+        and the value that hands it to its own thermostat named as such."""
+        if value == d.own:
+            return "its own thermostat"
+        return f"an offset of {value:+.1f} K" if d.offset_control else f"{value:.2f} kW"
 
     def summary(self, d: HvacDevice) -> str:
         return (f"{d.rated_kw:g} kW {d.mode}, COP {d.cop:g}, R {d.model.r_k_per_kw:g} K/kW, "

@@ -144,6 +144,10 @@ class Role:
     # Shares the headroom the kernel leaves (EV chargers): `allocate` instead of a block.
     allocates: ClassVar[bool] = False
 
+    def setpoint_text(self, dev: Any, value: float) -> str:
+        """A setpoint of `dev` as a message shows it (its value in its unit)."""
+        return f"{value:.2f} {self.setpoint_unit}"
+
     # -- configuration ------------------------------------------------------------------
     def summary(self, dev: Any) -> str:
         """Its part of a device's line in `pedf-edge check`."""

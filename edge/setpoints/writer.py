@@ -81,10 +81,10 @@ class Writer:
             if not mem.written[dev.id].failed:
                 why = (f"no answer within {timeout:.2g} s" if isinstance(exc, TimeoutError)
                        else str(exc) or type(exc).__name__)
-                log.warning("device %s: writing %.2f %s failed: %s; retried every cycle, and "
+                log.warning("device %s: writing %s failed: %s; retried every cycle, and "
                             "its own revert timer takes it to its safe state if none gets "
-                            "through (check its link if this repeats)", dev.id, value,
-                            role_of(dev).setpoint_unit, why)
+                            "through (check its link if this repeats)", dev.id,
+                            role_of(dev).setpoint_text(dev, value), why)
             self.on_error(dev.id)
             record(dev.id, None)
             return

@@ -19,7 +19,7 @@ from edge.control.instructions import Instruction, InstructionBook
 from edge.control.kernel import load_kernel
 from edge.image.image import DeviceState, ProcessImage
 from edge.image.poll import Poller
-from edge.roles import ROLES
+from edge.roles import ROLES, role_of
 from edge.roles.hvac import THERMOSTAT, HvacDevice
 from edge.setpoints.writer import Writer
 from hil.devices.base import Env
@@ -311,3 +311,12 @@ async def test_a_unit_stale_for_an_implausible_reading_is_not_rewritten_every_cy
         due.append("ahu1" in jobs)
         ctl.after_writes(mem, {i: d.setpoints["hvac"][i] for i in ("ahu1", "ahu2")}, float(k))
     assert due == [True, False, False]
+
+
+def test_a_failed_write_names_each_units_setpoint_in_its_own_terms():
+    role = role_of(OFFSET.devices[1])
+    offset, power = OFFSET.devices[1], SITE.devices[1]
+    assert role.setpoint_text(offset, -1.5) == "an offset of -1.5 K"
+    assert role.setpoint_text(offset, 0.0) == "its own thermostat"
+    assert role.setpoint_text(power, 10.07) == "10.07 kW"
+    assert role.setpoint_text(power, THERMOSTAT) == "its own thermostat"
