@@ -13,7 +13,7 @@ import pytest
 
 from edge.config import load
 from hil.scenario import Truth
-from tools.simulate.kpis import costs
+from tools.simulate.kpis import costs, ratio
 from tools.simulate.replay import replay_rules
 
 COP = {"tes1": 3.0}
@@ -58,3 +58,10 @@ def test_the_replay_reports_its_tanks_thermal_kwh_with_the_standing_loss():
     assert out["tank_kwh_start"] == {tank.id: pytest.approx(start)}
     kept = (1 - tank.loss_pct_per_h / 100 / 3600) ** 900  # 900 one-second cycles
     assert out["tank_kwh_end"] == {tank.id: pytest.approx(start * kept, rel=1e-6)}
+
+
+def test_a_site_without_batteries_reports_no_savings_capture():
+    """Its "no battery" run is the controller's own site (tanks included): the share of
+    the optimum's saving a battery captured does not exist there."""
+    assert ratio(205.0, 181.6, 205.2, 240.0, batteries=False)["savings_capture"] is None
+    assert ratio(205.0, 181.6, 225.0, 240.0)["savings_capture"] == pytest.approx(20 / 43.4)

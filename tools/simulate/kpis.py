@@ -16,7 +16,8 @@ scale is the adjusted optimum when it is > 0 (then the ratio is simply controlle
 and otherwise the no-battery site's gross import cost (a site that earns money overall has
 no meaningful cost ratio; the gap is then measured against what the site buys).
 `cost_gap_vs_optimum` (money) and `savings_capture` ((no battery − controller) /
-(no battery − optimum)) are reported too.
+(no battery − optimum); none on a site without batteries, whose "no battery" run is the
+controller's own) are reported too.
 
 A site with EV chargers adds the uncontrolled-charging reference and, per strategy, the EV
 figures of tools/simulate/evkpis.py (energy, valley share, departures met) beside the
@@ -117,14 +118,17 @@ def _split_sessions(k: dict, name: str, sessions: dict) -> dict:
     return k
 
 
-def ratio(controller: float, opt: float, no_battery: float, nb_import_cost: float) -> dict:
-    """cost_ratio_vs_optimum and its companions (see the module docstring)."""
+def ratio(controller: float, opt: float, no_battery: float, nb_import_cost: float,
+          batteries: bool = True) -> dict:
+    """cost_ratio_vs_optimum and its companions (see the module docstring). Without
+    `batteries` the "no battery" run is the controller's own site: nothing to capture."""
     gap = controller - opt
     basis, scale = ("optimum", opt) if opt > 1e-9 else ("no_battery_import_cost", nb_import_cost)
     r = 1 + gap / scale if scale > 1e-9 else None
     room = no_battery - opt
+    capture = (no_battery - controller) / room if room > 1e-6 and batteries else None
     return {"cost_ratio_vs_optimum": r, "ratio_basis": basis, "cost_gap_vs_optimum": gap,
-            "savings_capture": (no_battery - controller) / room if room > 1e-6 else None}
+            "savings_capture": capture}
 
 
 def _solve_stats(plans: PlanTrack) -> dict:
@@ -217,7 +221,7 @@ def evaluate(res: RunResult, *, with_optimum: bool = True, with_rules: bool = Tr
     opt_cost = refs.get("optimum", {}).get("adjusted_cost")
     if opt_cost is not None:
         k.update(ratio(controller["adjusted_cost"], opt_cost, refs["no_battery"]["adjusted_cost"],
-                       nb["import_cost"]))
+                       nb["import_cost"], any(d.role == "battery" for d in cfg.devices)))
         for name in ("rule_based", "uncontrolled"):
             if name in refs:
                 refs[name]["cost_ratio_vs_optimum"] = ratio(
