@@ -17,7 +17,12 @@ the wire at once.
 
 - a reply is matched by transaction id, in whatever order replies come back;
 - no reply within `timeout_s` of sending raises `TimeoutError` for that request only; the
-  connection stays up for the others, and a reply arriving later is discarded by its id;
+  connection stays up for the others, and a reply arriving later is discarded by its id.
+  A device that queues pipelined requests (a TCP-to-RTU gateway works through them one by
+  one on its bus) answers the last of N only after N service times, so while replies to
+  other transactions keep coming within `timeout_s` a request waits on, up to
+  `max_in_flight` x `timeout_s` after it was sent: a silent unit is still found out, and a
+  busy queue is not taken for silence;
 - a request whose caller gave up (cancelled by the cycle's deadline) stays accounted: it
   keeps its place on the wire until its reply or its timeout, so a device is never sent more
   than `max_in_flight` requests it may still be working on;
@@ -51,6 +56,7 @@ class _Transaction:
     request: ModbusPDU
     reply: asyncio.Future[ModbusPDU]
     expiry: asyncio.TimerHandle
+    sent: float  # loop time
 
 
 class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
@@ -70,6 +76,7 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: dict[int, _Transaction] = {}
         self._next_tid = 0
+        self._last_reply = 0.0  # loop time of the last reply on this connection
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -118,7 +125,7 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
         request.transaction_id = tid
         reply: asyncio.Future[ModbusPDU] = loop.create_future()
         expiry = loop.call_later(self.timeout_s, self._expire, tid)
-        self._pending[tid] = _Transaction(request, reply, expiry)
+        self._pending[tid] = _Transaction(request, reply, expiry, loop.time())
         self._writer.write(self._framer.buildFrame(request))  # type: ignore[union-attr]
         return await reply  # cancelling the caller cancels only this wait; the entry stays
 
@@ -139,13 +146,23 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
         return tx
 
     def _expire(self, tid: int) -> None:
-        tx = self._end(tid)
-        if tx is not None and not tx.reply.done():
+        tx = self._pending.get(tid)
+        if tx is None:
+            return
+        loop = asyncio.get_running_loop()
+        queued_until = min(self._last_reply + self.timeout_s,
+                           tx.sent + self.max_in_flight * self.timeout_s)
+        if queued_until > loop.time():  # the device is still answering the ones ahead
+            tx.expiry = loop.call_at(queued_until, self._expire, tid)
+            return
+        self._end(tid)
+        if not tx.reply.done():
             tx.reply.set_exception(TimeoutError(
-                f"no reply within {self.timeout_s:g} s (transaction {tid}, unit "
+                f"no reply within {loop.time() - tx.sent:.2g} s (transaction {tid}, unit "
                 f"{tx.request.dev_id}, function {tx.request.function_code})"))
 
     def _answer(self, reply: ModbusPDU) -> None:
+        self._last_reply = asyncio.get_running_loop().time()
         tx = self._end(reply.transaction_id)
         if tx is None:
             log.debug("%s:%d: discarding a reply to transaction %d, not in flight "

@@ -41,6 +41,7 @@ class WireProxy(Proxy):
         self.replies: list[tuple[int, int]] = []  # (unit, transaction id) as sent back
         self.gate = 0  # hold this many replies, then send them back, last request first
         self.held_units: set[int] = set()  # replies held until release()
+        self.paced_s = 0.0  # hold each reply this long: a gateway working through a queue
         self._gated: list[bytes] = []
         self._held: list[bytes] = []
         self._writer: asyncio.StreamWriter | None = None
@@ -100,6 +101,8 @@ class WireProxy(Proxy):
                                  asyncio.CancelledError):
             while True:
                 frame = await self._frame(reader)
+                if self.paced_s:
+                    await asyncio.sleep(self.paced_s)
                 if frame[6] in self.held_units:
                     self._held.append(frame)
                 elif self.gate:
@@ -210,6 +213,20 @@ async def test_a_timed_out_request_does_not_poison_the_next_ones(wire):
     assert await ep.read(1, *BLOCKS[1]) == expected[1]
     assert not ep.unanswered(2)
     assert wire.connections == 2  # the connection stayed up through the timeout
+    await ep.close()
+
+
+async def test_requests_queued_behind_answered_ones_wait_past_one_timeout(wire):
+    """A gateway answers four pipelined requests one by one, each reply 0.4 s after the one
+    before: the last comes 1.6 s after it was sent, past the 1 s timeout, but the device was
+    answering all along - none of them is taken for silence."""
+    expected = await reference(wire)
+    ep = Endpoint("127.0.0.1", wire.port, 1.0, max_in_flight=4)
+    wire.paced_s = 0.4
+    results = await asyncio.gather(*(ep.read(u, *BLOCKS[u]) for u in (1, 2, 3, 1)))
+    assert results == [expected[1], expected[2], expected[3], expected[1]]
+    assert wire.max_outstanding == 4
+    assert not any(ep.unanswered(u) for u in UNITS)
     await ep.close()
 
 
