@@ -24,7 +24,7 @@ from pymodbus.client import AsyncModbusTcpClient, ModbusBaseClient
 from pymodbus.exceptions import ModbusException, ModbusIOException
 
 from drivers.base import DeviceError, is_urgent
-from drivers.modbus.pipeline import PipelinedTcpClient
+from drivers.modbus.pipeline import NotSent, PipelinedTcpClient
 
 MAX_READ = 120  # registers per request (Modbus allows 125)
 MAX_IN_FLIGHT = 16  # transactions on one TCP connection at most (devices allow 1 to ~16)
@@ -177,8 +177,8 @@ class ModbusEndpoint:
                     count -= n
             except (TimeoutError, ModbusException, OSError) as exc:
                 raise self._failed(unit, f"read {address}", exc, client) from exc
-            except asyncio.CancelledError:
-                self._abandoned(unit, sent)
+            except asyncio.CancelledError as exc:
+                self._abandoned(unit, sent and not isinstance(exc, NotSent))
                 raise
             return regs
 
@@ -197,8 +197,8 @@ class ModbusEndpoint:
                 self._unanswered.discard(unit)
             except (TimeoutError, ModbusException, OSError) as exc:
                 raise self._failed(unit, what, exc, client) from exc
-            except asyncio.CancelledError:
-                self._abandoned(unit, sent)
+            except asyncio.CancelledError as exc:
+                self._abandoned(unit, sent and not isinstance(exc, NotSent))
                 raise
         if rr.isError():
             raise ModbusExceptionReply(f"{self.name} unit {unit}: {what} rejected: {rr}",

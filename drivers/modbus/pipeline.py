@@ -25,7 +25,9 @@ the wire at once.
   busy queue is not taken for silence;
 - a request whose caller gave up (cancelled by the cycle's deadline) stays accounted: it
   keeps its place on the wire until its reply or its timeout, so a device is never sent more
-  than `max_in_flight` requests it may still be working on;
+  than `max_in_flight` requests it may still be working on; a caller cancelled while its
+  request still waited for a place raises `NotSent`, so the endpoint does not count a
+  request that never left as unanswered;
 - a connection-level error (closed by the peer, reset, a frame that is not Modbus TCP)
   fails every request in flight with `ConnectionError` and leaves the client disconnected,
   for the endpoint to drop and re-open with its backoff.
@@ -49,6 +51,11 @@ log = logging.getLogger(__name__)
 MBAP_LEN = 7  # transaction id, protocol id, length, unit id
 MAX_ADU = 260  # MBAP + the largest PDU (253 bytes)
 TID_SPACE = 0x10000
+
+
+class NotSent(asyncio.CancelledError):
+    """The caller was cancelled while its request waited for a place on the wire: nothing
+    went out, so no reply is missing."""
 
 
 @dataclass(slots=True)
@@ -116,7 +123,10 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
         return self._transact(request)
 
     async def _transact(self, request: ModbusPDU) -> ModbusPDU:
-        await self._slots.acquire()  # released when the transaction ends, not when we return
+        try:
+            await self._slots.acquire()  # released when the transaction ends, not on return
+        except asyncio.CancelledError as exc:
+            raise NotSent(*exc.args) from exc
         if not self.connected:
             self._slots.release()
             raise ConnectionError(f"{self.host}:{self.port}: not connected")

@@ -246,6 +246,22 @@ async def test_a_request_abandoned_by_its_caller_keeps_its_place_on_the_wire(wir
     await ep.close()
 
 
+async def test_a_request_cancelled_before_its_turn_on_the_wire_is_not_unanswered(wire):
+    expected = await reference(wire)
+    ep = Endpoint("127.0.0.1", wire.port, 5.0, max_in_flight=2)
+    wire.reset()
+    wire.held_units.update({2, 3})
+    for unit in (2, 3, 1):  # units 2 and 3 take both places; unit 1 waits, and is cut off
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ep.read(unit, *BLOCKS[unit]), 0.2)
+    assert [u for u, _ in wire.requests] == [2, 3]
+    assert ep.unanswered(2) and ep.unanswered(3)
+    assert not ep.unanswered(1)  # its request never left: no reply is missing
+    wire.release()
+    assert await ep.read(1, *BLOCKS[1]) == expected[1]
+    await ep.close()
+
+
 async def test_a_lost_connection_fails_every_request_in_flight_and_the_next_reconnects(wire):
     expected = await reference(wire)
     ep = Endpoint("127.0.0.1", wire.port, 5.0, max_in_flight=3)
