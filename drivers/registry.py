@@ -27,13 +27,13 @@ Builder = Callable[[DeviceSpec, dict, Now | None], Device]
 
 def _modbus_endpoint(spec: DeviceSpec, endpoints: dict) -> ModbusEndpoint:
     """The one Modbus master of the device's host:port or serial port (sunspec-* and
-    modbus-* units there share it)."""
+    modbus-* units there share it; the config check makes them agree on its settings)."""
     key = spec.endpoint
     if key not in endpoints:
         if spec.serial is not None:
             endpoints[key] = SerialEndpoint(spec.serial, spec.timeout_s)
         else:
-            endpoints[key] = Endpoint(spec.host, spec.port, spec.timeout_s)
+            endpoints[key] = Endpoint(spec.host, spec.port, spec.timeout_s, spec.max_in_flight)
     return endpoints[key]
 
 

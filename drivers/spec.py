@@ -61,6 +61,7 @@ class DeviceSpec:
     bms_unit_id: int | None = None
     revert_pct: float = 100.0  # where a SunSpec 704 PV inverter reverts when we go quiet
     ocpp: OcppSpec | None = None  # protocol "ocpp": the charger and the CSMS it reaches
+    max_in_flight: int = 1  # Modbus TCP: requests on the shared connection at once
 
     @property
     def endpoint(self) -> tuple[str, int | str]:

@@ -129,3 +129,29 @@ def test_bms_needs_a_map_battery_and_a_unit_id_of_its_own():
         site({**mapped, "bms": {"map": "bms_generic", "unit_id": 1}}, {**pcc, "port": 1503}))
     cfg = parse(site(mapped, {**pcc, "unit_id": 3}))
     assert build_devices(cfg)["bess"].bms.unit == 2
+
+
+def test_units_sharing_a_connection_agree_on_max_in_flight_and_share_one_pipelined_endpoint():
+    a = {"id": "pcc", "host": "127.0.0.1", "role": "meter", "port": 1502, "unit_id": 1,
+         "max_in_flight": 4}
+    b = {"id": "load", "host": "127.0.0.1", "role": "meter", "measures": "load", "port": 1502,
+         "unit_id": 2}
+    msg = problems(site(a, b))
+    assert ("devices[0] (pcc) and devices[1] (load) share 127.0.0.1:1502 but differ in "
+            "max_in_flight (4 vs 1): the shared connection has one limit on requests in "
+            "flight; set the same max_in_flight on both") in msg
+    devices = build_devices(parse(site(a, {**b, "max_in_flight": 4})))
+    endpoint = devices["pcc"].sunspec.endpoint
+    assert endpoint is devices["load"].sunspec.endpoint
+    assert endpoint.max_in_flight == 4
+    alone = {k: v for k, v in a.items() if k != "max_in_flight"}  # the default
+    assert build_devices(parse(site(alone)))["pcc"].sunspec.endpoint.max_in_flight == 1
+
+
+def test_max_in_flight_is_for_modbus_tcp_only_and_bounded():
+    msg = problems(site({**rtu("pcc", 1, "grid"), "max_in_flight": 2}))
+    assert ("max_in_flight 2: only Modbus TCP (sunspec-tcp, modbus-tcp) has several requests "
+            "in flight; modbus-rtu sends one at a time: remove max_in_flight or set it to 1") in msg
+    msg = problems(site({"id": "pcc", "host": "127.0.0.1", "port": 502, "role": "meter",
+                         "max_in_flight": 17}))
+    assert "max_in_flight" in msg and "16" in msg

@@ -8,7 +8,10 @@ the connection is dropped and re-opened with backoff, while a single unit that d
 answer only backs off itself (`drivers.modbus.unit.ModbusUnit`) so its neighbours keep polling.
 
 `ModbusEndpoint` is the transport-neutral part (shared client, lock, backoff, read/write);
-`Endpoint` is its TCP form and `drivers.modbus.serial.SerialEndpoint` its RTU form.
+`Endpoint` is its TCP form and `drivers.modbus.serial.SerialEndpoint` its RTU form. A TCP
+endpoint set to `max_in_flight` > 1 lets that many requests share the connection at once
+(`drivers.modbus.pipeline`), for gateways that accept several transactions; the default of
+one keeps every request waiting for the one before it.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from pymodbus.client import AsyncModbusTcpClient, ModbusBaseClient
 from pymodbus.exceptions import ModbusException, ModbusIOException
 
 from drivers.base import DeviceError, is_urgent
+from drivers.modbus.pipeline import NotSent, PipelinedTcpClient
 
 MAX_READ = 120  # registers per request (Modbus allows 125)
+MAX_IN_FLIGHT = 16  # transactions on one TCP connection at most (devices allow 1 to ~16)
 
 
 ILLEGAL_ADDRESS = 2
@@ -46,7 +51,8 @@ class ConnectFailed(DeviceError):
 
 class ModbusEndpoint:
     """One Modbus client shared by every unit id behind it (a TCP host:port or an RS-485
-    bus), with one lock so requests to different units never overlap, and reconnect backoff.
+    bus), with one lock so requests to different units never overlap (a TCP endpoint with
+    `max_in_flight` > 1: a semaphore of that many), and reconnect backoff.
 
     Subclasses say how to build the client (`_new_client`) and may pace requests
     (`_pace`, e.g. the RTU inter-frame gap); the SunSpec drivers see only read/write."""
@@ -57,8 +63,9 @@ class ModbusEndpoint:
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
-        self._client: ModbusBaseClient | None = None
-        self._lock = asyncio.Lock()
+        self._client: ModbusBaseClient | PipelinedTcpClient | None = None
+        self._lock: asyncio.Lock | asyncio.Semaphore = asyncio.Lock()
+        self._connecting = asyncio.Lock()  # one connect at a time when requests overlap
         self._retry_at = 0.0
         self._backoff = 0.0
         self._unanswered: set[int] = set()
@@ -71,7 +78,7 @@ class ModbusEndpoint:
     def name(self) -> str:
         raise NotImplementedError
 
-    def _new_client(self) -> ModbusBaseClient:
+    def _new_client(self) -> ModbusBaseClient | PipelinedTcpClient:
         raise NotImplementedError
 
     async def _pace(self) -> None:
@@ -80,9 +87,15 @@ class ModbusEndpoint:
     def _done(self) -> None:
         """Called (under the lock) after every request, answered or not."""
 
-    async def _ensure(self) -> ModbusBaseClient:
+    async def _ensure(self) -> ModbusBaseClient | PipelinedTcpClient:
         if self._client is not None and self._client.connected:
             return self._client
+        async with self._connecting:
+            return await self._open()
+
+    async def _open(self) -> ModbusBaseClient | PipelinedTcpClient:
+        if self._client is not None and self._client.connected:
+            return self._client  # opened by a request that overlapped this one
         now = time.monotonic()
         if now < self._retry_at and not is_urgent():
             raise ConnectFailed(f"{self.name}: reconnect backoff ({self._retry_at - now:.1f} s left)")
@@ -116,16 +129,17 @@ class ModbusEndpoint:
         its caller's deadline while in flight); cleared by the unit's next reply."""
         return unit in self._unanswered
 
-    def _failed(self, unit: int, what: str, exc: BaseException) -> DeviceError:
+    def _failed(self, unit: int, what: str, exc: BaseException, client: object) -> DeviceError:
         """Classify a failed request. A missing reply is the unit's fault: over TCP the
-        connection stays up for the other units (pymodbus matches replies by transaction id,
-        so a late reply is discarded); a serial port is re-opened (`_drop_on_no_reply`) to
-        flush it. A connection-level error drops the shared client."""
+        connection stays up for the other units (replies carry the transaction id, so a
+        late reply is discarded); a serial port is re-opened (`_drop_on_no_reply`) to
+        flush it. A connection-level error drops the shared client - the one `client` the
+        request went out on: overlapping requests may already have opened the next."""
         no_reply = isinstance(exc, (TimeoutError, ModbusIOException))
         if no_reply:
             self._unanswered.add(unit)
         client_lost = self._client is None or not self._client.connected
-        if client_lost or not no_reply or self._drop_on_no_reply:
+        if client is self._client and (client_lost or not no_reply or self._drop_on_no_reply):
             self._drop()
         return DeviceError(f"{self.name} unit {unit}: {what}: {exc}")
 
@@ -162,9 +176,9 @@ class ModbusEndpoint:
                     address += n
                     count -= n
             except (TimeoutError, ModbusException, OSError) as exc:
-                raise self._failed(unit, f"read {address}", exc) from exc
-            except asyncio.CancelledError:
-                self._abandoned(unit, sent)
+                raise self._failed(unit, f"read {address}", exc, client) from exc
+            except asyncio.CancelledError as exc:
+                self._abandoned(unit, sent and not isinstance(exc, NotSent))
                 raise
             return regs
 
@@ -182,9 +196,9 @@ class ModbusEndpoint:
                     self._done()
                 self._unanswered.discard(unit)
             except (TimeoutError, ModbusException, OSError) as exc:
-                raise self._failed(unit, what, exc) from exc
-            except asyncio.CancelledError:
-                self._abandoned(unit, sent)
+                raise self._failed(unit, what, exc, client) from exc
+            except asyncio.CancelledError as exc:
+                self._abandoned(unit, sent and not isinstance(exc, NotSent))
                 raise
         if rr.isError():
             raise ModbusExceptionReply(f"{self.name} unit {unit}: {what} rejected: {rr}",
@@ -215,21 +229,30 @@ class ModbusEndpoint:
 
 
 class Endpoint(ModbusEndpoint):
-    """One Modbus TCP connection shared by every unit id behind host:port."""
+    """One Modbus TCP connection shared by every unit id behind host:port, with up to
+    `max_in_flight` requests on it at once (1, the default: one after another)."""
 
     transport = "tcp"
     _drop_on_no_reply = False  # replies carry the transaction id: a late one is discarded
     _connect_failed_hint = "connection refused or timed out"
 
-    def __init__(self, host: str, port: int, timeout_s: float) -> None:
+    def __init__(self, host: str, port: int, timeout_s: float, max_in_flight: int = 1) -> None:
         super().__init__(timeout_s)
+        if not 1 <= max_in_flight <= MAX_IN_FLIGHT:
+            raise ValueError(f"{host}:{port}: max_in_flight {max_in_flight} is outside "
+                             f"1..{MAX_IN_FLIGHT}")
         self.host, self.port = host, port
+        self.max_in_flight = max_in_flight
+        if max_in_flight > 1:
+            self._lock = asyncio.Semaphore(max_in_flight)
 
     @property
     def name(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def _new_client(self) -> AsyncModbusTcpClient:
+    def _new_client(self) -> AsyncModbusTcpClient | PipelinedTcpClient:
+        if self.max_in_flight > 1:
+            return PipelinedTcpClient(self.host, self.port, self.timeout_s, self.max_in_flight)
         return AsyncModbusTcpClient(
             self.host, port=self.port, timeout=self.timeout_s, retries=0, reconnect_delay=0
         )

@@ -23,6 +23,7 @@ def device_spec(config: Config, dev) -> DeviceSpec:
         serial=None if s is None else SerialSpec(s.port, s.baudrate, s.parity, s.stopbits,
                                                  s.bytesize),
         unit_id=dev.unit_id, map=dev.map, address=dev.address, timeout_s=dev.timeout_s,
+        max_in_flight=dev.max_in_flight,
         **role_of(dev).driver_options(dev, config),
     )
 

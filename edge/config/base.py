@@ -44,6 +44,7 @@ class SerialParams(_Model):
 Protocol = Literal["sunspec-tcp", "sunspec-rtu", "modbus-tcp", "modbus-rtu", "dlt645-tcp",
                    "dlt645-serial"]
 _SERIAL_PROTOCOLS = {"sunspec-rtu", "modbus-rtu", "dlt645-serial"}
+_PIPELINED_PROTOCOLS = {"sunspec-tcp", "modbus-tcp"}  # transaction ids match replies
 # Devices that connect to us (OCPP chargers reach the daemon's CSMS): no host or port of theirs.
 _INBOUND_PROTOCOLS = {"ocpp"}
 # Reply timeout when a device gives none: a Modbus reply over TCP or a 9600 bit/s bus comes
@@ -78,6 +79,10 @@ class DeviceBase(_Model):
     address: str | None = Field(None, description="DL/T 645 address: the meter's 12 digits")
     timeout_s: float = Field(_TIMEOUT_S, gt=0, le=30, description="reply timeout; default "
                              "per protocol (0.3 s, DL/T 645 0.5 s), at most half the poll deadline")
+    max_in_flight: int = Field(1, ge=1, le=16, description="Modbus TCP: requests on the "
+                               "wire at once on the device's connection (shared by every unit "
+                               "behind its host:port, which must all agree); above 1 only for "
+                               "gateways and devices that accept several transactions")
     sim: dict[str, Any] = Field(
         default_factory=dict, description="the simulator's settings for this device, "
         "declared and checked by the simulator (hil/config.py); the daemon ignores them")
@@ -106,6 +111,11 @@ class DeviceBase(_Model):
             raise ValueError(f"protocol {self.protocol} needs map: <name of drivers/maps/*.yaml>")
         if self.protocol.startswith("dlt645-") and self.address is None:
             raise ValueError("DL/T 645 needs the meter address: 12 digits, e.g. '000000000001'")
+        if self.max_in_flight > 1 and self.protocol not in _PIPELINED_PROTOCOLS:
+            raise ValueError(
+                f"device {self.id}: max_in_flight {self.max_in_flight}: only Modbus TCP "
+                f"(sunspec-tcp, modbus-tcp) has several requests in flight; {self.protocol} "
+                "sends one at a time: remove max_in_flight or set it to 1")
         missing = [f for f in ("host", "port") if self.protocol not in _SERIAL_PROTOCOLS
                    and self.protocol not in _INBOUND_PROTOCOLS and getattr(self, f) is None]
         if missing:

@@ -1,6 +1,6 @@
 """What devices sharing a serial bus or a TCP connection must agree on, checked before the
-daemon starts: one framing and line setting per port, one timeout per shared endpoint, and
-every poll inside the cycle's deadline."""
+daemon starts: one framing and line setting per port, one timeout and one limit on requests
+in flight per shared endpoint, and every poll inside the cycle's deadline."""
 
 from __future__ import annotations
 
@@ -61,6 +61,11 @@ def bus_problems(devices: list, cycle_s: float) -> list[str]:
                     f"{who(members[0])} and {who(i)} share {where} but differ in timeout_s "
                     f"({first.timeout_s:g} vs {d.timeout_s:g} s): the shared connection has one "
                     "timeout; set the same timeout_s on both")
+            if d.max_in_flight != first.max_in_flight:
+                problems.append(
+                    f"{who(members[0])} and {who(i)} share {where} but differ in max_in_flight "
+                    f"({first.max_in_flight} vs {d.max_in_flight}): the shared connection has "
+                    "one limit on requests in flight; set the same max_in_flight on both")
         limit = deadline / 2 if len(members) > 1 else deadline
         for i in members:
             t = devices[i].timeout_s

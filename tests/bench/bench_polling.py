@@ -14,10 +14,12 @@ of the controller's figure.
 
 Port layout (`--layout`): `per-device` (default) gives each device its own loopback port and
 TCP connection; `gateway` puts the units of a role behind gateway ports of at most 10 units
-each (unit ids 1-10), so those units share one connection and their requests queue on it.
+each (unit ids 1-10), so those units share one connection and their requests queue on it -
+one at a time by default, or up to `--in-flight N` at once (every device's `max_in_flight`,
+pipelined Modbus TCP; the HIL answers requests that arrive together).
 
 Run: python tests/bench/bench_polling.py [--n 10 50 100] [--seconds 30] [--warmup 5]
-         [--layout per-device|gateway]
+         [--layout per-device|gateway] [--in-flight N]
 Only 127.0.0.1 is used; the HIL subprocess is stopped (SIGTERM) on every exit path.
 """
 
@@ -112,11 +114,14 @@ async def measure(config: Config, warmup_s: float, window_s: float,
     return cycle, window
 
 
-def run_one(n: int, layout: str, warmup_s: float, window_s: float) -> Result:
+def run_one(n: int, layout: str, warmup_s: float, window_s: float, in_flight: int = 1) -> Result:
     n_pv, n_bess, n_load = mix(n)
     data = benchlib.sunspec_site(
         n_pv, n_bess, n_load, layout, CYCLE_S, site_id=f"bench-polling-{n}",
         gateway_units=GATEWAY_UNITS, import_limit_kw=IMPORT_LIMIT_KW_PER_DEVICE * n)
+    if in_flight > 1:
+        for dev in data["devices"]:
+            dev["max_in_flight"] = in_flight
     config = parse(data, f"bench_polling N={n}")
     ports = {d.port for d in config.devices}
     with tempfile.TemporaryDirectory(prefix="bench-polling-") as tmp:
@@ -150,10 +155,15 @@ def main() -> int:
     ap.add_argument("--layout", choices=["per-device", "gateway"], default="per-device",
                     help=f"one port per device (default) or gateway ports of up to "
                          f"{GATEWAY_UNITS} units")
+    ap.add_argument("--in-flight", type=int, default=1, metavar="N",
+                    help="requests on the wire at once per connection (max_in_flight, "
+                         "1..16; default 1: one at a time)")
     args = ap.parse_args()
     if min(args.n) < 3 or args.seconds < 2 or args.warmup < 0:
         ap.error("--n values must be >= 3 (a PV, a battery and the grid meter), "
                  "--seconds >= 2 and --warmup >= 0")
+    if not 1 <= args.in_flight <= 16:
+        ap.error("--in-flight must be 1..16")
     if max(args.n) > 2 * 247:
         ap.error("--n at most 494 (loopback ports and unit ids)")
     budget_s = len(args.n) * (args.seconds + args.warmup)
@@ -165,7 +175,7 @@ def main() -> int:
     env_lines = benchlib.environment(("numpy", "pymodbus", "psutil"))
     results = []
     for n in args.n:
-        r = run_one(n, args.layout, args.warmup, args.seconds)
+        r = run_one(n, args.layout, args.warmup, args.seconds, args.in_flight)
         results.append(r)
         print(f"N={n}: {r.cpu_pct:.1f} % CPU, {r.cycles} cycles, {r.errors} errors",
               file=sys.stderr, flush=True)
@@ -186,13 +196,13 @@ def main() -> int:
                 f"{d}: {e}" for d, e in list(r.last_errors.items())[:5])
         print(detail)
     print()
-    print("| N | layout | CPU % of one core | cycles | p50 ms | p99 ms | errors "
+    print("| N | layout | in flight | CPU % of one core | cycles | p50 ms | p99 ms | errors "
           "| ports | HIL CPU % (other process) |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         d = r.durations_ms
         p50, p99 = (f"{pct(d, 50):.1f}", f"{pct(d, 99):.1f}") if d else ("-", "-")
-        print(f"| {r.n} | {args.layout} | {r.cpu_pct:.1f} | {r.cycles} | {p50} | {p99} | "
+        print(f"| {r.n} | {args.layout} | {args.in_flight} | {r.cpu_pct:.1f} | {r.cycles} | {p50} | {p99} | "
               f"{r.errors} | {r.ports} | {r.hil_cpu_pct:.1f} |")
     print(f"\n_{env_lines[0]}; {env_lines[1].split(';')[0]}; window {args.seconds:g} s per N._")
     return 1 if any(r.errors_total or r.crashes for r in results) else 0
