@@ -221,7 +221,7 @@ def evaluate(res: RunResult, *, with_optimum: bool = True, with_rules: bool = Tr
     opt_cost = refs.get("optimum", {}).get("adjusted_cost")
     if opt_cost is not None:
         k.update(ratio(controller["adjusted_cost"], opt_cost, refs["no_battery"]["adjusted_cost"],
-                       nb["import_cost"], any(d.role == "battery" for d in cfg.devices)))
+                       nb["import_cost"], controller.get("soc_min_pct") is not None))
         for name in ("rule_based", "uncontrolled"):
             if name in refs:
                 refs[name]["cost_ratio_vs_optimum"] = ratio(
