@@ -64,7 +64,10 @@ def is_urgent() -> bool:
 class Device(Protocol):
     """What the poller needs of every driver. A driver may also offer `send_deferred()`:
     writes its poll started but left to the end of the round (SunSpec heartbeats), so they
-    never delay the replies of slower devices; the poller calls it once all polls are in."""
+    never delay the replies of slower devices; the poller calls it once all polls are in.
+    A controllable one may offer `refused_write() -> str | None`: why writes it sent
+    without a read-back were not taken, as its polls since found (drivers.modbus.pending);
+    the write phase counts them as failed writes (edge/setpoints/writer.py)."""
 
     id: str
 

@@ -82,19 +82,21 @@ class ControlCycle:
     def _write_failed(self, dev_id: str) -> None:
         self.health[dev_id].errors += 1
 
-    async def write(self, decision: Decision, force: bool = False,
-                    timeout: float | None = None) -> None:
-        """`timeout`: wall seconds per device write (default: the poll deadline)."""
-        now_s = self.clock.elapsed_s()
-
+    def _recorder(self, now_s: float) -> Callable[[str, float | None], None]:
         def record(dev_id: str, value: float | None) -> None:
             # Each write is remembered as it completes: a cycle cancelled half-way (the
             # daemon stopping) must not forget a shed that already went out.
             self.controller.after_writes(self.memory, {dev_id: value}, now_s)
+        return record
 
+    async def write(self, decision: Decision, force: bool = False,
+                    timeout: float | None = None) -> None:
+        """`timeout`: wall seconds per device write (default: the poll deadline)."""
+        now_s = self.clock.elapsed_s()
         await self.writer.write(
             decision, self.memory, now_s, timeout or poll_deadline_s(self.period_wall_s),
-            limit_violated(self.image, decision, self.config.grid_meter.id), record, force)
+            limit_violated(self.image, decision, self.config.grid_meter.id),
+            self._recorder(now_s), force)
 
     async def step(self) -> Decision:
         self.idle.clear()
@@ -108,6 +110,7 @@ class ControlCycle:
         await self.poller.poll(self.period_wall_s)
         self.image = image = self.build_image()
         now_s = self.clock.elapsed_s()
+        self.writer.collect_refused(self.memory, self._recorder(now_s))
         try:
             decision, self.memory = self.controller.decide(image, self.book, self.memory, now_s)
         except Exception:  # decide() catches its own handlers' faults; this is the rest

@@ -1,60 +1,32 @@
-"""The role drivers of register-map devices (drivers.modbus.regmap): read by poll class,
-commands written with their `enable` and `revert` points and verified by read-back, every
-request under the unit's silence backoff (drivers.modbus.unit)."""
+"""The role drivers of register-map devices (drivers.modbus.regmap): read by poll class in
+as few requests as the map allows (drivers.modbus.plan), commands written with their
+`enable` and `revert` points and verified by read-back or by the next poll, every request
+under the unit's silence backoff (drivers.modbus.unit)."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
-from dataclasses import dataclass
 from typing import ClassVar
 
 from drivers.base import DeviceError, Reading
-from drivers.modbus.endpoint import ModbusEndpoint
-from drivers.modbus.regmap import BIT_FUNCTIONS, CONTROL_KEYS, ROLE_KEYS, MapPoint, RegisterMap
+from drivers.modbus.endpoint import ILLEGAL_ADDRESS, ModbusEndpoint, ModbusExceptionReply
+from drivers.modbus.plan import RTU_MAX_GAP, Block, plan_reads, write_groups
+from drivers.modbus.regmap import BIT_FUNCTIONS, CONTROL_KEYS, ROLE_KEYS, RegisterMap
 from drivers.modbus.unit import ModbusUnit
 from drivers.quietlog import Episode
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Block:
-    """One read request: contiguous readable points of one function (bits: coils or discrete
-    inputs, one address per point)."""
-
-    function: str
-    address: int
-    count: int
-    points: tuple[MapPoint, ...]
-
-
-def plan_reads(points: list[MapPoint], max_read: int = 120) -> list[Block]:
-    """Contiguous points (no gaps: unmapped registers may answer ILLEGAL_ADDRESS) merged into
-    as few requests as `max_read` allows."""
-    blocks: list[Block] = []
-    for fn in ("holding", "input", *BIT_FUNCTIONS):
-        run: list[MapPoint] = []
-        for p in sorted((p for p in points if p.function == fn and p.readable),
-                        key=lambda p: p.address):
-            if run and (p.address != run[-1].end or p.end - run[0].address > max_read):
-                blocks.append(Block(fn, run[0].address, run[-1].end - run[0].address, tuple(run)))
-                run = []
-            run.append(p)
-        if run:
-            blocks.append(Block(fn, run[0].address, run[-1].end - run[0].address, tuple(run)))
-    return blocks
-
-
-_WRITE_ORDER = {"revert": 0, "setpoint": 1, "limit": 1, "enable": 2, "control_mode": 2}
-
-
 class MapDevice(ModbusUnit):
     """A Modbus device read and written through its register map. Fast points are read every
     poll, slow points on the first poll and every `slow_every` polls; every poll returns the
-    latest of both, the slow ones with their own read time (`Reading.stamps`). Writes are
-    read back where the points are readable. A unit that does not answer backs off
+    latest of both, the slow ones with their own read time (`Reading.stamps`). Reads bridge
+    the map's `max_gap` unmapped registers, until the device refuses such a read. Writes
+    are verified where the points are readable: by the next poll where it reads them
+    (drivers.modbus.pending), else by a read-back. A unit that does not answer backs off
     (drivers.modbus.unit), so it cannot hold the shared endpoint for a timeout on every poll
     while its neighbours wait."""
 
@@ -64,35 +36,61 @@ class MapDevice(ModbusUnit):
                  protocol: str = "modbus-tcp") -> None:
         super().__init__(endpoint, unit)
         self.id, self.map, self.protocol = device_id, regmap, protocol
-        self._fast = plan_reads([p for p in regmap.points if p.poll == "fast"], regmap.max_read)
-        self._slow = plan_reads([p for p in regmap.points if p.poll == "slow"], regmap.max_read)
+        rtu = getattr(endpoint, "transport", "") == "rtu"
+        gap = min(regmap.max_gap, RTU_MAX_GAP) if rtu else regmap.max_gap
+        self._plan(gap)
         self._polls = 0
         self._slow_values: dict[str, float] = {}
         self._slow_at = 0.0
+
+    def _plan(self, max_gap: int) -> None:
+        points, n = self.map.points, self.map.max_read
+        self._fast = plan_reads([p for p in points if p.poll == "fast"], n, max_gap)
+        self._slow = plan_reads([p for p in points if p.poll == "slow"], n, max_gap)
+        self._bridging = max_gap > 0
 
     @property
     def _who(self) -> str:
         return f"{self.id}: "
 
     async def _read_block(self, b: Block) -> dict[str, float]:
+        mark = self.checks.mark()
         if b.function in BIT_FUNCTIONS:
             bits = await self._read_bits(b.address, b.count, discrete=b.function == "discrete")
             if len(bits) < b.count:
                 raise DeviceError(f"{self.id}: read bits {b.address}+{b.count} returned {len(bits)}")
+            self.checks.check(b.function, b.address, [int(x) for x in bits[:b.count]], mark)
             return {p.key: 1.0 if bits[p.address - b.address] else 0.0 for p in b.points}
         regs = await self._read_regs(b.address, b.count, input_registers=b.function == "input")
         if len(regs) < b.count:
             raise DeviceError(f"{self.id}: read {b.address}+{b.count} returned {len(regs)} registers")
+        self.checks.check(b.function, b.address, regs, mark)
         return {p.key: self.map.decode(p, regs[p.address - b.address:]) for p in b.points}
 
     async def _read(self, blocks: list[Block]) -> dict[str, float]:
         values: dict[str, float] = {}
         for b in blocks:
-            values.update(await self._read_block(b))
+            try:
+                values.update(await self._read_block(b))
+            except ModbusExceptionReply as exc:
+                if exc.code != ILLEGAL_ADDRESS or not b.bridged:
+                    raise
+                self._stop_bridging(b, exc)
+                values.update(await self._read(plan_reads(list(b.points), self.map.max_read)))
         return values
+
+    def _stop_bridging(self, b: Block, exc: ModbusExceptionReply) -> None:
+        """The device refuses reads across unmapped registers: read its runs apart."""
+        if self._bridging:
+            log.warning("%s: refuses a read across unmapped registers (%s %d+%d: %s); reading "
+                        "only mapped runs from now on (one request more per gap; set max_gap: 0 "
+                        "in map %s if its devices all do this)", self.id, b.function, b.address,
+                        b.count, exc, self.map.name)
+            self._plan(0)
 
     async def connect(self) -> None:
         """Read every point once: the device answers and the map fits it."""
+        self.checks.clear()
         self._slow_values = await self._read(self._slow)
         self._slow_at = time.monotonic()
         await self._read(self._fast)
@@ -102,7 +100,9 @@ class MapDevice(ModbusUnit):
         if not self._slow_values and self._slow or self._polls % self.map.slow_every == 0:
             self._slow_values = await self._read(self._slow)
             self._slow_at = time.monotonic()
+        mark = self.checks.mark()
         fast = await self._read(self._fast)
+        await self.verify_left(mark)
         at = time.monotonic()
         self._polls += 1
         values = self._values({**self._slow_values, **fast})
@@ -121,7 +121,8 @@ class MapDevice(ModbusUnit):
 
     async def write(self, values: dict[str, float]) -> None:
         """Write control points (engineering units), contiguous ones in one request, then
-        read back the readable ones; a mismatch raises DeviceError."""
+        read back the readable ones (a mismatch raises DeviceError), unless every poll reads
+        them: then the next poll verifies them (a mismatch: `refused_write`)."""
         items = []
         for key, v in values.items():
             p = self.map.point(key)
@@ -131,29 +132,25 @@ class MapDevice(ModbusUnit):
                 items.append((p, self.map.encode(p, v)))
             except ValueError as exc:
                 raise DeviceError(f"{self.id}: cannot write {exc}") from None
-        items.sort(key=lambda it: (it[0].function, it[0].address))
-        groups: list[list[tuple[MapPoint, list[int]]]] = []
-        for p, regs in items:
-            if (groups and groups[-1][-1][0].end == p.address
-                    and groups[-1][-1][0].function == p.function):
-                groups[-1].append((p, regs))
-            else:
-                groups.append([(p, regs)])
-        # The command last: a device that runs on `enable` should see its setpoint first.
-        groups.sort(key=lambda g: max(_WRITE_ORDER.get(p.key, 1) for p, _ in g))
-        for g in groups:
+        for g in write_groups(items):
             address = g[0][0].address
             regs = [r for _, rr in g for r in rr]
-            coils = g[0][0].function == "coil"
+            fn = g[0][0].function
+            coils = fn == "coil"
             if coils:
                 await self._write_coils(address, [bool(r) for r in regs])
             else:
                 await self._write_regs(address, regs)
-            if all(p.readable for p, _ in g):
+            if not all(p.readable for p, _ in g):
+                continue
+            keys = ", ".join(p.key for p, _ in g)
+            if self._poll_verifies(any(b.covers(fn, address, len(regs)) for b in self._fast)):
+                self.checks.expect(fn, address, regs,
+                                   f"{self.id}: {keys} at {address} (map {self.map.name})")
+            else:
                 back = ([int(b) for b in await self._read_bits(address, len(regs))] if coils
                         else await self._read_regs(address, len(regs)))
                 if list(back[: len(regs)]) != regs:
-                    keys = ", ".join(p.key for p, _ in g)
                     raise DeviceError(
                         f"{self.id}: read-back of {keys} at {address} gave {list(back)}, "
                         f"wrote {regs} (map {self.map.name}); the device did not take the command")

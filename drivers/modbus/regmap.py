@@ -23,6 +23,10 @@ too, under reserved keys:
 Points live in holding or input registers, or are single bits: coils (read/write, function
 1/5/15) and discrete inputs (read-only, function 2), `type: bool`.
 
+A device that answers every address in its range (unmapped ones too) may say so with
+`max_gap`: reads then span that many unmapped registers between points, e.g. the
+measurements and the control points of a PCS in one request.
+
 The HIL (hil/devices.py) encodes its physics through the same map and codec.
 """
 
@@ -145,6 +149,10 @@ class RegisterMap(_Model):
     word_order: Order = "big"
     slow_every: int = Field(30, ge=1, le=100_000, description="poll slow points every N polls")
     max_read: int = Field(120, ge=1, le=125, description="registers per read request")
+    max_gap: int = Field(0, ge=0, le=124, description=(
+        "unmapped registers one read may span between two points of a poll class (fewer "
+        "requests); only for devices that answer every address in that range. 0: only "
+        "gap-free runs are read together"))
     points: list[MapPoint] = Field(min_length=1)
 
     def point(self, key: str) -> MapPoint | None:
@@ -234,6 +242,9 @@ def _cross_checks(m: RegisterMap) -> list[str]:
     """What one point cannot see: duplicates, overlaps, roles, controls."""
     problems: list[str] = []
     index = {id(p): i for i, p in enumerate(m.points)}
+    if m.max_gap >= m.max_read:
+        problems.append(f"max_gap: {m.max_gap} unmapped registers cannot fit in a read of "
+                        f"max_read {m.max_read}; use a max_gap below max_read (or 0)")
 
     def at(p: MapPoint, field: str) -> str:
         return f"points[{index[id(p)]}].{field} (point {p.key})"

@@ -7,6 +7,9 @@ the wire, or a gateway's "no response" exception) backs off: its requests fail a
 unit probed on every poll would hold it for `timeout_s` each time and starve the healthy
 units behind the same gateway or on the same bus. Requests made under `drivers.base.urgent`
 (the safe state on the way down) go out regardless.
+
+Control writes the next poll covers are verified by it (`checks`, drivers.modbus.pending):
+every write here first forgets what an older write left at its registers.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import TypeVar
 
 from drivers.base import DeviceError, is_urgent
 from drivers.modbus.endpoint import GATEWAY_NO_REPLY, ModbusEndpoint, ModbusExceptionReply
+from drivers.modbus.pending import PendingChecks
 
 T = TypeVar("T")
 
@@ -31,6 +35,7 @@ class ModbusUnit:
         self.endpoint, self.unit = endpoint, unit
         self._backoff_s = 0.0
         self._retry_at = 0.0
+        self.checks = PendingChecks()
 
     @property
     def _who(self) -> str:
@@ -74,6 +79,7 @@ class ModbusUnit:
             lambda: self.endpoint.read(self.unit, address, count, input_registers=input_registers))
 
     async def _write_regs(self, address: int, regs: list[int]) -> None:
+        self.checks.forget("holding", address, len(regs))
         await self._call(lambda: self.endpoint.write(self.unit, address, regs))
 
     async def _read_bits(self, address: int, count: int, discrete: bool = False) -> list[bool]:
@@ -81,4 +87,26 @@ class ModbusUnit:
             lambda: self.endpoint.read_bits(self.unit, address, count, discrete=discrete))
 
     async def _write_coils(self, address: int, values: list[bool]) -> None:
+        self.checks.forget("coil", address, len(values))
         await self._call(lambda: self.endpoint.write_coils(self.unit, address, values))
+
+    def _poll_verifies(self, covered: bool) -> bool:
+        """A write whose registers every poll reads (`covered`) is left to the next poll,
+        except on the way down (`urgent`): the final safe state has no next poll, and must be
+        confirmed before the daemon stops."""
+        return covered and not is_urgent()
+
+    async def verify_left(self, mark: int) -> None:
+        """Read back the writes a poll sent at `mark` should have verified but did not cover
+        (its plan changed since they were written)."""
+        for e in self.checks.left(mark):
+            if e.table == "coil":
+                back = [int(b) for b in await self._read_bits(e.address, len(e.regs))]
+            else:
+                back = await self._read_regs(e.address, len(e.regs))
+            self.checks.check(e.table, e.address, back, mark)
+
+    def refused_write(self) -> str | None:
+        """Why writes sent without a read-back were not taken, as their polls found since
+        the last call (None: all taken); the write phase counts them as failed writes."""
+        return self.checks.take_refused()

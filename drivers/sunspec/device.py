@@ -107,6 +107,7 @@ class SunSpecDevice:
             size = sunspec.model(mid).point(point).size
             self._beats.append(_Beat(mid, point, (1 << 16 * size) - 1, int(current)))
             self._fast.setdefault(mid, point)  # read every poll: verifies the beat
+        self.sunspec.polled = self._fast  # control writes it covers skip their read-back
 
     async def _read_slow(self, skip: tuple[int, ...] = ()) -> None:
         values = await self.sunspec.read_many({mid: None for mid in self._slow
@@ -196,8 +197,10 @@ class SunSpecDevice:
         elif self._since_slow >= self.slow_every:
             await self._read_slow()
         latest = dict(self._slow_values)
+        mark = self.sunspec.checks.mark()
         for mid, values in (await self.sunspec.read_many(self._fast)).items():
             latest[mid] = {**self._slow_values.get(mid, {}), **values}
+        await self.sunspec.verify_left(mark)
         self._check_beats(latest)
         self._latest = latest
         self._since_slow += 1
@@ -209,6 +212,11 @@ class SunSpecDevice:
 
     async def _values(self, m: dict[int, dict]) -> dict[str, float]:
         raise NotImplementedError
+
+    def refused_write(self) -> str | None:
+        """Control writes the polls since the last call found not taken (see
+        drivers.modbus.pending); None: all taken."""
+        return self.sunspec.refused_write()
 
     def poll_requests(self) -> list[tuple[int, int]]:
         """(address, registers) of each read a poll between two slow rounds sends (once

@@ -1,5 +1,6 @@
 """A SunSpec unit over Modbus: its model chain (discovery), decoded reads in as few requests
-as the chain allows, and writes verified by read-back. The role drivers' common part
+as the chain allows, and writes verified by read-back, or by the next poll where it reads
+the written registers anyway (drivers.modbus.pending). The role drivers' common part
 (drivers.sunspec.device) polls through it; it runs over any `ModbusEndpoint`, TCP or RTU.
 """
 
@@ -38,6 +39,8 @@ class SunSpecUnit(ModbusUnit):
         self.common: dict[str, object] = {}
         self._sf: dict[int, dict[str, int | None]] = {}  # model id -> scale factors read
         self._planned: dict[tuple, tuple[dict[int, int], int, list[_Block]]] = {}
+        # What every poll reads (the device's fast models): writes inside it skip the read-back.
+        self.polled: dict[int, str | None] = {}
 
     async def discover(self) -> dict[int, int]:
         base = None
@@ -65,6 +68,7 @@ class SunSpecUnit(ModbusUnit):
             raise DeviceError(f"{self.endpoint.name} unit {self.unit}: model chain does not end")
         self.models = models
         self._sf.clear()
+        self.checks.clear()
         if 1 in models:
             self.common = await self.read(1)
         return models
@@ -122,6 +126,7 @@ class SunSpecUnit(ModbusUnit):
         and every register in it answers, so one request replaces two or three."""
         out: dict[int, dict] = {}
         for block in self._blocks(wanted):
+            mark = self.checks.mark()
             try:
                 regs = await self._read_regs(block.address, block.count)
             except ModbusExceptionReply as exc:
@@ -132,7 +137,17 @@ class SunSpecUnit(ModbusUnit):
                 raise
             for at, count, mid in block.models:
                 out[mid] = self._decode(mid, regs[at:at + count])
+            self.checks.check("holding", block.address, regs, mark)
         return out
+
+    def _covered(self, address: int, count: int) -> bool:
+        """Every poll reads these registers in one request (`polled`)."""
+        try:
+            blocks = self._blocks(self.polled) if self.polled else []
+        except DeviceError:  # a polled model is gone: the chain is rediscovered anyway
+            return False
+        return any(b.address <= address and address + count <= b.address + b.count
+                   for b in blocks)
 
     def _decode(self, model_id: int, regs: list[int]) -> dict:
         if regs[0] != model_id:
@@ -149,7 +164,8 @@ class SunSpecUnit(ModbusUnit):
                     verify: bool = True) -> None:
         """Write the given points of one model, each contiguous run of them in one request
         (in register order), each verified by read-back unless `verify` is False: then the
-        caller checks the value in a read it makes anyway (a heartbeat)."""
+        caller checks the value in a read it makes anyway (a heartbeat). A run every poll
+        reads (`polled`) is verified by the next poll instead (drivers.modbus.pending)."""
         if model_id not in self.models:
             raise DeviceError(f"unit {self.unit}: model {model_id} unknown; not (re)discovered yet")
         mdef = sunspec.model(model_id)
@@ -176,11 +192,17 @@ class SunSpecUnit(ModbusUnit):
             await self._write_regs(address, regs)
             if not verify:
                 continue
+            names = [p.name for p in run]
+            if self._poll_verifies(self._covered(address, len(regs))):
+                self.checks.expect("holding", address, regs,
+                                   f"{self.endpoint.name} unit {self.unit}: model {model_id} "
+                                   f"write of {names} at {address}")
+                continue
             # Verify by read-back: a device may accept a write and store something
             # else (clamp, round, ignore a point it does not implement).
             back = await self._read_regs(address, len(regs))
             if back != regs:
                 raise DeviceError(
                     f"{self.endpoint.name} unit {self.unit}: model {model_id} write of "
-                    f"{[p.name for p in run]} at {address} not taken: wrote {regs}, "
+                    f"{names} at {address} not taken: wrote {regs}, "
                     f"read back {back}")

@@ -36,6 +36,8 @@ class Writer:
         self.devices = devices
         self.on_error = on_error
         self.writers = [d for d in config.devices if role_of(d).controls(d)]
+        self._sent: set[str] = set()  # written since the last poll, no failure yet
+        self._refusing: set[str] = set()  # its last write checked by a poll was refused
 
     def due(self, mem: Memory, dev_id: str, value: float, revert_s: int, now_s: float,
             deadband: float) -> bool:
@@ -70,6 +72,34 @@ class Writer:
         for jobs in self.jobs(decision, mem, now_s, violated, force):
             await asyncio.gather(*(self._write_one(d, v, timeout, mem, record) for d, v in jobs))
 
+    def collect_refused(self, mem: Memory, record: Callable[[str, float | None], None]) -> None:
+        """Writes sent without a read-back request that the device's poll since found not
+        taken (drivers.modbus.pending): failed writes, as a read-back would have made them,
+        so they are counted, logged and retried alike. Called after the poll, before
+        deciding: the device answered, so it stays good; only its setpoint is owed."""
+        for dev in self.writers:
+            refused = getattr(self.devices.get(dev.id), "refused_write", None)
+            why = refused() if refused is not None else None
+            if why:
+                value = mem.written[dev.id].value
+                # Told once while the device keeps refusing (each retry "succeeds" on the wire).
+                self._failed(dev, math.nan if value is None else value, why, mem, record,
+                             quiet=dev.id in self._refusing)
+                self._refusing.add(dev.id)
+            elif dev.id in self._sent:
+                self._refusing.discard(dev.id)
+        self._sent.clear()
+
+    def _failed(self, dev, value: float, why: str, mem: Memory,
+                record: Callable[[str, float | None], None], quiet: bool = False) -> None:
+        if not quiet and not mem.written[dev.id].failed:
+            log.warning("device %s: writing %s failed: %s; retried every cycle, and "
+                        "its own revert timer takes it to its safe state if none gets "
+                        "through (check its link if this repeats)", dev.id,
+                        role_of(dev).setpoint_text(dev, value), why)
+        self.on_error(dev.id)
+        record(dev.id, None)
+
     async def _write_one(self, dev, value: float, timeout: float, mem: Memory,
                          record: Callable[[str, float | None], None]) -> None:
         try:
@@ -78,14 +108,9 @@ class Writer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - one device's fault must not stop the others
-            if not mem.written[dev.id].failed:
-                why = (f"no answer within {timeout:.2g} s" if isinstance(exc, TimeoutError)
-                       else str(exc) or type(exc).__name__)
-                log.warning("device %s: writing %s failed: %s; retried every cycle, and "
-                            "its own revert timer takes it to its safe state if none gets "
-                            "through (check its link if this repeats)", dev.id,
-                            role_of(dev).setpoint_text(dev, value), why)
-            self.on_error(dev.id)
-            record(dev.id, None)
+            why = (f"no answer within {timeout:.2g} s" if isinstance(exc, TimeoutError)
+                   else str(exc) or type(exc).__name__)
+            self._failed(dev, value, why, mem, record)
             return
+        self._sent.add(dev.id)
         record(dev.id, value)

@@ -24,8 +24,9 @@ class MapSimDevice(SimulatedDevice):
     register image is the map's points, encoded from `point_values()` (engineering units,
     our sign convention) by the map's own codec, the one the driver decodes with. rw/w points
     hold what the client wrote and read back as written; unmapped addresses answer
-    ILLEGAL_ADDRESS; r points reject writes (pymodbus enforces the per-register readonly
-    flag). Holding and input registers, coils and discrete inputs are separate tables when the
+    ILLEGAL_ADDRESS, unless the map lets reads bridge them (`max_gap`): then those between
+    mapped ones read 0 and refuse writes, as a device that answers its whole range; r points
+    reject writes (pymodbus enforces the per-register readonly flag). Holding and input registers, coils and discrete inputs are separate tables when the
 map uses more than holding registers; bits live at addresses 0..15."""
 
     models = ()
@@ -33,6 +34,9 @@ map uses more than holding registers; bits live at addresses 0..15."""
     # Set by the site for the island's units (hil/island.py): brings the physics up to now
     # and returns the simulated second, so a request is served and timed at its own instant.
     sync: Callable[[], float] | None = None
+    # Unmapped addresses between mapped ones answer (read 0); None: when the map's max_gap
+    # says its devices do.
+    answers_gaps: bool | None = None
 
     def __init__(self, cfg: DeviceConfig, site_max_kw: float,
                  regmap: RegisterMap | None = None) -> None:
@@ -83,6 +87,9 @@ map uses more than holding registers; bits live at addresses 0..15."""
         for p in points:
             for i, r in enumerate(self.map.encode(p, values.get(p.key, 0.0), clamp=True)):
                 regs[p.address + i] = (r, p.access == "r")
+        if self.map.max_gap > 0 if self.answers_gaps is None else self.answers_gaps:
+            for addr in range(min(regs), max(regs)):
+                regs.setdefault(addr, (0, True))
         blocks: list[SimData] = []
         run: list[int] = []
         for addr in sorted(regs):

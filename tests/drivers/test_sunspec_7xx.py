@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 
@@ -328,7 +329,7 @@ async def test_704_setpoint_beyond_the_device_rating_is_clamped_by_the_driver(si
     assert site.state("der_bess")["command_kw"] == pytest.approx(-20.0)
 
 
-async def test_704_write_the_device_silently_derates_is_not_taken(site, drivers):
+async def test_704_write_the_device_silently_derates_is_found_not_taken(site, drivers):
     drv = drivers["der_bess"]
     await drv.poll()
     dev = site.devices["der_bess"]
@@ -340,9 +341,10 @@ async def test_704_write_the_device_silently_derates_is_not_taken(site, drivers)
         on_write(model_id, changes, before)
 
     dev.on_write = derate
-    with pytest.raises(DeviceError, match=r"model 704 write of \['WSetEna', 'WSetMod', 'WSet', "
-                                          r"'WSetRvrt'\] at \d+ not taken"):
-        await drv.write_power(12.0, revert_s=60)
+    await drv.write_power(12.0, revert_s=60)  # 704 is read every poll: no read-back
+    await drv.poll()
+    assert re.search(r"model 704 write of \['WSetEna', 'WSetMod', 'WSet', 'WSetRvrt'\] at \d+: "
+                     r"the device did not take the command", drv.refused_write() or "")
 
 
 async def test_slow_models_are_read_at_discovery_then_every_n_polls_with_their_own_time(site, drivers):

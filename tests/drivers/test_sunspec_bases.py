@@ -75,11 +75,14 @@ async def test_role_drivers_find_chains_at_0_and_50000_and_control_through_them(
         assert site.state("pv1")["power_kw"] > 10
         assert r_pv.values["power_kw"] == pytest.approx(site.state("pv1")["power_kw"], abs=0.05)
         assert r_bess.values["soc_pct"] == pytest.approx(55, abs=0.5)
-        # Writes land on the moved chains: verified by read-back, and the devices act on them.
+        # Writes land on the moved chains: verified by the next poll, and the devices act on them.
         await pv.write_limit(12.0, revert_s=60)
         await bess.write_power(-5.0, revert_s=60)
         assert site.state("pv1")["limit_kw"] == pytest.approx(12.0, abs=0.1)
         assert site.state("bess1")["command_kw"] == pytest.approx(-5.0, abs=0.1)
+        await pv.poll()
+        await bess.poll()
+        assert pv.refused_write() is None and bess.refused_write() is None
     finally:
         await ep.close()
 

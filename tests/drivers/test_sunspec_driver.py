@@ -1,5 +1,5 @@
 """SunSpec role drivers over real loopback sockets: several units behind one endpoint (a
-gateway), a unit that stops answering, and writes verified by read-back.
+gateway), a unit that stops answering, and writes verified by the next poll.
 
 A small Modbus TCP proxy between the driver and the HIL stands in for the field: it can
 swallow every request to one unit id (a slave that never answers: no reply at all, not even a
@@ -279,17 +279,31 @@ async def test_gateway_no_response_backs_off_and_recovers(site, proxy):
     assert unit._backoff_s == 0.0
 
 
-async def test_write_is_verified_by_one_read_back(site, proxy):
+async def test_a_write_every_poll_reads_is_verified_by_the_next_poll_not_a_read_back(site, proxy):
     ep, devices = drivers_on(proxy.port, timeout_s=0.5)
     pv = devices["pv1"]
     await pv.poll()  # reads model 123, so its scale factor is known
     proxy.requests.clear()
     await pv.write_limit(12.0, revert_s=60)
-    assert proxy.requests == [(1, 0x10), (1, 0x03)]  # the write, then one read-back
+    assert proxy.requests == [(1, 0x10)]  # the write alone: model 123 is read every poll
     assert site.state("pv1")["limit_kw"] == pytest.approx(12.0, abs=0.1)
+    proxy.requests.clear()
+    await pv.poll()
+    assert proxy.requests == [(1, 0x03)]
+    assert pv.refused_write() is None
 
 
-async def test_write_the_device_silently_changes_raises(site, proxy):
+async def test_a_write_no_poll_reads_is_verified_by_one_read_back(site, proxy):
+    ep, devices = drivers_on(proxy.port, timeout_s=0.5)
+    pv = devices["pv1"]
+    await pv.poll()
+    pv.sunspec.polled = {mid: through for mid, through in pv._fast.items() if mid != 123}
+    proxy.requests.clear()
+    await pv.write_limit(12.0, revert_s=60)
+    assert proxy.requests == [(1, 0x10), (1, 0x03)]  # the write, then one read-back
+
+
+async def test_write_the_device_silently_changes_is_found_by_the_next_poll(site, proxy):
     ep, devices = drivers_on(proxy.port, timeout_s=0.5)
     pv, bess = devices["pv1"], devices["bess1"]
     await pv.connect()
@@ -298,7 +312,10 @@ async def test_write_the_device_silently_changes_raises(site, proxy):
     # third register of the WMaxLimPct..WMaxLim_Ena block).
     proxy.rewrite = lambda unit, regs: (
         [regs[0], regs[1], regs[2] + 7, *regs[3:]] if unit == 1 else regs)
-    with pytest.raises(DeviceError, match=r"unit 1: model 123 write of \['WMaxLimPct'.*\] at \d+ "
-                                          r"not taken"):
-        await pv.write_limit(12.0, revert_s=60)
+    await pv.write_limit(12.0, revert_s=60)
     await bess.write_power(-5.0, revert_s=60)  # other units' writes are untouched
+    await pv.poll()  # the device answered: its poll stands
+    await bess.poll()
+    assert re.match(r".* unit 1: model 123 write of \['WMaxLimPct'.*\] at \d+: the device did "
+                    r"not take the command", pv.refused_write() or "")
+    assert bess.refused_write() is None and pv.refused_write() is None

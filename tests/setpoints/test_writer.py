@@ -83,3 +83,49 @@ async def test_a_write_that_times_out_is_logged_with_its_unit_and_why(caplog):
     await writer.write(decision, memory, 10.0, 0.05, False, lambda dev_id, value: None)
     assert failed == ["bess1"]
     assert "device bess1: writing 50.00 kW failed: no answer within 0.05 s" in caplog.text
+
+
+class RefusingPcs:
+    """Acks every write; its next poll finds the setpoint not taken while `refuses`."""
+
+    def __init__(self) -> None:
+        self.refuses = True
+        self.found: str | None = None
+
+    async def write_power(self, kw: float, revert_s: int) -> None:
+        self.found = "holds 10 kW" if self.refuses else None
+
+    def refused_write(self) -> str | None:
+        found, self.found = self.found, None
+        return found
+
+
+async def test_a_setpoint_a_poll_found_not_taken_is_a_failed_write_told_once_while_it_lasts(caplog):
+    ctl = Controller(SITE, load_kernel())
+    image = site_image(soc=50.0, heater_kw=0.0)
+    decision, memory = ctl.decide(image, None, ctl.initial_memory(), 10.0)
+    pcs, failed = RefusingPcs(), []
+    writer = Writer(SITE, {"heater": Relay(), "bess1": pcs}, on_error=failed.append)
+
+    def record(dev_id: str, value: float | None) -> None:
+        ctl.after_writes(memory, {dev_id: value}, 10.0)
+
+    def cycle() -> bool:
+        """After a poll: take its findings; whether the battery is owed a write now."""
+        writer.collect_refused(memory, record)
+        return memory.written["bess1"].failed
+
+    await writer.write(decision, memory, 10.0, 1.0, False, record)
+    for _ in range(3):  # refused each time: retried each cycle, told once
+        assert cycle()
+        await writer.write(decision, memory, 10.0, 1.0, False, record)
+    pcs.refuses = False
+    assert cycle()
+    await writer.write(decision, memory, 10.0, 1.0, False, record)
+    assert not cycle()  # taken: nothing owed, and a refusal later is news again
+    pcs.refuses = True
+    await writer.write(decision, memory, 10.0, 1.0, False, record, force=True)
+    assert cycle()
+    assert failed == ["bess1"] * 5
+    told = [r.getMessage() for r in caplog.records if "holds 10 kW" in r.getMessage()]
+    assert len(told) == 2 and told[0].startswith("device bess1: writing 50.00 kW failed: holds 10 kW")
