@@ -24,6 +24,7 @@ from pymodbus.client import AsyncModbusTcpClient, ModbusBaseClient
 from pymodbus.exceptions import ModbusException, ModbusIOException
 
 from drivers.base import DeviceError, is_urgent
+from drivers.modbus.fastpdu import fast_registers
 from drivers.modbus.pipeline import NotSent, PipelinedTcpClient
 
 MAX_READ = 120  # registers per request (Modbus allows 125)
@@ -253,6 +254,8 @@ class Endpoint(ModbusEndpoint):
     def _new_client(self) -> AsyncModbusTcpClient | PipelinedTcpClient:
         if self.max_in_flight > 1:
             return PipelinedTcpClient(self.host, self.port, self.timeout_s, self.max_in_flight)
-        return AsyncModbusTcpClient(
+        client = AsyncModbusTcpClient(
             self.host, port=self.port, timeout=self.timeout_s, retries=0, reconnect_delay=0
         )
+        fast_registers(client.register)
+        return client

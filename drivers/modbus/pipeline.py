@@ -46,6 +46,8 @@ from pymodbus.exceptions import ModbusException, ModbusIOException
 from pymodbus.framer import FramerSocket
 from pymodbus.pdu import DecodePDU, ModbusPDU
 
+from drivers.modbus.fastpdu import fast_registers
+
 log = logging.getLogger(__name__)
 
 MBAP_LEN = 7  # transaction id, protocol id, length, unit id
@@ -80,6 +82,7 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
         self.timeout_s = timeout_s
         self.max_in_flight = max_in_flight
         self._framer = FramerSocket(DecodePDU(is_server=False))
+        fast_registers(self._framer.decoder.register)
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: dict[int, _Transaction] = {}
         self._next_tid = 0

@@ -21,6 +21,7 @@ from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient
 
 from drivers.modbus.endpoint import ModbusEndpoint
+from drivers.modbus.fastpdu import fast_registers
 from drivers.spec import SerialSpec
 
 
@@ -52,11 +53,13 @@ class SerialEndpoint(ModbusEndpoint):
 
     def _new_client(self) -> AsyncModbusSerialClient:
         s = self.serial
-        return AsyncModbusSerialClient(
+        client = AsyncModbusSerialClient(
             s.port, framer=FramerType.RTU, baudrate=s.baudrate, bytesize=s.bytesize,
             parity=s.parity, stopbits=s.stopbits, timeout=self.timeout_s, retries=0,
             reconnect_delay=0, name=f"rtu {s.port}",
         )
+        fast_registers(client.register)
+        return client
 
     async def _pace(self) -> None:
         while (wait := self._quiet_from - time.monotonic()) > 0:
