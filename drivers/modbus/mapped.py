@@ -190,7 +190,8 @@ class MapMeter(MapDevice):
 
 class MapBattery(MapDevice):
     """values: power_kw (+discharge/-charge), soc_pct (+ extras). Control: `setpoint` in kW,
-    with `revert` and `enable` written alongside when the map has them.
+    with `revert` and `enable` written alongside when the map has them, and `auto_transfer`
+    1 when the PCS is to transfer to island on its own.
 
     With a `bms` (a read-only unit of its own behind the same endpoint) its values come along
     as `bms.<key>`, each stamped with its read time. The BMS is monitoring: when it does not
@@ -199,9 +200,14 @@ class MapBattery(MapDevice):
     role = "battery"
 
     def __init__(self, device_id: str, endpoint: ModbusEndpoint, unit: int, regmap: RegisterMap,
-                 protocol: str = "modbus-tcp", bms: MapDevice | None = None) -> None:
+                 protocol: str = "modbus-tcp", bms: MapDevice | None = None,
+                 auto_transfer: bool = False) -> None:
+        if auto_transfer and regmap.point("auto_transfer") is None:
+            raise DeviceError(f"{device_id}: map {regmap.name} has no auto_transfer point; this "
+                              "PCS cannot be told to transfer on its own")
         super().__init__(device_id, endpoint, unit, regmap, protocol)
         self.bms = bms
+        self.auto_transfer = auto_transfer
         self._bms: Reading | None = None
         who = f"{device_id}: BMS unit {bms.unit}".replace("%", "%%") if bms else ""
         self._bms_down = Episode(
@@ -239,6 +245,14 @@ class MapBattery(MapDevice):
         if self.bms is not None:
             out["bms"] = f"unit {self.bms.unit} ({self.bms.map.name})"
         return out
+
+    async def command(self, key: str, value: float, revert_s: int,
+                      also: dict[str, float] | None = None) -> None:
+        """As every map-driven command, with `auto_transfer` 1 alongside when configured: a
+        PCS that restarted with its factory setting is set again by the next command."""
+        if self.auto_transfer:
+            also = {**(also or {}), "auto_transfer": 1.0}
+        await super().command(key, value, revert_s, also)
 
     async def write_power(self, kw: float, revert_s: int) -> None:
         """A power setpoint; a PCS that can form the grid is told to follow it as well."""
