@@ -228,7 +228,9 @@ def islanding(m: GridMachine, o: Observation) -> tuple[str, str]:
         return ISLANDING, ""
     if not o.supply:
         return BLACK_START, "no grid-forming battery has energy left"
-    own = o.forming and not m.forming  # it forms without having been told
+    # It formed without having been told, or it tripped the breaker itself (its reading
+    # may lag the breaker's by a poll, after the controller told it to form on).
+    own = (o.auto_transfer and o.tripped) or (o.forming and not m.forming)
     # Commanded, form only once the shed loads read off; a PCS that transfers on its own
     # forms whatever the loads (its overload rating carries them until they are shed).
     if not m.forming and (o.auto_transfer or not o.flex_on):

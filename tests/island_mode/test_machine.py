@@ -71,7 +71,11 @@ def test_a_pcs_that_transfers_on_its_own_is_told_to_form_before_the_loads_read_o
     m.command(False, 0.0)
     o = obs(0.2, tripped=True, closed=False, bus_v=0.0, bus_hz=0.0, flex_on=True, **DEAD)
     assert m.step(o) == gm.ISLANDING and not m.forming  # commanded: the loads go first
-    assert m.step(replace(o, t_s=0.4, auto_transfer=True)) == gm.ISLANDING and m.forming
+    o = replace(o, t_s=0.4, auto_transfer=True)
+    assert m.step(o) == gm.ISLANDING and m.forming
+    # Its reading comes a poll after the breaker's: still its own transfer.
+    assert m.step(replace(o, t_s=0.6, forming=True, bus_v=230.0, bus_hz=50.0)) == gm.ISLAND
+    assert m.transitions[-1].reason.startswith("the PCS transferred on its own")
 
 
 def test_islanding_opens_first_and_never_forms_while_the_breaker_is_closed():
