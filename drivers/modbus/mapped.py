@@ -67,6 +67,7 @@ class MapDevice(ModbusUnit):
         self._fast = plan_reads([p for p in regmap.points if p.poll == "fast"], regmap.max_read)
         self._slow = plan_reads([p for p in regmap.points if p.poll == "slow"], regmap.max_read)
         self._polls = 0
+        self.alongside: dict[str, float] = {}  # points written with every command (a mode)
         self._slow_values: dict[str, float] = {}
         self._slow_at = 0.0
 
@@ -161,8 +162,8 @@ class MapDevice(ModbusUnit):
     async def command(self, key: str, value: float, revert_s: int,
                       also: dict[str, float] | None = None) -> None:
         """Write one control point (and `also`), with the map's `enable` value and `revert`
-        timer alongside where it has them."""
-        cmd = {key: value, **(also or {})}
+        timer alongside where it has them, and `alongside`."""
+        cmd = {key: value, **self.alongside, **(also or {})}
         if (en := self.map.point("enable")) is not None:
             cmd["enable"] = float(en.value or 0)
         if self.map.point("revert") is not None:
@@ -190,8 +191,7 @@ class MapMeter(MapDevice):
 
 class MapBattery(MapDevice):
     """values: power_kw (+discharge/-charge), soc_pct (+ extras). Control: `setpoint` in kW,
-    with `revert` and `enable` written alongside when the map has them, and `auto_transfer`
-    1 when the PCS is to transfer to island on its own.
+    with `revert` and `enable` (and `auto_transfer` 1, when told to) written alongside.
 
     With a `bms` (a read-only unit of its own behind the same endpoint) its values come along
     as `bms.<key>`, each stamped with its read time. The BMS is monitoring: when it does not
@@ -202,12 +202,10 @@ class MapBattery(MapDevice):
     def __init__(self, device_id: str, endpoint: ModbusEndpoint, unit: int, regmap: RegisterMap,
                  protocol: str = "modbus-tcp", bms: MapDevice | None = None,
                  auto_transfer: bool = False) -> None:
-        if auto_transfer and regmap.point("auto_transfer") is None:
-            raise DeviceError(f"{device_id}: map {regmap.name} has no auto_transfer point; this "
-                              "PCS cannot be told to transfer on its own")
         super().__init__(device_id, endpoint, unit, regmap, protocol)
         self.bms = bms
-        self.auto_transfer = auto_transfer
+        if auto_transfer:  # set again by every command, should the PCS restart without it
+            self.alongside["auto_transfer"] = 1.0
         self._bms: Reading | None = None
         who = f"{device_id}: BMS unit {bms.unit}".replace("%", "%%") if bms else ""
         self._bms_down = Episode(
@@ -245,14 +243,6 @@ class MapBattery(MapDevice):
         if self.bms is not None:
             out["bms"] = f"unit {self.bms.unit} ({self.bms.map.name})"
         return out
-
-    async def command(self, key: str, value: float, revert_s: int,
-                      also: dict[str, float] | None = None) -> None:
-        """As every map-driven command, with `auto_transfer` 1 alongside when configured: a
-        PCS that restarted with its factory setting is set again by the next command."""
-        if self.auto_transfer:
-            also = {**(also or {}), "auto_transfer": 1.0}
-        await super().command(key, value, revert_s, also)
 
     async def write_power(self, kw: float, revert_s: int) -> None:
         """A power setpoint; a PCS that can form the grid is told to follow it as well."""

@@ -121,9 +121,11 @@ async def test_a_pcs_told_to_transfer_on_its_own_gets_auto_transfer_with_every_c
         assert not sim.auto  # not configured: left as it is
 
 
-def test_a_pcs_map_without_auto_transfer_cannot_be_told_to_transfer():
-    regmap = load_map("pcs_generic")
-    bare = regmap.model_copy(update={"points": [p for p in regmap.points
-                                                if p.key != "auto_transfer"]})
-    with pytest.raises(DeviceError, match="no auto_transfer point"):
-        MapBattery("bess", None, 1, bare, auto_transfer=True)
+async def test_a_pcs_map_without_auto_transfer_cannot_be_told_to_transfer():
+    sim = build(BESS, 100.0)
+    async with served(sim) as ep:
+        regmap = load_map("pcs_generic")
+        bare = regmap.model_copy(update={"points": [p for p in regmap.points
+                                                    if p.key != "auto_transfer"]})
+        with pytest.raises(DeviceError, match="no writable point 'auto_transfer'"):
+            await MapBattery("bess", ep, 1, bare, auto_transfer=True).write_power(5.0, 60)
