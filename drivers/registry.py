@@ -59,7 +59,11 @@ def _modbus_map(spec: DeviceSpec, endpoints: dict, now: Now | None = None) -> De
     if spec.bms_map is not None and spec.bms_unit_id is not None:
         bms = MapDevice(f"{spec.id}.bms", endpoint, spec.bms_unit_id, load_map(spec.bms_map),
                         spec.protocol)
-        return MapBattery(spec.id, endpoint, spec.unit_id, regmap, spec.protocol, bms=bms)
+        return MapBattery(spec.id, endpoint, spec.unit_id, regmap, spec.protocol, bms=bms,
+                          auto_transfer=spec.auto_transfer)
+    if spec.role == "battery":
+        return MapBattery(spec.id, endpoint, spec.unit_id, regmap, spec.protocol,
+                          auto_transfer=spec.auto_transfer)
     return MAP_ROLES[spec.role](spec.id, endpoint, spec.unit_id, regmap, spec.protocol)
 
 

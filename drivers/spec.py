@@ -59,6 +59,7 @@ class DeviceSpec:
     pt_ratio: float = 1.0
     bms_map: str | None = None  # a BMS on its own unit id beside a map-driven battery
     bms_unit_id: int | None = None
+    auto_transfer: bool = False  # a map-driven PCS told to transfer to island on its own
     revert_pct: float = 100.0  # where a SunSpec 704 PV inverter reverts when we go quiet
     ocpp: OcppSpec | None = None  # protocol "ocpp": the charger and the CSMS it reaches
     max_in_flight: int = 1  # Modbus TCP: requests on the shared connection at once

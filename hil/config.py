@@ -119,6 +119,16 @@ class SimParams(_Model):
                                 "mechanism)")
     form_s: float = Field(0.5, ge=0, le=30, description="battery: time from grid_mode 1 to "
                           "the PCS forming the grid (it delivers nothing meanwhile)")
+    detect_ms: float = Field(10.0, ge=0, le=1000, description="battery with auto_transfer: "
+                             "its loss-of-mains detection, from the grid's loss to its trip "
+                             "of the PCC switch")
+    overload_pct: float = Field(100.0, ge=100, le=300, description="battery: what a forming "
+                                "PCS delivers for overload_s, % of max_discharge_kw")
+    overload_s: float = Field(0.0, ge=0, le=600, description="battery: how long a forming PCS "
+                              "carries its overload before the island collapses")
+    ride_through_s: float = Field(0.02, ge=0, le=10, description="load: the longest break it "
+                                  "rides through (its hold-up time, ITIC / SEMI F47: ~20 ms); "
+                                  "a critical load's longer break counts as unserved in full")
 
     @field_validator("models")
     @classmethod

@@ -1,9 +1,16 @@
 """The site side of the PCC breaker: while the breaker is closed onto a live grid the grid
-takes the residual; otherwise the grid-forming PCS must, within its power and its energy,
-or the island collapses (every device on the bus goes dark). Surplus a forming battery
-cannot absorb raises the island's frequency and PV backs off (frequency-watt). A forming
-PCS that sees the grid back pulls its frequency towards the grid's until the phase across
-the breaker closes (its synchronising function). Unserved critical energy is counted."""
+takes the residual; otherwise the grid-forming PCS must, within its power (beyond it for
+`sim.overload_s` at most, up to `sim.overload_pct`) and its energy, or the island collapses
+(every device on the bus goes dark). A PCS that transfers on its own trips the breaker and
+forms at its own instants (MapBatteryPcs.transfer). Surplus a forming battery cannot absorb
+raises the island's frequency and PV backs off (frequency-watt). A forming PCS that sees the
+grid back pulls its frequency towards the grid's until the phase across the breaker closes
+(its synchronising function).
+
+Unserved critical energy is counted with the loads' ride-through: a critical load's break no
+longer than its hold-up (`sim.ride_through_s`) is no interruption; a longer one counts in
+full, from its first instant. `dark_s` is every instant a critical load was unsupplied,
+ridden through or not."""
 
 from __future__ import annotations
 
@@ -30,6 +37,9 @@ class Pcc:
         self.unserved_critical_kwh = 0.0
         self.critical_kwh = 0.0
         self.dark_s = 0.0  # simulated seconds with a critical load unsupplied
+        self.longest_dark_s = 0.0  # the longest break of any critical load
+        self.interruptions = 0  # critical loads' breaks longer than their ride-through
+        self._breaks: dict[str, list[float]] = {}  # load id -> [break so far s, its kWh]
 
     def attach(self, now: Callable[[], float]) -> None:
         """`now()` brings the physics up to the clock and returns the simulated second: a
@@ -42,11 +52,22 @@ class Pcc:
             if isinstance(d, MapSimDevice):
                 d.sync = now
 
+    def act(self, t_s: float) -> None:
+        """What the PCS do on their own at t_s, before the sub-step that starts there: trip
+        the breaker, form (auto transfer)."""
+        if self.breaker is not None:
+            for p in self.pcs:
+                p.transfer(self.breaker, t_s)
+
     def due_after(self, t_s: float) -> float:
-        """The next instant after t_s a breaker operation or a PCS's forming completes (a
-        physics sub-step ends there, so it takes effect then, not at the next whole second)."""
+        """The next instant after t_s a breaker operation, a PCS's forming or its trip of the
+        breaker completes (a physics sub-step ends there, so it takes effect then, not at the
+        next whole second)."""
         dues = [t for d in (self.breaker, *self.pcs) if d is not None
                 and (t := d.due_s()) is not None and t > t_s + 1e-9]
+        if self.breaker is not None:
+            dues += [t for p in self.pcs if (t := p.transfer_due_s(self.breaker)) is not None
+                     and t > t_s + 1e-9]
         return min(dues, default=math.inf)
 
     def settle(self, pv: float, bess: float, load: float,
@@ -94,10 +115,21 @@ class Pcc:
 
     @staticmethod
     def _run(p: MapBatteryPcs, kw: float, dt_s: float) -> float:
-        """The forming PCS at `kw` for dt_s (no ramp: it is the voltage source)."""
-        kw = max(-p.cfg.max_charge_kw, min(p.cfg.max_discharge_kw, kw))
-        p.battery.power_kw = kw
-        p.power_kw = p.battery.step(kw, dt_s)
+        """The forming PCS at `kw` for dt_s (no ramp: it is the voltage source); beyond its
+        rating only while its overload time lasts (back within it, the time starts again)."""
+        rated = p.cfg.max_discharge_kw
+        cap = rated
+        if kw > rated + 1e-9 and p.over_s < p.sim.overload_s:
+            cap = rated * p.sim.overload_pct / 100
+            p.over_s += dt_s
+        elif kw <= rated + 1e-9:
+            p.over_s = 0.0
+        kw = max(-p.cfg.max_charge_kw, min(cap, kw))
+        p.battery.power_kw, p.battery.max_discharge_kw = kw, cap
+        try:
+            p.power_kw = p.battery.step(kw, dt_s)
+        finally:
+            p.battery.max_discharge_kw = rated
         return p.power_kw
 
     @staticmethod
@@ -111,7 +143,7 @@ class Pcc:
         self.live = False
         for p in forming:
             p.power_kw = p.battery.power_kw = 0.0
-            p.held["grid_mode"] = 0.0  # the PCS trips out of grid-forming
+            p.drop_out()
         for d in self.bus:
             d.power_kw = 0.0
         b.bus_v = b.bus_hz = 0.0
@@ -122,12 +154,25 @@ class Pcc:
     def _account(self, dt_s: float) -> None:
         h, dark = dt_s / 3600, False
         for d in self.critical:
-            self.critical_kwh += d.cfg.rated_kw * h
-            if not self.live or d.power_kw < 0.5 * d.cfg.rated_kw:
-                self.unserved_critical_kwh += d.cfg.rated_kw * h
-                dark = True
+            kwh = d.cfg.rated_kw * h
+            self.critical_kwh += kwh
+            if self.live and d.power_kw >= 0.5 * d.cfg.rated_kw:
+                self._breaks.pop(d.id, None)  # supplied: a break it rode through is forgotten
+                continue
+            dark = True
+            brk = self._breaks.setdefault(d.id, [0.0, 0.0])
+            was_within = brk[0] <= d.sim.ride_through_s + 1e-9
+            brk[0] += dt_s
+            self.longest_dark_s = max(self.longest_dark_s, brk[0])
+            if brk[0] <= d.sim.ride_through_s + 1e-9:
+                brk[1] += kwh  # within its hold-up so far
+                continue
+            self.interruptions += was_within  # it has just outlasted its hold-up
+            self.unserved_critical_kwh += kwh + brk[1]
+            brk[1] = 0.0
         self.dark_s += dt_s if dark else 0.0
 
     def kpis(self) -> dict[str, float]:
         return {"critical_kwh": self.critical_kwh, "dark_s": self.dark_s,
+                "longest_dark_s": self.longest_dark_s, "interruptions": self.interruptions,
                 "unserved_critical_kwh": self.unserved_critical_kwh, "collapses": self.collapses}

@@ -122,6 +122,7 @@ class SimSite:
     def step_to(self, t_s: float) -> None:
         """Integrate up to simulated second `t_s`, in sub-steps that end on whole seconds."""
         while self.t_s < t_s - 1e-9:
+            self.pcc.act(self.t_s)
             t_next = min(t_s, math.floor(self.t_s + 1e-9) + 1.0, self.pcc.due_after(self.t_s))
             self._substep(t_next - self.t_s)
             minute_before = math.floor(self.t_s / 60 + 1e-9)

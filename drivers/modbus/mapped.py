@@ -40,6 +40,7 @@ class MapDevice(ModbusUnit):
         gap = min(regmap.max_gap, RTU_MAX_GAP) if rtu else regmap.max_gap
         self._plan(gap)
         self._polls = 0
+        self.alongside: dict[str, float] = {}  # points written with every command (a mode)
         self._slow_values: dict[str, float] = {}
         self._slow_at = 0.0
 
@@ -158,8 +159,8 @@ class MapDevice(ModbusUnit):
     async def command(self, key: str, value: float, revert_s: int,
                       also: dict[str, float] | None = None) -> None:
         """Write one control point (and `also`), with the map's `enable` value and `revert`
-        timer alongside where it has them."""
-        cmd = {key: value, **(also or {})}
+        timer alongside where it has them, and `alongside`."""
+        cmd = {key: value, **self.alongside, **(also or {})}
         if (en := self.map.point("enable")) is not None:
             cmd["enable"] = float(en.value or 0)
         if self.map.point("revert") is not None:
@@ -187,7 +188,7 @@ class MapMeter(MapDevice):
 
 class MapBattery(MapDevice):
     """values: power_kw (+discharge/-charge), soc_pct (+ extras). Control: `setpoint` in kW,
-    with `revert` and `enable` written alongside when the map has them.
+    with `revert` and `enable` (and `auto_transfer` 1, when told to) written alongside.
 
     With a `bms` (a read-only unit of its own behind the same endpoint) its values come along
     as `bms.<key>`, each stamped with its read time. The BMS is monitoring: when it does not
@@ -196,9 +197,12 @@ class MapBattery(MapDevice):
     role = "battery"
 
     def __init__(self, device_id: str, endpoint: ModbusEndpoint, unit: int, regmap: RegisterMap,
-                 protocol: str = "modbus-tcp", bms: MapDevice | None = None) -> None:
+                 protocol: str = "modbus-tcp", bms: MapDevice | None = None,
+                 auto_transfer: bool = False) -> None:
         super().__init__(device_id, endpoint, unit, regmap, protocol)
         self.bms = bms
+        if auto_transfer:  # set again by every command, should the PCS restart without it
+            self.alongside["auto_transfer"] = 1.0
         self._bms: Reading | None = None
         who = f"{device_id}: BMS unit {bms.unit}".replace("%", "%%") if bms else ""
         self._bms_down = Episode(

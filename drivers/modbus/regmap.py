@@ -18,7 +18,10 @@ too, under reserved keys:
 - `enable` (optional; written with its `value` together with every command),
 - `revert` (optional; s, the device's own fallback timer, written with every command),
 - `switch` (breaker: 1 = close, 0 = open; usually a coil, its position a discrete input),
-- `grid_mode` (battery PCS: 1 = form the grid (voltage source), 0 = follow it).
+- `grid_mode` (battery PCS: 1 = form the grid (voltage source), 0 = follow it; an optional
+  read-only `forming` reports the mode the PCS is in, whoever switched it),
+- `auto_transfer` (battery PCS, optional: 1 = on a loss of mains it trips the PCC switch
+  itself and forms at once; written with every command when the battery's config asks).
 
 Points live in holding or input registers, or are single bits: coils (read/write, function
 1/5/15) and discrete inputs (read-only, function 2), `type: bool`.
@@ -67,7 +70,7 @@ ROLE_KEYS: dict[str, tuple[str, ...]] = {
 # An HVAC unit is driven one of these ways, whichever its map has (checked below).
 HVAC_CONTROLS = (("limit", "control_mode"), ("sg_ready",), ("offset_k", "thermostat_c"))
 CONTROL_KEYS = ("setpoint", "limit", "enable", "revert", "relay", "switch", "grid_mode",
-                "control_mode", "sg_ready", "offset_k")
+                "auto_transfer", "control_mode", "sg_ready", "offset_k")
 # Units of the keys control or the platform interpret; a map must deliver them in these.
 KEY_UNITS: dict[str, tuple[str, ...]] = {
     "power_kw": ("kW",), "import_kwh": ("kWh",), "export_kwh": ("kWh",), "soc_pct": ("%",),
@@ -75,6 +78,7 @@ KEY_UNITS: dict[str, tuple[str, ...]] = {
     "max_discharge_kw": ("kW",), "capacity_kwh": ("kWh",), "setpoint": ("kW",),
     "limit": ("%", "kW"), "revert": ("s",), "relay": ("",), "relay_feedback": ("",),
     "bus_v": ("V",), "v_ref": ("V",), "closed": ("",), "switch": ("",), "grid_mode": ("",),
+    "auto_transfer": ("",), "forming": ("",),
     "grid_v": ("V",), "grid_hz": ("Hz",), "bus_hz": ("Hz",), "phase_deg": ("deg",),
     "zone_temp_c": ("°C",), "outdoor_temp_c": ("°C",),
     "tank_temp_c": ("°C",), "control_mode": ("",), "sg_ready": ("",), "offset_k": ("K",),

@@ -1,8 +1,9 @@
 """The grid state machine of a microgrid: one handler per state, each reading one
 observation and returning the next state with the reason (docs/island-mode.md).
 
-    on_grid --grid out of band for detect_s, or the breaker opened--> islanding
+    on_grid --grid out of band for detect_s, or the breaker opened or tripped--> islanding
     islanding --breaker confirmed open, batteries forming, bus live--> island
+               (a PCS that transferred on its own already forms: island at once)
     island --grid in band for return_s--> resync
     resync --V, f and phase within the window: close; closed confirmed--> on_grid
     island/islanding --the bus died or no battery can supply--> black_start
@@ -57,6 +58,7 @@ class Observation:
     flex_on: bool = False  # a non-critical load still reads on (no island may form yet)
     any_on: bool = False  # any load still reads on (no black start yet)
     batteries_read: bool = True  # every grid-forming battery answered this cycle
+    auto_transfer: bool = False  # every grid-forming PCS transfers to island on its own
 
 
 @dataclass(slots=True)
@@ -145,7 +147,8 @@ class GridMachine:
             late = o.t_s - self.cmd_at_s > self.confirm_s
             if o.closed == self.close:
                 self.no_confirm = False
-            elif late and not self.no_confirm:
+            elif late and not self.no_confirm and not (o.tripped and not o.closed):
+                # (a trip that opened it against the close command is no failure)
                 self.no_confirm = True
                 log.warning("breaker did not confirm %s within %.3g s of the command; check "
                             "its drive and auxiliary contact", "closing" if self.close
@@ -212,7 +215,10 @@ def on_grid(m: GridMachine, o: Observation) -> tuple[str, str]:
 
 
 def islanding(m: GridMachine, o: Observation) -> tuple[str, str]:
-    """Open the PCC, then let the batteries form the grid; never form while it is closed."""
+    """Open the PCC, then let the batteries form the grid; never form while it is closed.
+    A PCS that transfers on its own has tripped the PCC and formed before the controller
+    saw the loss: the island stands already, and it is told to go on forming (never to
+    follow, which it could not without a grid)."""
     m.command(False, o.t_s)
     if not o.readable or o.closed:
         m.forming = False
@@ -222,9 +228,17 @@ def islanding(m: GridMachine, o: Observation) -> tuple[str, str]:
         return ISLANDING, ""
     if not o.supply:
         return BLACK_START, "no grid-forming battery has energy left"
-    if not m.forming and not o.flex_on:  # form only once the shed loads read off
+    # It formed without having been told, or it tripped the breaker itself (its reading
+    # may lag the breaker's by a poll, after the controller told it to form on).
+    own = (o.auto_transfer and o.tripped) or (o.forming and not m.forming)
+    # Commanded, form only once the shed loads read off; a PCS that transfers on its own
+    # forms whatever the loads (its overload rating carries them until they are shed).
+    if not m.forming and (o.auto_transfer or not o.flex_on):
         m.forming, m.form_at_s = True, o.t_s
     if o.forming and m.params.live(o.bus_v):
+        if own:
+            return ISLAND, (f"the PCS transferred on its own: island at {o.bus_v:.0f} V "
+                            f"{o.bus_hz:.2f} Hz")
         return ISLAND, f"island formed at {o.bus_v:.0f} V {o.bus_hz:.2f} Hz"
     m.hurry(o, m.form_at_s if m.forming else m.cmd_at_s)
     return ISLANDING, ""

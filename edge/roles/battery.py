@@ -8,6 +8,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from drivers.modbus.regmap import MapError, load_map
 from edge.config.base import DeviceBase, Pct, PositiveKw, _Model
 from edge.control import kernel as layout
 from edge.roles.role import Part, Role, rounded, total
@@ -38,6 +39,10 @@ class BatteryDevice(DeviceBase):
                                   "monitoring (map-driven batteries)")
     grid_forming: bool = Field(False, description="its PCS can form an island's grid (its map "
                                "has a grid_mode point); needed with a breaker")
+    auto_transfer: bool = Field(False, description="its PCS transfers to island on its own "
+                                "(seamless): on a loss of mains it trips the PCC switch and "
+                                "forms at once; needs grid_forming and a map with an "
+                                "auto_transfer point")
 
     def deliverable_kwh(self, soc_pct: float) -> float:
         """AC energy the battery can still give before soc_min (after discharge losses)."""
@@ -56,6 +61,13 @@ class BatteryDevice(DeviceBase):
         return self
 
     @model_validator(mode="after")
+    def _auto_forms(self) -> BatteryDevice:
+        if self.auto_transfer and not self.grid_forming:
+            raise ValueError("auto_transfer: a PCS that transfers on its own forms the island's "
+                             "grid; set grid_forming: true as well, or auto_transfer: false")
+        return self
+
+    @model_validator(mode="after")
     def _bms_beside(self) -> BatteryDevice:
         if self.bms is not None:
             if self.protocol not in ("modbus-tcp", "modbus-rtu"):
@@ -65,6 +77,21 @@ class BatteryDevice(DeviceBase):
                 raise ValueError(f"bms.unit_id: {self.unit_id} is the PCS's own unit_id; give "
                                  "the BMS its own")
         return self
+
+
+def map_point_problem(b: BatteryDevice, key: str, field: str, what: str) -> str | None:
+    """What keeps the battery's `field` from working: not map-driven, or its map has no
+    `key` point (a map that does not load is reported where maps are checked)."""
+    if b.protocol not in ("modbus-tcp", "modbus-rtu"):
+        return (f"devices.{b.id}.{field}: only map-driven batteries (modbus-tcp, modbus-rtu) "
+                f"can {what}, not {b.protocol}")
+    try:
+        if load_map(str(b.map)).point(key) is None:
+            return (f"devices.{b.id}.{field}: map {b.map} has no {key} point; use a map that "
+                    f"has one (pcs_generic) or set {field}: false")
+    except MapError:
+        pass
+    return None
 
 
 def safe_power(image, b: BatteryDevice) -> float:
@@ -117,9 +144,15 @@ class Battery(Role):
         return detail
 
     def driver_options(self, dev: BatteryDevice, config) -> dict:
-        if dev.bms is None:
-            return {}
-        return {"bms_map": dev.bms.map, "bms_unit_id": dev.bms.unit_id}
+        out: dict = {"auto_transfer": True} if dev.auto_transfer else {}
+        if dev.bms is not None:
+            out.update(bms_map=dev.bms.map, bms_unit_id=dev.bms.unit_id)
+        return out
+
+    def config_problems(self, devs, config) -> list[str]:
+        return [p for b in devs if b.auto_transfer
+                and (p := map_point_problem(b, "auto_transfer", "auto_transfer",
+                                            "be told to transfer on their own"))]
 
     def nameplate_checks(self, dev: BatteryDevice):
         return [("max_charge_kw", dev.max_charge_kw, "max_charge_kw")]

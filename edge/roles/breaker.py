@@ -12,11 +12,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from drivers.modbus.regmap import MapError, load_map
 from edge.config.base import DeviceBase
 from edge.island import balance
 from edge.island.machine import GridMachine, Observation
 from edge.island.params import IslandParams
+from edge.roles.battery import map_point_problem
 from edge.roles.role import Role
 
 RESTART_MARGIN_PCT = 5.0  # SoC above soc_min a battery needs to restart an island
@@ -55,6 +55,14 @@ class IslandState:
                            self.step_ns)
 
 
+def pcs_forms(image, b) -> bool:
+    """The PCS forms the grid: its mode as it reports it where its map has `forming` (it may
+    have switched on its own), else the read-back of the `grid_mode` command."""
+    reading = image.devices[b.id].reading
+    key = "forming" if reading is not None and "forming" in reading.values else "grid_mode"
+    return image.value(b.id, key) >= 0.5
+
+
 def observation(dev: BreakerDevice, ctx: Context, image, load_states, now_s: float) -> Observation:
     ok = image.good(dev.id)
     v = (lambda k: image.value(dev.id, k)) if ok else (lambda k: math.nan)
@@ -69,7 +77,7 @@ def observation(dev: BreakerDevice, ctx: Context, image, load_states, now_s: flo
         socs.append((soc, b.capacity_kwh))
         supply |= soc > b.soc_min_pct + 0.1
         start |= soc >= b.soc_min_pct + RESTART_MARGIN_PCT
-        forming &= image.value(b.id, "grid_mode") >= 0.5
+        forming &= pcs_forms(image, b)
     cap = sum(c for _, c in socs)
     soc = sum(s * c for s, c in socs) / cap if cap else math.nan
     crit = [d for d in ctx.loads if d.critical]
@@ -81,7 +89,8 @@ def observation(dev: BreakerDevice, ctx: Context, image, load_states, now_s: flo
     return Observation(now_s, ok, ok and v("closed") >= 0.5, ok and v("tripped") >= 0.5,
                        v("grid_v"), v("grid_hz"), v("bus_v"), v("bus_hz"), v("phase_deg"),
                        forming, supply, start, soc, balance.critical_kw(ctx.loads), served, shed,
-                       any(not d.critical for d in reads_on), bool(reads_on), read)
+                       any(not d.critical for d in reads_on), bool(reads_on), read,
+                       bool(ctx.forming) and all(b.auto_transfer for b in ctx.forming))
 
 
 class Breaker(Role):
@@ -111,19 +120,9 @@ class Breaker(Role):
             return [f"devices.{dev.id}: a breaker (island operation) needs a battery that can "
                     "form the grid: set grid_forming: true on a battery whose PCS offers it "
                     "(its register map has a grid_mode point)"]
-        problems = []
-        for b in ctx.forming:
-            if b.protocol not in ("modbus-tcp", "modbus-rtu"):
-                problems.append(f"devices.{b.id}.grid_forming: only map-driven batteries "
-                                f"(modbus-tcp, modbus-rtu) can be told to form the grid, not "
-                                f"{b.protocol}")
-                continue
-            try:
-                if load_map(str(b.map)).point("grid_mode") is None:
-                    problems.append(f"devices.{b.id}.grid_forming: map {b.map} has no "
-                                    "grid_mode point; use a map that has one (pcs_generic)")
-            except MapError:
-                pass  # the map itself is reported where maps are checked
+        problems = [p for b in ctx.forming
+                    if (p := map_point_problem(b, "grid_mode", "grid_forming",
+                                               "be told to form the grid"))]
         crit = balance.critical_kw(ctx.loads)
         kw = sum(b.max_discharge_kw for b in ctx.forming)
         if crit > kw:

@@ -172,7 +172,15 @@ class MapBatteryPcs(Storage, MapSimDevice):
     (+ discharge) while `enable` holds its enabling value (always, when the map has no
     enable point). When `revert` > 0 s and neither setpoint nor enable was re-written for
     that long, the PCS falls back to standby (setpoint 0, enable 0). The BMS protects
-    itself at the SoC bounds whatever the command."""
+    itself at the SoC bounds whatever the command.
+
+    With `auto_transfer` 1 it transfers to island on its own (hil/island.py times it): once
+    the grid beyond the closed PCC switch has been gone `sim.detect_ms`, it trips the switch,
+    and forms the instant the switch reads open (it was synchronised with the grid: no
+    `form_s`). A switch that does not open keeps it following (it never forms onto the dead
+    grid). Having transferred, it forms until the switch is closed on a live grid and it is
+    told to follow (`grid_mode` 0): without a grid there is nothing to follow, so an earlier
+    `grid_mode` 0 is held, not obeyed."""
 
     role = "battery"
     cfg: BatteryDevice
@@ -188,12 +196,50 @@ class MapBatteryPcs(Storage, MapSimDevice):
         self.charged_kwh = self.discharged_kwh = 0.0
         self._form_at: float | None = None  # told to form (grid_mode 0 -> 1) at
         self._formed = False
+        self._own = False  # forms after transferring on its own
+        self._trip_sent = False  # tripped the PCC switch, waiting for it to open
+        self.over_s = 0.0  # forming beyond its rating for this long (hil/island.py)
 
     @property
     def forming(self) -> bool:
-        """It forms the grid: grid_mode 1 for `sim.form_s`; the island's voltage source, the
-        site sets its power (hil/island.py)."""
-        return self._formed and self.held.get("grid_mode", 0.0) >= 0.5
+        """It forms the grid: after its own transfer, or grid_mode 1 for `sim.form_s`; the
+        island's voltage source, the site sets its power (hil/island.py)."""
+        return self._own or (self._formed and self.held.get("grid_mode", 0.0) >= 0.5)
+
+    @property
+    def auto(self) -> bool:
+        return self.held.get("auto_transfer", 0.0) >= 0.5
+
+    def transfer_due_s(self, cb) -> float | None:
+        """When its loss-of-mains detection trips the PCC switch `cb` (auto transfer)."""
+        if not self.auto or self._trip_sent or self.forming or cb.lost_at is None or not cb.closed:
+            return None
+        return cb.lost_at + self.sim.detect_ms / 1000
+
+    def transfer(self, cb, t_s: float) -> None:
+        """Its own transfer, at simulated second t_s: trip `cb` once the loss has lasted
+        detect_ms, form the instant it reads open; withdraw the trip if the grid returns
+        before it opened; follow again once closed on a live grid and told to."""
+        due = self.transfer_due_s(cb)
+        if due is not None and t_s >= due - 1e-9:
+            cb.trip(due)
+            self._trip_sent = True
+        if self._trip_sent:
+            if cb.open_by(t_s):
+                self._trip_sent = False
+                self._own = self.battery.soc_pct > self.battery.soc_min_pct
+            elif cb.lost_at is None:
+                cb.reset_trip()
+                self._trip_sent = False
+        if (self._own and cb.grid_up and not cb.open_by(t_s)
+                and self.held.get("grid_mode", 0.0) < 0.5):
+            self._own = False
+
+    def drop_out(self) -> None:
+        """The island collapsed: it trips out of grid-forming."""
+        self.held["grid_mode"] = 0.0
+        self._own = self._formed = False
+        self.over_s = 0.0
 
     def due_s(self) -> float | None:
         """When it will have formed, while it is switching over."""
@@ -215,13 +261,15 @@ class MapBatteryPcs(Storage, MapSimDevice):
             return ExcCodes.ILLEGAL_VALUE
         if changes.get("revert", 0.0) < 0 or changes.get("grid_mode", 0.0) not in (0.0, 1.0):
             return ExcCodes.ILLEGAL_VALUE
+        if changes.get("auto_transfer", 0.0) not in (0.0, 1.0):
+            return ExcCodes.ILLEGAL_VALUE
         return None
 
     def on_points(self, changes: dict[str, float], before: dict[str, float]) -> None:
         if {"setpoint", "enable", "grid_mode"} & changes.keys():
             self._t_cmd = self.t_s
         if changes.get("grid_mode", 0.0) >= 0.5 and before.get("grid_mode", 0.0) < 0.5:
-            self._form_at, self._formed = self.t_s, False
+            self._form_at, self._formed = self.t_s, self._own  # forming already: no form_s
 
     def step(self, env: Env, dt_s: float) -> float:
         self.t_s = env.t_s
@@ -248,7 +296,7 @@ class MapBatteryPcs(Storage, MapSimDevice):
         dc_a = self.power_kw * 1000 / dc_v
         running = abs(self.power_kw) > 1e-6
         return {
-            "state": 2.0 if running else 1.0, "alarm_code": 0.0,
+            "state": 2.0 if running else 1.0, "alarm_code": 0.0, "forming": float(self.forming),
             "power_kw": self.power_kw, "reactive_kvar": 0.0, "frequency_hz": 50.0,
             "dc_voltage_v": dc_v, "dc_current_a": dc_a, "soc_pct": b.soc_pct, "soh_pct": 100.0,
             "rated_kw": max(cfg.max_charge_kw, cfg.max_discharge_kw),

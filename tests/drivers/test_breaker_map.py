@@ -103,3 +103,29 @@ async def test_a_pcs_map_without_grid_mode_cannot_be_told_to_form():
                                                     if p.key != "grid_mode"]})
         with pytest.raises(DeviceError, match="no grid_mode point"):
             await MapBattery("bess", ep, 1, bare).write_forming(60)
+
+
+async def test_a_pcs_told_to_transfer_on_its_own_gets_auto_transfer_with_every_command():
+    sim = build(BESS, 100.0)
+    async with served(sim) as ep:
+        bess = MapBattery("bess", ep, 1, load_map("pcs_generic"), auto_transfer=True)
+        await bess.connect()
+        await bess.write_power(5.0, 60)
+        assert sim.auto and (await bess.poll()).values["auto_transfer"] == 1.0
+        sim.held["auto_transfer"] = 0.0  # it restarted with its factory setting
+        await bess.write_forming(60)
+        assert sim.auto
+        plain = MapBattery("bess", ep, 1, load_map("pcs_generic"))
+        sim.held["auto_transfer"] = 0.0
+        await plain.write_power(5.0, 60)
+        assert not sim.auto  # not configured: left as it is
+
+
+async def test_a_pcs_map_without_auto_transfer_cannot_be_told_to_transfer():
+    sim = build(BESS, 100.0)
+    async with served(sim) as ep:
+        regmap = load_map("pcs_generic")
+        bare = regmap.model_copy(update={"points": [p for p in regmap.points
+                                                    if p.key != "auto_transfer"]})
+        with pytest.raises(DeviceError, match="no writable point 'auto_transfer'"):
+            await MapBattery("bess", ep, 1, bare, auto_transfer=True).write_power(5.0, 60)

@@ -214,7 +214,7 @@ def test_reads_are_planned_per_contiguous_run_and_poll_class():
     m = load_map("pcs_generic")
     fast = plan_reads([p for p in m.points if p.poll == "fast"])
     slow = plan_reads([p for p in m.points if p.poll == "slow"])
-    assert [(b.function, b.address, b.count) for b in fast] == [("holding", 0, 10), ("holding", 100, 4)]
+    assert [(b.function, b.address, b.count) for b in fast] == [("holding", 0, 11), ("holding", 100, 5)]
     assert [(b.address, b.count) for b in slow] == [(20, 9)]
     assert [(b.address, b.count) for b in plan_reads(m.points, max_read=5)][:2] == [(0, 4), (4, 5)]
 
@@ -267,7 +267,7 @@ async def test_battery_driver_reads_writes_and_verifies_through_the_pcs_map():
         assert r.values["max_charge_kw"] == 30.0 and r.values["power_kw"] == 0.0
         await bess.write_power(-12.34, 45)
         assert sim.held == {"enable": 1.0, "setpoint": pytest.approx(-12.3), "revert": 45.0,
-                            "grid_mode": 0.0}
+                            "grid_mode": 0.0, "auto_transfer": 0.0}
         assert sim.command_kw == pytest.approx(-12.3)
         sim.battery.soc_pct = 61.0
         sim.power_kw = -12.3

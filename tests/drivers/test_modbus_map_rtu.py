@@ -84,7 +84,8 @@ async def test_pcs_follows_a_setpoint_written_and_read_back_through_its_map(rig)
     await bess.connect()
     await bess.write_power(-12.3, revert_s=45)  # charge: one write, verified by the next poll
     assert site.devices["bess"].held == {"enable": 1.0, "setpoint": pytest.approx(-12.3),
-                                         "revert": 45.0, "grid_mode": 0.0}
+                                         "revert": 45.0, "grid_mode": 0.0,
+                                         "auto_transfer": 0.0}
     await wait_for(lambda: site.state("bess")["power_kw"] == pytest.approx(-12.3, abs=0.05),
                    5.0, "HIL PCS charging at 12.3 kW")
     r = await bess.poll()

@@ -1,7 +1,9 @@
 """The PCC physics of the simulated microgrid (hil/island.py), stepped without servers: a
 dead grid behind a closed breaker darkens the site, a forming PCS carries the island within
 its power or the island collapses, surplus raises the frequency and backs PV off, and a
-returning grid is synchronised to."""
+returning grid is synchronised to. The commanded transfer runs on a moulded-case breaker
+(0.1 s) and a PCS without overload rating; the PCS's own transfer on the example's static
+switch (tests/hil/test_auto_transfer.py)."""
 
 from __future__ import annotations
 
@@ -19,15 +21,23 @@ EVENING = datetime.fromisoformat("2026-06-22T18:00:00+08:00")
 NOON = datetime.fromisoformat("2026-06-22T12:00:00+08:00")
 
 
-def microgrid(start: datetime = EVENING, soc: float | None = None) -> SimSite:
+def microgrid(start: datetime = EVENING, soc: float | None = None, commanded: bool = True,
+              **sim) -> SimSite:
     """The example site on a manual clock: it stands still unless a test moves it, so a
-    write is timed from where the test stepped the physics to."""
+    write is timed from where the test stepped the physics to. `commanded`: a breaker of
+    0.1 s and a PCS without overload rating, as the break-before-make transfer had them;
+    `sim` updates a device's sim block by id."""
     cfg = load(ROOT / "configs/microgrid.yaml")
+    data = cfg.model_dump()
+    devs = {d["id"]: d for d in data["devices"]}
+    if commanded:
+        devs["cb"]["sim"]["operate_s"] = 0.1
+        devs["bess1"]["sim"].update(overload_pct=100.0, overload_s=0.0)
     if soc is not None:
-        data = cfg.model_dump()
-        next(d for d in data["devices"] if d["id"] == "bess1")["sim"]["initial_soc_pct"] = soc
-        cfg = type(cfg).model_validate(data)
-    return SimSite(cfg, ManualClock(start))
+        devs["bess1"]["sim"]["initial_soc_pct"] = soc
+    for k, v in sim.items():
+        devs[k]["sim"].update(v)
+    return SimSite(type(cfg).model_validate(data), ManualClock(start))
 
 
 def switch(site: SimSite, **on: bool) -> None:

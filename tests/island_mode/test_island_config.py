@@ -45,6 +45,30 @@ def test_a_grid_forming_battery_needs_a_map_with_grid_mode():
     assert "grid_mode" in msg
 
 
+def test_auto_transfer_needs_a_grid_forming_battery():
+    data = site()
+    data["devices"][2].update(grid_forming=False, auto_transfer=True)
+    msg = problems(data)
+    assert "auto_transfer" in msg and "set grid_forming: true" in msg
+
+
+def test_auto_transfer_needs_a_map_with_the_point():
+    data = site()
+    data["devices"][2].update(map="bms_generic", auto_transfer=True)
+    msg = problems(data)
+    assert "devices.bess.auto_transfer: map bms_generic has no auto_transfer point" in msg
+
+
+def test_auto_transfer_reaches_the_driver():
+    from edge.app.devices import device_spec
+
+    data = site()
+    data["devices"][2]["auto_transfer"] = True
+    config = parse(data)
+    assert device_spec(config, config.devices[2]).auto_transfer
+    assert not device_spec(CONFIG, CONFIG.devices[2]).auto_transfer
+
+
 def test_two_breakers_are_refused():
     data = site()
     data["devices"].append({**data["devices"][1], "id": "cb2", "port": 1700})

@@ -52,6 +52,32 @@ def test_on_grid_goes_islanding_at_once_when_the_breaker_trips():
     assert m.transitions[-1].reason == "the breaker tripped"
 
 
+def test_an_island_the_pcs_formed_on_its_own_is_taken_over_in_the_same_step():
+    m = machine()
+    m.step(obs(0.0))
+    # Its trip opened the PCC and it forms; the non-critical loads still read on.
+    o = obs(0.4, tripped=True, closed=False, forming=True, flex_on=True, auto_transfer=True,
+            **DEAD)
+    assert m.step(o) == gm.ISLAND
+    assert [t.target for t in m.transitions] == [gm.ISLANDING, gm.ISLAND]
+    assert m.transitions[0].reason == "the breaker tripped"
+    assert m.transitions[1].reason == "the PCS transferred on its own: island at 230 V 50.00 Hz"
+    assert not m.close and m.forming  # told to form on, never to follow without a grid
+    assert m.alarms("cb") == ("islanded:island",)  # a trip is no breaker failure
+
+
+def test_a_pcs_that_transfers_on_its_own_is_told_to_form_before_the_loads_read_off():
+    m = machine(gm.ISLANDING)
+    m.command(False, 0.0)
+    o = obs(0.2, tripped=True, closed=False, bus_v=0.0, bus_hz=0.0, flex_on=True, **DEAD)
+    assert m.step(o) == gm.ISLANDING and not m.forming  # commanded: the loads go first
+    o = replace(o, t_s=0.4, auto_transfer=True)
+    assert m.step(o) == gm.ISLANDING and m.forming
+    # Its reading comes a poll after the breaker's: still its own transfer.
+    assert m.step(replace(o, t_s=0.6, forming=True, bus_v=230.0, bus_hz=50.0)) == gm.ISLAND
+    assert m.transitions[-1].reason.startswith("the PCS transferred on its own")
+
+
 def test_islanding_opens_first_and_never_forms_while_the_breaker_is_closed():
     m = machine(gm.ISLANDING)
     assert m.step(obs(10.0, **DEAD)) == gm.ISLANDING

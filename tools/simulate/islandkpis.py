@@ -1,6 +1,7 @@
-"""The island KPIs of a microgrid run: what the HIL saw (critical energy left unserved and
-how long critical loads were dark, breaker operations, closes out of sync, island collapses)
-and what the controller's grid state machine reported (transitions, shed energy, lowest SoC,
+"""The island KPIs of a microgrid run: what the HIL saw (critical energy left unserved, with
+the loads' ride-through; how long critical loads were dark, ridden through or not, their
+longest break and how many breaks outlasted the ride-through; breaker operations, closes
+out of sync, island collapses) and what the controller's grid state machine reported (transitions, shed energy, lowest SoC,
 its step time), the detection and transfer times measured from the HIL's grid loss."""
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def island_kpis(rec: dict[str, Any]) -> dict[str, Any]:
         "detection_s": max(detections) if detections else None,
         "transfer_s": max(transfers) if transfers else None,
         "dark_s": round(rec["dark_s"], 3),
+        "longest_dark_s": round(rec["longest_dark_s"], 3),
+        "critical_interruptions": rec["interruptions"],
         "shed_kwh": sum(e["shed_kwh"] or 0.0 for e in events),
         "island_min_soc_pct": min(socs) if socs else None,
         "decision_us_p50": float(np.percentile(ns, 50)) / 1e3,
@@ -71,7 +74,8 @@ def summary(k: dict[str, Any]) -> str:
     return (f"island: critical served {'–' if r is None else f'{r:.5f}'} "
             f"(unserved {k['unserved_critical_kwh']:.2f} kWh), transitions "
             f"{k['island_transitions']}, detection {k['detection_s']} s, transfer "
-            f"{k['transfer_s']} s, critical loads dark {k['dark_s']} s, shed "
+            f"{k['transfer_s']} s, critical loads dark {k['dark_s']} s (longest break "
+            f"{k['longest_dark_s']} s, {k['critical_interruptions']} beyond ride-through), shed "
             f"{k['shed_kwh']:.1f} kWh, island SoC min {k['island_min_soc_pct']} %, state "
             f"machine step p50 {k['decision_us_p50']:.1f} µs p99 {k['decision_us_p99']:.1f} µs; "
             f"breaker operations {k['breaker_operations']}, out-of-sync closes "
