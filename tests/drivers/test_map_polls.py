@@ -71,10 +71,10 @@ class Clamping(MapBatteryPcs):
 def test_fast_points_and_controls_are_planned_as_one_read_across_the_gap():
     fast = [p for p in PCS.points if p.poll == "fast"]
     assert PCS.max_gap > 0
-    assert [(b.address, b.count) for b in plan_reads(fast, PCS.max_read, PCS.max_gap)] == [(0, 104)]
-    assert [(b.address, b.count) for b in plan_reads(fast, PCS.max_read)] == [(0, 10), (100, 4)]
+    assert [(b.address, b.count) for b in plan_reads(fast, PCS.max_read, PCS.max_gap)] == [(0, 105)]
+    assert [(b.address, b.count) for b in plan_reads(fast, PCS.max_read)] == [(0, 11), (100, 5)]
     # never beyond one request: a gap too long for max_read is not bridged
-    assert [(b.address, b.count) for b in plan_reads(fast, 50, PCS.max_gap)] == [(0, 10), (100, 4)]
+    assert [(b.address, b.count) for b in plan_reads(fast, 50, PCS.max_gap)] == [(0, 11), (100, 5)]
 
 
 @pytest.mark.parametrize(("top", "expect"), [
@@ -99,10 +99,10 @@ async def test_a_bridged_read_decodes_what_separate_reads_decode():
         await apart.connect()
         proxy.reads.clear()
         one = await bridged.poll()
-        assert proxy.reads == [(1, 0, 104)]
+        assert proxy.reads == [(1, 0, 105)]
         proxy.reads.clear()
         two = await apart.poll()
-        assert proxy.reads == [(1, 0, 10), (1, 100, 4)]
+        assert proxy.reads == [(1, 0, 11), (1, 100, 5)]
     assert one.values == two.values
     assert one.values["setpoint"] == pytest.approx(-12.3) and one.values["revert"] == 45.0
 
@@ -117,7 +117,7 @@ async def test_a_device_refusing_a_bridged_read_is_read_run_by_run_and_told_once
             first = await bess.poll()
             proxy.reads.clear()
             second = await bess.poll()
-    assert proxy.reads == [(1, 0, 10), (1, 100, 4)]
+    assert proxy.reads == [(1, 0, 11), (1, 100, 5)]
     assert first.values["soc_pct"] == second.values["soc_pct"] == pytest.approx(60.0)
     warned = [r.getMessage() for r in caplog.records if "unmapped registers" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("bess: refuses a read across"), warned
