@@ -209,5 +209,9 @@ async def test_with_auto_transfer_the_critical_loads_ride_through_and_the_site_r
         return next((t for t, on in ops[load] if t >= t_open and not on), math.inf)
 
     assert shed_at("ev_bank") < math.inf, ops["ev_bank"]
-    assert shed_at("ev_bank") <= shed_at("water_heater") <= shed_at("hvac"), ops
+    # Loads shed by one decision are written together and land in any order within its
+    # write phase (milliseconds of wall time, here × AUTO_SPEED): never a cycle later.
+    same_cycle = 0.05 * AUTO_SPEED
+    assert shed_at("ev_bank") <= shed_at("water_heater") + same_cycle, ops
+    assert shed_at("water_heater") <= shed_at("hvac") + same_cycle, ops
 
