@@ -73,17 +73,23 @@ def transitions(run) -> list[tuple[str, str]]:
             for t in run.daemon.cycle.memory.roles["breaker"].machine.transitions]
 
 
+async def outage(run, lasting_s: float):
+    """Take the grid away at OUT_S until the site islands, give it back `lasting_s` later,
+    and return (the PCC breaker) once the site is on grid again."""
+    cb = run.site.devices["cb"]
+    await run.until_sim(OUT_S)
+    cb.set_grid(False)
+    await wait_for(lambda: any(m["grid_state"] == "island" for m in run.telemetry()), 60,
+                   "an island")
+    await run.until_sim(OUT_S + lasting_s)
+    cb.set_grid(True)
+    await wait_for(lambda: run.telemetry()[-1]["grid_state"] == "on_grid", 60, "back on grid")
+    return cb
+
+
 async def test_an_outage_islands_keeps_critical_loads_on_and_resyncs(tmp_path, mosquitto):
     async with running_site(site(tmp_path, mosquitto.port), mosquitto, SPEED) as run:
-        cb = run.site.devices["cb"]
-        await run.until_sim(OUT_S)
-        cb.set_grid(False)
-        await wait_for(lambda: any(m["grid_state"] == "island" for m in run.telemetry()), 60,
-                       "an island")
-        await run.until_sim(OUT_S + 20 * 60)
-        cb.set_grid(True)
-        await wait_for(lambda: run.telemetry()[-1]["grid_state"] == "on_grid", 60,
-                       "back on grid")
+        cb = await outage(run, 20 * 60)
         msgs = run.telemetry()
         log = transitions(run)
         ops = {d: list(run.site.devices[d].operations)
@@ -174,15 +180,7 @@ async def test_with_auto_transfer_the_critical_loads_ride_through_and_the_site_r
         tmp_path, mosquitto):
     async with running_site(site(tmp_path, mosquitto.port, auto=True), mosquitto,
                             AUTO_SPEED) as run:
-        cb = run.site.devices["cb"]
-        await run.until_sim(OUT_S)
-        cb.set_grid(False)
-        await wait_for(lambda: any(m["grid_state"] == "island" for m in run.telemetry()), 60,
-                       "an island")
-        await run.until_sim(OUT_S + 3 * 60)
-        cb.set_grid(True)
-        await wait_for(lambda: run.telemetry()[-1]["grid_state"] == "on_grid", 60,
-                       "back on grid")
+        cb = await outage(run, 3 * 60)
         log = transitions(run)
         ops = {d: list(run.site.devices[d].operations)
                for d in ("cb", "ward", "servers", "hvac", "water_heater", "ev_bank")}
