@@ -78,12 +78,12 @@ def _summary(cfg: Config) -> str:
 
 
 def _mqtt_lines(cfg: Config) -> list[str]:
-    """Where the link goes and what it keeps to: MQTT 3.1.1 with QoS 1 everywhere, which
-    a NATS front end needs (it refuses MQTT 5 and drops a connection on a QoS 2 publish)."""
+    """Where the link goes and what it keeps to: MQTT 3.1.1 with QoS 1 publishes, which a
+    NATS front end needs (it refuses MQTT 5 and drops a connection on a QoS 2 publish)."""
     m = cfg.mqtt
     where = ", ".join(f"{h}:{p}" for h, p in m.brokers)
     lines = [f"mqtt: {where} {m.topic_prefix}/{cfg.site.id}/... every {m.telemetry_s:g} s; "
-             "MQTT 3.1.1, QoS 1"]
+             f"MQTT 3.1.1, QoS 1 (subscriptions QoS {m.subscribe_qos})"]
     if len(m.brokers) > 1:
         lines.append(f"  failover: {len(m.brokers)} brokers tried in this order on a failed "
                      "connect; a connection stays on its broker; the outbox re-sends what "
@@ -92,6 +92,10 @@ def _mqtt_lines(cfg: Config) -> list[str]:
         lines.append("  broker nats: topics without '.', spaces, '*' or '>' (prefix and site "
                      "id checked; DR event ids mapped to '_' in topics); retained status "
                      "needs JetStream on the servers")
+        if m.subscribe_qos:
+            lines.append("  subscriptions at QoS 1: each is a JetStream consumer made at every "
+                         "connect; for thousands of sites set mqtt.subscribe_qos: 0 (commands "
+                         "are acknowledged, and re-sent by the platform when no ack comes)")
     elif len(m.brokers) > 1:
         lines.append("  on a NATS cluster set mqtt.broker: nats (its MQTT front end forbids "
                      "'.' and spaces in topics)")

@@ -1,10 +1,12 @@
 """Reaching the MQTT broker: the credentials and TLS a client takes from `mqtt:` (the
-daemon's link and the platform emulator alike), and what a failed connection attempt
-means, so that an untrusted certificate is not reported as an unreachable host."""
+daemon's link and the platform emulator alike), what a failed connection attempt
+means, so that an untrusted certificate is not reported as an unreachable host, and how
+long to wait before dialling again after a connection that did not last."""
 
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import ssl
 
@@ -75,3 +77,28 @@ def connect_failure(exc: BaseException | None, cfg: MqttConfig,
     why = f" ({getattr(exc, 'strerror', None) or exc})" if exc is not None else ""
     return logging.WARNING, (f"cannot reach the broker at {host}:{port}{why}: check the "
                              "network path to it and mqtt.host")
+
+
+class Redial:
+    """The delay before the next connection attempt after a connection ended.
+
+    paho backs off between failed attempts, but a CONNACK resets its delay: a broker that
+    accepts a connection and drops it seconds later (an overloaded NATS node whose
+    JetStream store of the `status` message times out closes the connection; so does a
+    broker kicking a duplicate client id) is re-dialled every `min_s`, by every site at
+    once, which is what keeps it overloaded. Here a connection that ended within
+    `stable_s` of its CONNACK counts as a failed attempt: the delay doubles with each one
+    in a row, up to `max_s`, and one that lasted resets it. Every delay is drawn from its
+    upper half (`rng`), so sites dropped together do not come back together."""
+
+    def __init__(self, min_s: float, max_s: float, stable_s: float = 30.0,
+                 rng: random.Random | None = None) -> None:
+        self.min_s, self.max_s, self.stable_s = min_s, max_s, stable_s
+        self.short = 0  # connections in a row that ended within stable_s
+        self._rng = rng or random.Random()
+
+    def after(self, lived_s: float) -> float:
+        """Seconds to wait before re-dialling, after a connection that lived `lived_s`."""
+        self.short = self.short + 1 if lived_s < self.stable_s else 0
+        ceiling = min(self.max_s, self.min_s * 2 ** max(self.short - 1, 0))
+        return ceiling * self._rng.uniform(0.5, 1.0)

@@ -45,7 +45,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edge.config import MqttConfig
-from edge.report.connect import connect_failure, set_credentials
+from edge.report.connect import Redial, connect_failure, set_credentials
 from edge.report.mqttdrops import DropWatch
 from edge.report.mqttsubs import Inbound, SiteLog, Subscriptions, default_client_id
 from edge.report.outbox import Outbox
@@ -109,6 +109,8 @@ class MqttLink:
         # the status message
         self._client.max_inflight_messages_set(window + 1)
         self._client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
+        self._redial = Redial(reconnect_min_s, reconnect_max_s)  # set after each connection
+        self._connected_at: float | None = None  # paho thread: monotonic time of the CONNACK
         self._client.will_set(self.topic("status"), "offline", qos=1, retain=True)
         set_credentials(self._client, cfg)
         self._client.on_connect = self._on_connect
@@ -118,7 +120,7 @@ class MqttLink:
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
         self._sub_retry_s = reconnect_min_s * 2
-        self.subscriptions = Subscriptions(self._log)
+        self.subscriptions = Subscriptions(self._log, cfg.subscribe_qos)
         self.inbound: asyncio.Queue[Inbound] = asyncio.Queue(maxsize=inbound_max)
         self.inbound_dropped = 0  # messages lost because the queue was full (a flood)
 
@@ -126,7 +128,7 @@ class MqttLink:
         return f"{self.cfg.topic_prefix}/{self.site_id}/{suffix}"
 
     def subscribe(self, topic_filter: str) -> None:
-        """Receive `topic_filter` (QoS 1) into `inbound`, now and after every reconnect
+        """Receive `topic_filter` (at `mqtt.subscribe_qos`) into `inbound`, now and after every reconnect
         (the session is clean, so the broker forgets subscriptions with the connection)."""
         self.subscriptions.filters.append(topic_filter)
         if self.connected:
@@ -174,10 +176,8 @@ class MqttLink:
             return
         self.outbox.remove_listener(self._on_enqueue)
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
         self._task = None
         deadline = time.monotonic() + timeout
         info = None
@@ -186,11 +186,7 @@ class MqttLink:
         while time.monotonic() < deadline and self.connected and (
             self._inflight or (info is not None and not info.is_published())
         ):
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), 0.05)
-            except TimeoutError:
-                pass
+            await self._changes(0.05)
         if info is not None and not info.is_published():
             self._log.warning("no PUBACK for the offline status within %.1f s", timeout)
         self._client.disconnect()
@@ -213,11 +209,13 @@ class MqttLink:
                     f"outbox still holds {left} messages after {timeout} s ({state} to "
                     f"{self._where()})"
                 )
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
-            except TimeoutError:
-                pass
+            await self._changes(min(remaining, 0.5))
+
+    async def _changes(self, timeout: float) -> None:
+        """Wait up to `timeout` for the next change (an ack, a connect, a disconnect)."""
+        self._changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
 
     # -- drain loop (event-loop thread) --------------------------------------------------
 
@@ -300,10 +298,8 @@ class MqttLink:
     def _post(self, fn: Any, *args: Any) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):  # loop closed since the check
                 loop.call_soon_threadsafe(fn, *args)
-            except RuntimeError:  # loop closed between the check and the call
-                pass
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:
@@ -311,6 +307,7 @@ class MqttLink:
             self._log.warning("broker %s refused the connection: %s", self._where(), reason)
             self._refused = True
             return
+        self._connected_at = time.monotonic()
         with self._lock:
             self._paho_gen += 1
             gen = self._paho_gen
@@ -334,6 +331,9 @@ class MqttLink:
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
         # may run while paho holds its message mutex: no locks here
+        if self._connected_at is not None:
+            lived, self._connected_at = time.monotonic() - self._connected_at, None
+            client.reconnect_delay_set(self._redial.after(lived), self._redial.max_s)
         if self._refused:
             self._refused = False
             self._next_broker()

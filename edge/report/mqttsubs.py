@@ -35,8 +35,9 @@ class Inbound:
 
 
 class Subscriptions:
-    def __init__(self, log: logging.LoggerAdapter) -> None:
+    def __init__(self, log: logging.LoggerAdapter, qos: int = 1) -> None:
         self.filters: list[str] = []
+        self.qos = qos
         self.refused = 0  # SUBACKs that refused a filter
         self._log = log
         self._mids: dict[int, str] = {}  # SUBSCRIBE mid -> filter
@@ -44,7 +45,7 @@ class Subscriptions:
 
     def send(self, client: paho.Client, topic_filter: str) -> None:
         with self._lock:
-            _, mid = client.subscribe(topic_filter, qos=1)
+            _, mid = client.subscribe(topic_filter, qos=self.qos)
             if mid is not None:
                 self._mids[mid] = topic_filter
 

@@ -62,6 +62,7 @@ def site_config(spec: SiteSpec, state_dir: Path, telemetry_s: float, flex_s: flo
         "tariff": {"periods": [{"name": "flat", "start": "00:00", "end": "00:00",
                                 "price": 0.7}]},
         "mqtt": {"hosts": list(spec.hosts), "broker": spec.broker, "keepalive_s": 10,
+                 "subscribe_qos": 0 if spec.broker == "nats" else 1,
                  "telemetry_s": telemetry_s, "client_id": f"fleet-{spec.site_id}"},
         "vpp": {"allow": allow, "groups": list(spec.groups), "flex_s": flex_s,
                 "flex_horizon_h": 2},
@@ -80,8 +81,9 @@ class FleetSite:
         self.view = SiteView(InstructionBook())
         state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(state_dir / f"{spec.site_id}.sqlite")
-        self.link = MqttLink(self.config.mqtt, spec.site_id, self.outbox, reconnect_min_s=0.5,
-                             reconnect_max_s=4.0)
+        # the daemon's reconnect backoff (1 s doubling to 30 s): a fleet that re-dialled
+        # faster than the product would measure a storm no deployment makes
+        self.link = MqttLink(self.config.mqtt, spec.site_id, self.outbox)
         self.handler = CommandHandler(self.config, self.clock, self.view, self.outbox,
                                       self.link)
         self.load_kw = spec.size_kw * LOAD_SHARE
