@@ -94,8 +94,8 @@ def _mqtt_lines(cfg: Config) -> list[str]:
                      "needs JetStream on the servers")
         if m.subscribe_qos:
             lines.append("  subscriptions at QoS 1: each is a JetStream consumer made at every "
-                         "connect; for thousands of sites set mqtt.subscribe_qos: 0 (commands "
-                         "are acknowledged, and re-sent by the platform when no ack comes)")
+                         "connect; for thousands of sites set mqtt.subscribe_qos: 0 (a command "
+                         "without an ack is one the platform knows was not taken)")
     elif len(m.brokers) > 1:
         lines.append("  on a NATS cluster set mqtt.broker: nats (its MQTT front end forbids "
                      "'.' and spaces in topics)")

@@ -108,7 +108,8 @@ NATS_FORBIDDEN = ". \t*>"  # NATS subject separators and wildcards: not allowed 
 
 class MqttConfig(_Model):
     """The link to the park platform's broker: MQTT 3.1.1, QoS 1 publishes (what every
-    broker, NATS's MQTT front end included, carries), subscriptions at QoS 1 or 0. `hosts` lists brokers to fail over between."""
+    broker, NATS's MQTT front end included, carries), subscriptions at QoS 1 or 0. `hosts`
+    lists brokers to fail over between."""
 
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
@@ -133,9 +134,10 @@ class MqttConfig(_Model):
     keepalive_s: int = Field(30, ge=5, le=3600)
     subscribe_qos: Literal[0, 1] = Field(
         1, description="QoS of the command subscriptions. The session is clean, so QoS 1 only "
-        "covers a command in flight when the link drops, which the platform re-sends when no "
-        "ack comes; 0 for thousands of sites on a NATS cluster, where a QoS 1 subscription is "
-        "a JetStream consumer made at every connect and removed at every disconnect")
+        "covers a command in flight when the link drops, and a platform takes a command "
+        "without an ack as not taken; 0 for thousands of sites on a NATS cluster, where a "
+        "QoS 1 subscription is a JetStream consumer made at every connect and removed at "
+        "every disconnect")
     topic_prefix: str = "pedf/v1"
     telemetry_s: float = Field(5.0, gt=0, description="telemetry period")
     devices_s: float = Field(60.0, gt=0, description="device health report period")
