@@ -296,6 +296,27 @@ class Aggregator:
                     bad.append(s)
         return bad
 
+    def disorder(self, t0: float, limit: int = 20) -> dict[str, dict]:
+        """For up to `limit` sites whose first deliveries went backwards: the first msg_id
+        that arrived after a newer one, and when each of the two arrived (s after `t0`)."""
+        out: dict[str, dict] = {}
+        with self._lock:
+            for s, ids in self.ids.items():
+                seen: set[int] = set()
+                top, top_at = 0, t0
+                for i, at in zip(ids, self.arrived[s], strict=True):
+                    if i in seen:
+                        continue
+                    seen.add(i)
+                    if i < top:
+                        out[s] = {"msg_id": i, "arrived_s": round(at - t0, 2), "after": top,
+                                  "after_arrived_s": round(top_at - t0, 2)}
+                        break
+                    top, top_at = i, at
+                if len(out) >= limit:
+                    break
+        return out
+
 
 def _pct(values: list[float], p: float) -> float:
     if not values:

@@ -160,8 +160,10 @@ class NatsCluster:
 
     def consumer(self, topic_filter: str) -> dict | None:
         """The JetStream consumer behind an MQTT subscription to `topic_filter` (NATS's MQTT
-        front end makes one per QoS 1 subscription): its info from a node that holds it."""
+        front end makes one per QoS 1 subscription): its info as its leader sees it, else
+        from a node that holds it."""
         subject = "$MQTT.msgs." + topic_filter.replace("/", ".").replace("+", "*")
+        found = None
         for n in self.nodes:
             if not n.running:
                 continue
@@ -169,26 +171,41 @@ class NatsCluster:
                 for st in acc.get("stream_detail", []):
                     for c in st.get("consumer_detail") or []:
                         if c["config"].get("filter_subject") == subject:
-                            return c
-        return None
+                            if c.get("cluster", {}).get("leader") == n.name:
+                                return c  # the leader's view: its followers' state is current
+                            found = found or c
+        return found
 
     def consumer_leader(self, topic_filter: str) -> NatsNode | None:
         c = self.consumer(topic_filter)
         leader = c.get("cluster", {}).get("leader") if c else None
         return next((n for n in self.nodes if n.name == leader), None)
 
-    def replicate_consumer(self, topic_filter: str, replicas: int = 3) -> dict:
+    def replicate_consumer(self, topic_filter: str, replicas: int = 3,
+                           timeout: float = 30.0) -> dict:
         """Give the consumer behind one subscription `replicas` replicas (what `nats
         consumer edit --replicas` does): the platform's, so that it outlives a node, while
         the sites' per-connection consumers stay single and in memory. The session keeps
-        using it: NATS re-creates a resumed session's consumer only if it has none."""
+        using it: NATS re-creates a resumed session's consumer only if it has none.
+        Returns once every new replica is current: a leader lost while its followers still
+        lag left the group without a leader for minutes in our trials (NATS 2.9.10)."""
         c = self.consumer(topic_filter)
         if c is None:
             raise RuntimeError(f"no consumer for {topic_filter}")
         cfg = {**c["config"], "num_replicas": replicas}
         node = next(n for n in self.nodes if n.running)
-        return nats_request(node.client_port, "$JS.API.CONSUMER.CREATE.$MQTT_msgs."
-                            + cfg["durable_name"], {"stream_name": "$MQTT_msgs", "config": cfg})
+        nats_request(node.client_port, "$JS.API.CONSUMER.CREATE.$MQTT_msgs."
+                     + cfg["durable_name"], {"stream_name": "$MQTT_msgs", "config": cfg})
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.consumer(topic_filter) or {}
+            peers = info.get("cluster", {}).get("replicas") or []
+            if len(peers) == replicas - 1 and all(p.get("current") for p in peers):
+                return info
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the consumer for {topic_filter} has no {replicas} current "
+                                   f"replicas after {timeout} s: {info.get('cluster')}")
+            time.sleep(0.1)
 
 
 def nats_request(port: int, subject: str, body: dict, timeout: float = 10.0) -> dict:

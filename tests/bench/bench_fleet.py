@@ -149,6 +149,7 @@ def main() -> int:
         out["lost_sites"] = {s: {**g, "node": names.get(site_node.get(s), "?")}
                              for s, g in sorted(gaps.items())[:20]}
         out["aggregator_events"] = [(round(t - t_kill, 1), e) for t, e in agg.events]
+        out["out_of_order"] = agg.disorder(t_kill)
     for line in benchlib.environment(("paho-mqtt",)):
         print(line)
     print(json.dumps(out, indent=1))

