@@ -2,9 +2,9 @@
 input register response one register at a time (a 120-register block took ~100 µs here,
 most of a poll's client-side CPU). The classes are pymodbus's own, registered with each
 client's decoder (`register`, its hook for custom responses), so framing, error replies
-and every other function code stay pymodbus's. pymodbus also renders every decoded response for a debug line it builds
-whether or not debug logging is on; these classes render as a short summary instead of all
-their registers (another ~10 % of a poll's CPU)."""
+and every other function code stay pymodbus's. pymodbus also renders every decoded response
+for a debug line it builds whether or not debug logging is on; these classes render as a
+short summary instead of all their registers (another ~10 % of a poll's CPU)."""
 
 from __future__ import annotations
 

@@ -128,8 +128,8 @@ class MqttLink:
         return f"{self.cfg.topic_prefix}/{self.site_id}/{suffix}"
 
     def subscribe(self, topic_filter: str) -> None:
-        """Receive `topic_filter` (at `mqtt.subscribe_qos`) into `inbound`, now and after every reconnect
-        (the session is clean, so the broker forgets subscriptions with the connection)."""
+        """Receive `topic_filter` (at `mqtt.subscribe_qos`) into `inbound`, now and after
+        every reconnect (the session is clean: the broker forgets them with the connection)."""
         self.subscriptions.filters.append(topic_filter)
         if self.connected:
             self.subscriptions.send(self._client, topic_filter)

@@ -293,18 +293,12 @@ class Aggregator:
 
     def out_of_order(self) -> list[str]:
         """Sites whose messages, first deliveries only, did not arrive in msg_id order."""
-        bad = []
-        with self._lock:
-            for s, ids in self.ids.items():
-                seen: set[int] = set()
-                first = [i for i in ids if not (i in seen or seen.add(i))]
-                if first != sorted(first):
-                    bad.append(s)
-        return bad
+        return list(self.disorder(0.0, limit=None))
 
-    def disorder(self, t0: float, limit: int = 20) -> dict[str, dict]:
-        """For up to `limit` sites whose first deliveries went backwards: the first msg_id
-        that arrived after a newer one, and when each of the two arrived (s after `t0`)."""
+    def disorder(self, t0: float, limit: int | None = 20) -> dict[str, dict]:
+        """For up to `limit` sites (None: all) whose first deliveries went backwards: the
+        first msg_id that arrived after a newer one, and when each of the two arrived (s
+        after `t0`)."""
         out: dict[str, dict] = {}
         with self._lock:
             for s, ids in self.ids.items():
@@ -319,7 +313,7 @@ class Aggregator:
                                   "after_arrived_s": round(top_at - t0, 2)}
                         break
                     top, top_at = i, at
-                if len(out) >= limit:
+                if limit is not None and len(out) >= limit:
                     break
         return out
 
