@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sqlite3
 import sys
 import threading
@@ -22,7 +24,7 @@ from edge.report.mqtt import MqttLink
 from edge.report.outbox import Outbox
 
 SITE = "site-kill"
-N = 4000
+N = 10000
 WINDOW = 20
 BATCH = 300
 
@@ -46,11 +48,15 @@ asyncio.run(main())
 
 class Tap:
     """Every telemetry msg_id the broker forwards, in arrival order (QoS 0: the broker
-    writes to this socket as it goes and queues nothing it could drop)."""
+    writes to this socket as it goes and queues nothing it could drop). `kill_at(n, pid)`:
+    SIGKILL `pid` from the receiving thread the moment the n-th id arrives, so the kill lands
+    mid-drain however late the test's event loop would have noticed."""
 
     def __init__(self, host: str, port: int) -> None:
         self.ids: list[int] = []
         self._lock = threading.Lock()
+        self._kill: tuple[int, int] | None = None
+        self.killed = threading.Event()
         self.ready = threading.Event()
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2,
                                   client_id=f"tap-{uuid.uuid4().hex[:8]}")
@@ -60,9 +66,16 @@ class Tap:
         self.client.connect(host, port, 10)
         self.client.loop_start()
 
+    def kill_at(self, n: int, pid: int) -> None:
+        with self._lock:
+            self._kill = (n, pid)
+
     def _on_message(self, client, userdata, msg) -> None:
         with self._lock:
             self.ids.append(json.loads(msg.payload)["msg_id"])
+            if self._kill and len(self.ids) >= self._kill[0] and not self.killed.is_set():
+                os.kill(self._kill[1], signal.SIGKILL)  # no stop(), no last delete
+                self.killed.set()
 
     def seen(self) -> list[int]:
         with self._lock:
@@ -109,10 +122,12 @@ async def test_kill_mid_drain_leaves_a_contiguous_tail_that_the_next_start_compl
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", DRAIN_PROCESS, mosquitto.host, str(mosquitto.port), SITE,
             str(path), str(WINDOW), str(BATCH), cwd=tmp_path)
+        tap.kill_at(2 * BATCH, proc.pid)
         try:
-            await wait_for(lambda: len(tap.seen()) >= 2 * BATCH, 30, "the drain under way")
+            await wait_for(tap.killed.is_set, 30, "the drain under way")
         finally:
-            proc.kill()  # SIGKILL: no stop(), no last delete
+            if not tap.killed.is_set():
+                proc.kill()
             await proc.wait()
 
         with Outbox(path) as box:
