@@ -50,7 +50,7 @@ class NatsNode:
     """One cluster member: `mqtt_port` for the sites, `client_port` for NATS clients."""
 
     def __init__(self, name: str, workdir: Path, ports: dict[str, int], routes: list[int],
-                 cluster: str, consumer_replicas: int = 1) -> None:
+                 cluster: str, consumer_replicas: int = 3) -> None:
         self.name = name
         self.workdir = workdir
         self.mqtt_port = ports["mqtt"]
@@ -66,11 +66,10 @@ class NatsNode:
             f"jetstream {{ store_dir: \"{workdir / name}\" }}\n"
             f"cluster {{ name: {cluster}, listen: 127.0.0.1:{ports['route']}, "
             f"routes: [{route_urls}] }}\n"
-            # Every QoS 1 subscription of a session is a JetStream consumer. Sites use
-            # clean sessions, so a consumer lives as long as its connection: one replica in
-            # memory is enough, and 1,000 sites connecting at once then do not time out the
-            # cluster creating 1,000 replicated consumers (they did with the default, R3 on
-            # file). Messages and retained ones stay in replicated streams.
+            # Every QoS 1 subscription is a JetStream consumer. The sites subscribe at QoS 0
+            # on NATS (no consumer each), so the consumers here are the platforms': three
+            # replicas on file from birth, so that one outlives a node. (Raised to three
+            # after its creation, one lost its leader for good in a third of our trials.)
             f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port}, consumer_replicas: "
             f"{consumer_replicas}, consumer_memory_storage: {str(consumer_replicas == 1).lower()} }}\n"
             "max_connections: 100000\n"
@@ -125,7 +124,7 @@ class NatsCluster:
     MQTT client can publish with QoS 1 through each (JetStream has its meta leader)."""
 
     def __init__(self, workdir: Path, size: int = 3, name: str = "pedf",
-                 consumer_replicas: int = 1) -> None:
+                 consumer_replicas: int = 3) -> None:
         if not Path(NATS).exists():
             raise RuntimeError("nats-server is not installed (Debian: apt-get install "
                                "nats-server)")
@@ -181,58 +180,23 @@ class NatsCluster:
         leader = c.get("cluster", {}).get("leader") if c else None
         return next((n for n in self.nodes if n.name == leader), None)
 
-    def replicate_consumer(self, topic_filter: str, replicas: int = 3,
-                           timeout: float = 30.0) -> dict:
-        """Give the consumer behind one subscription `replicas` replicas (what `nats
-        consumer edit --replicas` does): the platform's, so that it outlives a node, while
-        the sites' per-connection consumers stay single and in memory. The session keeps
-        using it: NATS re-creates a resumed session's consumer only if it has none.
-        Returns once every new replica is current: a leader lost while its followers still
-        lag left the group without a leader for minutes in our trials (NATS 2.9.10)."""
-        c = self.consumer(topic_filter)
-        if c is None:
-            raise RuntimeError(f"no consumer for {topic_filter}")
-        cfg = {**c["config"], "num_replicas": replicas}
-        node = next(n for n in self.nodes if n.running)
-        nats_request(node.client_port, "$JS.API.CONSUMER.CREATE.$MQTT_msgs."
-                     + cfg["durable_name"], {"stream_name": "$MQTT_msgs", "config": cfg})
+    def consumer_current(self, topic_filter: str, timeout: float = 30.0) -> dict:
+        """Wait until the consumer behind one subscription has every replica current (its
+        leader's view) and return its info: a leader lost while its followers still lag
+        has nobody to hand over to."""
         deadline = time.monotonic() + timeout
         while True:
             info = self.consumer(topic_filter) or {}
-            peers = info.get("cluster", {}).get("replicas") or []
-            if len(peers) == replicas - 1 and all(p.get("current") for p in peers):
+            cluster = info.get("cluster", {})
+            peers = cluster.get("replicas") or []
+            want = info.get("config", {}).get("num_replicas") or 1
+            if cluster.get("leader") and len(peers) >= want - 1 \
+                    and all(p.get("current") for p in peers):
                 return info
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the consumer for {topic_filter} has no {replicas} current "
-                                   f"replicas after {timeout} s: {info.get('cluster')}")
+                raise RuntimeError(f"the consumer for {topic_filter} has no current replicas "
+                                   f"after {timeout} s: {cluster}")
             time.sleep(0.1)
-
-
-def nats_request(port: int, subject: str, body: dict, timeout: float = 10.0) -> dict:
-    """One request over the NATS client protocol (the JetStream API is requests on
-    `$JS.API.>` subjects); returns the JSON reply."""
-    data = json.dumps(body).encode()
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB _INBOX.pedf 1\r\n'
-                  + f"PUB {subject} _INBOX.pedf {len(data)}\r\n".encode() + data + b"\r\n")
-        buf = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                raise RuntimeError(f"no reply to {subject}")
-            buf += chunk
-            if b"PING\r\n" in buf:
-                s.sendall(b"PONG\r\n")
-                buf = buf.replace(b"PING\r\n", b"")
-            at = buf.find(b"MSG _INBOX.pedf ")
-            if at >= 0 and b"\r\n" in buf[at:]:
-                head, _, rest = buf[at:].partition(b"\r\n")
-                size = int(head.split()[-1])
-                if len(rest) >= size:
-                    reply = json.loads(rest[:size])
-                    if "error" in reply:
-                        raise RuntimeError(f"{subject}: {reply['error']}")
-                    return reply
 
 
 def mqtt_works(port: int, timeout: float = 5.0, topic: str = "pedf/probe") -> bool:

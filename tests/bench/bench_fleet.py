@@ -5,17 +5,18 @@ the per-site CPU and memory of the node's protocol code.
 The sites (hil/fleet/site.py) run the node's real MQTT link, outbox (SQLite on /dev/shm),
 command handler and flex builder against simulated physics, ≤ 120 to a process; the
 reference aggregator (hil/fleet/aggregator.py) is one MQTT client in this process on the
-second and third node, and the JetStream consumer behind its subscription gets
---platform-replicas replicas (the sites' stay at --consumer-replicas). Steps: start the
+second and third node; the JetStream consumer behind its QoS 1 subscription has
+--consumer-replicas replicas (the sites subscribe at QoS 0 and have none). Steps: start the
 cluster and the fleet; wait for every site's flex; dispatch "reduce <target> for 2 h" (one
 group message by default, or one command per site with --per-site) and time each site's
 first answer; wait for the summed response; count messages for --rate-s seconds; SIGKILL
-the node that leads the aggregator's consumer (a third of the sites are on it) and time
-until every site is connected again; restart it; stop the fleet (outboxes flushed) and
+the node that leads the aggregator's consumer (a third of the sites are on it), time
+until every site is connected again and until the aggregator has heard from every site
+again without that node; restart it; stop the fleet (outboxes flushed) and
 count the msg_ids that never arrived, with when the gaps around them arrived.
 
 Run: python tests/bench/bench_fleet.py --sites 1000 [--cluster 3] [--capacity-mw 1200]
-     [--target-mw 1000] [--per-site] [--platform-replicas 3] [--json F]
+     [--target-mw 1000] [--per-site] [--consumer-replicas 3] [--json F]
 """
 
 from __future__ import annotations
@@ -57,10 +58,9 @@ def main() -> int:
     ap.add_argument("--per-site", action="store_true", help="one command per site, not a group")
     ap.add_argument("--telemetry-s", type=float, default=5.0)
     ap.add_argument("--rate-s", type=float, default=20.0, help="seconds of message counting")
-    ap.add_argument("--platform-replicas", type=int, default=3,
-                    help="replicas of the aggregator's own consumer (1: as NATS makes it)")
-    ap.add_argument("--consumer-replicas", type=int, default=1,
-                    help="replicas of the JetStream consumer behind each MQTT subscription")
+    ap.add_argument("--consumer-replicas", type=int, default=3,
+                    help="replicas of the JetStream consumer behind each QoS 1 subscription "
+                         "(1: in memory, lost with its node)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     n = a.sites
@@ -74,13 +74,10 @@ def main() -> int:
     out: dict = {"sites": n, "cluster": a.cluster, "processes": fleet.processes,
                  "capacity_mw": a.capacity_mw, "target_mw": a.target_mw,
                  "dispatch": "per-site" if a.per_site else "group",
-                 "consumer_replicas": a.consumer_replicas,
-                 "platform_replicas": a.platform_replicas}
+                 "consumer_replicas": a.consumer_replicas}
     try:
         agg.start()
         wait(agg.subscribed.is_set, 30, "the aggregator's SUBACK")
-        if a.cluster > 1 and a.platform_replicas != a.consumer_replicas:
-            cluster.replicate_consumer("pedf/v1/+/+", a.platform_replicas)
         t0 = time.monotonic()
         fleet.start(300)
         wait(lambda: len(agg.flex) == n, 600, "a flex message from every site")
@@ -110,6 +107,7 @@ def main() -> int:
         # what a site adds to a process: the same process size, less one site-free worker
         out["threads_per_process"] = round(sum(w["threads"] for w in after) / len(after))
         if a.cluster > 1:
+            cluster.consumer_current("pedf/v1/+/+")
             # the node leading the aggregator's consumer (each node has a third of the sites)
             victim = cluster.consumer_leader("pedf/v1/+/+") or cluster.nodes[0]
             site_node = {s: st["broker"] for s, st in fleet.sites().items()}
@@ -122,7 +120,13 @@ def main() -> int:
                              for st in fleet.sites().values()), 900, "every site connected again")
             out["failover_s"] = round(time.monotonic() - t_kill, 1)
             out["sites_moved"] = len(on_it)
-            out["received_while_down"] = agg.received - c_kill  # the platform's view
+            # the platform's view without the node: every site heard from again
+            try:
+                wait(lambda: len(agg.heard_since(t_kill)) == n, 120, "")
+                out["platform_heard_all_s"] = round(time.monotonic() - t_kill, 1)
+            except SystemExit:
+                out["platform_heard_all_s"] = None  # not while the node was down
+            out["received_while_down"] = agg.received - c_kill
             victim.start()
             cluster.wait_ready(120, [victim])
             out["node_back_s"] = round(time.monotonic() - t_kill, 1)

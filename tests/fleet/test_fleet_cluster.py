@@ -44,8 +44,9 @@ async def test_a_1000_site_fleet_on_a_nats_cluster_dispatches_and_survives_a_nod
 
 async def dispatch_then_lose_a_node(workdir: Path, SITES: int) -> None:
     """One group dispatch to every site, every site answers and the fleet delivers;
-    SIGKILL the node a third of the sites are on: they fail over, the cluster heals when
-    it comes back, and no msg_id of any site is missing or out of order at the end.
+    SIGKILL the node a third of the sites are on, the one leading the platform's consumer:
+    they fail over, the cluster heals when it comes back, and no msg_id of any site is
+    missing or out of order at the end.
     (Losing a node also moves JetStream leaders: on a loaded 2-core machine sites on the
     other nodes drop too, and 1,000 sites took ~40 s to be all connected again.)"""
     cluster = NatsCluster(workdir / "nats")
@@ -56,8 +57,6 @@ async def dispatch_then_lose_a_node(workdir: Path, SITES: int) -> None:
     try:
         agg.start()
         await wait_for(agg.subscribed.is_set, 20, "the aggregator's SUBACK")
-        cluster.replicate_consumer("pedf/v1/+/+", 3)  # it outlives a node (see
-        # test_platform_consumer.py); the sites' consumers stay single, in memory
         fleet.start()
         await wait_for(lambda: len(agg.flex) == SITES, 120, "a flex message from every site")
         offered = sum(kw for _, kw in agg.offer("reduce").values())  # latest flex, now
@@ -73,11 +72,11 @@ async def dispatch_then_lose_a_node(workdir: Path, SITES: int) -> None:
             assert d.shares[site] <= d.offered[site] + 1e-6
             assert kw <= d.offered[site] + 0.01
 
-        # a node the platform's consumer does not lead and the aggregator is not on: losing
-        # that leader is the bench's case (docs/vpp-fleet.md: NATS 2.9 may then re-deliver
-        # late, or elect no leader until the node is back)
-        leader = cluster.consumer_leader("pedf/v1/+/+")
-        n1 = next(n for n in cluster.nodes if n is not leader and n.address != agg.broker)
+        # the node that leads the platform's consumer (three replicas on file): the sites
+        # on it fail over, and another node takes the consumer over
+        cluster.consumer_current("pedf/v1/+/+")
+        n1 = cluster.consumer_leader("pedf/v1/+/+")
+        assert n1 is not None
         other = next(n for n in cluster.nodes if n is not n1)
         victims = on(fleet, n1.address)
         assert len(victims) == pytest.approx(SITES / 3, abs=1)

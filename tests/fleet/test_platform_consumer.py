@@ -1,18 +1,13 @@
-"""The platform's subscription on a NATS cluster outlives the node that holds it.
+"""The platform's subscription on a NATS cluster outlives the node that leads it.
 
 NATS's MQTT front end turns each QoS 1 subscription into a JetStream consumer on the
-replicated message stream, with the cluster's `consumer_replicas` (one, in memory, for a
-fleet: see brokers.py). Such a consumer lives on one node: kill it and an aggregator
-connected to another node receives nothing until the node is back, and the consumer it
-gets back then has lost its state, so where it resumes reading is up to the node's
-restore (the likely way runs at 1,000 sites missed msg_ids around a node loss). Raised
-to three replicas, another node takes it over and delivery goes on - in most trials: with
-NATS 2.9.10 on 2 cores the two surviving replicas elected no new leader within 90 s in
-about a third of them (2026-12-04, 7 of 19 runs, the code before and after that day's
-changes alike; the followers' view then still names the dead leader and shows no
-delivery since the replication), so this runs with the soaks (`-m soak`), not in CI.
-Once the node is back its consumer resumes, and the fleet tests' end-of-run checks (no
-msg_id missing) hold either way."""
+replicated message stream, with the cluster's `consumer_replicas`: three, on file, in
+the fleet's cluster (the sites subscribe at QoS 0 there and have none). Kill the node
+leading the aggregator's consumer: another node takes it over and every site's messages
+keep arriving while it is down; none is missing or out of order at the end. (With one
+replica in memory the aggregator hears nothing until the node is back; raised from one
+to three replicas after its creation, the consumer elected no new leader within 90 s in
+a third of our trials with NATS 2.9.10. Born with three it did every time.)"""
 
 from __future__ import annotations
 
@@ -41,10 +36,9 @@ def workdir():
         yield Path(d)
 
 
-@pytest.mark.soak
 async def test_the_aggregator_keeps_receiving_while_the_node_leading_its_consumer_is_down(
         workdir):
-    cluster = NatsCluster(workdir / "nats")  # the fleet's: per-subscription consumers R1
+    cluster = NatsCluster(workdir / "nats")
     cluster.start()
     agg = Aggregator(cluster.hosts)
     fleet = Fleet(SITES, 10_000, cluster.hosts, workdir / "sites", telemetry_s=1.0,
@@ -54,7 +48,8 @@ async def test_the_aggregator_keeps_receiving_while_the_node_leading_its_consume
         await wait_for(agg.subscribed.is_set, 20, "the aggregator's SUBACK")
         fleet.start()
         await wait_for(lambda: len(agg.flex) == SITES, 60, "a flex message from every site")
-        cluster.replicate_consumer("pedf/v1/+/+", 3)  # returns with both new replicas current
+        info = cluster.consumer_current("pedf/v1/+/+")
+        assert len(info["cluster"]["replicas"]) == 2  # three copies: two outlive the kill
         leader = cluster.consumer_leader("pedf/v1/+/+")
         assert leader is not None
         killed_at = time.monotonic()
