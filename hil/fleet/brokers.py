@@ -46,6 +46,29 @@ def accepts(port: int) -> bool:
         return False
 
 
+def node_config(name: str, host: str, ports: dict[str, int], routes: list[str],
+                cluster: str, store_dir: str, consumer_replicas: int = 3) -> str:
+    """One cluster member's nats-server configuration, as the tests run it and as
+    docs/vpp-fleet.md shows it for a deployment. `ports`: client, http (monitoring),
+    route, mqtt; `routes`: host:port of every member's route listener."""
+    urls = ", ".join(f"nats-route://{r}" for r in routes)
+    memory = str(consumer_replicas == 1).lower()
+    return (
+        f"server_name: {name}\n"
+        f"listen: {host}:{ports['client']}\n"
+        f"http: 127.0.0.1:{ports['http']}\n"  # monitoring: this host only
+        f"jetstream {{ store_dir: \"{store_dir}\" }}\n"
+        f"cluster {{ name: {cluster}, listen: {host}:{ports['route']}, routes: [{urls}] }}\n"
+        # Every QoS 1 subscription is a JetStream consumer. The sites subscribe at QoS 0
+        # on NATS (no consumer each), so the consumers are the platforms': three replicas
+        # on file from their creation, so that one outlives a node. (Raised to three
+        # afterwards, one lost its leader for good in a third of our trials.)
+        f"mqtt {{ listen: {host}:{ports['mqtt']}, consumer_replicas: {consumer_replicas}, "
+        f"consumer_memory_storage: {memory} }}\n"
+        "max_connections: 100000\n"
+    )
+
+
 class NatsNode:
     """One cluster member: `mqtt_port` for the sites, `client_port` for NATS clients."""
 
@@ -58,22 +81,9 @@ class NatsNode:
         self.http_port = ports["http"]
         self.log = workdir / f"{name}.log"
         self.conf = workdir / f"{name}.conf"
-        route_urls = ", ".join(f"nats-route://127.0.0.1:{p}" for p in routes)
-        self.conf.write_text(
-            f"server_name: {name}\n"
-            f"listen: 127.0.0.1:{self.client_port}\n"
-            f"http: 127.0.0.1:{self.http_port}\n"
-            f"jetstream {{ store_dir: \"{workdir / name}\" }}\n"
-            f"cluster {{ name: {cluster}, listen: 127.0.0.1:{ports['route']}, "
-            f"routes: [{route_urls}] }}\n"
-            # Every QoS 1 subscription is a JetStream consumer. The sites subscribe at QoS 0
-            # on NATS (no consumer each), so the consumers here are the platforms': three
-            # replicas on file from birth, so that one outlives a node. (Raised to three
-            # after its creation, one lost its leader for good in a third of our trials.)
-            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port}, consumer_replicas: "
-            f"{consumer_replicas}, consumer_memory_storage: {str(consumer_replicas == 1).lower()} }}\n"
-            "max_connections: 100000\n"
-        )
+        self.conf.write_text(node_config(
+            name, "127.0.0.1", ports, [f"127.0.0.1:{p}" for p in routes], cluster,
+            str(workdir / name), consumer_replicas))
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,6 +12,9 @@ from pydantic import ValidationError
 
 from edge.app.daemon import topic_level
 from edge.config import MqttConfig
+from hil.fleet.brokers import node_config
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_hosts_give_the_brokers_in_order():
@@ -57,3 +61,21 @@ def test_check_names_the_failover_list_and_the_nats_rules(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2
     assert "topic_prefix 'pedf.v1': with broker: nats" in bad.stderr
+
+
+def _doc_block(fence: str, after: str) -> str:
+    text = (ROOT / "docs/vpp-fleet.md").read_text()
+    start = text.index(fence + "\n", text.index(after)) + len(fence) + 1
+    return text[start:text.index("```", start)]
+
+
+def test_the_documented_node_config_is_the_one_the_fleet_tests_run():
+    routes = [f"broker-{i}.vpp:6222" for i in (1, 2, 3)]
+    ports = {"client": 4222, "http": 8222, "route": 6222, "mqtt": 1883}
+    assert _doc_block("```", "## The broker cluster") == node_config(
+        "n1", "0.0.0.0", ports, routes, "vpp", "/var/lib/nats/jetstream")
+
+
+def test_the_documented_site_settings_validate_for_a_nats_fleet():
+    cfg = MqttConfig(**yaml.safe_load(_doc_block("```yaml", "**Failover.**"))["mqtt"])
+    assert cfg.broker == "nats" and cfg.subscribe_qos == 0 and len(cfg.brokers) == 3
