@@ -122,7 +122,7 @@ def main() -> int:
             out["sites_moved"] = len(on_it)
             # the platform's view without the node: every site heard from again
             try:
-                wait(lambda: len(agg.heard_since(t_kill)) == n, 120, "")
+                wait(lambda: len(agg.heard_since(t_kill + 1.0)) == n, 120, "every site")
                 out["platform_heard_all_s"] = round(time.monotonic() - t_kill, 1)
             except SystemExit:
                 out["platform_heard_all_s"] = None  # not while the node was down

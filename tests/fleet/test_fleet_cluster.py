@@ -8,6 +8,7 @@ import asyncio
 import os
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,7 @@ async def test_a_1000_site_fleet_on_a_nats_cluster_dispatches_and_survives_a_nod
 
 
 @pytest.mark.soak
-async def test_a_1000_site_fleet_survives_each_node_lost_in_turn(workdir):
+async def test_a_1000_site_fleet_survives_its_consumer_leader_lost_three_times(workdir):
     await dispatch_then_lose_nodes(workdir, 1000, losses=3)
 
 
@@ -51,7 +52,8 @@ async def dispatch_then_lose_nodes(workdir: Path, SITES: int, losses: int) -> No
     drop too.)"""
     cluster = NatsCluster(workdir / "nats")
     cluster.start()
-    agg = Aggregator(cluster.hosts[1:])  # the platform on n2 or n3; the node lost is not its
+    agg = Aggregator(cluster.hosts[1:])  # on n2 or n3; if its node is lost, it resumes its
+    # session on the other
     fleet = Fleet(SITES, CAPACITY_KW, cluster.hosts, workdir / "sites", groups=("fleet",),
                   telemetry_s=2.0, flex_s=10.0)
     try:
@@ -72,12 +74,14 @@ async def dispatch_then_lose_nodes(workdir: Path, SITES: int, losses: int) -> No
             assert d.shares[site] <= d.offered[site] + 1e-6
             assert kw <= d.offered[site] + 0.01
 
-        kills = []
+        kills: list[float] = []
+        moves: Counter[str] = Counter()  # site -> how many of the lost nodes it was on
         for k in range(losses):
             t_kill, victims = await lose_the_consumer_leader(cluster, fleet, agg, SITES)
             if k == 0:  # the fleet spread over the nodes: a third of it on each
                 assert len(victims) == pytest.approx(SITES / 3, abs=1)
             kills.append(t_kill)
+            moves.update(victims)
     finally:
         final = fleet.stop() if fleet._procs else []
         last = {s["site"]: s["last_id"] for w in final for s in w["sites"]}
@@ -87,9 +91,9 @@ async def dispatch_then_lose_nodes(workdir: Path, SITES: int, losses: int) -> No
     assert all(s["outbox"] == 0 for w in final for s in w["sites"])
     assert agg.lost(last) == {}  # every msg_id of every site arrived, across the failover
     assert agg.out_of_order() == [], agg.disorder(kills[0])
-    moved = [s for w in final for s in w["sites"] if s["site"] in victims]
-    stayed = [(s["site"], s["broker"]) for s in moved if s["failovers"] < 1]
-    assert len(moved) == len(victims) and not stayed, stayed[:5]
+    failovers = {s["site"]: s["failovers"] for w in final for s in w["sites"]}
+    stayed = [(site, n) for site, n in moves.items() if failovers[site] < n]
+    assert not stayed, stayed[:5]  # every site on a lost node moved off it
 
 
 async def lose_the_consumer_leader(cluster: NatsCluster, fleet: Fleet, agg: Aggregator,

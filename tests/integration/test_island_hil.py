@@ -26,7 +26,7 @@ SPEED = 120.0
 # misses. The PCS carries the loads beyond its rating for 10 simulated seconds; the
 # controller must see the transfer and shed within them: at x30 a third of a wall second
 # (at x120 a 0.1 s stall would use it up). A commanded island leaves the critical loads
-# dark until the PCS forms, bounded below at a minute: at x30 that leaves the controller
+# dark until the PCS forms, for under a minute: at x30 that leaves the controller
 # two wall seconds (at x120 a 0.7 s stall of a loaded CI machine once used it up).
 AUTO_SPEED = 30.0
 COMMANDED_SPEED = 30.0

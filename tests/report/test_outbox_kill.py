@@ -6,6 +6,7 @@ never reuses an id."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -127,7 +128,8 @@ async def test_kill_mid_drain_leaves_a_contiguous_tail_that_the_next_start_compl
             await wait_for(tap.killed.is_set, 30, "the drain under way")
         finally:
             if not tap.killed.is_set():
-                proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
             await proc.wait()
 
         with Outbox(path) as box:
