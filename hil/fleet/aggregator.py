@@ -77,12 +77,6 @@ class Aggregator:
 
     # -- connection ------------------------------------------------------------------------
 
-    @property
-    def broker(self) -> str:
-        """host:port of the node this client is connected to (or trying)."""
-        host, port = self._brokers[self._at]
-        return f"{host}:{port}"
-
     def start(self) -> None:
         self._client.connect_async(*self._brokers[0], keepalive=10)
         self._client.loop_start()

@@ -186,10 +186,8 @@ class NatsCluster:
                             found = found or c
         return found
 
-    def consumer_leader(self, topic_filter: str) -> NatsNode | None:
-        c = self.consumer(topic_filter)
-        leader = c.get("cluster", {}).get("leader") if c else None
-        return next((n for n in self.nodes if n.name == leader), None)
+    def node(self, name: str | None) -> NatsNode | None:
+        return next((n for n in self.nodes if n.name == name), None)
 
     def consumer_current(self, topic_filter: str, timeout: float = 30.0) -> dict:
         """Wait until the consumer behind one subscription has a running leader and every
@@ -201,7 +199,7 @@ class NatsCluster:
             cluster = info.get("cluster", {})
             peers = cluster.get("replicas") or []
             want = info.get("config", {}).get("num_replicas") or 1
-            leader = next((n for n in self.nodes if n.name == cluster.get("leader")), None)
+            leader = self.node(cluster.get("leader"))
             if leader is not None and leader.running and len(peers) >= want - 1 \
                     and all(p.get("current") for p in peers):
                 return info

@@ -107,9 +107,8 @@ def main() -> int:
         # what a site adds to a process: the same process size, less one site-free worker
         out["threads_per_process"] = round(sum(w["threads"] for w in after) / len(after))
         if a.cluster > 1:
-            cluster.consumer_current("pedf/v1/+/+")
             # the node leading the aggregator's consumer (each node has a third of the sites)
-            victim = cluster.consumer_leader("pedf/v1/+/+") or cluster.nodes[0]
+            victim = cluster.node(cluster.consumer_current("pedf/v1/+/+")["cluster"]["leader"])
             site_node = {s: st["broker"] for s, st in fleet.sites().items()}
             on_it = [s for s, b in site_node.items() if b == victim.address]
             out["killed"] = victim.name

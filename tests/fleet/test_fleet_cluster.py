@@ -102,8 +102,8 @@ async def lose_the_consumer_leader(cluster: NatsCluster, fleet: Fleet, agg: Aggr
     for its sites to fail over and for the aggregator to hear every site without it, then
     bring it back and check the routes heal. Returns (when, the sites that were on it:
     the sites stay where they moved, so after a first loss a node may hold more or none)."""
-    cluster.consumer_current("pedf/v1/+/+", 120)  # a node back catches up first
-    n1 = cluster.consumer_leader("pedf/v1/+/+")
+    info = cluster.consumer_current("pedf/v1/+/+", 120)  # a node back catches up first
+    n1 = cluster.node(info["cluster"]["leader"])
     assert n1 is not None
     other = next(n for n in cluster.nodes if n is not n1)
     victims = on(fleet, n1.address)
